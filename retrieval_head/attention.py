@@ -1,0 +1,228 @@
+"""Scoped interventions on attention through transformers' ``AttentionInterface``.
+
+No modeling file is copied. Inside ``intervene(model, probe=..., mask=...)`` the model's
+``config._attn_implementation`` names a function registered just for that scope; it sees
+``module.layer_idx``, the query and the cached keys of every attention call, and
+delegates to the backend the model had before (sdpa, eager, flash...). On exit the
+registrations are removed and the config restored, so the model is exactly as before.
+
+Worked example (a notebook)::
+
+    >>> probe = ArgmaxProbe()
+    >>> with intervene(model, probe=probe):
+    ...     out = model(input_ids=last_token, past_key_values=cache)   # one decode step
+    >>> probe.positions(query_position=cache.get_seq_length() - 1)   # [layers, batch, heads]
+
+    >>> heads = torch.zeros(L, H, dtype=torch.bool); heads[12, 3] = True
+    >>> with intervene(model, mask=HeadMask(heads, mode="uniform", phase="decode")):
+    ...     model.generate(...)
+
+A *decode step* is an attention call whose query is a single token: that is where the
+probe scores and where ``phase="decode"`` masks act.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from .errors import UnsupportedModelError
+
+MASK_MODES = ("uniform", "zero")
+MASK_PHASES = ("decode", "all")
+# transformers' fallback when config._attn_implementation == "eager" is the modeling file's
+# own eager function, which is not in the registry; ours computes the same thing.
+_EAGER = "eager"
+
+
+@dataclass(frozen=True)
+class HeadMask:
+    """Which query heads to ablate, and how.
+
+    heads: bool ``[layers, heads]``; True = ablated.
+    mode:  ``uniform`` zeroes the head's query, so it attends uniformly over the (causal,
+           windowed) prefix and outputs the mean of the values (the original's ablation);
+           ``zero`` zeroes the head's output before ``o_proj``.
+    phase: ``decode`` ablates only single-token (decode) calls, as the original;
+           ``all`` ablates the prefill too.
+    """
+
+    heads: torch.Tensor
+    mode: str = "uniform"
+    phase: str = "decode"
+
+    def __post_init__(self):
+        if self.mode not in MASK_MODES:
+            raise ValueError(f"mask mode must be one of {MASK_MODES}, got {self.mode!r}")
+        if self.phase not in MASK_PHASES:
+            raise ValueError(f"mask phase must be one of {MASK_PHASES}, got {self.phase!r}")
+        if self.heads.dtype != torch.bool or self.heads.ndim != 2:
+            raise ValueError("HeadMask.heads must be a bool [layers, heads] tensor")
+
+    def describe(self) -> dict:
+        """JSON-ready record of the ablation (heads as [layer, head] pairs)."""
+        return {"heads": self.heads.nonzero().tolist(), "mode": self.mode, "phase": self.phase}
+
+
+class ArgmaxProbe:
+    """Records, per decode step, each query head's argmax key position.
+
+    Positions are stored relative to the end of that layer's cache (``j - kv_len``, in
+    ``[-kv_len, -1]``), so sliding-window layers whose cache holds only the last W keys
+    map to the same absolute positions as full layers: ``abs = query_position + 1 + rel``.
+    The argmax is taken over float32 scores (pre-softmax logits, masked, softcapped),
+    which orders keys exactly as the attention weights do.
+    """
+
+    def __init__(self):
+        self.rel: dict[int, torch.Tensor] = {}  # layer_idx -> [batch, heads] long
+
+    def clear(self) -> None:
+        self.rel = {}
+
+    def positions(self, query_position: int | torch.Tensor, num_layers: int) -> torch.Tensor:
+        """Absolute argmax positions ``[layers, batch, heads]`` of the last decode step.
+
+        query_position: absolute position of the step's query token (scalar, or [batch]).
+        Raises UnsupportedModelError when a layer never reached the interface.
+        """
+        missing = [i for i in range(num_layers) if i not in self.rel]
+        if missing:
+            raise UnsupportedModelError(
+                f"layers {missing[:5]}{'...' if len(missing) > 5 else ''} never called the attention interface"
+            )
+        device = self.rel[0].device
+        rel = torch.stack([self.rel[i].to(device) for i in range(num_layers)])
+        qp = torch.as_tensor(query_position, device=device).reshape(1, -1, 1)
+        return rel + qp + 1
+
+
+def _delegate_for(name: str) -> Callable | None:
+    """The attention function behind an implementation name (None = modeling file's eager)."""
+    if name is None or name == _EAGER:
+        return None
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _probe_attention(module, query, key, value, attention_mask, scaling, softcap):
+    """One decode step's attention from a single float32 score row per query head.
+
+    query [b, H, 1, d]; key/value [b, KV, T, d] (GQA grouped, the cache is not copied
+    per head). Returns output [b, 1, H, d] (the layout backends return) and the
+    argmax relative to the end of the cache [b, H].
+    """
+    b, num_heads, _, d = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    group = num_heads // kv_heads
+    q = query.reshape(b, kv_heads, group, d).float()
+    scores = torch.matmul(q, key.float().transpose(-1, -2))  # [b, KV, g, T]
+    scores = scores * (scaling if scaling is not None else d**-0.5)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        m = attention_mask[..., -1:, -kv_len:].reshape(b if attention_mask.shape[0] == b else 1, 1, 1, kv_len)
+        if m.dtype == torch.bool:
+            scores = scores.masked_fill(~m, float("-inf"))
+        else:
+            scores = scores + m.float()
+    argmax = scores.argmax(dim=-1).reshape(b, num_heads) - kv_len
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # [b, KV, g, d]
+    return out.reshape(b, 1, num_heads, value.shape[-1]), argmax
+
+
+def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None):
+    """Build the scope's attention function (a closure: the scope's state lives here only)."""
+    per_layer: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def heads_of(layer: int, device: torch.device) -> torch.Tensor:
+        # Cached per (layer, device) so a decode step moves nothing to the device.
+        k = (layer, device)
+        if k not in per_layer:
+            per_layer[k] = mask.heads[layer].to(device)
+        return per_layer[k]
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
+            raise UnsupportedModelError(f"{type(module).__name__} has no layer_idx; cannot tell its layer")
+        decode = query.shape[2] == 1
+        ablate = None
+        if mask is not None and (decode or mask.phase == "all"):
+            ablate = heads_of(layer, query.device)
+            if mask.mode == "uniform":
+                query = query.masked_fill(ablate[None, :, None, None], 0.0)
+        weights = None
+        if probe is not None and decode:
+            out, probe.rel[layer] = _probe_attention(
+                module, query, key, value, attention_mask, scaling, kwargs.get("softcap")
+            )
+        else:
+            fn = delegate or _modeling_eager(module)
+            out, weights = fn(
+                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+            )
+        if ablate is not None and mask.mode == "zero":
+            out = out.masked_fill(ablate[None, None, :, None], 0.0)  # out: [b, q, H, d]
+        return out, weights
+
+    return attention
+
+
+def _modeling_eager(module) -> Callable:
+    """The eager attention function of the module's own modeling file (what 'eager' runs)."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise UnsupportedModelError(f"{type(module).__name__} has no eager_attention_forward to delegate to")
+    return fn
+
+
+def _configs(model) -> list:
+    """The config objects whose _attn_implementation the model's layers read."""
+    cfgs = [model.config]
+    for name in getattr(model.config, "sub_configs", {}) or {}:
+        sub = getattr(model.config, name, None)
+        if sub is not None and hasattr(sub, "_attn_implementation"):
+            cfgs.append(sub)
+    return cfgs
+
+
+@contextlib.contextmanager
+def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None) -> Iterator[None]:
+    """Route every attention call of ``model`` through a probe and/or a head mask.
+
+    Active only inside the ``with`` block; the model is left exactly as it was.
+    Nesting is refused: pass the probe and the mask to one ``intervene``.
+    """
+    if mask is not None:
+        expected = (model.config.num_hidden_layers, model.config.num_attention_heads)
+        if tuple(mask.heads.shape) != expected:
+            raise ValueError(f"mask is {tuple(mask.heads.shape)}, model has [layers, heads] = {expected}")
+    current = model.config._attn_implementation
+    if current is not None and current.startswith("retrieval_head_"):
+        raise RuntimeError("already inside an intervene() scope on this model; pass probe and mask together")
+    delegate_name = current or "sdpa"
+    delegate = _delegate_for(delegate_name)
+    name = f"retrieval_head_{delegate_name}_{uuid.uuid4().hex[:8]}"
+    mask_fn = ALL_MASK_ATTENTION_FUNCTIONS[delegate_name]
+    # Both registries must know the name: without the mask entry transformers silently
+    # builds no mask at all (sliding windows and padding would be ignored).
+    AttentionInterface.register(name, _make_attention(delegate, probe, mask))
+    AttentionMaskInterface.register(name, mask_fn)
+    saved = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
+    try:
+        for cfg, _ in saved:
+            cfg._attn_implementation = name
+        yield
+    finally:
+        for cfg, impl in saved:
+            cfg._attn_implementation = impl
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)

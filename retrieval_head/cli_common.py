@@ -1,0 +1,89 @@
+"""What both commands share: model options, output guards, the error boundary.
+
+The CLI prints; the library logs. A ``UserError`` becomes one ``error: ...`` line on
+stderr and exit code 2, never a traceback; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .models import ModelSpec
+
+PRESET_PAPER_LENGTHS = (1000, 50000, 20)  # linspace(1000, 50000, 20), as published
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    d = ModelSpec()
+    g = p.add_argument_group("model")
+    g.add_argument("--model_path", default=d.model_path,
+                   help="hub id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--model_name_suffix", default=None, help="appended to output names as _SUFFIX (as the original)")
+    g.add_argument("--revision", default=d.revision, help="hub revision (branch, tag or commit)")
+    g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: float32 on CPU, the checkpoint's dtype on GPU")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--device_map", default=d.device_map, help="e.g. auto: shard layers over GPUs (accelerate)")
+    g.add_argument("--attn_implementation", default=d.attn_implementation,
+                   help="prefill backend: sdpa, eager, flash_attention_2 (pip install .[flash]); default: the model's")
+    g.add_argument("--trust_remote_code", action="store_true", default=d.trust_remote_code)
+
+
+def model_spec(args) -> ModelSpec:
+    return ModelSpec(model_path=args.model_path, revision=args.revision, dtype=args.dtype, device=args.device,
+                     device_map=args.device_map, attn_implementation=args.attn_implementation,
+                     trust_remote_code=args.trust_remote_code)
+
+
+def add_grid_args(p: argparse.ArgumentParser, s_default: int, e_default: int) -> None:
+    g = p.add_argument_group("sweep grid")
+    g.add_argument("--s", "-s", "--s_len", dest="s", type=int, default=s_default, help="shortest context length")
+    g.add_argument("--e", "-e", "--e_len", dest="e", type=int, default=e_default, help="longest context length")
+    g.add_argument("--num_lengths", type=int, default=20, help="lengths: round(linspace(s, e, N))")
+    g.add_argument("--num_depths", type=int, default=10, help="depths: round(linspace(0, 100, N))")
+    g.add_argument("--context_lengths", type=int, nargs="+", default=None, help="explicit lengths (overrides s/e)")
+    g.add_argument("--depth_percents", type=int, nargs="+", default=None, help="explicit depths in 0..100")
+    g.add_argument("--haystack_dir", default=None, help="folder of UTF-8 .txt files (default: Paul Graham essays)")
+    g.add_argument("--needles", default=None, help="needles JSON-lines file (default: haystack/needles.jsonl)")
+    g.add_argument("--chat_template", default="auto", choices=["auto", "on", "off"])
+    g.add_argument("--max_new_tokens", type=int, default=50)
+    g.add_argument("--prefill_chunk", type=int, default=None, help="prefill in chunks of N tokens (bounds memory)")
+
+
+def guard_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to touch existing outputs unless told; check the folder is writable."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} exists; pass --overwrite to replace it (or --resume to continue that run)")
+    for folder in {p.parent for p in paths}:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create output folder {folder}: {e.strerror}; pass a writable --output_dir") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"output folder {folder} is not writable; pass a writable --output_dir")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "absl", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """The error boundary: user errors are one line, Ctrl-C is exit 130."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the trial log; rerun with --resume to continue",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,116 @@
+"""``retrieval_head_detection.py``: detect retrieval heads and write ``head_score/<model>.json``.
+
+    python retrieval_head_detection.py --model_path P --s 0 --e 5000
+
+Outputs in ``--output_dir`` (default ``head_score/``):
+  <model>.json            the original's one-line {"layer-head": [trial scores]} file
+  <model>.trials.jsonl    one record per trial, counted or not (appended as trials finish)
+  <model>.manifest.json   resolved config, model, versions, git commit, times
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, guard_outputs, model_spec,
+                         run_cli, setup_logging)
+from .detect import DetectionResult, DetectSettings, detect, sweep_depths, sweep_lengths
+from .errors import UserError
+from .manifest import build_manifest, utc_now
+from .models import load_model, model_name
+from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
+
+DEFAULTS = DetectSettings()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retrieval_head_detection.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_grid_args(p, s_default=0, e_default=5000)
+    g = p.add_argument_group("scoring")
+    g.add_argument("--score", default=DEFAULTS.score, choices=["count", "set"],
+                   help="count: every copy counts (the reference); set: each needle position once (the paper)")
+    g.add_argument("--rouge_threshold", type=float, default=DEFAULTS.rouge_threshold,
+                   help="a trial counts when ROUGE-1 recall x100 exceeds this")
+    g.add_argument("--preset", choices=["paper"], default=None,
+                   help="paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_dir", default="head_score")
+    o.add_argument("--overwrite", action="store_true", help="replace existing outputs of this model")
+    o.add_argument("--save_prompts", action="store_true", help="store each trial's prompt_ids in the trial log")
+    o.add_argument("--seed", type=int, default=42, help="recorded; decoding is greedy")
+    o.add_argument("--top", type=int, default=20, help="rows of the printed top-heads table")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--verbose", action="store_true")
+    return p
+
+
+def settings_from_args(args) -> DetectSettings:
+    if args.preset == "paper":
+        s, e, n = PRESET_PAPER_LENGTHS
+        lengths, args.chat_template = sweep_lengths(s, e, n), "off"
+    elif args.context_lengths:
+        if any(x <= 0 for x in args.context_lengths):
+            raise UserError("--context_lengths must all be positive")
+        lengths = args.context_lengths
+    else:
+        lengths = sweep_lengths(args.s, args.e, args.num_lengths)
+    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
+    bad = [d for d in depths if not 0 <= d <= 100]
+    if bad:
+        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
+    if args.max_new_tokens < 1:
+        raise UserError("--max_new_tokens must be at least 1")
+    return DetectSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths),
+                          haystack_dir=args.haystack_dir, needles=args.needles, chat_template=args.chat_template,
+                          max_new_tokens=args.max_new_tokens, rouge_threshold=args.rouge_threshold,
+                          score=args.score, prefill_chunk=args.prefill_chunk, save_prompts=args.save_prompts)
+
+
+def report(result: DetectionResult, top: int) -> None:
+    n, passed = len(result.trials), len(result.passed())
+    print(f"\n{passed} of {n} trials passed (ROUGE-1 recall above the threshold)")
+    if passed:
+        print(f"top {top} retrieval heads (mean score over passing trials):")
+        print(format_top_table(result.mean_scores(), top))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    settings = settings_from_args(args)
+    name = model_name(args.model_path, args.model_name_suffix)
+    out = Path(args.output_dir)
+    paths = {k: out / f"{name}{ext}" for k, ext in
+             (("scores", ".json"), ("trials", ".trials.jsonl"), ("manifest", ".manifest.json"))}
+    guard_outputs(list(paths.values()), args.overwrite)
+    started = utc_now()
+    torch.manual_seed(args.seed)
+    model, tokenizer, info = load_model(model_spec(args))
+    if args.overwrite:
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+    log = TrialLog(paths["trials"])
+    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet)
+    config = dict(dataclasses.asdict(settings), model_name=name, output_dir=str(out), preset=args.preset)
+    manifest = build_manifest("retrieval_head_detection", config, info, args.seed, started)
+    manifest["trials"] = {"total": len(result.trials), "passed": len(result.passed())}
+    write_atomic(paths["manifest"], dump_json(manifest))
+    report(result, args.top)
+    if not result.passed():
+        raise UserError(
+            f"no trial passed (ROUGE-1 recall > {settings.rouge_threshold}): no head scores written; "
+            f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
+        )
+    write_head_scores(paths["scores"], result.head_counter())
+    print(f"\nwrote {paths['scores']}, {paths['trials']}, {paths['manifest']}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)

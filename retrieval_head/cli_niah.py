@@ -1,0 +1,152 @@
+"""``needle_in_haystack_with_mask.py``: the needle test with retrieval heads masked.
+
+    python needle_in_haystack_with_mask.py --mask_top 10 --s 500 --e 2000
+    python needle_in_haystack_with_mask.py --mask_top 0 10 -10 --seeds 0 1 2   # one process, shared prefills
+
+Each condition writes a folder under ``--output_dir`` (default ``results/graph/``):
+``<model>`` (K = 0), ``<model>_block_top{K}``, ``<model>_block_random{K}`` (``_seed{S}``
+with ``--seeds``), plus ``_zero`` / ``_all`` for non-default mask mode / phase. Each holds
+one JSON per (length, depth) in the original's fields plus the mask, a manifest.json and
+heatmap.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from .attention import MASK_MODES, MASK_PHASES
+from .cli_common import add_grid_args, add_model_args, guard_outputs, model_spec, run_cli, setup_logging
+from .decode import stop_token_mask
+from .detect import Haystacks, check_grid, sweep_depths, sweep_lengths
+from .errors import UserError
+from .haystack import Needle, load_needles
+from .manifest import build_manifest, utc_now
+from .models import load_model, max_positions, model_name
+from .niah import Condition, NiahSettings, make_conditions, run_niah
+from .prompt import uses_chat_template
+from .scores_io import dump_json, load_head_scores, write_atomic
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="needle_in_haystack_with_mask.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_grid_args(p, s_default=1000, e_default=5000)
+    m = p.add_argument_group("masking")
+    m.add_argument("--mask_top", "--mask_topk", dest="mask_top", type=int, nargs="+", default=[0],
+                   help="K>0: top-K retrieval heads; K<0: |K| random heads; 0: none (several values allowed)")
+    m.add_argument("--head_score", default=None, help="head_score JSON (default: head_score/<model>.json)")
+    m.add_argument("--mask_mode", default="uniform", choices=MASK_MODES,
+                   help="uniform: zero the query (attend uniformly, the original); zero: zero the head's output")
+    m.add_argument("--mask_phase", default="decode", choices=MASK_PHASES,
+                   help="decode: mask while decoding only (the original); all: the prefill too")
+    m.add_argument("--seed", type=int, default=0, help="seed of the random-head draw")
+    m.add_argument("--seeds", type=int, nargs="+", default=None, help="several random draws, one folder each")
+    n = p.add_argument_group("needle")
+    n.add_argument("--needle", default=None)
+    n.add_argument("--question", default=None)
+    n.add_argument("--real_needle", default=None, help="the answer, inside --needle")
+    n.add_argument("--needle_id", type=int, default=0, help="which needle of --needles (0-based)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_dir", default="results/graph")
+    o.add_argument("--overwrite", action="store_true")
+    o.add_argument("--no_plot", action="store_true", help="skip heatmap.png")
+    o.add_argument("--quiet", action="store_true")
+    o.add_argument("--verbose", action="store_true")
+    return p
+
+
+def pick_needle(args) -> Needle:
+    given = [args.needle, args.question, args.real_needle]
+    if any(given):
+        if not all(given):
+            raise UserError("--needle, --question and --real_needle go together; give all three")
+        n = Needle(0, args.needle.strip(), args.question.strip(), args.real_needle.strip())
+        n.answer_span()
+        return n
+    needles = load_needles(args.needles)
+    if not 0 <= args.needle_id < len(needles):
+        raise UserError(f"--needle_id {args.needle_id}: {args.needles or 'the needles file'} has {len(needles)} needles")
+    return needles[args.needle_id]
+
+
+def grid(args) -> tuple[list[int], list[int]]:
+    lengths = args.context_lengths or sweep_lengths(args.s, args.e, args.num_lengths)
+    if any(x <= 0 for x in lengths):
+        raise UserError("--context_lengths must all be positive")
+    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
+    bad = [d for d in depths if not 0 <= d <= 100]
+    if bad:
+        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
+    return sorted(set(lengths)), sorted(set(depths))
+
+
+def head_scores_for(args, name: str, shape) -> torch.Tensor | None:
+    if all(k == 0 for k in args.mask_top):
+        return None
+    return load_head_scores(Path(args.head_score or Path("head_score") / f"{name}.json"), shape)
+
+
+def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> None:
+    print("\nmean score (ROUGE-1 recall x100) per condition:")
+    means = {}
+    for c in conditions:
+        recs = results[c.folder]
+        means[c.folder] = statistics.fmean(r["score"] for r in recs) if recs else float("nan")
+        print(f"  {means[c.folder]:6.1f}  {c.label():<55} {c.folder}")
+    randoms = [means[c.folder] for c in conditions if c.kind == "random"]
+    if len(randoms) > 1:
+        print(f"  random draws: mean {statistics.fmean(randoms):.1f}, sd {statistics.stdev(randoms):.1f} "
+              f"over {len(randoms)} seeds")
+
+
+def write_outputs(out: Path, conditions, results, manifest: dict, plot: bool) -> None:
+    from .plot import heatmap
+
+    for c in conditions:
+        folder = out / c.folder
+        # --overwrite: this run's files replace the old run's, none of which may linger.
+        for old in [*folder.glob(f"{manifest['config']['model_name']}_len_*_depth_*.json"), folder / "heatmap.png"]:
+            old.unlink(missing_ok=True)
+        for r in results[c.folder]:
+            fname = f"{r['model']}_len_{r['context_length']}_depth_{r['depth_percent'] * 100}.json"
+            write_atomic(folder / fname, dump_json(r))
+        write_atomic(folder / "manifest.json", dump_json(dict(manifest, condition=c.describe())))
+        if plot:
+            heatmap(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    needle, (lengths, depths) = pick_needle(args), grid(args)
+    name = model_name(args.model_path, args.model_name_suffix)
+    seeds = args.seeds or [args.seed]
+    out = Path(args.output_dir)
+    started = utc_now()
+    model, tok, info = load_model(model_spec(args))
+    shape = (model.config.num_hidden_layers, model.config.num_attention_heads)
+    conditions = make_conditions(name, args.mask_top, head_scores_for(args, name, shape), args.mask_mode,
+                                 args.mask_phase, seeds, seed_folders=args.seeds is not None)
+    guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite)
+    hay = Haystacks(tok, uses_chat_template(tok, args.chat_template), Path(args.haystack_dir) if args.haystack_dir else None)
+    check_grid(model, hay, [needle], lengths, args.max_new_tokens, max_positions(model))
+    st = NiahSettings(max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk, model_name=name)
+    results = run_niah(model, tok, hay.for_needle(needle), needle, lengths, depths, conditions,
+                       stop_token_mask(model, tok), st, progress=not args.quiet)
+    config = {k: v for k, v in vars(args).items()}
+    config.update(context_lengths=lengths, depth_percents=depths, needle=needle.needle, question=needle.question,
+                  real_needle=needle.real_needle, model_name=name)
+    manifest = build_manifest("needle_in_haystack_with_mask", config, info, args.seed, started)
+    write_outputs(out, conditions, results, manifest, plot=not args.no_plot)
+    summarize(conditions, results)
+    print(f"\nwrote {', '.join(str(out / c.folder) for c in conditions)}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)

@@ -1,0 +1,219 @@
+"""Retrieval-head detection: needle trials scored head by head.
+
+Python API (a notebook)::
+
+    >>> from retrieval_head import load_model, ModelSpec, detect
+    >>> model, tok, _ = load_model(ModelSpec())           # the embedded SmolLM2
+    >>> result = detect(model, tok, DetectSettings(context_lengths=(800,), depth_percents=(25, 75)))
+    >>> result.mean_scores().shape                        # [layers, heads]
+    torch.Size([30, 9])
+
+A trial counts when the answer's ROUGE-1 recall exceeds the threshold; a head's score is
+the mean of its trial scores over counted trials (see ``scoring``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .attention import ArgmaxProbe
+from .decode import greedy_decode, stop_token_mask
+from .errors import UserError
+from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
+from .prompt import Prompt, PromptBuilder, uses_chat_template
+from .scoring import RetrievalScorer, rouge1_recall
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One (needle, context length, depth) cell of the sweep; sorts in canonical order."""
+
+    needle_id: int
+    context_length: int
+    depth_percent: int
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.needle_id, self.context_length, self.depth_percent)
+
+
+def sweep_lengths(s: int, e: int, num: int) -> list[int]:
+    """The original's grid, ``round(linspace(s, e, num))``, zeros dropped (with a notice).
+
+    >>> sweep_lengths(0, 5000, 5)
+    [1250, 2500, 3750, 5000]
+    """
+    if s < 0 or e < 0:
+        raise UserError(f"context lengths must be positive, got --s {s} --e {e}")
+    if s > e:
+        raise UserError(f"--s {s} is larger than --e {e}; swap them")
+    if num < 1:
+        raise UserError("--num_lengths must be at least 1")
+    grid = [int(x) for x in np.round(np.linspace(s, e, num=num, endpoint=True))]
+    if 0 in grid:
+        log.warning("context length 0 dropped from the grid (as --s 0 in the original does)")
+    out = sorted(set(x for x in grid if x > 0))
+    if not out:
+        raise UserError(f"--s {s} --e {e} leaves no positive context length; raise --e")
+    return out
+
+
+def sweep_depths(num: int) -> list[int]:
+    """``round(linspace(0, 100, num))``: 0, 11, 22, ... 100 for 10."""
+    if num < 1:
+        raise UserError("--num_depths must be at least 1")
+    return sorted(set(int(x) for x in np.round(np.linspace(0, 100, num=num, endpoint=True))))
+
+
+def trial_grid(needles: list[Needle], lengths: Iterable[int], depths: Iterable[int]) -> list[Trial]:
+    """Every needle at every (length, depth), in canonical order."""
+    return [Trial(n.needle_id, L, d) for n in needles for L in lengths for d in depths]
+
+
+@dataclass
+class Haystacks:
+    """One PromptBuilder per haystack source (the default, ``--haystack_dir`` or a needle's own)."""
+
+    tokenizer: object
+    chat_template: bool
+    override: Path | None = None
+    _builders: dict = field(default_factory=dict)
+
+    def for_needle(self, needle: Needle) -> PromptBuilder:
+        src = self.override or needle.haystack or default_haystack_dir()
+        if src not in self._builders:
+            self._builders[src] = PromptBuilder(self.tokenizer, read_haystack(src), self.chat_template)
+        return self._builders[src]
+
+
+def check_grid(model, haystacks: Haystacks, needles: list[Needle], lengths: list[int], max_new_tokens: int,
+               max_positions: int | None) -> None:
+    """Refuse, before any trial runs, lengths no prompt can have."""
+    for n in needles:
+        b = haystacks.for_needle(n)
+        over = b.overhead(n)
+        if min(lengths) < over:
+            raise UserError(
+                f"context length {min(lengths)} is below needle {n.needle_id}'s fixed prompt overhead "
+                f"({over} tokens: template, needle, question); raise --s to at least {over}"
+            )
+        if max(lengths) - over > len(b.haystack):
+            raise UserError(
+                f"the haystack has {len(b.haystack)} tokens, too short for context length {max(lengths)}; "
+                "lower --e or pass a larger --haystack_dir"
+            )
+    if max_positions is not None and max(lengths) + max_new_tokens > max_positions:
+        raise UserError(
+            f"context length {max(lengths)} + {max_new_tokens} new tokens exceeds the model's "
+            f"{max_positions} positions; lower --e or use a long-context --model_path"
+        )
+
+
+def run_trial(model, tokenizer, prompt: Prompt, needle: Needle, stop_mask: torch.Tensor, *,
+              max_new_tokens: int, rouge_threshold: float, score_mode: str,
+              prefill_chunk: int | None = None) -> dict:
+    """Decode one prompt under the probe; the trial record (without its sweep keys)."""
+    cfg = model.config
+    probe = ArgmaxProbe()
+    scorer = RetrievalScorer(prompt.ids, prompt.needle_span, cfg.num_hidden_layers, cfg.num_attention_heads,
+                             score_mode, device=model.get_input_embeddings().weight.device)
+    t0 = time.perf_counter()
+    gen = greedy_decode(model, tokenizer, prompt.ids, stop_mask, max_new_tokens, probe=probe,
+                        on_step=lambda t, tok, pos: scorer.update(pos, tok), prefill_chunk=prefill_chunk)
+    recall = rouge1_recall(gen.text, needle.real_needle)
+    return {
+        "prompt_length": len(prompt.ids),
+        "needle_span": list(prompt.needle_span),
+        "insert_at": prompt.insert_at,
+        "response": gen.text,
+        "response_ids": gen.ids,
+        "rouge1_recall": recall,
+        "passed": recall > rouge_threshold,
+        "head_scores": scorer.scores().tolist(),
+        "duration_s": round(time.perf_counter() - t0, 4),
+    }
+
+
+@dataclass
+class DetectionResult:
+    """All trial records of a sweep; the head scores are derived from them."""
+
+    num_layers: int
+    num_heads: int
+    trials: list[dict]
+
+    def passed(self) -> list[dict]:
+        return sorted((t for t in self.trials if t["passed"]),
+                      key=lambda t: (t["needle_id"], t["context_length"], t["depth_percent"]))
+
+    def head_counter(self) -> dict[str, list[float]]:
+        """The original's format: ``{"layer-head": [score of each counted trial]}``."""
+        rows = [t["head_scores"] for t in self.passed()]
+        return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
+
+    def mean_scores(self) -> torch.Tensor:
+        """float64 ``[layers, heads]``: mean over counted trials (zeros when none counted)."""
+        rows = [t["head_scores"] for t in self.passed()]
+        if not rows:
+            return torch.zeros(self.num_layers, self.num_heads, dtype=torch.float64)
+        return torch.tensor(rows, dtype=torch.float64).mean(0)
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Everything that defines a detection sweep besides the model (the single source of
+    defaults for the API and the CLI)."""
+
+    context_lengths: tuple[int, ...] = (1000,)
+    depth_percents: tuple[int, ...] = (0, 25, 50, 75, 100)
+    haystack_dir: str | None = None  # None: each needle's own haystack, else the default
+    needles: str | None = None  # None: haystack/needles.jsonl
+    chat_template: str = "auto"  # auto | on | off
+    max_new_tokens: int = 50
+    rouge_threshold: float = 50.0
+    score: str = "count"  # count (the reference's) | set (the paper's)
+    prefill_chunk: int | None = None
+    save_prompts: bool = False
+
+
+def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
+           on_trial: Callable[[dict], None] | None = None, progress: bool = True) -> DetectionResult:
+    """Run every trial and return their records; ``on_trial`` sees each as it finishes."""
+    from .models import max_positions
+
+    st = settings
+    needles = load_needles(st.needles)
+    lengths, depths = sorted(set(st.context_lengths)), sorted(set(st.depth_percents))
+    for d in depths:
+        if not 0 <= d <= 100:
+            raise UserError(f"depth {d} is outside 0..100; fix --depth_percents")
+    hay = Haystacks(tokenizer, uses_chat_template(tokenizer, st.chat_template),
+                    Path(st.haystack_dir) if st.haystack_dir else None)
+    check_grid(model, hay, needles, lengths, st.max_new_tokens, max_positions(model))
+    stop = stop_token_mask(model, tokenizer)
+    by_id = {n.needle_id: n for n in needles}
+    records = []
+    for trial in tqdm(trial_grid(needles, lengths, depths), desc="detect", disable=not progress):
+        needle = by_id[trial.needle_id]
+        prompt = hay.for_needle(needle).build(needle, trial.context_length, trial.depth_percent)
+        rec = {"needle_id": trial.needle_id, "context_length": trial.context_length,
+               "depth_percent": trial.depth_percent}
+        rec.update(run_trial(model, tokenizer, prompt, needle, stop, max_new_tokens=st.max_new_tokens,
+                             rouge_threshold=st.rouge_threshold, score_mode=st.score,
+                             prefill_chunk=st.prefill_chunk))
+        if st.save_prompts:
+            rec["prompt_ids"] = prompt.ids
+        records.append(rec)
+        if on_trial is not None:
+            on_trial(rec)
+    return DetectionResult(model.config.num_hidden_layers, model.config.num_attention_heads, records)

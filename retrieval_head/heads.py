@@ -1,0 +1,182 @@
+"""Retrieval-head analysis for notebooks and the shell: ranked tables, heatmaps, comparisons.
+
+Worked example: two 2 x 2 score grids that agree on the best head but not the second::
+
+    >>> import torch
+    >>> a = torch.tensor([[0.9, 0.1], [0.5, 0.0]])
+    >>> b = torch.tensor([[0.8, 0.6], [0.2, 0.0]])
+    >>> r = compare(a, b, k=2)
+    >>> r["overlap"], r["jaccard"], r["shared"], round(r["spearman"], 3)
+    (1, 0.333, [(0, 0)], 0.8)
+
+From the shell::
+
+    python -m retrieval_head.heads top head_score/llama-2-7b-80k.json -k 10
+    python -m retrieval_head.heads heatmap head_score/llama-2-7b-80k.json   # llama-2-7b-80k.heads.png
+    python -m retrieval_head.heads compare head_score/Qwen1.5-14B.json head_score/Qwen1.5-14B-Chat.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .errors import UserError
+from .scores_io import format_top_table, load_head_scores, top_heads, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing their average rank.
+
+    >>> average_ranks(np.array([10.0, 20.0, 10.0, 30.0])).tolist()
+    [1.5, 3.0, 1.5, 4.0]
+    """
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)                  # rank of the last member of each tie group
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    ra, rb = average_ranks(np.ravel(a)), average_ranks(np.ravel(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
+    """Agreement of two ``[layers, heads]`` score grids.
+
+    Returns ``{"k", "overlap", "jaccard", "spearman", "shared"}``: the overlap count and
+    Jaccard index (rounded to 3 places) of the two top-``k`` sets (ties broken layer-major,
+    as in ``top_heads``), the Spearman correlation over all heads, and the shared heads as
+    ``(layer, head)`` in ``a``'s rank order. ``k`` is capped at the number of heads.
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.dim() != 2 or b.dim() != 2:
+        raise UserError(f"compare needs two [layers, heads] grids, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape:
+        raise UserError(
+            f"cannot compare a {a.shape[0]} x {a.shape[1]} grid with a {b.shape[0]} x {b.shape[1]} grid; "
+            "pass head scores of models with the same layers and heads"
+        )
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    k = min(k, a.numel())
+    top_a = [(l, h) for l, h, _ in top_heads(a, k)]
+    top_b = {(l, h) for l, h, _ in top_heads(b, k)}
+    shared = [lh for lh in top_a if lh in top_b]
+    union = len(set(top_a) | top_b)
+    return {
+        "k": k,
+        "overlap": len(shared),
+        "jaccard": round(len(shared) / union, 3),
+        "spearman": spearman(a.numpy(), b.numpy()),
+        "shared": shared,
+    }
+
+
+def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
+                  mark_top: int = 5) -> Path:
+    """Layers x heads PNG (y = layer, 0 at the top; x = head), viridis; the top
+    ``mark_top`` heads are outlined in red. Written atomically; returns the path."""
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    if s.dim() != 2:
+        raise UserError(f"heads_heatmap needs a [layers, heads] grid, got shape {tuple(s.shape)}")
+    layers, heads = s.shape
+    size = (min(16.0, 3.0 + 0.3 * heads), min(14.0, 1.5 + 0.28 * layers))
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(s.numpy(), ax=ax, cmap="viridis", vmin=0.0, vmax=max(float(s.max()), 1e-9),
+                cbar_kws={"label": "retrieval score (mean over trials)"},
+                xticklabels="auto", yticklabels="auto")
+    for l, h, _ in top_heads(s, min(mark_top, s.numel())):
+        ax.add_patch(Rectangle((h, l), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xlabel("Head")
+    ax.set_ylabel("Layer")
+    ax.tick_params(axis="y", labelrotation=0)
+    if title:
+        ax.set_title(title)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_atomic(Path(out_png), buf.getvalue())
+    log.info("wrote %s", out_png)
+    return Path(out_png)
+
+
+def _fmt_heads(heads: list[tuple[int, int]]) -> str:
+    return " ".join(f"{l}-{h}" for l, h in heads) or "(none)"
+
+
+def _cmd_top(args) -> None:
+    if args.k < 1:
+        raise UserError(f"-k must be at least 1, got {args.k}")
+    print(format_top_table(load_head_scores(Path(args.file)), args.k))
+
+
+def _cmd_heatmap(args) -> None:
+    path = Path(args.file)
+    scores = load_head_scores(path)
+    out = Path(args.out) if args.out else Path(f"{path.stem}.heads.png")
+    layers, n_heads = scores.shape
+    title = f"{path.stem}: retrieval score per head ({layers} layers x {n_heads} heads; top 5 outlined)"
+    print(heads_heatmap(scores, out, title))
+
+
+def _cmd_compare(args) -> None:
+    a, b = load_head_scores(Path(args.a)), load_head_scores(Path(args.b))
+    r = compare(a, b, args.k)
+    print(f"A: {args.a} ({a.shape[0]} x {a.shape[1]})")
+    print(f"B: {args.b} ({b.shape[0]} x {b.shape[1]})")
+    print(f"top-{r['k']} overlap: {r['overlap']} / {r['k']}")
+    print(f"Jaccard:        {r['jaccard']:.3f}")
+    print(f"Spearman:       {r['spearman']:.3f}")
+    print(f"shared heads:   {_fmt_heads(r['shared'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval_head.heads {top,heatmap,compare} ...``."""
+    parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
+                                     description="Inspect head_score/*.json files.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("top", help="ranked table of the top heads")
+    p.add_argument("file")
+    p.add_argument("-k", type=int, default=20)
+    p.set_defaults(func=_cmd_top)
+    p = sub.add_parser("heatmap", help="layers x heads PNG (default <stem>.heads.png in the current folder)")
+    p.add_argument("file")
+    p.add_argument("--out", metavar="PNG")
+    p.set_defaults(func=_cmd_heatmap)
+    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("-k", type=int, default=20)
+    p.set_defaults(func=_cmd_compare)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the figure: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

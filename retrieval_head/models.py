@@ -1,0 +1,132 @@
+"""Loading any Hugging Face causal LM (hub id or local folder) or the embedded default.
+
+Model facts (layers, heads, KV heads, max positions) are read from ``model.config``;
+nothing here dispatches on model names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load a model; one field per CLI option."""
+
+    model_path: str | None = None  # None: the embedded default
+    revision: str | None = None
+    dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    device_map: str | None = None  # e.g. "auto" (accelerate) to shard across GPUs
+    attn_implementation: str | None = None  # None: the model's own default
+    trust_remote_code: bool = False
+
+
+def model_name(model_path: str | None, suffix: str | None = None) -> str:
+    """Basename of the path or hub id, plus the original's ``_suffix``.
+
+    >>> model_name("meta-llama/Llama-2-7b-hf", "80k")
+    'Llama-2-7b-hf_80k'
+    """
+    base = DEFAULT_MODEL_NAME if model_path is None else Path(str(model_path).rstrip("/\\")).name
+    return f"{base}_{suffix}" if suffix else base
+
+
+def looks_local(path: str) -> bool:
+    """A path the user meant as a folder (a hub id is ``name`` or ``org/name``)."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path or os.path.exists(path)
+
+
+def resolve_source(model_path: str | None) -> str:
+    """The folder or hub id to load; checks local-looking paths before transformers does."""
+    if model_path is None:
+        return str(ensure_default_model())
+    if looks_local(model_path):
+        p = Path(model_path).expanduser()
+        if not p.is_dir():
+            raise UserError(f"model folder {model_path} does not exist; pass --model_path DIR or a hub id")
+        if not (p / "config.json").is_file():
+            raise UserError(f"{model_path} has no config.json; it is not a Hugging Face model folder")
+        return str(p)
+    return model_path
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(spec: ModelSpec):
+    """Return ``(model, tokenizer, info)``; ``info`` is the manifest's model record."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(spec.model_path)
+    device = resolve_device(spec.device)
+    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "check the id, the revision and the network"
+        raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]} ({hint})") from None
+    kwargs = dict(common, dtype=resolve_dtype(spec.dtype, device))
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.device_map:
+        kwargs["device_map"] = spec.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    except ValueError as e:
+        raise UserError(f"cannot load {source!r} as a causal LM: {str(e).splitlines()[0]}") from None
+    except ImportError as e:
+        raise UserError(f"attention backend unavailable: {str(e).splitlines()[0]}") from None
+    if not spec.device_map:
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    info = {
+        "model_path": spec.model_path or f"embedded:{DEFAULT_MODEL_NAME}",
+        "source": source,
+        "revision": spec.revision,
+        "commit_hash": getattr(model.config, "_commit_hash", None),
+        "class": type(model).__name__,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(next(model.parameters()).device),
+        "device_map": spec.device_map,
+        "attn_implementation": model.config._attn_implementation,
+        "num_layers": model.config.num_hidden_layers,
+        "num_heads": model.config.num_attention_heads,
+        "num_kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+    }
+    log.info("loaded %s (%s, %s, attention %s)", source, info["class"], info["dtype"], info["attn_implementation"])
+    return model, tokenizer, info
+
+
+def max_positions(model) -> int | None:
+    """The model's maximum positions, if its config states one."""
+    for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(model.config, k, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None

@@ -1,0 +1,181 @@
+"""Needle-in-a-haystack with heads masked: top-K vs random-K vs none.
+
+Conditions (the original's ``--mask_topk K``):
+  K > 0  mask the K best heads by mean retrieval score (ties in layer-major order);
+  K < 0  mask |K| random heads, drawn with a recorded seed from the heads that are *not*
+         retrieval heads (see ``select_random``);
+  K = 0  mask nothing.
+
+One prompt serves every condition of a trial: when all masks act only while decoding
+(``phase="decode"``, the default), the prompt is prefilled once and each condition
+decodes from the same cache (cropped back, or copied for sliding-window caches).
+
+Worked example::
+
+    >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
+    >>> select_top(scores, 2).nonzero().tolist()
+    [[0, 0], [1, 0]]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .attention import HeadMask
+from .decode import greedy_decode, input_device, prefill
+from .errors import UserError
+from .haystack import Needle
+from .manifest import utc_now
+from .prompt import PromptBuilder
+from .scoring import rouge1_recall
+from .scores_io import top_heads
+
+log = logging.getLogger(__name__)
+
+RANDOM_EXCLUDE_SCORE = 0.1  # a head scoring this much is a retrieval head: never a random pick
+RANDOM_EXCLUDE_FRACTION = 0.10  # ... and the top max(K, 10%) heads are excluded regardless
+
+
+def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order)."""
+    total = scores.numel()
+    if k > total:
+        raise UserError(f"--mask_top {k} is larger than the model's {total} heads")
+    nonzero = int((scores > 0).sum())
+    if k > nonzero:
+        log.warning("masking top %d heads, but only %d heads have a nonzero score", k, nonzero)
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for l, h, _ in top_heads(scores, k):
+        out[l, h] = True
+    return out
+
+
+def random_pool(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """Heads random draws may use: not scoring >= 0.1 and not in the top max(k, 10%)."""
+    n_top = max(k, math.ceil(RANDOM_EXCLUDE_FRACTION * scores.numel()))
+    excluded = {(l, h) for l, h, _ in top_heads(scores, n_top)}
+    excluded |= {tuple(x) for x in (scores >= RANDOM_EXCLUDE_SCORE).nonzero().tolist()}
+    return [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1]) if (l, h) not in excluded]
+
+
+def select_random(scores: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """bool ``[layers, heads]``: k heads drawn with ``seed`` from ``random_pool``."""
+    pool = random_pool(scores, k)
+    if k > len(pool):
+        raise UserError(
+            f"--mask_top -{k}: only {len(pool)} heads remain after excluding retrieval heads "
+            f"(score >= {RANDOM_EXCLUDE_SCORE} or top max(K, 10%)); use a smaller K"
+        )
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for i in torch.randperm(len(pool), generator=g)[:k].tolist():
+        out[pool[i]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One masking condition of a run, and where its results go."""
+
+    kind: str  # none | top | random
+    k: int
+    mask: HeadMask | None
+    seed: int | None = None
+    folder: str = ""
+
+    def describe(self) -> dict:
+        d = {"kind": self.kind, "k": self.k, "seed": self.seed}
+        d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
+        return d
+
+    def label(self) -> str:
+        if self.kind == "none":
+            return "no heads masked"
+        seed = f", seed {self.seed}" if self.kind == "random" else ""
+        return f"{self.kind}-{self.k} heads masked ({self.mask.mode}, {self.mask.phase}{seed})"
+
+
+def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, mode: str, phase: str,
+                    seeds: list[int], seed_folders: bool) -> list[Condition]:
+    """Resolve ``--mask_top`` values (and seeds for random draws) into conditions."""
+    suffix = ("" if mode == "uniform" else f"_{mode}") + ("" if phase == "decode" else f"_{phase}")
+    out = []
+    for k in ks:
+        if k == 0:
+            out.append(Condition("none", 0, None, folder=model_name))
+            continue
+        if scores is None:
+            raise UserError("masking needs head scores; pass --head_score FILE or run retrieval_head_detection.py")
+        if k > 0:
+            out.append(Condition("top", k, HeadMask(select_top(scores, k), mode, phase),
+                                 folder=f"{model_name}_block_top{k}{suffix}"))
+            continue
+        for s in seeds:
+            folder = f"{model_name}_block_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")
+            out.append(Condition("random", -k, HeadMask(select_random(scores, -k, s), mode, phase), s, folder))
+    return out
+
+
+def _reusable(cache) -> bool:
+    """Whether a cache can be cropped back after a decode (sliding layers cannot)."""
+    return not any(getattr(cache, "is_sliding", []) or [])
+
+
+@dataclass
+class NiahSettings:
+    max_new_tokens: int = 50
+    prefill_chunk: int | None = None
+    version: int = 1
+    model_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: int, depth: int,
+             conditions: list[Condition], stop: torch.Tensor, st: NiahSettings) -> list[dict]:
+    """All conditions of one (length, depth) cell; one record per condition."""
+    prompt = builder.build(needle, length, depth)
+    ids = torch.tensor([prompt.ids], device=input_device(model))
+    shared = None
+    if all(c.mask is None or c.mask.phase == "decode" for c in conditions):
+        shared = prefill(model, ids[:, :-1], st.prefill_chunk)
+    records = []
+    for c in conditions:
+        t0 = time.perf_counter()
+        cache = None
+        if shared is not None:
+            cache = shared if _reusable(shared) else copy.deepcopy(shared)
+        gen = greedy_decode(model, tokenizer, prompt.ids, stop, st.max_new_tokens, mask=c.mask,
+                            prefill_chunk=st.prefill_chunk, cache=cache)
+        if cache is shared and shared is not None:
+            extra = shared.get_seq_length() - (len(prompt.ids) - 1)
+            if extra > 0:
+                shared.crop(-extra)  # back to the prompt: the next condition decodes from it
+        records.append({
+            "model": st.model_name, "context_length": length, "depth_percent": depth, "version": st.version,
+            "needle": needle.needle, "model_response": gen.text, "score": rouge1_recall(gen.text, needle.real_needle),
+            "test_duration_seconds": round(time.perf_counter() - t0, 4), "test_timestamp_utc": utc_now(),
+            "question": needle.question, "real_needle": needle.real_needle, "needle_span": list(prompt.needle_span),
+            "response_ids": gen.ids, "mask": c.describe(), **st.extra,
+        })
+    return records
+
+
+def run_niah(model, tokenizer, builder: PromptBuilder, needle: Needle, lengths: list[int], depths: list[int],
+             conditions: list[Condition], stop: torch.Tensor, st: NiahSettings, on_record=None,
+             progress: bool = True) -> dict[str, list[dict]]:
+    """Every (length, depth) under every condition; records grouped by condition folder."""
+    out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
+    cells = [(L, d) for L in lengths for d in depths]
+    for L, d in tqdm(cells, desc="niah", disable=not progress):
+        for c, rec in zip(conditions, run_cell(model, tokenizer, builder, needle, L, d, conditions, stop, st)):
+            out[c.folder].append(rec)
+            if on_record is not None:
+                on_record(c, rec)
+    return out

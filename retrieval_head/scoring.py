@@ -1,0 +1,62 @@
+"""Retrieval scores of one trial, and the answer check that decides whether it counts.
+
+At decode step t the model emits y_t. Query head (l, h) *copies* when its argmax key
+position j lies in the needle's answer span [s, e) and ``prompt_ids[j] == y_t``.
+
+- ``count`` (the reference's): each copy adds 1/(e - s); repeated copies count again,
+  so a trial score can exceed 1.
+- ``set`` (the paper's definition): each span position counts once per head.
+
+Worked example: span [10, 14) holds ids [7, 8, 9, 7]; the model emits 7, 8, 7.
+A head pointing at 10, 11, 13 copies three times: count = 3/4 = 0.75, set = 3/4.
+A head pointing at 10, 11, 10 copies three times too: count = 0.75, but set = 2/4.
+
+Counts are kept as integers on the model's device (no host sync per step) and divided
+in float64 at the end, so scores are exact fractions k/(e - s) and reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+from rouge_score import rouge_scorer
+
+SCORE_MODES = ("count", "set")
+_ROUGE = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1_recall(response: str, real_needle: str) -> float:
+    """ROUGE-1 recall of the response against the answer, x100 (the original's metric).
+
+    >>> rouge1_recall("Captain Juniper, a parrot", "Captain Juniper")
+    100.0
+    """
+    return _ROUGE.score(real_needle, response)["rouge1"].recall * 100
+
+
+class RetrievalScorer:
+    """Accumulates per-head copies for one trial; vectorised over layers and heads."""
+
+    def __init__(self, prompt_ids: list[int], span: tuple[int, int], num_layers: int, num_heads: int,
+                 mode: str = "count", device: torch.device | str = "cpu"):
+        if mode not in SCORE_MODES:
+            raise ValueError(f"score mode must be one of {SCORE_MODES}")
+        self.s, self.e = span
+        self.mode = mode
+        self.prompt = torch.tensor(prompt_ids, device=device)
+        self.copies = torch.zeros(num_layers, num_heads, dtype=torch.long, device=device)
+        self.seen = torch.zeros(num_layers, num_heads, self.e - self.s, dtype=torch.bool, device=device)
+
+    def update(self, positions: torch.Tensor, token: int) -> None:
+        """positions: ``[layers, heads]`` (or ``[layers, 1, heads]``) absolute argmax positions."""
+        pos = positions.reshape(self.copies.shape).to(self.prompt.device)
+        in_span = (pos >= self.s) & (pos < self.e)
+        same = self.prompt[pos.clamp(0, len(self.prompt) - 1)] == token
+        hit = in_span & same
+        self.copies += hit
+        idx = (pos - self.s).clamp(0, self.e - self.s - 1).unsqueeze(-1)
+        self.seen.scatter_(-1, idx, self.seen.gather(-1, idx) | hit.unsqueeze(-1))
+
+    def scores(self) -> torch.Tensor:
+        """float64 ``[layers, heads]`` trial scores under the chosen mode."""
+        k = self.copies if self.mode == "count" else self.seen.sum(-1)
+        return k.cpu().double() / (self.e - self.s)
