@@ -24,12 +24,17 @@ END   ?= 5000
 K     ?= 10
 SEEDS ?= 0 1 2
 
-# The demo's CPU-sized grid: 3 needles x 4 lengths x 5 depths = 60 trials (a few minutes on 2 cores).
+MODEL_NAME := $(if $(MODEL_PATH),$(notdir $(patsubst %/,%,$(MODEL_PATH))),SmolLM2-135M-Instruct)
+GRAPH := results/graph
+
+# The demo's CPU-sized grid (a few minutes on 2 cores): detection on 3 needles x 4 lengths
+# x 5 depths = 60 trials, then the needle test on 4 lengths x 5 depths under no mask,
+# top-K and K random heads (3 seeds), sharing each prompt's prefill.
 DEMO_GRID := --context_lengths 500 1000 1500 2000 --depth_percents 0 25 50 75 100
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install setup demo test rtx4090 a100 custom clean-venv
+.PHONY: install setup demo experiment test rtx4090 a100 custom clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +51,16 @@ setup: install
 	$(if $(HAS_GPU),$(PIP) install -e ".[flash]" || echo "flash-attn not installed: sdpa will be used",@echo "no GPU: flash-attn skipped")
 
 demo: install
-	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(DEMO_GRID) --overwrite
+	$(MAKE) --no-print-directory experiment GRID="$(DEMO_GRID)"
+
+# The paper's headline experiment on any model:
+#   make experiment MODEL_PATH=... GRID="--s 1000 --e 8000" K=20
+GRID ?= --s $(START) --e $(END)
+experiment: install
+	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(GRID) --overwrite
+	$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(GRID) --mask_top 0 $(K) -$(K) --seeds $(SEEDS) --overwrite
+	$(PY) -m retrieval_head.plot $(GRAPH)/$(MODEL_NAME) $(GRAPH)/$(MODEL_NAME)_block_top$(K) \
+	  $(foreach s,$(SEEDS),$(GRAPH)/$(MODEL_NAME)_block_random$(K)_seed$(s)) --out $(GRAPH)/$(MODEL_NAME)_side_by_side.png
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -138,7 +138,23 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
     return out.reshape(b, 1, num_heads, value.shape[-1]), argmax
 
 
-def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None):
+class Scope:
+    """What an ``intervene`` block yields: which layers the function actually saw."""
+
+    def __init__(self, model):
+        self.model_class = type(model).__name__
+        self.layers_seen: set[int] = set()
+
+    def check_routed(self) -> None:
+        """Refuse, by class name, a model whose attention never reached the interface."""
+        if not self.layers_seen:
+            raise UnsupportedModelError(
+                f"{self.model_class} does not call transformers' attention interface "
+                "(its attention was never routed through it), so it cannot be probed or masked"
+            )
+
+
+def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope):
     """Build the scope's attention function (a closure: the scope's state lives here only)."""
     per_layer: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -153,6 +169,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
         layer = getattr(module, "layer_idx", None)
         if layer is None:
             raise UnsupportedModelError(f"{type(module).__name__} has no layer_idx; cannot tell its layer")
+        scope.layers_seen.add(layer)
         decode = query.shape[2] == 1
         ablate = None
         if mask is not None and (decode or mask.phase == "all"):
@@ -195,7 +212,7 @@ def _configs(model) -> list:
 
 
 @contextlib.contextmanager
-def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None) -> Iterator[None]:
+def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None) -> Iterator[Scope]:
     """Route every attention call of ``model`` through a probe and/or a head mask.
 
     Active only inside the ``with`` block; the model is left exactly as it was.
@@ -214,13 +231,14 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     mask_fn = ALL_MASK_ATTENTION_FUNCTIONS[delegate_name]
     # Both registries must know the name: without the mask entry transformers silently
     # builds no mask at all (sliding windows and padding would be ignored).
-    AttentionInterface.register(name, _make_attention(delegate, probe, mask))
+    scope = Scope(model)
+    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope))
     AttentionMaskInterface.register(name, mask_fn)
     saved = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
     try:
         for cfg, _ in saved:
             cfg._attn_implementation = name
-        yield
+        yield scope
     finally:
         for cfg, impl in saved:
             cfg._attn_implementation = impl

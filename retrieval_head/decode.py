@@ -85,8 +85,8 @@ def greedy_decode(
     key = cache_kwarg(model)
     num_layers = model.config.num_hidden_layers
     out_ids: list[int] = []
-    scope = intervene(model, probe=probe, mask=mask) if (probe or mask) else contextlib.nullcontext()
-    with scope:
+    ctx = intervene(model, probe=probe, mask=mask) if (probe or mask) else contextlib.nullcontext()
+    with ctx as scope:
         if cache is None:
             cache = prefill(model, ids[:, :-1], prefill_chunk)
         inp, pos = ids[:, -1:], len(prompt_ids) - 1
@@ -94,6 +94,8 @@ def greedy_decode(
             if probe is not None:
                 probe.clear()
             logits = model(input_ids=inp, use_cache=True, **{key: cache}).logits[0, -1]
+            if scope is not None and t == 0:
+                scope.check_routed()
             token = int(logits.argmax())
             out_ids.append(token)
             if on_step is not None:

@@ -1,0 +1,198 @@
+"""Detection-trial overhead: one probed detection trial vs. plain ``model.generate``.
+
+For each context length this builds a real detection prompt (needle 0 of the default
+needles, depth 50%) and measures, on the default model (SmolLM2-135M-Instruct):
+
+  (a) ``run_trial(...)`` -- prefill + greedy decode under the ArgmaxProbe, per-step
+      head scoring and the ROUGE check (max_new_tokens=50, threshold 50, score "count");
+  (b) ``model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)`` on the
+      same prompt ids, with N = the number of tokens (a) generated: the naive floor.
+
+Time: one warm-up of each, then ``--repeats`` rounds, (a) and (b) interleaved in the same
+process (order alternating per round); the median wall time and the median process CPU
+time (all threads; less sensitive to other jobs on a shared machine) are reported, and
+ratio = (a)/(b). Target: ratio <= 1.10.
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the
+call. On CPU, each measurement runs once in a fresh ``spawn`` child that loads the model,
+builds the prompt, warms both paths up on a 64-token prefix, then resets the kernel's
+peak-RSS mark (``/proc/self/clear_refs`` = 5) and reports VmHWM - VmRSS around the call
+(fallback: ``ru_maxrss`` delta, which can hide peaks below the model-load peak).
+
+Run (from the repo root)::
+
+    .venv/bin/python bench/detection_overhead.py                     # lengths 1000 2000, 3 repeats
+    .venv/bin/python bench/detection_overhead.py --lengths 1000 4000 --repeats 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import multiprocessing as mp
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+SECTION = "## Detection trial vs plain generate (issue A)"
+MAX_NEW, ROUGE, MODE = 50, 50, "count"
+
+
+def setup(threads, lengths):
+    from retrieval_head import ModelSpec, load_model
+    from retrieval_head.decode import stop_token_mask
+    from retrieval_head.detect import Haystacks
+    from retrieval_head.haystack import load_needles
+    from retrieval_head.prompt import uses_chat_template
+
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    model, tok, info = load_model(ModelSpec())
+    needle = load_needles()[0]
+    builder = Haystacks(tok, uses_chat_template(tok, "auto")).for_needle(needle)
+    prompts = {L: builder.build(needle, L, 50) for L in lengths}
+    return model, tok, info, needle, prompts, stop_token_mask(model, tok)
+
+
+def trial(model, tok, prompt, needle, stop):
+    from retrieval_head.detect import run_trial
+    return run_trial(model, tok, prompt, needle, stop, max_new_tokens=MAX_NEW, rouge_threshold=ROUGE, score_mode=MODE)
+
+
+def generate(model, tok, ids, n):
+    x = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    assert out.shape[1] - x.shape[1] == n
+    return out
+
+
+def run(kind, model, tok, prompt, needle, stop, n):
+    return trial(model, tok, prompt, needle, stop) if kind == "a" else generate(model, tok, prompt.ids, n)
+
+
+def _status_kb(field):
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def cpu_peak_child(kind, L, n, threads, q):
+    """Fresh process: peak RSS increase (MiB) of one measurement."""
+    from retrieval_head.prompt import Prompt
+    model, tok, _, needle, prompts, stop = setup(threads, [L])
+    p = prompts[L]
+    short = Prompt(p.ids[:64], (1, 2), 0, 0)  # warm-up of both code paths, tiny tensors
+    trial(model, tok, short, needle, stop), generate(model, tok, short.ids, 2)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kb("VmRSS")
+        run(kind, model, tok, p, needle, stop, n)
+        q.put((_status_kb("VmHWM") - base) / 1024)
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run(kind, model, tok, p, needle, stop, n)
+        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def cpu_peak(kind, L, n, threads):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=cpu_peak_child, args=(kind, L, n, threads, q))
+    proc.start()
+    val = q.get()
+    proc.join()
+    return val
+
+
+def timed(kind, model, tok, prompt, needle, stop, n, cuda):
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    w, c = time.perf_counter(), time.process_time()
+    run(kind, model, tok, prompt, needle, stop, n)
+    if cuda:
+        torch.cuda.synchronize()
+    w, c = time.perf_counter() - w, time.process_time() - c
+    mem = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+    return w, c, mem
+
+
+def machine_header(info):
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"# Benchmarks\n\nMachine: {cpu.group(1) if cpu else platform.processor()}, "
+            f"{mp.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}; first written {datetime.date.today()}.\n"
+            f"Model: {info['model_path']} ({info['dtype']}, {info['device']}, attention {info['attn_implementation']}).\n")
+
+
+def write_section(path, body, info):
+    path = Path(path)
+    text = path.read_text() if path.exists() else machine_header(info)
+    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{SECTION}\n\n{body}\n"
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    args = ap.parse_args()
+    model, tok, info, needle, prompts, stop = setup(args.threads, args.lengths)
+    cuda = next(model.parameters()).is_cuda
+    rows = []
+    for L in args.lengths:
+        n = len(trial(model, tok, prompts[L], needle, stop)["response_ids"])  # warm-up (a), and N
+        generate(model, tok, prompts[L].ids, n)  # warm-up (b)
+        res = {"a": [], "b": []}
+        for r in range(args.repeats):
+            for kind in ("ab" if r % 2 == 0 else "ba"):
+                res[kind].append(timed(kind, model, tok, prompts[L], needle, stop, n, cuda))
+        med = {k: [statistics.median(x[i] for x in v) for i in range(2)] for k, v in res.items()}
+        if cuda:
+            mem = {k: max(x[2] for x in v) for k, v in res.items()}
+        else:
+            mem = {k: cpu_peak(k, L, n, args.threads) for k in "ab"}
+        rows.append((L, n, med, mem))
+        print(f"L={L} N={n} a={med['a'][0]:.2f}s b={med['b'][0]:.2f}s ratio={med['a'][0] / med['b'][0]:.3f}",
+              file=sys.stderr)
+    memkind = "CUDA max_memory_allocated increase" if cuda else "peak RSS increase, fresh process"
+    lines = ["| context | new tokens N | trial (a) wall s | generate (b) wall s | ratio a/b (wall) "
+             "| ratio a/b (CPU time) | (a) peak MiB | (b) peak MiB |", "|---|---|---|---|---|---|---|---|"]
+    for L, n, med, mem in rows:
+        (aw, ac), (bw, bc) = med["a"], med["b"]
+        lines.append(f"| {L} | {n} | {aw:.2f} | {bw:.2f} | {aw / bw:.3f} | {ac / bc:.3f} "
+                     f"| {mem['a']:.1f} | {mem['b']:.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    worst = max(m["a"][0] / m["b"][0] for _, _, m, _ in rows)
+    cmd = "python bench/detection_overhead.py " + " ".join(sys.argv[1:])
+    body = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {info['device']} "
+            f"(torch threads: {torch.get_num_threads()}). (a) = `run_trial` (probe, scoring, ROUGE; "
+            f"max_new_tokens={MAX_NEW}), (b) = `model.generate` with exactly N new tokens on the same prompt "
+            f"(needle 0, depth 50). Both were measured in the same run, interleaved (order alternating), "
+            f"after one warm-up each; times are medians of {args.repeats} repeats. Memory: {memkind}.\n\n"
+            f"{table}\n\nTarget ratio <= 1.10: {'holds' if worst <= 1.10 else 'NOT met'} "
+            f"(worst wall ratio {worst:.3f}).\n\nReproduce: `{cmd.strip()}`\n")
+    write_section(args.out, body, info)
+
+
+if __name__ == "__main__":
+    main()

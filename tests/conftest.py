@@ -1,0 +1,45 @@
+"""Shared fixtures: the embedded default model (installed by `make install`) and tiny
+random-weight models built here. Nothing is downloaded: `make test` sets HF_HUB_OFFLINE=1."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def default_model_dir():
+    from retrieval_head.default_model import default_model_dir as d
+
+    return d()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        pytest.skip("default model not installed (run `make install`)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from retrieval_head import ModelSpec, load_model
+
+    if not (default_model_dir() / "config.json").is_file():
+        pytest.skip("default model not installed (run `make install`)")
+    model, tok, info = load_model(ModelSpec(device="cpu"))
+    return model, tok, info
+
+
+def tiny_llama(vocab=128, layers=3, heads=4, kv_heads=2, seed=0, **kw):
+    """A random-weight Llama (GQA by default) small enough for any test."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16 * heads, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512, **kw)
+    return LlamaForCausalLM(cfg).eval()
