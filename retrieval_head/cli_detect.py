@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, gu
                          run_cli, setup_logging)
 from .detect import DetectionResult, DetectSettings, detect, sweep_depths, sweep_lengths
 from .errors import UserError
+from .haystack import load_needles
 from .manifest import build_manifest, utc_now
 from .models import load_model, model_name
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", default="head_score")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs of this model")
+    o.add_argument("--resume", action="store_true",
+                   help="continue a run from its trial log (same settings; the grid may grow)")
     o.add_argument("--save_prompts", action="store_true", help="store each trial's prompt_ids in the trial log")
     o.add_argument("--seed", type=int, default=42, help="recorded; decoding is greedy")
     o.add_argument("--top", type=int, default=20, help="rows of the printed top-heads table")
@@ -80,26 +84,58 @@ def report(result: DetectionResult, top: int) -> None:
         print(format_top_table(result.mean_scores(), top))
 
 
+def fingerprint(settings: DetectSettings, info: dict) -> dict:
+    """Everything that changes a trial's record besides its (needle, length, depth) key."""
+    keep = ("haystack_dir", "chat_template", "max_new_tokens", "rouge_threshold", "score", "prefill_chunk")
+    fp = {k: getattr(settings, k) for k in keep}
+    fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
+                     for n in load_needles(settings.needles)]
+    fp["model"] = {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}
+    return json.loads(json.dumps(fp))  # as it reads back from the manifest
+
+
+def resumed_trials(paths: dict, fp: dict) -> dict:
+    """Finished trials of the run being resumed (refusing one made with other settings)."""
+    if not paths["trials"].exists():
+        return {}
+    old = json.loads(paths["manifest"].read_text()) if paths["manifest"].exists() else {}
+    if old.get("fingerprint") != fp:
+        raise UserError(f"{paths['trials']} was made with different settings (model, needles, haystack or "
+                        "decoding/scoring options); rerun with those settings or use --overwrite")
+    log = TrialLog(paths["trials"])
+    records = log.read()
+    write_atomic(paths["trials"], "".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    return {(r["needle_id"], r["context_length"], r["depth_percent"]): r for r in records}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
     settings = settings_from_args(args)
     name = model_name(args.model_path, args.model_name_suffix)
     out = Path(args.output_dir)
     paths = {k: out / f"{name}{ext}" for k, ext in
              (("scores", ".json"), ("trials", ".trials.jsonl"), ("manifest", ".manifest.json"))}
-    guard_outputs(list(paths.values()), args.overwrite)
+    guard_outputs(list(paths.values()), args.overwrite or args.resume)
     started = utc_now()
     torch.manual_seed(args.seed)
     model, tokenizer, info = load_model(model_spec(args))
+    fp = fingerprint(settings, info)
+    done = resumed_trials(paths, fp) if args.resume else {}
     if args.overwrite:
         for p in paths.values():
             p.unlink(missing_ok=True)
-    log = TrialLog(paths["trials"])
-    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet)
     config = dict(dataclasses.asdict(settings), model_name=name, output_dir=str(out), preset=args.preset)
     manifest = build_manifest("retrieval_head_detection", config, info, args.seed, started)
-    manifest["trials"] = {"total": len(result.trials), "passed": len(result.passed())}
+    manifest.update(fingerprint=fp, status="running")
+    write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
+    log = TrialLog(paths["trials"])
+    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done)
+    manifest.update(build_manifest("retrieval_head_detection", config, info, args.seed, started),
+                    status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
+                                               "resumed": len(done)})
     write_atomic(paths["manifest"], dump_json(manifest))
     report(result, args.top)
     if not result.passed():

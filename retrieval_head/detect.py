@@ -187,8 +187,14 @@ class DetectSettings:
 
 
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
-           on_trial: Callable[[dict], None] | None = None, progress: bool = True) -> DetectionResult:
-    """Run every trial and return their records; ``on_trial`` sees each as it finishes."""
+           on_trial: Callable[[dict], None] | None = None, progress: bool = True,
+           done: dict[tuple[int, int, int], dict] | None = None) -> DetectionResult:
+    """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
+
+    ``done`` maps ``(needle_id, context_length, depth_percent)`` to records of trials that
+    already ran with the same settings (a resumed run): they are reused, not run again.
+    """
+    done = done or {}
     from .models import max_positions
 
     st = settings
@@ -202,8 +208,12 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     check_grid(model, hay, needles, lengths, st.max_new_tokens, max_positions(model))
     stop = stop_token_mask(model, tokenizer)
     by_id = {n.needle_id: n for n in needles}
-    records = []
-    for trial in tqdm(trial_grid(needles, lengths, depths), desc="detect", disable=not progress):
+    grid = trial_grid(needles, lengths, depths)
+    todo = [t for t in grid if t.key not in done]
+    if len(todo) < len(grid):
+        log.info("resuming: %d of %d trials already done", len(grid) - len(todo), len(grid))
+    records = [done[t.key] for t in grid if t.key in done]
+    for trial in tqdm(todo, desc="detect", disable=not progress):
         needle = by_id[trial.needle_id]
         prompt = hay.for_needle(needle).build(needle, trial.context_length, trial.depth_percent)
         rec = {"needle_id": trial.needle_id, "context_length": trial.context_length,

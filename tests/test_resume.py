@@ -1,0 +1,64 @@
+"""Crash safety: a real `kill -9` mid-sweep, then --resume, gives byte-identical head scores."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet"]
+NAME = "SmolLM2-135M-Instruct"
+
+
+def _run(out, *extra, wait=True):
+    cmd = [sys.executable, str(ROOT / "retrieval_head_detection.py"), *ARGS, "--output_dir", str(out), *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _strip_timing(line):
+    rec = json.loads(line)
+    rec.pop("duration_s", None)
+    return rec
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path, default_model):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run(full).returncode == 0
+    proc = _run(killed, wait=False)
+    log = killed / f"{NAME}.trials.jsonl"
+    deadline = time.time() + 300
+    while len(_lines(log)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(log, "a") as f:  # a torn last line, as a kill in mid-write leaves
+        f.write('{"needle_id": 0, "context_le')
+    refused = _run(killed)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = _run(killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (killed / f"{NAME}.json").read_bytes() == (full / f"{NAME}.json").read_bytes()
+    a = sorted(map(json.dumps, map(_strip_timing, _lines(full / f"{NAME}.trials.jsonl"))))
+    b = sorted(map(json.dumps, map(_strip_timing, _lines(log))))
+    assert a == b
+
+
+def test_resume_refuses_other_settings(tmp_path, default_model):
+    assert _run(tmp_path, "--depth_percents", "50", "--context_lengths", "300").returncode == 0
+    r = _run(tmp_path, "--resume", "--max_new_tokens", "20")
+    assert r.returncode == 2 and "different settings" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
