@@ -74,6 +74,10 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "absl", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:  # weight-loading bars would bury the one-line errors and our own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ heatmap.png.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--needle_id", type=int, default=0, help="which needle of --needles (0-based)")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", default="results/graph")
-    o.add_argument("--overwrite", action="store_true")
+    o.add_argument("--overwrite", action="store_true", help="replace existing results of these conditions")
+    o.add_argument("--resume", action="store_true", help="continue a run: skip cells already written")
     o.add_argument("--no_plot", action="store_true", help="skip heatmap.png")
     o.add_argument("--quiet", action="store_true")
     o.add_argument("--verbose", action="store_true")
@@ -104,25 +106,51 @@ def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> No
               f"over {len(randoms)} seeds")
 
 
-def write_outputs(out: Path, conditions, results, manifest: dict, plot: bool) -> None:
-    from .plot import heatmap
+def record_path(folder: Path, model: str, length: int, depth: int) -> Path:
+    """The original's file name for one (length, depth) result."""
+    return folder / f"{model}_len_{length}_depth_{depth * 100}.json"
 
+
+def prepare_folders(out: Path, conditions, manifest: dict, args, cells) -> frozenset:
+    """Write each folder's manifest first; on --resume check it and return the done cells."""
+    name = manifest["config"]["model_name"]
+    done = set(cells)
     for c in conditions:
         folder = out / c.folder
-        # --overwrite: this run's files replace the old run's, none of which may linger.
-        for old in [*folder.glob(f"{manifest['config']['model_name']}_len_*_depth_*.json"), folder / "heatmap.png"]:
-            old.unlink(missing_ok=True)
-        for r in results[c.folder]:
-            fname = f"{r['model']}_len_{r['context_length']}_depth_{r['depth_percent'] * 100}.json"
-            write_atomic(folder / fname, dump_json(r))
-        write_atomic(folder / "manifest.json", dump_json(dict(manifest, condition=c.describe())))
+        fp = dict(manifest["fingerprint"], condition=c.describe())
+        old = folder / "manifest.json"
+        if args.resume and old.exists():
+            if json.loads(old.read_text()).get("fingerprint") != json.loads(json.dumps(fp)):
+                raise UserError(f"{folder} was made with different settings (model, needle, mask or decoding); "
+                                "rerun with those settings or use --overwrite")
+        elif args.overwrite:  # this run's files replace the old run's, none may linger
+            for f in [*folder.glob(f"{name}_len_*_depth_*.json"), folder / "heatmap.png"]:
+                f.unlink(missing_ok=True)
+        done &= {cell for cell in cells if record_path(folder, name, *cell).exists()}
+        write_atomic(old, dump_json(dict(manifest, fingerprint=fp, condition=c.describe())))
+    return frozenset(done) if args.resume else frozenset()
+
+
+def finish(out: Path, conditions, manifest: dict, cells, plot: bool) -> dict[str, list[dict]]:
+    """Read back every folder's results for this grid, mark it finished, draw its heatmap."""
+    from .plot import heatmap
+
+    name, results = manifest["config"]["model_name"], {}
+    for c in conditions:
+        folder = out / c.folder
+        results[c.folder] = [json.loads(record_path(folder, name, *cell).read_text()) for cell in cells]
+        m = json.loads((folder / "manifest.json").read_text())
+        write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:
             heatmap(folder)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
     needle, (lengths, depths) = pick_needle(args), grid(args)
     name = model_name(args.model_path, args.model_name_suffix)
     seeds = args.seeds or [args.seed]
@@ -132,17 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     shape = (model.config.num_hidden_layers, model.config.num_attention_heads)
     conditions = make_conditions(name, args.mask_top, head_scores_for(args, name, shape), args.mask_mode,
                                  args.mask_phase, seeds, seed_folders=args.seeds is not None)
-    guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite)
+    guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite or args.resume)
     hay = Haystacks(tok, uses_chat_template(tok, args.chat_template), Path(args.haystack_dir) if args.haystack_dir else None)
     check_grid(model, hay, [needle], lengths, args.max_new_tokens, max_positions(model))
-    st = NiahSettings(max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk, model_name=name)
-    results = run_niah(model, tok, hay.for_needle(needle), needle, lengths, depths, conditions,
-                       stop_token_mask(model, tok), st, progress=not args.quiet)
-    config = {k: v for k, v in vars(args).items()}
-    config.update(context_lengths=lengths, depth_percents=depths, needle=needle.needle, question=needle.question,
-                  real_needle=needle.real_needle, model_name=name)
+    config = dict(vars(args), context_lengths=lengths, depth_percents=depths, needle=needle.needle,
+                  question=needle.question, real_needle=needle.real_needle, model_name=name)
     manifest = build_manifest("needle_in_haystack_with_mask", config, info, args.seed, started)
-    write_outputs(out, conditions, results, manifest, plot=not args.no_plot)
+    manifest.update(status="running", fingerprint={
+        "needle": [needle.needle, needle.question, needle.real_needle], "haystack_dir": args.haystack_dir,
+        "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens, "prefill_chunk": args.prefill_chunk,
+        "model": {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}})
+    cells = [(L, d) for L in lengths for d in depths]
+    skip = prepare_folders(out, conditions, manifest, args, cells)
+    st = NiahSettings(max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk, model_name=name)
+    save = lambda c, r: write_atomic(record_path(out / c.folder, name, r["context_length"], r["depth_percent"]),  # noqa: E731
+                                     dump_json(r))
+    run_niah(model, tok, hay.for_needle(needle), needle, lengths, depths, conditions, stop_token_mask(model, tok),
+             st, on_record=save, progress=not args.quiet, skip=skip)
+    results = finish(out, conditions, manifest, cells, plot=not args.no_plot)
     summarize(conditions, results)
     print(f"\nwrote {', '.join(str(out / c.folder) for c in conditions)}")
     return 0

@@ -169,10 +169,11 @@ def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: i
 
 def run_niah(model, tokenizer, builder: PromptBuilder, needle: Needle, lengths: list[int], depths: list[int],
              conditions: list[Condition], stop: torch.Tensor, st: NiahSettings, on_record=None,
-             progress: bool = True) -> dict[str, list[dict]]:
-    """Every (length, depth) under every condition; records grouped by condition folder."""
+             progress: bool = True, skip: frozenset = frozenset()) -> dict[str, list[dict]]:
+    """Every (length, depth) under every condition, but the cells in ``skip`` (already done);
+    new records grouped by condition folder, each passed to ``on_record`` as it is made."""
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
-    cells = [(L, d) for L in lengths for d in depths]
+    cells = [(L, d) for L in lengths for d in depths if (L, d) not in skip]
     for L, d in tqdm(cells, desc="niah", disable=not progress):
         for c, rec in zip(conditions, run_cell(model, tokenizer, builder, needle, L, d, conditions, stop, st)):
             out[c.folder].append(rec)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
@@ -34,20 +34,27 @@ PREFIX = "retrieval_head_"
 # --------------------------------------------------------------------------- helpers
 
 
+SLIDING_WINDOW = 8  # the "mistral" models: every layer attends to the last 8 positions only
+
+
 def tiny_llama(attn: str = "sdpa", seed: int = 0, vocab: int = 128, hidden: int = HIDDEN,
-               max_positions: int = 256) -> LlamaForCausalLM:
-    """A GQA Llama (4 query heads, 2 KV heads) with weights large enough for peaked attention.
+               max_positions: int = 256, family: str = "llama"):
+    """A GQA model (4 query heads, 2 KV heads) with weights large enough for peaked attention.
 
     HF's default init (std 0.02) gives near-uniform attention, so masking would change
     the logits by ~1e-6 and every comparison would pass vacuously; std 0.2 makes
     masking move the logits by far more than the tolerances used below.
+    family "mistral" is the same shape with a sliding window (its caches are not croppable).
     """
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                      max_position_embeddings=max_positions, initializer_range=0.2,
-                      attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return LlamaForCausalLM(cfg).to(torch.float32).eval()
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                  max_position_embeddings=max_positions, initializer_range=0.2,
+                  attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).to(torch.float32).eval()
+    cfg = MistralConfig(sliding_window=SLIDING_WINDOW, **common)
+    return MistralForCausalLM(cfg).to(torch.float32).eval()
 
 
 def heads_mask(*pairs: tuple[int, int]) -> torch.Tensor:
@@ -121,10 +128,16 @@ def _no_grad():
 # --------------------------------------------------------------------------- 1. uniform mode
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_uniform_all_equals_zeroed_query(attn):
-    """uniform/all == the head's q_proj output slice zeroed, prefill and decode, GQA model."""
-    model = tiny_llama(attn)
+def test_uniform_all_equals_zeroed_query(attn, family):
+    """uniform/all == the head's q_proj output slice zeroed, prefill and decode, GQA model.
+
+    On the sliding-window model this also shows the window survives the scope (the
+    mask function is registered under the scope's name too): a zero query attends
+    uniformly over the window, exactly as with the hook.
+    """
+    model = tiny_llama(attn, family=family)
     ids = ids_of(24)
     # two heads sharing a KV group (0 and 1 of layer 0), one head of the last layer
     pairs = [(0, 0), (0, 1), (2, 3)]
@@ -421,10 +434,12 @@ NEEDLE = Needle(0, "The lighthouse keeper keeps a grey parrot named Captain Juni
                 "What is the parrot named?", "Captain Juniper")
 
 
-@pytest.mark.parametrize("chat", [False, True])
-def test_shared_prefill_changes_nothing(chat):
+@pytest.mark.parametrize("chat,family", [(False, "llama"), (True, "llama"), (True, "mistral")])
+def test_shared_prefill_changes_nothing(chat, family):
+    """run_cell's one prefill per cell == a prefill per condition (mistral: the cache is
+    deep-copied per condition, as a sliding cache cannot be cropped back)."""
     tok = tokenizer_or_skip()
-    model = tiny_llama(vocab=len(tok), hidden=32, max_positions=512, seed=7)
+    model = tiny_llama(vocab=len(tok), hidden=32, max_positions=512, seed=7, family=family)
     builder = PromptBuilder(tok, HAYSTACK, chat_template=chat)
     # heads (0, 0) and (2, 1) are the retrieval heads; everything else is below 0.1
     scores = torch.rand(LAYERS, HEADS, generator=torch.Generator().manual_seed(0)) * 0.05
