@@ -244,3 +244,4 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
             cfg._attn_implementation = impl
         AttentionInterface._global_mapping.pop(name, None)
         AttentionMaskInterface._global_mapping.pop(name, None)
+

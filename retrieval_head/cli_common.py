@@ -7,6 +7,7 @@ stderr and exit code 2, never a traceback; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -57,17 +58,20 @@ def add_grid_args(p: argparse.ArgumentParser, s_default: int, e_default: int) ->
 
 
 def guard_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse to touch existing outputs unless told; check the folder is writable."""
+    """Refuse to touch existing outputs unless told; check their folders can be made.
+
+    Creates nothing: a run refused later on leaves no trace.
+    """
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]} exists; pass --overwrite to replace it (or --resume to continue that run)")
     for folder in {p.parent for p in paths}:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create output folder {folder}: {e.strerror}; pass a writable --output_dir") from None
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"output folder {folder} is not writable; pass a writable --output_dir")
+        base = folder
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {folder} ({base} is not a writable folder); "
+                            "pass a writable --output_dir")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -87,6 +91,12 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on device ({e.filename or 'writing results'}); finished results are "
+              "intact: free some space and rerun with --resume", file=sys.stderr)
+        return 28
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept in the trial log; rerun with --resume to continue",
               file=sys.stderr)

@@ -19,7 +19,7 @@ import torch
 
 from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, guard_outputs, model_spec,
                          run_cli, setup_logging)
-from .detect import DetectionResult, DetectSettings, detect, sweep_depths, sweep_lengths
+from .detect import DetectionResult, DetectSettings, detect, plan, sweep_depths, sweep_lengths
 from .errors import UserError
 from .haystack import load_needles
 from .manifest import build_manifest, utc_now
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     torch.manual_seed(args.seed)
     model, tokenizer, info = load_model(model_spec(args))
+    checked = plan(model, tokenizer, settings)  # every input checked before any file is written
     fp = fingerprint(settings, info)
     done = resumed_trials(paths, fp) if args.resume else {}
     if args.overwrite:
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest.update(fingerprint=fp, status="running")
     write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
     log = TrialLog(paths["trials"])
-    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done)
+    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done,
+                    checked=checked)
     manifest.update(build_manifest("retrieval_head_detection", config, info, args.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
                                                "resumed": len(done)})

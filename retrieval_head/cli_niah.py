@@ -21,7 +21,7 @@ import torch
 
 from .attention import MASK_MODES, MASK_PHASES
 from .cli_common import add_grid_args, add_model_args, guard_outputs, model_spec, run_cli, setup_logging
-from .decode import stop_token_mask
+from .decode import check_supported, stop_token_mask
 from .detect import Haystacks, check_grid, sweep_depths, sweep_lengths
 from .errors import UserError
 from .haystack import Needle, load_needles
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite or args.resume)
     hay = Haystacks(tok, uses_chat_template(tok, args.chat_template), Path(args.haystack_dir) if args.haystack_dir else None)
     check_grid(model, hay, [needle], lengths, args.max_new_tokens, max_positions(model))
+    check_supported(model)
     config = dict(vars(args), context_lengths=lengths, depth_percents=depths, needle=needle.needle,
                   question=needle.question, real_needle=needle.real_needle, model_name=name)
     manifest = build_manifest("needle_in_haystack_with_mask", config, info, args.seed, started)

@@ -51,6 +51,22 @@ def input_device(model) -> torch.device:
 
 
 @torch.no_grad()
+def check_supported(model) -> None:
+    """Refuse, by class name, a model whose attention does not reach the interface.
+
+    Runs two dummy tokens and one decode step under a probe: cheap, and done before any
+    output is written.
+    """
+    ids = torch.zeros(1, 3, dtype=torch.long, device=input_device(model))
+    probe = ArgmaxProbe()
+    with intervene(model, probe=probe) as scope:
+        cache = prefill(model, ids[:, :2])
+        model(input_ids=ids[:, 2:], use_cache=True, **{cache_kwarg(model): cache})
+    scope.check_routed()
+    probe.positions(2, model.config.num_hidden_layers)
+
+
+@torch.no_grad()
 def prefill(model, ids: torch.Tensor, chunk: int | None = None, cache=None):
     """Run ``ids`` [1, n] through the model into ``cache`` (new if None); no logits kept."""
     cache = DynamicCache(config=model.config) if cache is None else cache

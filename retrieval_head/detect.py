@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import ArgmaxProbe
-from .decode import greedy_decode, stop_token_mask
+from .decode import check_supported, greedy_decode, stop_token_mask
 from .errors import UserError
 from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
 from .prompt import Prompt, PromptBuilder, uses_chat_template
@@ -186,15 +186,18 @@ class DetectSettings:
     save_prompts: bool = False
 
 
-def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
-           on_trial: Callable[[dict], None] | None = None, progress: bool = True,
-           done: dict[tuple[int, int, int], dict] | None = None) -> DetectionResult:
-    """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
+@dataclass
+class Plan:
+    """A checked sweep: needles, grid and haystacks, ready to run."""
 
-    ``done`` maps ``(needle_id, context_length, depth_percent)`` to records of trials that
-    already ran with the same settings (a resumed run): they are reused, not run again.
-    """
-    done = done or {}
+    needles: list[Needle]
+    lengths: list[int]
+    depths: list[int]
+    haystacks: Haystacks
+
+
+def plan(model, tokenizer, settings: DetectSettings) -> Plan:
+    """Check everything a sweep needs before any trial runs or any file is written."""
     from .models import max_positions
 
     st = settings
@@ -206,6 +209,23 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     hay = Haystacks(tokenizer, uses_chat_template(tokenizer, st.chat_template),
                     Path(st.haystack_dir) if st.haystack_dir else None)
     check_grid(model, hay, needles, lengths, st.max_new_tokens, max_positions(model))
+    check_supported(model)
+    return Plan(needles, lengths, depths, hay)
+
+
+def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
+           on_trial: Callable[[dict], None] | None = None, progress: bool = True,
+           done: dict[tuple[int, int, int], dict] | None = None, checked: Plan | None = None) -> DetectionResult:
+    """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
+
+    ``done`` maps ``(needle_id, context_length, depth_percent)`` to records of trials that
+    already ran with the same settings (a resumed run): they are reused, not run again.
+    ``checked`` is this sweep's ``plan`` when the caller already made it.
+    """
+    done = done or {}
+    st = settings
+    p = checked or plan(model, tokenizer, settings)
+    needles, lengths, depths, hay = p.needles, p.lengths, p.depths, p.haystacks
     stop = stop_token_mask(model, tokenizer)
     by_id = {n.needle_id: n for n in needles}
     grid = trial_grid(needles, lengths, depths)

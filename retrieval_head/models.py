@@ -90,6 +90,9 @@ def load_model(spec: ModelSpec):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "check the id, the revision and the network"
         raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]} ({hint})") from None
+    if type(config) not in AutoModelForCausalLM._model_mapping and not spec.trust_remote_code:
+        raise UserError(f"{source!r} is a {config.model_type} model ({type(config).__name__}), not a causal LM; "
+                        "pass a causal language model")
     kwargs = dict(common, dtype=resolve_dtype(spec.dtype, device))
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
@@ -97,7 +100,7 @@ def load_model(spec: ModelSpec):
         kwargs["device_map"] = spec.device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise UserError(f"cannot load {source!r} as a causal LM: {str(e).splitlines()[0]}") from None
     except ImportError as e:
         raise UserError(f"attention backend unavailable: {str(e).splitlines()[0]}") from None

@@ -95,7 +95,11 @@ class PromptBuilder:
     def needle_tokens(self, needle: Needle) -> tuple[list[int], tuple[int, int]]:
         """The needle's ids (with leading space) and the answer's token span within them."""
         text = " " + needle.needle
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        try:
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            raise UserError("the tokenizer gives no character offsets, so the needle cannot be located; "
+                            "use a fast tokenizer") from None
         a, b = needle.answer_span()
         a, b = a + 1, b + 1  # the leading space
         inside = [i for i, (x, y) in enumerate(enc["offset_mapping"]) if y > x and x < b and y > a]

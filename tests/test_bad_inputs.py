@@ -1,0 +1,174 @@
+"""Every bad input: one line saying what is wrong and how to fix it, a non-zero exit, no
+traceback, and no output file created or changed. `python tests/test_bad_inputs.py`
+prints the README's table from the same cases."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from retrieval_head import cli_detect, cli_niah
+
+NEEDLE = {"needle": "The code word is heron.", "question": "What is the code word?", "real_needle": "heron"}
+
+
+def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
+    """The files the cases point at: a tiny Llama (with the default tokenizer), a GPT-Neo, ..."""
+    from transformers import GPTNeoConfig, T5Config, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    p = {k: root / k for k in ("tiny", "neo", "t5", "empty_hay", "latin1_hay", "short_hay", "out")}
+    torch.manual_seed(0)
+    v = len(tokenizer)
+    LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                     ).save_pretrained(p["tiny"])
+    GPTNeoForCausalLM(GPTNeoConfig(vocab_size=v, hidden_size=32, num_layers=2, num_heads=4,
+                                   attention_types=[[["global"], 2]], max_position_embeddings=1024)
+                      ).save_pretrained(p["neo"])
+    for d in ("tiny", "neo"):
+        tokenizer.save_pretrained(p[d])
+    p["t5"].mkdir()
+    T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4).save_pretrained(p["t5"])
+    p["empty_hay"].mkdir()
+    p["latin1_hay"].mkdir()
+    (p["latin1_hay"] / "a.txt").write_bytes("caf\xe9 cr\xe8me. ".encode("latin-1") * 50)
+    p["short_hay"].mkdir()
+    (p["short_hay"] / "a.txt").write_text("A short text. Only a few sentences. " * 5)
+    lines = {"needles_ok": [NEEDLE], "needles_fields": [{"needle": "x"}],
+             "needles_outside": [dict(NEEDLE, real_needle="swan")]}
+    for k, recs in lines.items():
+        p[k] = root / f"{k}.jsonl"
+        p[k].write_text("".join(json.dumps(r) + "\n" for r in recs))
+    p["needles_notjson"] = root / "bad.jsonl"
+    p["needles_notjson"].write_text("{not json\n")
+    p["hs_bad"] = root / "bad.json"
+    p["hs_bad"].write_text("not json at all\n")
+    p["hs_other"] = root / "other.json"
+    p["hs_other"].write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(32) for h in range(32)}) + "\n")
+    p["hs_tiny"] = root / "tiny.json"
+    p["hs_tiny"].write_text(json.dumps({f"{l}-{h}": [0.05 * (4 * l + h)] for l in range(2) for h in range(4)}) + "\n")
+    p["a_file"] = root / "a_file"
+    p["a_file"].write_text("x")
+    return p
+
+
+# (what is wrong, command, arguments, a phrase the one-line message must hold)
+CASES = [
+    ("model folder missing", "detect", ["--model_path", "{root}/nope/model"], "does not exist"),
+    ("folder without config.json", "detect", ["--model_path", "{empty_hay}"], "no config.json"),
+    ("not a causal LM", "detect", ["--model_path", "{t5}"], "not a causal LM"),
+    ("hub id, hub offline", "detect", ["--model_path", "nobody/no-such-model"], "offline"),
+    ("attention not through the interface", "detect", ["--model_path", "{neo}"], "GPTNeoForCausalLM"),
+    ("negative length", "detect", ["--s", "-5", "--e", "100"], "positive"),
+    ("zero length", "detect", ["--context_lengths", "0"], "positive"),
+    ("--s larger than --e", "detect", ["--s", "500", "--e", "100"], "swap"),
+    ("length below the prompt overhead", "detect", ["--context_lengths", "10"], "overhead"),
+    ("length beyond the model's positions", "detect", ["--context_lengths", "1000"], "positions"),
+    ("depth outside 0..100", "detect", ["--depth_percents", "120"], "0..100"),
+    ("haystack folder missing", "detect", ["--haystack_dir", "{root}/nohay"], "does not exist"),
+    ("haystack folder empty", "detect", ["--haystack_dir", "{empty_hay}"], "no .txt files"),
+    ("haystack not UTF-8", "detect", ["--haystack_dir", "{latin1_hay}"], "not UTF-8"),
+    ("haystack too short", "detect", ["--haystack_dir", "{short_hay}", "--context_lengths", "500"], "tokens, too short"),
+    ("needles file missing", "detect", ["--needles", "{root}/none.jsonl"], "does not exist"),
+    ("needles not JSON lines", "detect", ["--needles", "{needles_notjson}"], "is not JSON"),
+    ("needle missing fields", "detect", ["--needles", "{needles_fields}"], "lacks question, real_needle"),
+    ("real_needle not inside needle", "detect", ["--needles", "{needles_outside}"], "not inside needle"),
+    ("output folder not writable", "detect", ["--output_dir", "{a_file}/sub"], "not a writable folder"),
+    ("--resume with --overwrite", "detect", ["--resume", "--overwrite"], "contradict"),
+    ("head_score file missing", "niah", ["--mask_top", "2", "--head_score", "{root}/none.json"], "does not exist"),
+    ("head_score file malformed", "niah", ["--mask_top", "2", "--head_score", "{hs_bad}"], "not one line of JSON"),
+    ("head_score of another model's shape", "niah", ["--mask_top", "2", "--head_score", "{hs_other}"],
+     "32 layers x 32 heads"),
+    ("K larger than the heads", "niah", ["--mask_top", "9", "--head_score", "{hs_tiny}"], "larger than the model's 8"),
+    ("too few heads left for random K", "niah", ["--mask_top", "-7", "--head_score", "{hs_tiny}"], "remain"),
+    ("--needle without --question", "niah", ["--needle", "The code word is heron."], "go together"),
+]
+GRID = ["--s", "300", "--e", "300", "--num_lengths", "1", "--depth_percents", "50", "--quiet"]
+DEFAULTS = {"detect": GRID, "niah": GRID + ["--no_plot"]}
+TINY = {"detect": ["--model_path", "{tiny}", "--needles", "{needles_ok}"],
+        "niah": ["--model_path", "{tiny}", "--needles", "{needles_ok}"]}
+
+
+def run_case(cmd: str, args: list[str], paths: dict, out: Path) -> int:
+    fill = lambda a: a.format(root=out.parent, **paths)  # noqa: E731
+    argv = [fill(a) for a in TINY[cmd] + DEFAULTS[cmd] + ["--output_dir", str(out)] + args]
+    return (cli_detect if cmd == "detect" else cli_niah).cli(argv)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, default_tokenizer):
+    return make_inputs(tmp_path_factory.mktemp("bad"), default_tokenizer)
+
+
+def _tree(root: Path) -> dict:
+    return {str(f): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("what,cmd,args,phrase", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(inputs, tmp_path, capsys, what, cmd, args, phrase):
+    out = tmp_path / "results"
+    before = _tree(inputs["out"].parent)
+    code = run_case(cmd, args, inputs, out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and phrase in err[0], err
+    assert not out.exists()  # nothing created
+    assert _tree(inputs["out"].parent) == before  # nothing of theirs changed
+
+
+def test_existing_outputs_untouched_without_flags(inputs, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    mine = out / "tiny.json"
+    mine.write_text("my results\n")
+    code = run_case("detect", [], inputs, out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    assert mine.read_text() == "my results\n" and [p.name for p in out.iterdir()] == ["tiny.json"]
+
+
+def test_disk_full_mid_run_keeps_earlier_results(inputs, tmp_path, capsys, monkeypatch):
+    from retrieval_head.scores_io import TrialLog
+
+    real, calls = TrialLog.append, []
+
+    def append(self, record):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        real(self, record)
+
+    monkeypatch.setattr(TrialLog, "append", append)
+    out = tmp_path / "results"
+    code = run_case("detect", ["--depth_percents", "20", "80"], inputs, out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 28 and len(err) == 1 and "no space left" in err[0] and "--resume" in err[0]
+    log = (out / "tiny.trials.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["depth_percent"] == 20
+    assert json.loads((out / "tiny.manifest.json").read_text())["status"] == "running"
+
+
+if __name__ == "__main__":  # the README's table, from what the CLI really prints
+    import contextlib
+    import io
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from retrieval_head.default_model import default_model_dir
+
+    with tempfile.TemporaryDirectory() as d:
+        paths = make_inputs(Path(d), AutoTokenizer.from_pretrained(default_model_dir()))
+        print("| bad input | what the user sees (exit 2) |\n|---|---|")
+        for what, cmd, args, _ in CASES:
+            buf = io.StringIO()
+            with contextlib.redirect_stderr(buf):
+                run_case(cmd, args, paths, Path(d) / "results")
+            msg = buf.getvalue().strip().replace(d, "…").replace("|", "\\|")
+            print(f"| {what} | `{msg}` |")
+    sys.exit(0)
