@@ -17,12 +17,17 @@ Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated be
 call. On CPU, each measurement runs once in a fresh ``spawn`` child that loads the model,
 builds the prompt, warms both paths up on a 64-token prefix, then resets the kernel's
 peak-RSS mark (``/proc/self/clear_refs`` = 5) and reports VmHWM - VmRSS around the call
-(fallback: ``ru_maxrss`` delta, which can hide peaks below the model-load peak).
+(fallback: ``ru_maxrss`` delta, which can hide peaks below the model-load peak). Each is
+repeated in ``--mem-repeats`` fresh processes: glibc's allocator makes these peaks vary by
+about +-30% from run to run (the KV cache grows by one concatenation per step).
 
 Run (from the repo root)::
 
     .venv/bin/python bench/detection_overhead.py                     # lengths 1000 2000, 3 repeats
     .venv/bin/python bench/detection_overhead.py --lengths 1000 4000 --repeats 5 --threads 2
+
+On a small machine shared with other jobs, ``--threads 1`` avoids OpenMP oversubscription
+(2 threads on 2 busy cores made single runs 2-4x slower and the ratio pure noise).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import ctypes
 import datetime
 import gc
 import multiprocessing as mp
+import os
 import platform
 import re
 import resource
@@ -80,6 +86,13 @@ def generate(model, tok, ids, n):
 
 def run(kind, model, tok, prompt, needle, stop, n):
     return trial(model, tok, prompt, needle, stop) if kind == "a" else generate(model, tok, prompt.ids, n)
+
+
+def kv_cache_mib(model, tokens):
+    c = model.config
+    kv, hd = getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    hd = getattr(c, "head_dim", None) or hd
+    return c.num_hidden_layers * 2 * kv * hd * tokens * model.dtype.itemsize / 2**20
 
 
 def _status_kb(field):
@@ -153,8 +166,10 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--mem-repeats", type=int, default=2, help="fresh processes per CPU memory measurement")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = ap.parse_args()
+    load0 = os.getloadavg()
     model, tok, info, needle, prompts, stop = setup(args.threads, args.lengths)
     cuda = next(model.parameters()).is_cuda
     rows = []
@@ -168,31 +183,40 @@ def main():
         med = {k: [statistics.median(x[i] for x in v) for i in range(2)] + [min(x[0] for x in v)]
                for k, v in res.items()}
         if cuda:
-            mem = {k: max(x[2] for x in v) for k, v in res.items()}
+            mem = {k: [max(x[2] for x in v)] for k, v in res.items()}
         else:
-            mem = {k: cpu_peak(k, L, n, args.threads) for k in "ab"}
-        rows.append((L, n, med, mem))
+            mem = {"a": [], "b": []}
+            for r in range(args.mem_repeats):
+                for kind in ("ab" if r % 2 == 0 else "ba"):
+                    mem[kind].append(cpu_peak(kind, L, n, args.threads))
+        rows.append((L, n, med, mem, kv_cache_mib(model, L + n)))
         print(f"L={L} N={n} a={med['a'][0]:.2f}s b={med['b'][0]:.2f}s ratio={med['a'][0] / med['b'][0]:.3f}",
               file=sys.stderr)
     memkind = "CUDA max_memory_allocated increase" if cuda else "peak RSS increase, fresh process"
     lines = ["| context | new tokens N | trial (a) wall s | generate (b) wall s | ratio a/b (wall) "
-             "| ratio a/b (CPU time) | ratio a/b (min wall) | (a) peak MiB | (b) peak MiB |", "|---" * 9 + "|"]
-    for L, n, med, mem in rows:
+             "| ratio a/b (CPU time) | ratio a/b (min wall) | (a) peak MiB | (b) peak MiB | KV cache MiB |",
+             "|---" * 10 + "|"]
+    fmt = lambda v: f"{statistics.median(v):.0f}" + (f" ({min(v):.0f}-{max(v):.0f})" if len(v) > 1 else "")  # noqa
+    for L, n, med, mem, kv in rows:
         (aw, ac, am), (bw, bc, bm) = med["a"], med["b"]
         lines.append(f"| {L} | {n} | {aw:.2f} | {bw:.2f} | {aw / bw:.3f} | {ac / bc:.3f} | {am / bm:.3f} "
-                     f"| {mem['a']:.1f} | {mem['b']:.1f} |")
+                     f"| {fmt(mem['a'])} | {fmt(mem['b'])} | {kv:.0f} |")
     table = "\n".join(lines)
     print(table)
-    worst = max(m["a"][0] / m["b"][0] for _, _, m, _ in rows)
-    cmd = "python bench/detection_overhead.py " + " ".join(sys.argv[1:])
+    worst = max(m["a"][0] / m["b"][0] for _, _, m, _, _ in rows)
+    worst_cpu = max(m["a"][1] / m["b"][1] for _, _, m, _, _ in rows)
+    cmd = ".venv/bin/python bench/detection_overhead.py " + " ".join(sys.argv[1:])
     body = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {info['device']} "
             f"(torch threads: {torch.get_num_threads()}). (a) = `run_trial` (probe, scoring, ROUGE; "
             f"max_new_tokens={MAX_NEW}), (b) = `model.generate` with exactly N new tokens on the same prompt "
             f"(needle 0, depth 50). Both were measured in the same run, interleaved (order alternating), "
             f"after one warm-up each; times and ratios are of the medians of {args.repeats} repeats (CPU time = process "
-            f"time, all threads; min wall = ratio of the fastest runs). Memory: {memkind}.\n\n"
+            f"time, all threads; min wall = ratio of the fastest runs). Memory: {memkind}"
+            f"{'' if cuda else f', median (min-max) of {args.mem_repeats} processes each'}; KV cache = the "
+            f"float K/V of prompt + N tokens, for scale. Load average (1 min) {load0[0]:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after.\n\n"
             f"{table}\n\nTarget ratio <= 1.10: {'holds' if worst <= 1.10 else 'NOT met'} "
-            f"(worst wall ratio {worst:.3f}).\n\nReproduce: `{cmd.strip()}`\n")
+            f"on wall medians (worst ratio {worst:.3f}); worst CPU-time ratio {worst_cpu:.3f}.\n\nReproduce: `{cmd.strip()}`\n")
     write_section(args.out, body, info)
 
 

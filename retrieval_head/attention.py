@@ -8,14 +8,14 @@ registrations are removed and the config restored, so the model is exactly as be
 
 Worked example (a notebook)::
 
-    >>> probe = ArgmaxProbe()
-    >>> with intervene(model, probe=probe):
-    ...     out = model(input_ids=last_token, past_key_values=cache)   # one decode step
-    >>> probe.positions(query_position=cache.get_seq_length() - 1)   # [layers, batch, heads]
+    probe = ArgmaxProbe()
+    with intervene(model, probe=probe):
+        out = model(input_ids=last_token, cache=cache)          # one decode step
+    probe.positions(cache.get_seq_length() - 1, num_layers)     # [layers, batch, heads]
 
-    >>> heads = torch.zeros(L, H, dtype=torch.bool); heads[12, 3] = True
-    >>> with intervene(model, mask=HeadMask(heads, mode="uniform", phase="decode")):
-    ...     model.generate(...)
+    heads = torch.zeros(L, H, dtype=torch.bool); heads[12, 3] = True
+    with intervene(model, mask=HeadMask(heads, mode="uniform", phase="decode")):
+        model.generate(...)
 
 A *decode step* is an attention call whose query is a single token: that is where the
 probe scores and where ``phase="decode"`` masks act.

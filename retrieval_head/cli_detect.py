@@ -6,6 +6,8 @@ Outputs in ``--output_dir`` (default ``head_score/``):
   <model>.json            the original's one-line {"layer-head": [trial scores]} file
   <model>.trials.jsonl    one record per trial, counted or not (appended as trials finish)
   <model>.manifest.json   resolved config, model, versions, git commit, times
+  <model>.kv_max.json, <model>.kv_mean.json   GQA models: per-KV-head scores, same format
+                          (each trial's group max / mean, listed per counted trial)
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     name = model_name(args.model_path, args.model_name_suffix)
     out = Path(args.output_dir)
     paths = {k: out / f"{name}{ext}" for k, ext in
-             (("scores", ".json"), ("trials", ".trials.jsonl"), ("manifest", ".manifest.json"))}
+             (("scores", ".json"), ("trials", ".trials.jsonl"), ("manifest", ".manifest.json"),
+              ("kv_max", ".kv_max.json"), ("kv_mean", ".kv_mean.json"))}
     guard_outputs(list(paths.values()), args.overwrite or args.resume)
     started = utc_now()
     torch.manual_seed(args.seed)
@@ -146,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
     write_head_scores(paths["scores"], result.head_counter())
-    print(f"\nwrote {paths['scores']}, {paths['trials']}, {paths['manifest']}")
+    written = [paths["scores"], paths["trials"], paths["manifest"]]
+    kv = info["num_kv_heads"]
+    if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
+        for agg in ("max", "mean"):
+            written.append(paths[f"kv_{agg}"])
+            write_head_scores(written[-1], result.kv_head_counter(kv, agg))
+    print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 
 

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uniform: zero the query (attend uniformly, the original); zero: zero the head's output")
     m.add_argument("--mask_phase", default="decode", choices=MASK_PHASES,
                    help="decode: mask while decoding only (the original); all: the prefill too")
+    m.add_argument("--mask_unit", default="query", choices=["query", "kv"],
+                   help="kv: K counts KV heads (GQA groups), ranked by head_score/<model>.kv_max.json")
     m.add_argument("--seed", type=int, default=0, help="seed of the random-head draw")
     m.add_argument("--seeds", type=int, nargs="+", default=None, help="several random draws, one folder each")
     n = p.add_argument_group("needle")
@@ -90,7 +92,8 @@ def grid(args) -> tuple[list[int], list[int]]:
 def head_scores_for(args, name: str, shape) -> torch.Tensor | None:
     if all(k == 0 for k in args.mask_top):
         return None
-    return load_head_scores(Path(args.head_score or Path("head_score") / f"{name}.json"), shape)
+    default = f"{name}.kv_max.json" if args.mask_unit == "kv" else f"{name}.json"
+    return load_head_scores(Path(args.head_score or Path("head_score") / default), shape)
 
 
 def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> None:
@@ -157,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     started = utc_now()
     model, tok, info = load_model(model_spec(args))
-    shape = (model.config.num_hidden_layers, model.config.num_attention_heads)
-    conditions = make_conditions(name, args.mask_top, head_scores_for(args, name, shape), args.mask_mode,
-                                 args.mask_phase, seeds, seed_folders=args.seeds is not None)
+    units = info["num_kv_heads"] if args.mask_unit == "kv" else info["num_heads"]
+    group = info["num_heads"] // info["num_kv_heads"] if args.mask_unit == "kv" else None
+    conditions = make_conditions(name, args.mask_top, head_scores_for(args, name, (info["num_layers"], units)),
+                                 args.mask_mode, args.mask_phase, seeds, seed_folders=args.seeds is not None,
+                                 group=group)
     guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite or args.resume)
     hay = Haystacks(tok, uses_chat_template(tok, args.chat_template), Path(args.haystack_dir) if args.haystack_dir else None)
     check_grid(model, hay, [needle], lengths, args.max_new_tokens, max_positions(model))

@@ -2,11 +2,10 @@
 
 Python API (a notebook)::
 
-    >>> from retrieval_head import load_model, ModelSpec, detect
-    >>> model, tok, _ = load_model(ModelSpec())           # the embedded SmolLM2
-    >>> result = detect(model, tok, DetectSettings(context_lengths=(800,), depth_percents=(25, 75)))
-    >>> result.mean_scores().shape                        # [layers, heads]
-    torch.Size([30, 9])
+    from retrieval_head import load_model, ModelSpec, detect, DetectSettings
+    model, tok, _ = load_model(ModelSpec())           # the embedded SmolLM2
+    result = detect(model, tok, DetectSettings(context_lengths=(800,), depth_percents=(25, 75)))
+    result.mean_scores().shape                        # torch.Size([30, 9]): [layers, heads]
 
 A trial counts when the answer's ROUGE-1 recall exceeds the threshold; a head's score is
 the mean of its trial scores over counted trials (see ``scoring``).
@@ -160,6 +159,22 @@ class DetectionResult:
         """The original's format: ``{"layer-head": [score of each counted trial]}``."""
         rows = [t["head_scores"] for t in self.passed()]
         return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
+
+    def kv_head_counter(self, num_kv_heads: int, agg: str) -> dict[str, list[float]]:
+        """Per-KV-head scores in the same format (``"layer-kvhead"``): each trial's query-head
+        scores aggregated over the KV head's group (``max`` or ``mean``), then listed per
+        counted trial. Query head h reads KV head ``h // (heads // kv_heads)``.
+
+        >>> r = DetectionResult(1, 4, [dict(needle_id=0, context_length=1, depth_percent=0, passed=True,
+        ...                                 head_scores=[[0.5, 0.1, 0.0, 0.2]])])
+        >>> r.kv_head_counter(2, "max"), r.kv_head_counter(2, "mean")
+        ({'0-0': [0.5], '0-1': [0.2]}, {'0-0': [0.3], '0-1': [0.1]})
+        """
+        group = self.num_heads // num_kv_heads
+        rows = torch.tensor([t["head_scores"] for t in self.passed()], dtype=torch.float64)
+        rows = rows.reshape(len(rows), self.num_layers, num_kv_heads, group)
+        kv = rows.amax(-1) if agg == "max" else rows.mean(-1)  # [trials, layers, kv_heads]
+        return {f"{l}-{k}": kv[:, l, k].tolist() for l in range(self.num_layers) for k in range(num_kv_heads)}
 
     def mean_scores(self) -> torch.Tensor:
         """float64 ``[layers, heads]``: mean over counted trials (zeros when none counted)."""

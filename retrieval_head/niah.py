@@ -89,9 +89,10 @@ class Condition:
     mask: HeadMask | None
     seed: int | None = None
     folder: str = ""
+    unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
 
     def describe(self) -> dict:
-        d = {"kind": self.kind, "k": self.k, "seed": self.seed}
+        d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
         d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
         return d
 
@@ -99,13 +100,24 @@ class Condition:
         if self.kind == "none":
             return "no heads masked"
         seed = f", seed {self.seed}" if self.kind == "random" else ""
-        return f"{self.kind}-{self.k} heads masked ({self.mask.mode}, {self.mask.phase}{seed})"
+        unit = " KV" if self.unit == "kv" else ""
+        return f"{self.kind}-{self.k}{unit} heads masked ({self.mask.mode}, {self.mask.phase}{seed})"
 
 
 def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, mode: str, phase: str,
-                    seeds: list[int], seed_folders: bool) -> list[Condition]:
-    """Resolve ``--mask_top`` values (and seeds for random draws) into conditions."""
+                    seeds: list[int], seed_folders: bool, group: int | None = None) -> list[Condition]:
+    """Resolve ``--mask_top`` values (and seeds for random draws) into conditions.
+
+    ``group`` (query heads per KV head) switches to KV units: ``scores`` is then
+    ``[layers, kv_heads]`` and each selected KV head masks all the query heads it serves.
+    """
     suffix = ("" if mode == "uniform" else f"_{mode}") + ("" if phase == "decode" else f"_{phase}")
+    suffix += "_kv" if group else ""
+    unit = "kv" if group else "query"
+
+    def as_mask(sel: torch.Tensor) -> HeadMask:
+        return HeadMask(sel.repeat_interleave(group, dim=1) if group else sel, mode, phase)
+
     out = []
     for k in ks:
         if k == 0:
@@ -114,12 +126,12 @@ def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
         if scores is None:
             raise UserError("masking needs head scores; pass --head_score FILE or run retrieval_head_detection.py")
         if k > 0:
-            out.append(Condition("top", k, HeadMask(select_top(scores, k), mode, phase),
-                                 folder=f"{model_name}_block_top{k}{suffix}"))
+            out.append(Condition("top", k, as_mask(select_top(scores, k)),
+                                 folder=f"{model_name}_block_top{k}{suffix}", unit=unit))
             continue
         for s in seeds:
             folder = f"{model_name}_block_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")
-            out.append(Condition("random", -k, HeadMask(select_random(scores, -k, s), mode, phase), s, folder))
+            out.append(Condition("random", -k, as_mask(select_random(scores, -k, s)), s, folder, unit))
     return out
 
 

@@ -8,9 +8,9 @@ one key per query head (``layer-head``, 0-based, layer-major), each list the hea
 score in every counted trial (canonical trial order). The original README's snippet
 works on it::
 
-    >>> import json, numpy as np
-    >>> d = json.loads(open("head_score/SmolLM2-135M-Instruct.json").readline())
-    >>> sorted(((k, np.mean(v)) for k, v in d.items()), key=lambda x: -x[1])[:3]
+    import json, numpy as np
+    d = json.loads(open("head_score/SmolLM2-135M-Instruct.json").readline())
+    sorted(((k, np.mean(v)) for k, v in d.items()), key=lambda x: -x[1])[:3]
 """
 
 from __future__ import annotations

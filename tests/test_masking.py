@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
-from retrieval_head.decode import cache_kwarg, greedy_decode, stop_token_mask
+from retrieval_head.decode import cache_kwarg, greedy_decode, prefill, stop_token_mask
 from retrieval_head.default_model import default_model_dir
 from retrieval_head.errors import UserError
 from retrieval_head.haystack import Needle
@@ -29,15 +28,13 @@ from retrieval_head.prompt import PromptBuilder
 LAYERS, HEADS, KV_HEADS, HIDDEN = 3, 4, 2, 64
 HEAD_DIM = HIDDEN // HEADS
 PREFIX = "retrieval_head_"
+SLIDING_WINDOW = 8  # the "mistral" models: every layer attends to the last 8 positions only
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-SLIDING_WINDOW = 8  # the "mistral" models: every layer attends to the last 8 positions only
-
-
-def tiny_llama(attn: str = "sdpa", seed: int = 0, vocab: int = 128, hidden: int = HIDDEN,
+def tiny_model(attn: str = "sdpa", seed: int = 0, vocab: int = 128, hidden: int = HIDDEN,
                max_positions: int = 256, family: str = "llama"):
     """A GQA model (4 query heads, 2 KV heads) with weights large enough for peaked attention.
 
@@ -125,6 +122,20 @@ def _no_grad():
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for this module. With 2 threads on 2 busy cores (a shared CI
+    runner, parallel jobs) every op waits on a descheduled OpenMP thread: this file took
+    43 s (fast tests) and 250 s (the real-model test) that way, 10 s and 55 s with one
+    thread on the same loaded machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- 1. uniform mode
 
 
@@ -137,7 +148,7 @@ def test_uniform_all_equals_zeroed_query(attn, family):
     mask function is registered under the scope's name too): a zero query attends
     uniformly over the window, exactly as with the hook.
     """
-    model = tiny_llama(attn, family=family)
+    model = tiny_model(attn, family=family)
     ids = ids_of(24)
     # two heads sharing a KV group (0 and 1 of layer 0), one head of the last layer
     pairs = [(0, 0), (0, 1), (2, 3)]
@@ -180,7 +191,7 @@ def capture_o_proj_input(model, layer, ids, mask=None) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_zero_mode_zeroes_exactly_the_heads_o_proj_input(attn):
-    model = tiny_llama(attn)
+    model = tiny_model(attn)
     ids = ids_of(20, seed=2)
     first, pairs = 1, [(1, 0), (1, 3), (2, 2)]
     mask = HeadMask(heads_mask(*pairs), "zero", "all")
@@ -210,7 +221,7 @@ def test_zero_mode_zeroes_exactly_the_heads_o_proj_input(attn):
 @pytest.mark.parametrize("mode", ["uniform", "zero"])
 @pytest.mark.parametrize("phase", ["decode", "all"])
 def test_empty_mask_is_bit_identical(attn, mode, phase):
-    model = tiny_llama(attn)
+    model = tiny_model(attn)
     ids = ids_of(16, seed=3)
     plain = forward(model, ids)
     plain_pre, plain_step = prefill_and_step(model, ids)
@@ -227,7 +238,7 @@ def test_empty_mask_is_bit_identical(attn, mode, phase):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_scope_restores_everything_even_on_exception(attn):
-    model = tiny_llama(attn)
+    model = tiny_model(attn)
     ids = ids_of(12, seed=4)
     before_impl = model.config._attn_implementation
     assert before_impl == attn
@@ -257,7 +268,7 @@ def test_scope_restores_everything_even_on_exception(attn):
 
 
 def test_nesting_is_refused_and_outer_scope_survives():
-    model = tiny_llama()
+    model = tiny_model()
     ids = ids_of(12, seed=5)
     before = forward(model, ids)
     mask = HeadMask(heads_mask((0, 2)), "uniform", "all")
@@ -279,7 +290,7 @@ def test_nesting_is_refused_and_outer_scope_survives():
 
 
 def test_mask_of_the_wrong_shape_is_refused():
-    model = tiny_llama()
+    model = tiny_model()
     with pytest.raises(ValueError):
         with intervene(model, mask=HeadMask(torch.zeros(LAYERS, HEADS + 1, dtype=torch.bool))):
             pass
@@ -292,7 +303,7 @@ def test_mask_of_the_wrong_shape_is_refused():
 
 @pytest.mark.parametrize("mode", ["uniform", "zero"])
 def test_decode_phase_masks_only_single_token_calls(mode):
-    model = tiny_llama()
+    model = tiny_model()
     ids = ids_of(20, seed=6)
     pairs = [(0, 1), (1, 2), (2, 0)]
     mask = HeadMask(heads_mask(*pairs), mode, "decode")
@@ -420,7 +431,9 @@ def test_make_conditions_folders_and_masks():
 # --------------------------------------------------------------------------- 8. shared prefill
 
 
-def tokenizer_or_skip():
+@pytest.fixture(scope="module")
+def tok():
+    """The default model's tokenizer (PromptBuilder needs a real one); offline, from its folder."""
     folder = default_model_dir()
     if not (folder / "tokenizer.json").is_file():
         pytest.skip(f"default model folder {folder} is missing (make install converts it)")
@@ -435,18 +448,16 @@ NEEDLE = Needle(0, "The lighthouse keeper keeps a grey parrot named Captain Juni
 
 
 @pytest.mark.parametrize("chat,family", [(False, "llama"), (True, "llama"), (True, "mistral")])
-def test_shared_prefill_changes_nothing(chat, family):
+def test_shared_prefill_changes_nothing(tok, chat, family):
     """run_cell's one prefill per cell == a prefill per condition (mistral: the cache is
     deep-copied per condition, as a sliding cache cannot be cropped back)."""
-    tok = tokenizer_or_skip()
-    model = tiny_llama(vocab=len(tok), hidden=32, max_positions=512, seed=7, family=family)
+    model = tiny_model(vocab=len(tok), hidden=32, max_positions=512, seed=7, family=family)
     builder = PromptBuilder(tok, HAYSTACK, chat_template=chat)
     # heads (0, 0) and (2, 1) are the retrieval heads; everything else is below 0.1
     scores = torch.rand(LAYERS, HEADS, generator=torch.Generator().manual_seed(0)) * 0.05
     scores[0, 0], scores[2, 1] = 0.8, 0.6
     conditions = make_conditions("tiny", [0, 2, -2], scores, "uniform", "decode", [0], seed_folders=False)
-    stop = stop_token_mask(model, tok)
-    stop[:] = False  # random weights: never stop early, so every response is max_new_tokens long
+    stop = torch.zeros(len(tok), dtype=torch.bool)  # random weights: never stop, 8 tokens each
     st = NiahSettings(max_new_tokens=8, model_name="tiny")
 
     length, depth = 160, 50
@@ -462,11 +473,38 @@ def test_shared_prefill_changes_nothing(chat, family):
     assert len({tuple(a) for a in alone}) > 1
 
 
+class _IdsTokenizer:
+    """greedy_decode only needs ``decode`` from a tokenizer."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.xfail(reason="library bug: a 1-token last prefill chunk is a 'decode' call, so a per-condition "
+                          "prefill inside the mask scope masks it, a shared prefill does not", strict=False)
+def test_shared_prefill_changes_nothing_with_a_one_token_last_chunk():
+    """prefill_chunk=38 on a 40-token prompt prefills 39 tokens as 38 + 1: the 1-token chunk
+    must not be masked by a phase="decode" mask, or shared and per-condition prefills differ."""
+    model = tiny_model()
+    stop = torch.zeros(128, dtype=torch.bool)
+    mask = HeadMask(heads_mask((0, 1), (1, 2), (2, 0)), "uniform", "decode")
+    prompt = ids_of(40, seed=1)[0].tolist()
+    alone = greedy_decode(model, _IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38).ids
+    shared = prefill(model, torch.tensor([prompt[:-1]]), 38)
+    assert greedy_decode(model, _IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38, cache=shared).ids \
+        == alone
+
+
 # --------------------------------------------------------------------------- 9. the real model
 
 
 @pytest.mark.slow
 def test_top_heads_matter_on_the_default_model():
+    """Detection on the default model, then top-10 vs random-10 vs no heads masked.
+
+    Seen on SmolLM2-135M-Instruct (CPU, fp32): none 100.0, random-10 (seed 0) 100.0,
+    top-10 30.6 (mean ROUGE-1 recall x100 over depths 20/50/80 at 600 tokens).
+    """
     folder = default_model_dir()
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         pytest.skip(f"default model folder {folder} is missing (make install converts it)")

@@ -1,0 +1,580 @@
+"""The family matrix: every supported architecture, tiny and random, through the same checks.
+
+For each family in ``FAMILIES`` (data: a name, a config factory, the attention features it
+exercises, how a test finds its modules) a random-weight fp32 model is built here and:
+
+(a) ``probe``: the ArgmaxProbe's absolute argmax positions, at every decode step of
+    ``greedy_decode``, pick the row maximum of eager attention's weights on one full
+    forward over prompt + answer (the prompt is longer than every sliding window);
+(b) ``uniform``: uniform masking of one head equals a plain forward hook zeroing that
+    head's query (at the last module that produces it: ``q_proj``, a fused qkv, or the
+    q-norm), and the head's slice of the output projection's input is the mean of its
+    value vectors over the allowed (causal, windowed) prefix;
+    ``zero``: the head's slice of the output projection's input is exactly 0 and the
+    model equals a plain pre-hook zeroing it;
+(c) ``detect``: a one-trial detection with the default tokenizer runs end to end.
+
+Families whose attention does not reach transformers' AttentionInterface are refused by
+``check_supported`` with their class name. Expected values are computed without
+``retrieval_head.attention``: hooks, the eager weights and the cache's value vectors.
+
+``scripts/support_table.py`` imports ``FAMILIES`` and the ``check_*`` helpers from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import transformers
+from transformers import DynamicCache
+
+from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
+from retrieval_head.decode import cache_kwarg, check_supported, greedy_decode
+from retrieval_head.errors import UnsupportedModelError
+
+LAYERS, HEADS, HIDDEN = 3, 4, 64
+WINDOW = 16  # every sliding window here; prompts are longer
+PROMPT_LEN, STEPS = 40, 6
+TIE_ATOL = 1e-5  # eager weights: the probe's pick equals the row max within this
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+def _llama_like(vocab: int, **kw) -> dict:
+    """Config kwargs shared by the decoder families; ``initializer_range`` 0.2 gives peaked
+    attention, so argmaxes are mostly unique and masks move the logits (no vacuous pass)."""
+    base = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=512,
+                initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    base.update(kw)
+    return base
+
+
+SLIDING_MIX = ["sliding_attention", "full_attention", "sliding_attention"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture of the matrix.
+
+    config: ``vocab -> config`` (tiny, random weights are drawn by ``build``).
+    features: attention features exercised (GQA, sliding window, MoE, softcap, q/k norm...).
+    layers/attn/out_proj/q_site: module names (tests may know them; the library may not):
+      ``<base>.<layers>[i].<attn>`` is layer i's attention module, ``<attn>.<out_proj>``
+      its output projection, ``<attn>.<q_site>`` the last module whose output is the query
+      (a zero query stays zero under rotary and the norms chosen here).
+    q_layout: where head h's query sits in q_site's output: ``split`` (columns h*d, fused qkv
+      with the query first included), ``neox`` (per head [q|k|v] interleaved); a per-head
+      norm's 4-d output is ``bshd`` [b, s, H, d] or ``bhsd`` [b, H, s, d].
+    refused: the family must be refused by ``check_supported`` (its attention bypasses the
+      interface); then only ``config`` and ``model_class`` matter.
+    """
+
+    name: str
+    model_class: str
+    config: Callable[[int], object]
+    features: tuple[str, ...] = ()
+    notes: str = ""
+    layers: str = "layers"
+    attn: str = "self_attn"
+    out_proj: str = "o_proj"
+    q_site: str = "q_proj"
+    q_layout: str = "split"
+    moe: bool = False
+    refused: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _cfg(cls_name: str, **fixed) -> Callable[[int], object]:
+    def make(vocab: int):
+        return getattr(transformers, cls_name)(**_llama_like(vocab, **fixed))
+    return make
+
+
+FAMILIES: list[Family] = [
+    Family("Llama (MHA)", "LlamaForCausalLM", _cfg("LlamaConfig")),
+    Family("Llama (GQA)", "LlamaForCausalLM", _cfg("LlamaConfig", num_key_value_heads=2), ("GQA",)),
+    Family("Llama (MQA)", "LlamaForCausalLM", _cfg("LlamaConfig", num_key_value_heads=1), ("GQA",),
+           notes="one KV head"),
+    Family("Mistral", "MistralForCausalLM", _cfg("MistralConfig", num_key_value_heads=2, sliding_window=WINDOW),
+           ("GQA", "sliding window"), notes=f"window {WINDOW} on every layer"),
+    Family("Mixtral", "MixtralForCausalLM",
+           _cfg("MixtralConfig", num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                sliding_window=WINDOW),
+           ("GQA", "sliding window", "MoE"), moe=True, notes="4 experts, top-2"),
+    Family("Qwen2", "Qwen2ForCausalLM", _cfg("Qwen2Config", num_key_value_heads=2), ("GQA",), notes="qkv bias"),
+    Family("Qwen2 (sliding)", "Qwen2ForCausalLM",
+           _cfg("Qwen2Config", num_key_value_heads=2, use_sliding_window=True, sliding_window=WINDOW,
+                max_window_layers=1),
+           ("GQA", "sliding window"), notes="layer 0 full, layers 1-2 sliding"),
+    Family("Qwen2-MoE", "Qwen2MoeForCausalLM",
+           _cfg("Qwen2MoeConfig", num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=32, shared_expert_intermediate_size=64),
+           ("GQA", "MoE"), moe=True, notes="4 experts + shared expert"),
+    Family("Qwen3", "Qwen3ForCausalLM", _cfg("Qwen3Config", num_key_value_heads=2, head_dim=16),
+           ("GQA", "q/k norm"), q_site="q_norm", notes="per-head RMSNorm on q and k"),
+    Family("Gemma", "GemmaForCausalLM", _cfg("GemmaConfig", num_key_value_heads=1, head_dim=16),
+           ("GQA",), notes="scaled embeddings"),
+    Family("Gemma2", "Gemma2ForCausalLM",
+           _cfg("Gemma2Config", num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                sliding_window=WINDOW, layer_types=SLIDING_MIX, attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0, attn_implementation="eager"),
+           ("GQA", "sliding window", "softcap"), notes="softcap (eager delegate); sliding/full/sliding"),
+    Family("Gemma3", "Gemma3ForCausalLM",
+           _cfg("Gemma3TextConfig", num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                sliding_window=WINDOW, layer_types=SLIDING_MIX),
+           ("GQA", "sliding window", "q/k norm"), q_site="q_norm", q_layout="bhsd",
+           notes="text model; sliding/full/sliding, two rotary bases"),
+    Family("Phi3", "Phi3ForCausalLM", _cfg("Phi3Config", num_key_value_heads=2), ("GQA",),
+           q_site="qkv_proj", notes="fused qkv_proj"),
+    Family("Phi", "PhiForCausalLM", _cfg("PhiConfig"), (), out_proj="dense",
+           notes="partial rotary, parallel block, dense"),
+    Family("OLMo", "OlmoForCausalLM", _cfg("OlmoConfig", clip_qkv=8.0), (), notes="clip_qkv"),
+    Family("OLMo2", "Olmo2ForCausalLM", _cfg("Olmo2Config", num_key_value_heads=2), ("GQA", "q/k norm"),
+           q_site="q_norm", notes="q/k RMSNorm over all heads at once (hooked after the norm)"),
+    Family("Cohere", "CohereForCausalLM", _cfg("CohereConfig", num_key_value_heads=2, use_qk_norm=True),
+           ("GQA", "q/k norm"), q_site="q_norm", notes="per-head LayerNorm on q/k, interleaved rotary"),
+    Family("StableLM", "StableLmForCausalLM", _cfg("StableLmConfig", num_key_value_heads=2),
+           ("GQA",), notes="partial rotary"),
+    Family("Granite", "GraniteForCausalLM",
+           _cfg("GraniteConfig", num_key_value_heads=2, attention_multiplier=0.1, embedding_multiplier=2.0,
+                residual_multiplier=0.5, logits_scaling=2.0),
+           ("GQA",), notes="attention_multiplier as scaling"),
+    Family("Starcoder2", "Starcoder2ForCausalLM",
+           _cfg("Starcoder2Config", num_key_value_heads=2, sliding_window=WINDOW),
+           ("GQA", "sliding window"), notes="biases, LayerNorm"),
+    Family("SmolLM3", "SmolLM3ForCausalLM", _cfg("SmolLM3Config", num_key_value_heads=2, no_rope_layers=[1, 0, 1]),
+           ("GQA",), notes="NoPE on layer 1"),
+    Family("GPT-NeoX", "GPTNeoXForCausalLM",
+           lambda vocab: transformers.GPTNeoXConfig(
+               vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+               num_attention_heads=HEADS, max_position_embeddings=512, initializer_range=0.2, rotary_pct=0.5,
+               bos_token_id=None, eos_token_id=None),
+           (), attn="attention", out_proj="dense", q_site="query_key_value", q_layout="neox",
+           notes="fused per-head qkv, dense, partial rotary"),
+    Family("GPT-2", "GPT2LMHeadModel",
+           lambda vocab: transformers.GPT2Config(
+               vocab_size=vocab, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=512,
+               initializer_range=0.2, bos_token_id=None, eos_token_id=None),
+           (), layers="h", attn="attn", out_proj="c_proj", q_site="c_attn",
+           notes="learned positions, Conv1D c_attn/c_proj"),
+    # ---- refused: their attention never reaches the interface
+    Family("GPT-Neo", "GPTNeoForCausalLM",
+           lambda vocab: transformers.GPTNeoConfig(
+               vocab_size=vocab, hidden_size=HIDDEN, num_layers=2, num_heads=HEADS,
+               attention_types=[[["global", "local"], 1]], window_size=WINDOW, max_position_embeddings=512),
+           refused=True),
+    Family("Bloom", "BloomForCausalLM",
+           lambda vocab: transformers.BloomConfig(vocab_size=vocab, hidden_size=HIDDEN, n_layer=2, n_head=HEADS),
+           refused=True),
+    Family("Falcon", "FalconForCausalLM",
+           lambda vocab: transformers.FalconConfig(
+               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+               max_position_embeddings=512, bos_token_id=None, eos_token_id=None),
+           refused=True, notes="own sdpa/eager code paths, no AttentionInterface"),
+]
+
+SUPPORTED = [f for f in FAMILIES if not f.refused]
+REFUSED = [f for f in FAMILIES if f.refused]
+
+
+def build(fam: Family, vocab: int = 128, seed: int = 0):
+    """The family's tiny model, random weights, fp32, eval mode."""
+    torch.manual_seed(seed)
+    model = getattr(transformers, fam.model_class)(fam.config(vocab))
+    return model.to(torch.float32).eval()
+
+
+# --------------------------------------------------------------------------- module access
+
+
+def attention_module(fam: Family, model, layer: int):
+    return getattr(getattr(model.base_model, fam.layers)[layer], fam.attn)
+
+
+def head_dim(attn) -> int:
+    return getattr(attn, "head_dim", None) or attn.head_size
+
+
+def window_of(model, layer: int) -> int | None:
+    """The layer's sliding window, read from the config as the modeling files do."""
+    cfg = model.config
+    w = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return w if types[layer] == "sliding_attention" else None
+    return w
+
+
+def kv_heads_of(model) -> int:
+    return getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+
+
+def declared_vs_config(fam: Family, model) -> dict[str, bool]:
+    """What the built model actually has, per feature label (checked against ``features``)."""
+    cfg = model.config
+    a = attention_module(fam, model, 0)
+    return {
+        "GQA": kv_heads_of(model) < cfg.num_attention_heads,
+        "sliding window": any(window_of(model, i) for i in range(cfg.num_hidden_layers)),
+        "softcap": getattr(cfg, "attn_logit_softcapping", None) is not None,
+        "q/k norm": any(hasattr(a, n) for n in ("q_norm", "q_layernorm")),
+        "MoE": fam.moe,
+    }
+
+
+def _query_slice(fam: Family, out: torch.Tensor, h: int, d: int):
+    if out.ndim == 4:  # a per-head norm's output
+        return (slice(None), h) if fam.q_layout == "bhsd" else (..., h, slice(None))
+    if fam.q_layout == "neox":
+        return (..., slice(3 * d * h, 3 * d * h + d))
+    return (..., slice(h * d, (h + 1) * d))
+
+
+@contextlib.contextmanager
+def zero_query_hook(fam: Family, model, layer: int, head: int):
+    """A plain forward hook zeroing the head's query where the modeling file produces it."""
+    attn = attention_module(fam, model, layer)
+    d = head_dim(attn)
+
+    def hook(mod, args, out):
+        out = out.clone()
+        out[_query_slice(fam, out, head, d)] = 0.0
+        return out
+
+    handle = getattr(attn, fam.q_site).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def out_proj_input(fam: Family, model, layer: int, zero_head: int | None = None):
+    """Capture (and optionally zero one head of) the output projection's input."""
+    attn = attention_module(fam, model, layer)
+    d = head_dim(attn)
+    got: list[torch.Tensor] = []
+
+    def pre(mod, args):
+        x = args[0]
+        if zero_head is not None:
+            x = x.clone()
+            x[..., zero_head * d:(zero_head + 1) * d] = 0.0
+        got.append(x.detach().clone())
+        return (x, *args[1:])
+
+    handle = getattr(attn, fam.out_proj).register_forward_pre_hook(pre)
+    try:
+        yield got
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _Tok:
+    """Just enough tokenizer for greedy_decode on a random model."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def _prompt(n: int = PROMPT_LEN, vocab: int = 128, seed: int = 1) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _forward(model, ids: torch.Tensor, cache=None) -> torch.Tensor:
+    kw = {} if cache is None else {cache_kwarg(model): cache, "use_cache": True}
+    with torch.no_grad():
+        return model(input_ids=ids, **kw).logits
+
+
+@contextlib.contextmanager
+def _eager(model):
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = impl
+
+
+@torch.no_grad()
+def check_probe(fam: Family, model=None) -> str:
+    """(a) probe argmax == eager argmax, every decode step, layer and head, absolute positions."""
+    model = model or build(fam)
+    cfg = model.config
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompt = _prompt(vocab=vocab)
+    probe, seen = ArgmaxProbe(), []
+    stop = torch.zeros(vocab, dtype=torch.bool)
+    gen = greedy_decode(model, _Tok(), prompt, stop, STEPS, probe=probe,
+                        on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
+    assert len(gen.ids) == STEPS == len(seen)
+    with _eager(model):
+        att = model(torch.tensor([prompt + gen.ids[:-1]]), output_attentions=True).attentions
+    assert len(att) == cfg.num_hidden_layers
+    rows = unique = 0
+    for t, pos in enumerate(seen):  # pos: [layers, heads]
+        q = len(prompt) - 1 + t
+        assert pos.shape == (cfg.num_hidden_layers, cfg.num_attention_heads)
+        for layer, a in enumerate(att):
+            row = a[0, :, q, : q + 1].float()  # [H, q+1]
+            assert (pos[layer] >= 0).all() and (pos[layer] <= q).all(), f"step {t} layer {layer}: {pos[layer]}"
+            w = window_of(model, layer)
+            if w is not None and w <= q:
+                assert (row[:, : q - w + 1] == 0).all(), "eager did not apply the window (test assumption)"
+                assert (pos[layer] > q - w).all(), f"layer {layer} picked outside its window: {pos[layer]}"
+            picked = row.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
+            top2 = row.topk(2, dim=1).values
+            torch.testing.assert_close(picked, top2[:, 0], atol=TIE_ATOL, rtol=0,
+                                       msg=lambda m: f"step {t} layer {layer} ({fam.name}): {m}")
+            rows += row.shape[0]
+            unique += int((top2[:, 0] - top2[:, 1] > TIE_ATOL).sum())
+    assert unique >= rows // 2, f"only {unique}/{rows} rows have a unique max: the check is near-vacuous"
+    return f"{rows} rows, {unique} with a unique max"
+
+
+def _one_head(model, layer: int, head: int) -> torch.Tensor:
+    m = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads, dtype=torch.bool)
+    m[layer, head] = True
+    return m
+
+
+def _values(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's value vectors [KV, T, d] from a plain forward into an all-full cache."""
+    cache = DynamicCache()  # no config: every layer keeps all positions, sliding or not
+    _forward(model, ids, cache)
+    return [cache.layers[i].values[0] for i in range(model.config.num_hidden_layers)]
+
+
+def _expected_uniform(model, values: list[torch.Tensor], layer: int, head: int, q: int) -> torch.Tensor:
+    """A zero query's output: the mean of the head's values over its allowed prefix of q."""
+    group = model.config.num_attention_heads // kv_heads_of(model)
+    w = window_of(model, layer)
+    lo = max(0, q - w + 1) if w else 0
+    return values[layer][head // group, lo: q + 1].mean(0)
+
+
+@torch.no_grad()
+def check_uniform(fam: Family, model=None) -> str:
+    """(b) uniform: == zeroing the query by a plain hook; output == mean of allowed values."""
+    model = model or build(fam)
+    cfg = model.config
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.tensor([_prompt(vocab=vocab, seed=2)])
+    T = ids.shape[1]
+    plain = _forward(model, ids)
+    values = _values(model, ids)
+    head = 1 % cfg.num_attention_heads
+    for layer in range(cfg.num_hidden_layers):
+        mask = HeadMask(_one_head(model, layer, head), "uniform", "all")
+        d = head_dim(attention_module(fam, model, layer))
+        # phase all, full forward (the delegate's prefill path)
+        with out_proj_input(fam, model, layer) as got, intervene(model, mask=mask):
+            masked = _forward(model, ids)
+        x = got[0][0, :, head * d:(head + 1) * d]  # [T, d]
+        want = torch.stack([_expected_uniform(model, values, layer, head, q) for q in range(T)])
+        torch.testing.assert_close(x, want, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"layer {layer} o-proj input != mean of values: {m}")
+        with zero_query_hook(fam, model, layer, head):
+            hooked = _forward(model, ids)
+        torch.testing.assert_close(masked, hooked, atol=1e-4, rtol=1e-5,
+                                   msg=lambda m: f"layer {layer}: uniform != zeroed query: {m}")
+        assert (masked - plain).abs().max() > 1e-3, f"layer {layer}: masking changed nothing (vacuous)"
+        # phase decode: plain prefill, one masked decode step
+        cache = DynamicCache(config=cfg)
+        _forward(model, ids[:, :-1], cache)
+        with out_proj_input(fam, model, layer) as got, intervene(model, mask=HeadMask(mask.heads, "uniform")):
+            _forward(model, ids[:, -1:], cache)
+        torch.testing.assert_close(got[0][0, -1, head * d:(head + 1) * d],
+                                   _expected_uniform(model, values, layer, head, T - 1), atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"layer {layer} decode step: {m}")
+    return f"{cfg.num_hidden_layers} layers, head {head}, all + decode"
+
+
+@torch.no_grad()
+def check_zero(fam: Family, model=None) -> str:
+    """(b) zero: the head's slice of the output projection's input is exactly 0."""
+    model = model or build(fam)
+    cfg = model.config
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.tensor([_prompt(vocab=vocab, seed=3)])
+    head, layer = 2 % cfg.num_attention_heads, 1
+    d = head_dim(attention_module(fam, model, layer))
+    sl = slice(head * d, (head + 1) * d)
+    mask = HeadMask(_one_head(model, layer, head), "zero", "all")
+    with out_proj_input(fam, model, layer) as plain_in:
+        plain = _forward(model, ids)
+    with out_proj_input(fam, model, layer) as got, intervene(model, mask=mask):
+        masked = _forward(model, ids)
+    x, p = got[0], plain_in[0]
+    assert torch.all(x[..., sl] == 0), "zero mode left the head's output non-zero"
+    assert p[..., sl].abs().max() > 1e-3, "the head's output was zero to begin with (vacuous)"
+    others = torch.ones(x.shape[-1], dtype=torch.bool)
+    others[sl] = False
+    torch.testing.assert_close(x[..., others], p[..., others], atol=1e-6, rtol=0)
+    with out_proj_input(fam, model, layer, zero_head=head):
+        hooked = _forward(model, ids)
+    torch.testing.assert_close(masked, hooked, atol=1e-4, rtol=1e-5)
+    assert (masked - plain).abs().max() > 1e-3, "masking changed nothing (vacuous)"
+    # phase decode: only the decode step is zeroed
+    cache = DynamicCache(config=cfg)
+    with out_proj_input(fam, model, layer) as pre, intervene(model, mask=HeadMask(mask.heads, "zero")):
+        _forward(model, ids[:, :-1], cache)
+        _forward(model, ids[:, -1:], cache)
+    # (MoE routing over a shorter batch is not bit-identical: compare, don't equal)
+    torch.testing.assert_close(pre[0][..., sl], p[:, :-1, sl], atol=1e-5, rtol=1e-5,
+                               msg=lambda m: f"phase decode touched the prefill: {m}")
+    assert torch.all(pre[1][..., sl] == 0), "phase decode did not zero the decode step"
+    return f"layer {layer} head {head}, all + decode"
+
+
+def write_detect_inputs(folder: Path) -> tuple[Path, Path]:
+    """A one-needle file and a synthetic haystack folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    needles = folder / "needles.jsonl"
+    needles.write_text(json.dumps({"needle": "The secret code of the blue harbour is amber falcon.",
+                                   "question": "What is the secret code of the blue harbour?",
+                                   "real_needle": "amber falcon"}) + "\n")
+    hay = folder / "haystack"
+    hay.mkdir(exist_ok=True)
+    words = ["river", "mill", "stone", "winter", "garden", "lantern", "market", "road", "orchard", "bell"]
+    sentences = [f"The {words[i % 10]} near the {words[(3 * i + 1) % 10]} was quiet on day {i}." for i in range(200)]
+    (hay / "essay.txt").write_text(" ".join(sentences) + "\n")
+    return needles, hay
+
+
+DETECT_LENGTH = 160
+_STOP_MASKS: dict = {}
+
+
+@contextlib.contextmanager
+def _stop_masks_memoised():
+    """``stop_token_mask`` decodes the whole vocabulary (~1.5 s for 49k tokens) on every
+    ``detect`` call; every family here shares one tokenizer, so compute it once per
+    (tokenizer, vocab, EOS ids) with the library's own function."""
+    import importlib
+    from unittest import mock
+
+    det = importlib.import_module("retrieval_head.detect")  # the package re-exports a function `detect`
+    real = det.stop_token_mask
+
+    def memo(model, tokenizer):
+        gen = getattr(model, "generation_config", None)
+        key = (id(tokenizer), model.get_output_embeddings().weight.shape[0],
+               repr(getattr(gen, "eos_token_id", None)), repr(getattr(model.config, "eos_token_id", None)))
+        if key not in _STOP_MASKS:
+            _STOP_MASKS[key] = real(model, tokenizer)
+        return _STOP_MASKS[key]
+
+    with mock.patch.object(det, "stop_token_mask", memo):
+        yield
+
+
+def check_detect(fam: Family, tokenizer, folder: Path, model=None) -> str:
+    """(c) one trial of ``detect`` runs; the record's head scores are [layers][heads]."""
+    from retrieval_head.detect import DetectionResult, DetectSettings, detect
+
+    model = model or build(fam, vocab=len(tokenizer))
+    needles, hay = write_detect_inputs(folder)
+    settings = DetectSettings(context_lengths=(DETECT_LENGTH,), depth_percents=(50,), needles=str(needles),
+                              haystack_dir=str(hay), chat_template="off", max_new_tokens=4)
+    with _stop_masks_memoised():
+        result = detect(model, tokenizer, settings, progress=False)
+    cfg = model.config
+    assert isinstance(result, DetectionResult)
+    assert (result.num_layers, result.num_heads) == (cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert len(result.trials) == 1
+    t = result.trials[0]
+    assert t["prompt_length"] == DETECT_LENGTH
+    assert 1 <= len(t["response_ids"]) <= 4
+    scores = torch.tensor(t["head_scores"], dtype=torch.float64)
+    assert scores.shape == (cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert torch.isfinite(scores).all()
+    assert tuple(result.mean_scores().shape) == (cfg.num_hidden_layers, cfg.num_attention_heads)
+    return f"1 trial, {len(t['response_ids'])} tokens, scores {list(scores.shape)}"
+
+
+@torch.no_grad()
+def check_refused(fam: Family, model=None) -> str:
+    """A family that bypasses the interface: refused by class name. Returns the message."""
+    model = model or build(fam)
+    with pytest.raises(UnsupportedModelError) as exc:
+        check_supported(model)
+    msg = str(exc.value)
+    assert fam.model_class in msg, f"the refusal does not name {fam.model_class}: {msg}"
+    return msg
+
+
+def default_tokenizer_or_none():
+    """The default model's tokenizer, or None where ``make install`` has not put it there."""
+    from transformers import AutoTokenizer
+
+    from retrieval_head.default_model import default_model_dir
+
+    path = default_model_dir()
+    return AutoTokenizer.from_pretrained(path) if (path / "config.json").is_file() else None
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _ids(fams):
+    return [f.name for f in fams]
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """One model per supported family, shared by (a) and (b) (they leave it unchanged)."""
+    cache: dict[str, object] = {}
+
+    def get(fam: Family):
+        if fam.name not in cache:
+            cache[fam.name] = build(fam)
+        return cache[fam.name]
+
+    return get
+
+
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+def test_declared_features_are_real(fam, tiny_models):
+    model = tiny_models(fam)
+    assert type(model).__name__ == fam.model_class
+    real = declared_vs_config(fam, model)
+    for feat, present in real.items():
+        assert present == (feat in fam.features), f"{fam.name}: {feat} declared {feat in fam.features}, is {present}"
+
+
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+def test_probe_argmax_equals_eager(fam, tiny_models):
+    check_probe(fam, tiny_models(fam))
+
+
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+def test_uniform_mask(fam, tiny_models):
+    check_uniform(fam, tiny_models(fam))
+
+
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+def test_zero_mask(fam, tiny_models):
+    check_zero(fam, tiny_models(fam))
+
+
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+def test_detection_runs(fam, default_tokenizer, tmp_path):
+    check_detect(fam, default_tokenizer, tmp_path)
+
+
+@pytest.mark.parametrize("fam", REFUSED, ids=_ids(REFUSED))
+def test_refused_by_class_name(fam):
+    check_refused(fam)
