@@ -111,6 +111,23 @@ def _delegate_for(name: str) -> Callable | None:
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
+def _scores_fp32(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """q [b, KV, g, d] @ key [b, KV, T, d]^T in float32 without copying the cache to fp32
+    where the device can (CUDA half-precision matmul with fp32 output); a bf16 score row
+    would round near-ties together and make the argmax arbitrary."""
+    if q.dtype == torch.float32:
+        return torch.matmul(q, key.transpose(-1, -2))
+    if q.is_cuda:
+        b, kv, g, d = q.shape
+        try:
+            out = torch.bmm(q.reshape(b * kv, g, d), key.reshape(b * kv, -1, d).transpose(1, 2),
+                            out_dtype=torch.float32)
+            return out.reshape(b, kv, g, -1)
+        except (RuntimeError, TypeError):  # older torch: no out_dtype
+            pass
+    return torch.matmul(q.float(), key.float().transpose(-1, -2))
+
+
 def _probe_attention(module, query, key, value, attention_mask, scaling, softcap):
     """One decode step's attention from a single float32 score row per query head.
 
@@ -121,8 +138,7 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
     b, num_heads, _, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = num_heads // kv_heads
-    q = query.reshape(b, kv_heads, group, d).float()
-    scores = torch.matmul(q, key.float().transpose(-1, -2))  # [b, KV, g, T]
+    scores = _scores_fp32(query.reshape(b, kv_heads, group, d), key)  # [b, KV, g, T]
     scores = scores * (scaling if scaling is not None else d**-0.5)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
