@@ -101,6 +101,9 @@ def greedy_decode(
     key = cache_kwarg(model)
     num_layers = model.config.num_hidden_layers
     out_ids: list[int] = []
+    if cache is None and not (mask is not None and mask.phase == "all"):
+        # Outside the scope: a prefill chunk of one token must not count as a decode step.
+        cache = prefill(model, ids[:, :-1], prefill_chunk)
     ctx = intervene(model, probe=probe, mask=mask) if (probe or mask) else contextlib.nullcontext()
     with ctx as scope:
         if cache is None:

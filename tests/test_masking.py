@@ -19,7 +19,6 @@ from transformers.modeling_utils import AttentionInterface
 
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.decode import cache_kwarg, greedy_decode, prefill, stop_token_mask
-from retrieval_head.default_model import default_model_dir
 from retrieval_head.errors import UserError
 from retrieval_head.haystack import Needle
 from retrieval_head.niah import NiahSettings, make_conditions, random_pool, run_cell, select_random, select_top
@@ -431,26 +430,17 @@ def test_make_conditions_folders_and_masks():
 # --------------------------------------------------------------------------- 8. shared prefill
 
 
-@pytest.fixture(scope="module")
-def tok():
-    """The default model's tokenizer (PromptBuilder needs a real one); offline, from its folder."""
-    folder = default_model_dir()
-    if not (folder / "tokenizer.json").is_file():
-        pytest.skip(f"default model folder {folder} is missing (make install converts it)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
-
-
 HAYSTACK = "".join(f"Sentence number {i} is here. " for i in range(400))
 NEEDLE = Needle(0, "The lighthouse keeper keeps a grey parrot named Captain Juniper.",
                 "What is the parrot named?", "Captain Juniper")
 
 
 @pytest.mark.parametrize("chat,family", [(False, "llama"), (True, "llama"), (True, "mistral")])
-def test_shared_prefill_changes_nothing(tok, chat, family):
+def test_shared_prefill_changes_nothing(default_tokenizer, chat, family):
     """run_cell's one prefill per cell == a prefill per condition (mistral: the cache is
-    deep-copied per condition, as a sliding cache cannot be cropped back)."""
+    deep-copied per condition, as a sliding cache cannot be cropped back). PromptBuilder
+    needs a real tokenizer: the default model's (conftest skips when it is not installed)."""
+    tok = default_tokenizer
     model = tiny_model(vocab=len(tok), hidden=32, max_positions=512, seed=7, family=family)
     builder = PromptBuilder(tok, HAYSTACK, chat_template=chat)
     # heads (0, 0) and (2, 1) are the retrieval heads; everything else is below 0.1
@@ -480,8 +470,6 @@ class _IdsTokenizer:
         return " ".join(map(str, ids))
 
 
-@pytest.mark.xfail(reason="library bug: a 1-token last prefill chunk is a 'decode' call, so a per-condition "
-                          "prefill inside the mask scope masks it, a shared prefill does not", strict=False)
 def test_shared_prefill_changes_nothing_with_a_one_token_last_chunk():
     """prefill_chunk=38 on a 40-token prompt prefills 39 tokens as 38 + 1: the 1-token chunk
     must not be masked by a phase="decode" mask, or shared and per-condition prefills differ."""
@@ -499,22 +487,19 @@ def test_shared_prefill_changes_nothing_with_a_one_token_last_chunk():
 
 
 @pytest.mark.slow
-def test_top_heads_matter_on_the_default_model():
+def test_top_heads_matter_on_the_default_model(default_model):
     """Detection on the default model, then top-10 vs random-10 vs no heads masked.
 
     Seen on SmolLM2-135M-Instruct (CPU, fp32): none 100.0, random-10 (seed 0) 100.0,
     top-10 30.6 (mean ROUGE-1 recall x100 over depths 20/50/80 at 600 tokens).
     """
-    folder = default_model_dir()
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        pytest.skip(f"default model folder {folder} is missing (make install converts it)")
-    from retrieval_head import DetectSettings, ModelSpec, detect, load_model
+    from retrieval_head import DetectSettings, detect
     from retrieval_head.detect import Haystacks
     from retrieval_head.haystack import load_needles
     from retrieval_head.niah import run_niah
     from retrieval_head.prompt import uses_chat_template
 
-    model, tok, _ = load_model(ModelSpec(device="cpu"))
+    model, tok, _ = default_model  # conftest: skipped when the default model is not installed
     result = detect(model, tok, DetectSettings(context_lengths=(600,), depth_percents=(20, 80)), progress=False)
     assert result.passed(), "no detection trial passed; the default model should find these needles"
     scores = result.mean_scores()

@@ -134,7 +134,8 @@ def test_heads_heatmap_png(tmp_path):
     assert no_temp_files(tmp_path)
 
 
-def test_heads_cli(tmp_path, capsys):
+def test_heads_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the heatmap goes to the current folder, not beside the input
     f = tmp_path / "tiny.json"
     grid = {"0-0": [0.1, 0.3], "0-1": [0.0, 0.0], "1-0": [1.0, 0.8], "1-1": [0.5, 0.5]}
     f.write_text(json.dumps(grid) + "\n")
@@ -143,7 +144,7 @@ def test_heads_cli(tmp_path, capsys):
     assert lines[1].split() == ["1", "1-0", "0.900"]
     assert lines[2].split() == ["2", "1-1", "0.500"]
     assert heads.main(["heatmap", str(f)]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "tiny.heads.png")
+    assert capsys.readouterr().out.strip() == "tiny.heads.png"
     assert (tmp_path / "tiny.heads.png").read_bytes()[:8] == PNG_MAGIC
     assert heads.main(["compare", str(f), str(f), "-k", "2"]) == 0
     out = capsys.readouterr().out
