@@ -128,7 +128,7 @@ def _scores_fp32(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.matmul(q.float(), key.float().transpose(-1, -2))
 
 
-def _probe_attention(module, query, key, value, attention_mask, scaling, softcap):
+def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None):
     """One decode step's attention from a single float32 score row per query head.
 
     query [b, H, 1, d]; key/value [b, KV, T, d] (GQA grouped, the cache is not copied
@@ -149,7 +149,13 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
         else:
             scores = scores + m.float()
     argmax = scores.argmax(dim=-1).reshape(b, num_heads) - kv_len
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    if sinks is not None:
+        # Attention sinks (``s_aux``, GPT-OSS): a per-head logit that takes softmax mass but
+        # has no value; it never wins the argmax, which is over keys only.
+        sink = sinks.float().reshape(1, kv_heads, group, 1).expand(b, -1, -1, -1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].to(value.dtype)
+    else:
+        probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(probs, value)  # [b, KV, g, d]
     return out.reshape(b, 1, num_heads, value.shape[-1]), argmax
 
@@ -195,7 +201,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
         weights = None
         if probe is not None and decode:
             out, probe.rel[layer] = _probe_attention(
-                module, query, key, value, attention_mask, scaling, kwargs.get("softcap")
+                module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux")
             )
         else:
             fn = delegate or _modeling_eager(module)
