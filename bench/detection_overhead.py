@@ -27,7 +27,7 @@ Run (from the repo root)::
     .venv/bin/python bench/detection_overhead.py --lengths 1000 4000 --repeats 5 --threads 2
 
 On a small machine shared with other jobs, ``--threads 1`` avoids OpenMP oversubscription
-(2 threads on 2 busy cores made single runs 2-4x slower and the ratio pure noise).
+(2 threads on 2 busy cores made single runs up to ~10x slower and the ratio pure noise).
 """
 
 from __future__ import annotations
@@ -205,6 +205,10 @@ def main():
     print(table)
     worst = max(m["a"][0] / m["b"][0] for _, _, m, _, _ in rows)
     worst_cpu = max(m["a"][1] / m["b"][1] for _, _, m, _, _ in rows)
+    load = max(load0[0], os.getloadavg()[0])
+    busy = (f"**Warning:** load average {load:.1f} on {os.cpu_count()} cores with {torch.get_num_threads()} torch "
+            "threads: OpenMP oversubscription dominates these times; rerun with `--threads 1`.\n\n"
+            if not cuda and torch.get_num_threads() > 1 and load > os.cpu_count() else "")
     cmd = ".venv/bin/python bench/detection_overhead.py " + " ".join(sys.argv[1:])
     body = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {info['device']} "
             f"(torch threads: {torch.get_num_threads()}). (a) = `run_trial` (probe, scoring, ROUGE; "
@@ -215,7 +219,7 @@ def main():
             f"{'' if cuda else f', median (min-max) of {args.mem_repeats} processes each'}; KV cache = the "
             f"float K/V of prompt + N tokens, for scale. Load average (1 min) {load0[0]:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after.\n\n"
-            f"{table}\n\nTarget ratio <= 1.10: {'holds' if worst <= 1.10 else 'NOT met'} "
+            f"{table}\n\n{busy}Target ratio <= 1.10: {'holds' if worst <= 1.10 else 'NOT met'} "
             f"on wall medians (worst ratio {worst:.3f}); worst CPU-time ratio {worst_cpu:.3f}.\n\nReproduce: `{cmd.strip()}`\n")
     write_section(args.out, body, info)
 

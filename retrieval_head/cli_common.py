@@ -36,8 +36,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust_remote_code", action="store_true", default=d.trust_remote_code)
 
 
-def model_spec(args) -> ModelSpec:
-    return ModelSpec(model_path=args.model_path, revision=args.revision, dtype=args.dtype, device=args.device,
+def model_spec(args, device: str | None = None) -> ModelSpec:
+    return ModelSpec(model_path=args.model_path, revision=args.revision, dtype=args.dtype, device=device or args.device,
                      device_map=args.device_map, attn_implementation=args.attn_implementation,
                      trust_remote_code=args.trust_remote_code)
 

@@ -26,6 +26,7 @@ from .errors import UserError
 from .haystack import load_needles
 from .manifest import build_manifest, utc_now
 from .models import load_model, model_name
+from .shard import from_env, local_device, shard_suffix
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
 
 DEFAULTS = DetectSettings()
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its trial log (same settings; the grid may grow)")
     o.add_argument("--save_prompts", action="store_true", help="store each trial's prompt_ids in the trial log")
     o.add_argument("--seed", type=int, default=42, help="recorded; decoding is greedy")
+    d = p.add_argument_group("scale-out")
+    d.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
+    d.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
+    d.add_argument("--threads", type=int, default=None, help="torch threads for this process (recorded)")
     o.add_argument("--top", type=int, default=20, help="rows of the printed top-heads table")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.add_argument("--verbose", action="store_true")
@@ -110,21 +115,72 @@ def resumed_trials(paths: dict, fp: dict) -> dict:
     return {(r["needle_id"], r["context_length"], r["depth_percent"]): r for r in records}
 
 
+def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]:
+    """Final outputs, and this shard's trial log and manifest (the same files for one process)."""
+    sfx = shard_suffix(rank, world)
+    paths = {k: out / f"{name}{ext}" for k, ext in (("scores", ".json"), ("kv_max", ".kv_max.json"),
+                                                      ("kv_mean", ".kv_mean.json"))}
+    paths.update(trials=out / f"{name}{sfx}.trials.jsonl", manifest=out / f"{name}{sfx}.manifest.json")
+    if world > 1:
+        paths.update(merged_trials=out / f"{name}.trials.jsonl", merged_manifest=out / f"{name}.manifest.json")
+    return paths
+
+
+def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float) -> list[Path]:
+    """The head-score files of a finished sweep (refusing a sweep where no trial passed)."""
+    if not result.passed():
+        raise UserError(
+            f"no trial passed (ROUGE-1 recall > {threshold}): no head scores written; "
+            f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
+        )
+    write_head_scores(paths["scores"], result.head_counter())
+    written = [paths["scores"]]
+    kv = info["num_kv_heads"]
+    if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
+        for agg in ("max", "mean"):
+            written.append(paths[f"kv_{agg}"])
+            write_head_scores(written[-1], result.kv_head_counter(kv, agg))
+    return written
+
+
+def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | None:
+    """All shards' trials as one result once every shard has finished (None before that).
+
+    Built on the files, not a collective: the last shard to finish merges. Shards made with
+    other settings are refused.
+    """
+    records = []
+    for r in range(world):
+        mpath = Path(str(paths["manifest"]).replace(shard_suffix(manifest["shard"][0], world), shard_suffix(r, world)))
+        if not mpath.exists():
+            return None
+        other = json.loads(mpath.read_text())
+        if other.get("fingerprint") != manifest["fingerprint"] or other.get("grid") != manifest["grid"]:
+            raise UserError(f"shard {r} ({mpath}) was made with different settings; rerun it with these")
+        if other.get("status") != "finished":
+            return None
+        records += TrialLog(Path(str(mpath).replace(".manifest.json", ".trials.jsonl"))).read()
+    records.sort(key=lambda t: (t["needle_id"], t["context_length"], t["depth_percent"]))
+    write_atomic(paths["merged_trials"], "".join(json.dumps(t) + "\n" for t in records))
+    return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
+    rank, world = from_env(args.rank, args.world_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     name = model_name(args.model_path, args.model_name_suffix)
     out = Path(args.output_dir)
-    paths = {k: out / f"{name}{ext}" for k, ext in
-             (("scores", ".json"), ("trials", ".trials.jsonl"), ("manifest", ".manifest.json"),
-              ("kv_max", ".kv_max.json"), ("kv_mean", ".kv_mean.json"))}
+    paths = output_paths(out, name, rank, world)
     guard_outputs(list(paths.values()), args.overwrite or args.resume)
     started = utc_now()
     torch.manual_seed(args.seed)
-    model, tokenizer, info = load_model(model_spec(args))
+    model, tokenizer, info = load_model(model_spec(args, local_device(args.device, world)))
     checked = plan(model, tokenizer, settings)  # every input checked before any file is written
     fp = fingerprint(settings, info)
     done = resumed_trials(paths, fp) if args.resume else {}
@@ -133,28 +189,24 @@ def main(argv: list[str] | None = None) -> int:
             p.unlink(missing_ok=True)
     config = dict(dataclasses.asdict(settings), model_name=name, output_dir=str(out), preset=args.preset)
     manifest = build_manifest("retrieval_head_detection", config, info, args.seed, started)
-    manifest.update(fingerprint=fp, status="running")
+    manifest.update(fingerprint=fp, status="running", shard=[rank, world],
+                    grid=[list(settings.context_lengths), list(settings.depth_percents)])
     write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
     log = TrialLog(paths["trials"])
     result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done,
-                    checked=checked)
+                    checked=checked, shard=(rank, world))
     manifest.update(build_manifest("retrieval_head_detection", config, info, args.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
                                                "resumed": len(done)})
     write_atomic(paths["manifest"], dump_json(manifest))
+    if world > 1:
+        result = merge_shards(paths, manifest, world)
+        if result is None:
+            print(f"shard {rank} of {world} finished; the last shard to finish writes {paths['scores']}")
+            return 0
+        write_atomic(paths["merged_manifest"], dump_json(dict(manifest, shard=None, shards=world)))
     report(result, args.top)
-    if not result.passed():
-        raise UserError(
-            f"no trial passed (ROUGE-1 recall > {settings.rouge_threshold}): no head scores written; "
-            f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
-        )
-    write_head_scores(paths["scores"], result.head_counter())
-    written = [paths["scores"], paths["trials"], paths["manifest"]]
-    kv = info["num_kv_heads"]
-    if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
-        for agg in ("max", "mean"):
-            written.append(paths[f"kv_{agg}"])
-            write_head_scores(written[-1], result.kv_head_counter(kv, agg))
+    written = write_results(paths, result, info, settings.rouge_threshold)
     print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 

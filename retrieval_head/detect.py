@@ -29,6 +29,7 @@ from .errors import UserError
 from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
 from .prompt import Prompt, PromptBuilder, uses_chat_template
 from .scoring import RetrievalScorer, rouge1_recall
+from .shard import assign
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +231,14 @@ def plan(model, tokenizer, settings: DetectSettings) -> Plan:
 
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
            on_trial: Callable[[dict], None] | None = None, progress: bool = True,
-           done: dict[tuple[int, int, int], dict] | None = None, checked: Plan | None = None) -> DetectionResult:
+           done: dict[tuple[int, int, int], dict] | None = None, checked: Plan | None = None,
+           shard: tuple[int, int] = (0, 1)) -> DetectionResult:
     """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
 
     ``done`` maps ``(needle_id, context_length, depth_percent)`` to records of trials that
     already ran with the same settings (a resumed run): they are reused, not run again.
-    ``checked`` is this sweep's ``plan`` when the caller already made it.
+    ``checked`` is this sweep's ``plan`` when the caller already made it. ``shard`` =
+    ``(rank, world_size)`` runs only this rank's share of the trials (see ``shard.assign``).
     """
     done = done or {}
     st = settings
@@ -244,6 +247,9 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     stop = stop_token_mask(model, tokenizer)
     by_id = {n.needle_id: n for n in needles}
     grid = trial_grid(needles, lengths, depths)
+    if shard[1] > 1:
+        mine = set(assign([t.key for t in grid], lambda k: k[1] + st.max_new_tokens, shard[1])[shard[0]])
+        grid = [t for t in grid if t.key in mine]
     todo = [t for t in grid if t.key not in done]
     if len(todo) < len(grid):
         log.info("resuming: %d of %d trials already done", len(grid) - len(todo), len(grid))
