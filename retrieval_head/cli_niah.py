@@ -29,6 +29,7 @@ from .manifest import build_manifest, utc_now
 from .models import load_model, max_positions, model_name
 from .niah import Condition, NiahSettings, make_conditions, run_niah
 from .prompt import uses_chat_template
+from .shard import assign, from_env, local_device, shard_suffix
 from .scores_io import dump_json, load_head_scores, write_atomic
 
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue a run: skip cells already written")
     o.add_argument("--no_plot", action="store_true", help="skip heatmap.png")
     o.add_argument("--quiet", action="store_true")
+    o.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
+    o.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
     o.add_argument("--verbose", action="store_true")
     return p
 
@@ -114,27 +117,43 @@ def record_path(folder: Path, model: str, length: int, depth: int) -> Path:
     return folder / f"{model}_len_{length}_depth_{depth * 100}.json"
 
 
-def prepare_folders(out: Path, conditions, manifest: dict, args, cells) -> frozenset:
-    """Write each folder's manifest first; on --resume check it and return the done cells."""
+def prepare_folders(out: Path, conditions, manifest: dict, args, mine: list, sfx: str) -> frozenset:
+    """Write each folder's (shard) manifest first; on --resume check it and return this shard's
+    done cells. --overwrite removes the old results of this shard's cells only, so a shard
+    started later never deletes another's fresh results."""
     name = manifest["config"]["model_name"]
-    done = set(cells)
+    done = set(mine)
     for c in conditions:
         folder = out / c.folder
         fp = dict(manifest["fingerprint"], condition=c.describe())
-        old = folder / "manifest.json"
+        old = folder / f"manifest{sfx}.json"
         if args.resume and old.exists():
             if json.loads(old.read_text()).get("fingerprint") != json.loads(json.dumps(fp)):
                 raise UserError(f"{folder} was made with different settings (model, needle, mask or decoding); "
                                 "rerun with those settings or use --overwrite")
-        elif args.overwrite:  # this run's files replace the old run's, none may linger
-            for f in [*folder.glob(f"{name}_len_*_depth_*.json"), folder / "heatmap.png"]:
+        elif args.overwrite:
+            stale = folder.glob(f"{name}_len_*_depth_*.json") if not sfx else \
+                (record_path(folder, name, *cell) for cell in mine)
+            for f in [*stale, folder / "heatmap.png", folder / "manifest.json"]:
                 f.unlink(missing_ok=True)
-        done &= {cell for cell in cells if record_path(folder, name, *cell).exists()}
+        done &= {cell for cell in mine if record_path(folder, name, *cell).exists()}
         write_atomic(old, dump_json(dict(manifest, fingerprint=fp, condition=c.describe())))
     return frozenset(done) if args.resume else frozenset()
 
 
-def finish(out: Path, conditions, manifest: dict, cells, plot: bool) -> dict[str, list[dict]]:
+def complete(out: Path, conditions, manifest: dict, cells) -> bool:
+    """Whether every cell of every condition is written; refuses shards of other settings."""
+    name, world = manifest["config"]["model_name"], manifest["shard"][1]
+    for c in conditions:
+        for r in range(world if world > 1 else 0):
+            m = out / c.folder / f"manifest{shard_suffix(r, world)}.json"
+            mine = json.loads((out / c.folder / f"manifest{shard_suffix(manifest['shard'][0], world)}.json").read_text())
+            if m.exists() and json.loads(m.read_text()).get("fingerprint") != mine["fingerprint"]:
+                raise UserError(f"shard {r} ({m}) was made with different settings; rerun it with these")
+    return all(record_path(out / c.folder, name, *cell).exists() for c in conditions for cell in cells)
+
+
+def finish(out: Path, conditions, manifest: dict, cells, sfx: str, plot: bool) -> dict[str, list[dict]]:
     """Read back every folder's results for this grid, mark it finished, draw its heatmap."""
     from .plot import heatmap
 
@@ -142,7 +161,7 @@ def finish(out: Path, conditions, manifest: dict, cells, plot: bool) -> dict[str
     for c in conditions:
         folder = out / c.folder
         results[c.folder] = [json.loads(record_path(folder, name, *cell).read_text()) for cell in cells]
-        m = json.loads((folder / "manifest.json").read_text())
+        m = json.loads((folder / f"manifest{sfx}.json").read_text())
         write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:
             heatmap(folder)
@@ -154,36 +173,42 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
+    rank, world = from_env(args.rank, args.world_size)
     needle, (lengths, depths) = pick_needle(args), grid(args)
     name = model_name(args.model_path, args.model_name_suffix)
     seeds = args.seeds or [args.seed]
-    out = Path(args.output_dir)
+    out, sfx = Path(args.output_dir), shard_suffix(rank, world)
     started = utc_now()
-    model, tok, info = load_model(model_spec(args))
+    model, tok, info = load_model(model_spec(args, local_device(args.device, world)))
     units = info["num_kv_heads"] if args.mask_unit == "kv" else info["num_heads"]
     group = info["num_heads"] // info["num_kv_heads"] if args.mask_unit == "kv" else None
     conditions = make_conditions(name, args.mask_top, head_scores_for(args, name, (info["num_layers"], units)),
                                  args.mask_mode, args.mask_phase, seeds, seed_folders=args.seeds is not None,
                                  group=group)
-    guard_outputs([out / c.folder / "manifest.json" for c in conditions], args.overwrite or args.resume)
+    guard_outputs([out / c.folder / f"manifest{sfx}.json" for c in conditions], args.overwrite or args.resume)
     hay = Haystacks(tok, uses_chat_template(tok, args.chat_template), Path(args.haystack_dir) if args.haystack_dir else None)
     check_grid(model, hay, [needle], lengths, args.max_new_tokens, max_positions(model))
     check_supported(model)
     config = dict(vars(args), context_lengths=lengths, depth_percents=depths, needle=needle.needle,
                   question=needle.question, real_needle=needle.real_needle, model_name=name)
     manifest = build_manifest("needle_in_haystack_with_mask", config, info, args.seed, started)
-    manifest.update(status="running", fingerprint={
+    manifest.update(status="running", shard=[rank, world], fingerprint={
         "needle": [needle.needle, needle.question, needle.real_needle], "haystack_dir": args.haystack_dir,
         "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens, "prefill_chunk": args.prefill_chunk,
+        "grid": [lengths, depths], "world_size": world,
         "model": {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}})
     cells = [(L, d) for L in lengths for d in depths]
-    skip = prepare_folders(out, conditions, manifest, args, cells)
+    mine = assign(cells, lambda cell: cell[0], world)[rank]
+    skip = prepare_folders(out, conditions, manifest, args, mine, sfx) | (set(cells) - set(mine))
     st = NiahSettings(max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk, model_name=name)
     save = lambda c, r: write_atomic(record_path(out / c.folder, name, r["context_length"], r["depth_percent"]),  # noqa: E731
                                      dump_json(r))
     run_niah(model, tok, hay.for_needle(needle), needle, lengths, depths, conditions, stop_token_mask(model, tok),
-             st, on_record=save, progress=not args.quiet, skip=skip)
-    results = finish(out, conditions, manifest, cells, plot=not args.no_plot)
+             st, on_record=save, progress=not args.quiet, skip=frozenset(skip))
+    if not complete(out, conditions, manifest, cells):
+        print(f"shard {rank} of {world} finished; the last shard to finish writes the manifests and heatmaps")
+        return 0
+    results = finish(out, conditions, manifest, cells, sfx, plot=not args.no_plot)
     summarize(conditions, results)
     print(f"\nwrote {', '.join(str(out / c.folder) for c in conditions)}")
     return 0

@@ -20,7 +20,7 @@ def _run(out, *extra, wait=True):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _lines(path):
@@ -62,3 +62,59 @@ def test_resume_refuses_other_settings(tmp_path, default_model):
     r = _run(tmp_path, "--resume", "--max_new_tokens", "20")
     assert r.returncode == 2 and "different settings" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+NIAH_ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet", "--no_plot",
+             "--mask_top", "0", "5", "-5"]
+TIMING = ("test_duration_seconds", "test_timestamp_utc")
+
+
+def _niah(out, head_score, *extra, wait=True):
+    cmd = [sys.executable, str(ROOT / "needle_in_haystack_with_mask.py"), *NIAH_ARGS, "--head_score",
+           str(head_score), "--output_dir", str(out), *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _results(root):
+    out = {}
+    for f in sorted(root.rglob(f"{NAME}_len_*.json")):
+        rec = json.loads(f.read_text())
+        out[str(f.relative_to(root))] = {k: v for k, v in rec.items() if k not in TIMING}
+    return out
+
+
+@pytest.mark.slow
+def test_niah_kill_9_then_resume_matches_uninterrupted(tmp_path, default_model):
+    scores = tmp_path / "scores.json"  # any head scores of the right shape will do
+    scores.write_text(json.dumps({f"{l}-{h}": [((l * 9 + h) % 17) / 17] for l in range(30) for h in range(9)}) + "\n")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _niah(full, scores).returncode == 0
+    proc = _niah(killed, scores, wait=False)
+    deadline = time.time() + 300
+    while len(list(killed.rglob(f"{NAME}_len_*.json"))) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(_results(killed)) < len(_results(full))
+    refused = _niah(killed, scores)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = _niah(killed, scores, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _results(killed) == _results(full) and len(_results(full)) == 18
+
+
+def test_ctrl_c_keeps_trials_and_says_how_to_resume(tmp_path, default_model):
+    proc = _run(tmp_path, wait=False)
+    log = tmp_path / f"{NAME}.trials.jsonl"
+    deadline = time.time() + 300
+    while len(_lines(log)) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "--resume" in proc.stderr.read()
+    assert len(_lines(log)) >= 1
+    assert all(json.loads(line) for line in _lines(log))  # no torn line

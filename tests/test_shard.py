@@ -63,3 +63,28 @@ def test_ranks_by_hand_and_a_refused_merge(tiny, tmp_path):
     r = run(args(tiny, bad, "--rank", "1", "--world_size", "2", "--max_new_tokens", "5"))
     assert r.returncode == 2 and "different settings" in r.stderr
     assert not (bad / "tiny.json").exists()
+
+
+def test_niah_two_shards_match_one_process(tiny, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def niah(out, *extra):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, str(ROOT / "needle_in_haystack_with_mask.py"), "--model_path",
+                               str(tiny["tiny"]), "--needles", str(tiny["needles_ok"]), "--context_lengths", "150",
+                               "200", "300", "--depth_percents", "0", "50", "--max_new_tokens", "6", "--mask_top", "0",
+                               "2", "-2", "--head_score", str(tiny["hs_tiny"]), "--quiet", "--no_plot",
+                               "--output_dir", str(out), *extra], env=env, capture_output=True, text=True, timeout=600)
+
+    assert niah(one).returncode == 0
+    first = niah(two, "--rank", "0", "--world_size", "2")
+    assert first.returncode == 0 and "shard 0 of 2 finished" in first.stdout
+    assert niah(two, "--rank", "1", "--world_size", "2").returncode == 0
+
+    def results(root):
+        return {str(f.relative_to(root)): {k: v for k, v in json.loads(f.read_text()).items()
+                                           if k not in ("test_duration_seconds", "test_timestamp_utc")}
+                for f in root.rglob("tiny_len_*.json")}
+
+    assert results(two) == results(one) and len(results(one)) == 18
+    assert all((two / d.name / "manifest.json").exists() for d in one.iterdir())
