@@ -46,7 +46,8 @@ _EAGER = "eager"
 class HeadMask:
     """Which query heads to ablate, and how.
 
-    heads: bool ``[layers, heads]``; True = ablated.
+    heads: bool ``[layers, heads]``; True = ablated. ``[batch, layers, heads]`` gives each
+           batch row its own heads (several conditions decoded as one batch).
     mode:  ``uniform`` zeroes the head's query, so it attends uniformly over the (causal,
            windowed) prefix and outputs the mean of the values (the original's ablation);
            ``zero`` zeroes the head's output before ``o_proj``.
@@ -63,8 +64,8 @@ class HeadMask:
             raise ValueError(f"mask mode must be one of {MASK_MODES}, got {self.mode!r}")
         if self.phase not in MASK_PHASES:
             raise ValueError(f"mask phase must be one of {MASK_PHASES}, got {self.phase!r}")
-        if self.heads.dtype != torch.bool or self.heads.ndim != 2:
-            raise ValueError("HeadMask.heads must be a bool [layers, heads] tensor")
+        if self.heads.dtype != torch.bool or self.heads.ndim not in (2, 3):
+            raise ValueError("HeadMask.heads must be a bool [layers, heads] (or [batch, layers, heads]) tensor")
 
     def describe(self) -> dict:
         """JSON-ready record of the ablation (heads as [layer, head] pairs)."""
@@ -184,7 +185,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
         # Cached per (layer, device) so a decode step moves nothing to the device.
         k = (layer, device)
         if k not in per_layer:
-            per_layer[k] = mask.heads[layer].to(device)
+            per_layer[k] = mask.heads[..., layer, :].reshape(-1, mask.heads.shape[-1]).to(device)  # [1 or b, H]
         return per_layer[k]
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -197,7 +198,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
         if mask is not None and (decode or mask.phase == "all"):
             ablate = heads_of(layer, query.device)
             if mask.mode == "uniform":
-                query = query.masked_fill(ablate[None, :, None, None], 0.0)
+                query = query.masked_fill(ablate[:, :, None, None], 0.0)
         weights = None
         if probe is not None and decode:
             out, probe.rel[layer] = _probe_attention(
@@ -209,7 +210,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
             )
         if ablate is not None and mask.mode == "zero":
-            out = out.masked_fill(ablate[None, None, :, None], 0.0)  # out: [b, q, H, d]
+            out = out.masked_fill(ablate[:, None, :, None], 0.0)  # out: [b, q, H, d]
         return out, weights
 
     return attention
@@ -242,7 +243,7 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     """
     if mask is not None:
         expected = (model.config.num_hidden_layers, model.config.num_attention_heads)
-        if tuple(mask.heads.shape) != expected:
+        if tuple(mask.heads.shape[-2:]) != expected:
             raise ValueError(f"mask is {tuple(mask.heads.shape)}, model has [layers, heads] = {expected}")
     current = model.config._attn_implementation
     if current is not None and current.startswith("retrieval_head_"):

@@ -123,3 +123,37 @@ def greedy_decode(
                 break
             inp, pos = torch.tensor([[token]], device=dev), pos + 1
     return Generation(out_ids, tokenizer.decode(out_ids, skip_special_tokens=True).strip())
+
+
+@torch.no_grad()
+def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torch.Tensor, max_new_tokens: int,
+                        masks: list[HeadMask | None], cache) -> list[Generation]:
+    """Several decode-phase masks (None = no mask) decoded from one prefill as one batch.
+
+    ``cache`` holds ``prompt_ids[:-1]`` and is expanded to the batch in place (its last
+    user). Row i is what ``greedy_decode(..., mask=masks[i])`` gives; a row that stopped
+    keeps stepping (its tokens are dropped) until every row has stopped.
+    """
+    real = [m for m in masks if m is not None]
+    if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
+        raise ValueError("batched conditions need decode-phase masks of one mode")
+    num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    heads = torch.stack([m.heads if m is not None else torch.zeros(num_layers, num_heads, dtype=torch.bool)
+                         for m in masks])
+    n, dev, key = len(masks), input_device(model), cache_kwarg(model)
+    cache.batch_repeat_interleave(n)
+    inp = torch.full((n, 1), prompt_ids[-1], device=dev)
+    outs, done = [[] for _ in masks], [False] * n
+    with intervene(model, mask=HeadMask(heads, real[0].mode if real else "uniform", "decode")) as scope:
+        for t in range(max_new_tokens):
+            tokens = model(input_ids=inp, use_cache=True, **{key: cache}).logits[:, -1].argmax(-1)
+            if t == 0:
+                scope.check_routed()
+            for i, tok in enumerate(tokens.tolist()):
+                if not done[i]:
+                    outs[i].append(tok)
+                    done[i] = tok < len(stop_mask) and bool(stop_mask[tok])
+            if all(done):
+                break
+            inp = tokens[:, None]
+    return [Generation(o, tokenizer.decode(o, skip_special_tokens=True).strip()) for o in outs]

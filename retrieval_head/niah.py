@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import HeadMask
-from .decode import greedy_decode, input_device, prefill
+from .decode import greedy_decode, greedy_decode_batch, input_device, prefill
 from .errors import UserError
 from .haystack import Needle
 from .manifest import utc_now
@@ -144,6 +144,7 @@ def _reusable(cache) -> bool:
 class NiahSettings:
     max_new_tokens: int = 50
     prefill_chunk: int | None = None
+    batch_conditions: bool = False  # decode all conditions of a cell as one batch
     version: int = 1
     model_name: str = ""
     extra: dict = field(default_factory=dict)
@@ -155,28 +156,44 @@ def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: i
     prompt = builder.build(needle, length, depth)
     ids = torch.tensor([prompt.ids], device=input_device(model))
     shared = None
-    if all(c.mask is None or c.mask.phase == "decode" for c in conditions):
+    decode_only = all(c.mask is None or c.mask.phase == "decode" for c in conditions)
+    if decode_only:
         shared = prefill(model, ids[:, :-1], st.prefill_chunk)
-    records = []
-    for c in conditions:
+    modes = {c.mask.mode for c in conditions if c.mask is not None}
+    batched = None
+    if st.batch_conditions and decode_only and len(modes) <= 1:
         t0 = time.perf_counter()
-        cache = None
-        if shared is not None:
-            cache = shared if _reusable(shared) else copy.deepcopy(shared)
-        gen = greedy_decode(model, tokenizer, prompt.ids, stop, st.max_new_tokens, mask=c.mask,
-                            prefill_chunk=st.prefill_chunk, cache=cache)
-        if cache is shared and shared is not None:
-            extra = shared.get_seq_length() - (len(prompt.ids) - 1)
-            if extra > 0:
-                shared.crop(-extra)  # back to the prompt: the next condition decodes from it
+        batched = greedy_decode_batch(model, tokenizer, prompt.ids, stop, st.max_new_tokens,
+                                      [c.mask for c in conditions], shared)
+        per_condition = (time.perf_counter() - t0) / len(conditions)
+    records = []
+    for i, c in enumerate(conditions):
+        t0 = time.perf_counter()
+        if batched is not None:
+            gen = batched[i]
+        else:
+            gen = _decode_one(model, tokenizer, prompt.ids, stop, st, c, shared)
         records.append({
             "model": st.model_name, "context_length": length, "depth_percent": depth, "version": st.version,
             "needle": needle.needle, "model_response": gen.text, "score": rouge1_recall(gen.text, needle.real_needle),
-            "test_duration_seconds": round(time.perf_counter() - t0, 4), "test_timestamp_utc": utc_now(),
+            "test_duration_seconds": round(per_condition if batched else time.perf_counter() - t0, 4),
+            "test_timestamp_utc": utc_now(),
             "question": needle.question, "real_needle": needle.real_needle, "needle_span": list(prompt.needle_span),
             "response_ids": gen.ids, "mask": c.describe(), **st.extra,
         })
     return records
+
+
+def _decode_one(model, tokenizer, prompt_ids, stop, st: NiahSettings, c: Condition, shared):
+    """One condition from the shared prefill (cropped back afterwards) or its own."""
+    cache = None if shared is None else (shared if _reusable(shared) else copy.deepcopy(shared))
+    gen = greedy_decode(model, tokenizer, prompt_ids, stop, st.max_new_tokens, mask=c.mask,
+                        prefill_chunk=st.prefill_chunk, cache=cache)
+    if cache is not None and cache is shared:
+        extra = shared.get_seq_length() - (len(prompt_ids) - 1)
+        if extra > 0:
+            shared.crop(-extra)  # back to the prompt: the next condition decodes from it
+    return gen
 
 
 def run_niah(model, tokenizer, builder: PromptBuilder, needle: Needle, lengths: list[int], depths: list[int],

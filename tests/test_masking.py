@@ -435,8 +435,9 @@ NEEDLE = Needle(0, "The lighthouse keeper keeps a grey parrot named Captain Juni
                 "What is the parrot named?", "Captain Juniper")
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one-by-one", "batched"])
 @pytest.mark.parametrize("chat,family", [(False, "llama"), (True, "llama"), (True, "mistral")])
-def test_shared_prefill_changes_nothing(default_tokenizer, chat, family):
+def test_shared_prefill_changes_nothing(default_tokenizer, chat, family, batch):
     """run_cell's one prefill per cell == a prefill per condition (mistral: the cache is
     deep-copied per condition, as a sliding cache cannot be cropped back). PromptBuilder
     needs a real tokenizer: the default model's (conftest skips when it is not installed)."""
@@ -448,7 +449,7 @@ def test_shared_prefill_changes_nothing(default_tokenizer, chat, family):
     scores[0, 0], scores[2, 1] = 0.8, 0.6
     conditions = make_conditions("tiny", [0, 2, -2], scores, "uniform", "decode", [0], seed_folders=False)
     stop = torch.zeros(len(tok), dtype=torch.bool)  # random weights: never stop, 8 tokens each
-    st = NiahSettings(max_new_tokens=8, model_name="tiny")
+    st = NiahSettings(max_new_tokens=8, model_name="tiny", batch_conditions=batch)
 
     length, depth = 160, 50
     records = run_cell(model, tok, builder, NEEDLE, length, depth, conditions, stop, st)
