@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +186,11 @@ def _panel_size(n_depths: int, n_lengths: int) -> tuple[float, float]:
     return max(5.0, min(17.5, 2.5 + 0.5 * n_lengths)), max(3.5, min(8.0, 1.8 + 0.5 * n_depths))
 
 
+def _wrap(text: str, width: int = 32) -> str:
+    """Panel titles side by side must not run into each other."""
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def heatmap(folder: str | Path, out_png: str | Path | None = None, title: str | None = None) -> Path:
     """Draw one folder's NIAH heatmap; default output ``<folder>/heatmap.png``. Returns the path."""
     grid = load_results(folder)
@@ -220,7 +226,7 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, g in enumerate(grids):
         _draw(axes[0, i], _aligned(g, depths, lengths), depths, lengths, NIAH_CMAP, 0, 100, cbar=False)
-        axes[0, i].set_title(f"{g.model}\n{g.mask}: mean {g.mean:.1f}")
+        axes[0, i].set_title(f"{g.model}\n{_wrap(g.mask)}\nmean {g.mean:.1f}")
     fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), label="Score")
     if diff_row:
         base_scores = _aligned(base, depths, lengths)
@@ -234,7 +240,7 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
             # resamples the colormap to the same result, with a deprecation warning)
             _draw(ax, diff, depths, lengths, "RdBu", -100, 100, cbar=False)
             cell_mean = float(np.nanmean(diff)) if np.isfinite(diff).any() else float("nan")
-            ax.set_title(f"{g.mask} minus no mask\nmean cell difference {cell_mean:+.1f}")
+            ax.set_title(f"{_wrap(g.mask + ' minus no mask')}\nmean cell difference {cell_mean:+.1f}")
         diff_axes = [axes[1, i] for i, g in enumerate(grids) if g is not base]
         fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label="Score difference")
     return _render(fig, Path(out_png))
