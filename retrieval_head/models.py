@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from .default_model import DEFAULT_MODEL_NAME, embedded, ensure_default_model, ensure_embedded
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_PREFIX = "embedded:"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,12 +36,19 @@ class ModelSpec:
 
 
 def model_name(model_path: str | None, suffix: str | None = None) -> str:
-    """Basename of the path or hub id, plus the original's ``_suffix``.
+    """Basename of the path or hub id (an embedded model's name), plus the original's ``_suffix``.
 
     >>> model_name("meta-llama/Llama-2-7b-hf", "80k")
     'Llama-2-7b-hf_80k'
+    >>> model_name("embedded:gemma3")
+    'gemma-3-270m'
     """
-    base = DEFAULT_MODEL_NAME if model_path is None else Path(str(model_path).rstrip("/\\")).name
+    if model_path is None:
+        base = DEFAULT_MODEL_NAME
+    elif str(model_path).startswith(EMBEDDED_PREFIX):
+        base = embedded(str(model_path)[len(EMBEDDED_PREFIX):]).name
+    else:
+        base = Path(str(model_path).rstrip("/\\")).name
     return f"{base}_{suffix}" if suffix else base
 
 
@@ -50,9 +58,14 @@ def looks_local(path: str) -> bool:
 
 
 def resolve_source(model_path: str | None) -> str:
-    """The folder or hub id to load; checks local-looking paths before transformers does."""
+    """The folder or hub id to load; checks local-looking paths before transformers does.
+
+    ``embedded:<key>`` (a key of ``default_model.EMBEDDED``, e.g. ``embedded:gemma3``) is
+    that embedded model's converted folder, converted on first use."""
     if model_path is None:
         return str(ensure_default_model())
+    if model_path.startswith(EMBEDDED_PREFIX):
+        return str(ensure_embedded(model_path[len(EMBEDDED_PREFIX):]))
     if looks_local(model_path):
         p = Path(model_path).expanduser()
         if not p.is_dir():

