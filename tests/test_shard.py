@@ -88,3 +88,4 @@ def test_niah_two_shards_match_one_process(tiny, tmp_path):
 
     assert results(two) == results(one) and len(results(one)) == 18
     assert all((two / d.name / "manifest.json").exists() for d in one.iterdir())
+
