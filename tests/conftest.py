@@ -43,3 +43,24 @@ def tiny_llama(vocab=128, layers=3, heads=4, kv_heads=2, seed=0, **kw):
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=16 * heads, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512, **kw)
     return LlamaForCausalLM(cfg).eval()
+
+
+def eager_rescore(model, trial: dict) -> list:
+    """Re-score a saved trial (``--save_prompts``) with plain eager attention weights: one
+    forward over prompt + response with ``output_attentions=True``, argmax per head."""
+    from retrieval_head.scoring import RetrievalScorer
+
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        prompt, resp = trial["prompt_ids"], trial["response_ids"]
+        with torch.no_grad():
+            att = model(torch.tensor([prompt + resp[:-1]]), output_attentions=True, logits_to_keep=1).attentions
+        sc = RetrievalScorer(prompt, tuple(trial["needle_span"]), model.config.num_hidden_layers,
+                             model.config.num_attention_heads)
+        for step, tok in enumerate(resp):
+            q = len(prompt) - 1 + step
+            sc.update(torch.stack([a[0, :, q, : q + 1].argmax(-1) for a in att]), tok)
+        return sc.scores().tolist()
+    finally:
+        model.config._attn_implementation = impl

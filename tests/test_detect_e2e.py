@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from retrieval_head import cli_detect
-from retrieval_head.scoring import RetrievalScorer
+from conftest import eager_rescore
 
 GRID = ["--context_lengths", "600", "--depth_percents", "20", "80", "--quiet"]
 
@@ -50,20 +49,8 @@ def test_outputs_in_the_original_format(run_dir):
 def test_saved_prompts_rescore_identically_with_eager(run_dir, default_model):
     model, _, _ = default_model
     trials = [json.loads(x) for x in (run_dir / "SmolLM2-135M-Instruct.trials.jsonl").read_text().splitlines()]
-    impl = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        for t in trials:
-            prompt, resp = t["prompt_ids"], t["response_ids"]
-            with torch.no_grad():
-                att = model(torch.tensor([prompt + resp[:-1]]), output_attentions=True).attentions
-            sc = RetrievalScorer(prompt, tuple(t["needle_span"]), 30, 9)
-            for step, tok in enumerate(resp):
-                q = len(prompt) - 1 + step
-                sc.update(torch.stack([a[0, :, q, : q + 1].argmax(-1) for a in att]), tok)
-            assert sc.scores().tolist() == t["head_scores"]
-    finally:
-        model.config._attn_implementation = impl
+    for t in trials:
+        assert eager_rescore(model, t) == t["head_scores"]
 
 
 def test_existing_output_is_refused_without_overwrite(run_dir, capsys):

@@ -81,25 +81,13 @@ def test_detection_writes_18_by_4_head_scores(run_dir):
 @pytest.mark.slow
 @needs_gemma3
 def test_saved_prompts_rescore_identically_with_eager(run_dir, gemma3):
-    from retrieval_head.scoring import RetrievalScorer
+    from conftest import eager_rescore
 
     model, _, _ = gemma3
     trials = [json.loads(x) for x in (run_dir / f"{NAME}.trials.jsonl").read_text().splitlines()]
     assert len(trials) == 2
-    impl = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        for t in trials:
-            prompt, resp = t["prompt_ids"], t["response_ids"]
-            with torch.no_grad():
-                att = model(torch.tensor([prompt + resp[:-1]]), output_attentions=True, logits_to_keep=1).attentions
-            sc = RetrievalScorer(prompt, tuple(t["needle_span"]), LAYERS, HEADS)
-            for step, tok in enumerate(resp):
-                q = len(prompt) - 1 + step
-                sc.update(torch.stack([a[0, :, q, : q + 1].argmax(-1) for a in att]), tok)
-            assert sc.scores().tolist() == t["head_scores"]
-    finally:
-        model.config._attn_implementation = impl
+    for t in trials:
+        assert eager_rescore(model, t) == t["head_scores"]
 
 
 @pytest.mark.slow
