@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .errors import UserError
 from .models import ModelSpec
 
@@ -55,6 +57,19 @@ def add_grid_args(p: argparse.ArgumentParser, s_default: int, e_default: int) ->
     g.add_argument("--chat_template", default="auto", choices=["auto", "on", "off"])
     g.add_argument("--max_new_tokens", type=int, default=50)
     g.add_argument("--prefill_chunk", type=int, default=None, help="prefill in chunks of N tokens (bounds memory)")
+
+
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out")
+    g.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
+    g.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads for this process (recorded)")
+
+
+def apply_threads(args) -> None:
+    """Pin the thread count (thread counts can change float bits; the manifest records it)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def guard_outputs(paths: list[Path], overwrite: bool) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, guard_outputs, model_spec,
-                         run_cli, setup_logging)
+from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, add_scale_args, apply_threads,
+                         guard_outputs, model_spec, run_cli, setup_logging)
 from .detect import DetectionResult, DetectSettings, detect, plan, sweep_depths, sweep_lengths
 from .errors import UserError
 from .haystack import load_needles
@@ -51,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its trial log (same settings; the grid may grow)")
     o.add_argument("--save_prompts", action="store_true", help="store each trial's prompt_ids in the trial log")
     o.add_argument("--seed", type=int, default=42, help="recorded; decoding is greedy")
-    d = p.add_argument_group("scale-out")
-    d.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
-    d.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
-    d.add_argument("--threads", type=int, default=None, help="torch threads for this process (recorded)")
+    add_scale_args(p)
     o.add_argument("--top", type=int, default=20, help="rows of the printed top-heads table")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.add_argument("--verbose", action="store_true")
@@ -171,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
     rank, world = from_env(args.rank, args.world_size)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     settings = settings_from_args(args)
     name = model_name(args.model_path, args.model_name_suffix)
     out = Path(args.output_dir)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from .attention import MASK_MODES, MASK_PHASES
-from .cli_common import add_grid_args, add_model_args, guard_outputs, model_spec, run_cli, setup_logging
+from .cli_common import (add_grid_args, add_model_args, add_scale_args, apply_threads, guard_outputs, model_spec,
+                         run_cli, setup_logging)
 from .decode import check_supported, stop_token_mask
 from .detect import Haystacks, check_grid, sweep_depths, sweep_lengths
 from .errors import UserError
@@ -63,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue a run: skip cells already written")
     o.add_argument("--no_plot", action="store_true", help="skip heatmap.png")
     o.add_argument("--quiet", action="store_true")
-    o.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
-    o.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
     o.add_argument("--verbose", action="store_true")
+    add_scale_args(p)
     return p
 
 
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
     rank, world = from_env(args.rank, args.world_size)
+    apply_threads(args)
     needle, (lengths, depths) = pick_needle(args), grid(args)
     name = model_name(args.model_path, args.model_name_suffix)
     seeds = args.seeds or [args.seed]

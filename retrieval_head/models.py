@@ -76,6 +76,28 @@ def resolve_source(model_path: str | None) -> str:
     return model_path
 
 
+def hub_unreachable(repo_id: str, revision: str | None) -> bool:
+    """True when the hub cannot be reached (decided in well under a second, where
+    transformers would retry for ~27 s); a missing repo or revision is a UserError."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return True
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except HfHubHTTPError as e:
+        if getattr(e.response, "status_code", None) in (401, 403, 404):
+            raise UserError(f"model {repo_id!r} (revision {revision or 'main'}) is not on the hub or not "
+                            "accessible; check the id and revision, or log in for gated models") from None
+        return False  # other hub errors: let transformers try (and report)
+    except Exception as e:  # connection errors of the HTTP client in use
+        if any(w in type(e).__name__ for w in ("Connect", "Timeout", "Network", "Transport")) or isinstance(e, OSError):
+            return True
+        raise
+    return False
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,11 +119,14 @@ def load_model(spec: ModelSpec):
     source = resolve_source(spec.model_path)
     device = resolve_device(spec.device)
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if not os.path.isdir(source) and hub_unreachable(source, spec.revision):
+        common["local_files_only"] = True  # use the local cache, fail fast if it lacks the model
     try:
         config = AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "check the id, the revision and the network"
+        hint = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached and it is not "
+                "in the local cache" if common.get("local_files_only") else "check the id, the revision and the network")
         raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]} ({hint})") from None
     if type(config) not in AutoModelForCausalLM._model_mapping and not spec.trust_remote_code:
         raise UserError(f"{source!r} is a {config.model_type} model ({type(config).__name__}), not a causal LM; "
