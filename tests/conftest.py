@@ -1,12 +1,25 @@
 """Shared fixtures: the embedded default model (installed by `make install`) and tiny
 random-weight models built here. Nothing is downloaded: `make test` sets HF_HUB_OFFLINE=1."""
 
+import contextlib
 import os
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread, restored on exit. On 2 shared cores a second intra-op thread that
+    gets descheduled makes every op wait: tiny models ran ~10x slower that way."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def default_model_dir():

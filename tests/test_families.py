@@ -36,6 +36,7 @@ import torch
 import transformers
 from transformers import DynamicCache
 
+from conftest import one_thread
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.decode import cache_kwarg, check_supported, greedy_decode
 from retrieval_head.errors import UnsupportedModelError
@@ -565,18 +566,6 @@ def check_refused(fam: Family, model=None) -> str:
     msg = str(exc.value)
     assert fam.model_class in msg, f"the refusal does not name {fam.model_class}: {msg}"
     return msg
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared cores spinning
-    threads make the matrix ~10x slower; restore the previous count on exit."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def default_tokenizer_or_none():

@@ -19,6 +19,7 @@ import json
 import pytest
 import torch
 
+from conftest import one_thread
 from retrieval_head import default_model as dm
 from retrieval_head.errors import UserError
 from retrieval_head.models import model_name, resolve_source
@@ -34,22 +35,20 @@ needs_gemma3 = pytest.mark.skipif(not dm.is_converted("gemma3"),
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
-def gemma3(one_thread):
+def gemma3(single_thread):
     from retrieval_head import ModelSpec, load_model
 
     return load_model(ModelSpec(model_path="embedded:gemma3", device="cpu"))
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, one_thread):
+def run_dir(tmp_path_factory, single_thread):
     from retrieval_head import cli_detect
 
     out = tmp_path_factory.mktemp("g3hs")

@@ -17,6 +17,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralCon
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
+from conftest import one_thread
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.decode import cache_kwarg, greedy_decode, prefill, stop_token_mask
 from retrieval_head.errors import UserError
@@ -123,16 +124,9 @@ def _no_grad():
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """One torch thread for this module. With 2 threads on 2 busy cores (a shared CI
-    runner, parallel jobs) every op waits on a descheduled OpenMP thread: this file took
-    43 s (fast tests) and 250 s (the real-model test) that way, 10 s and 55 s with one
-    thread on the same loaded machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """One torch thread for this module (see conftest.one_thread)."""
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- 1. uniform mode
