@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count: every copy counts (the reference); set: each needle position once (the paper)")
     g.add_argument("--rouge_threshold", type=float, default=DEFAULTS.rouge_threshold,
                    help="a trial counts when ROUGE-1 recall x100 exceeds this")
+    g.add_argument("--prefix_reuse", action="store_true",
+                   help="run trials in insertion order, prefilling only what follows the shared prefix")
     g.add_argument("--preset", choices=["paper"], default=None,
                    help="paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)")
     o = p.add_argument_group("output")
@@ -77,7 +79,8 @@ def settings_from_args(args) -> DetectSettings:
     return DetectSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths),
                           haystack_dir=args.haystack_dir, needles=args.needles, chat_template=args.chat_template,
                           max_new_tokens=args.max_new_tokens, rouge_threshold=args.rouge_threshold,
-                          score=args.score, prefill_chunk=args.prefill_chunk, save_prompts=args.save_prompts)
+                          score=args.score, prefill_chunk=args.prefill_chunk, save_prompts=args.save_prompts,
+                          prefix_reuse=args.prefix_reuse)
 
 
 def report(result: DetectionResult, top: int) -> None:

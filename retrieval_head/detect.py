@@ -27,6 +27,7 @@ from .attention import ArgmaxProbe
 from .decode import check_supported, greedy_decode, stop_token_mask
 from .errors import UserError
 from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
+from .prefix import SharedPrefix
 from .prompt import Prompt, PromptBuilder, uses_chat_template
 from .scoring import RetrievalScorer, rouge1_recall
 from .shard import assign
@@ -121,15 +122,17 @@ def check_grid(model, haystacks: Haystacks, needles: list[Needle], lengths: list
 
 def run_trial(model, tokenizer, prompt: Prompt, needle: Needle, stop_mask: torch.Tensor, *,
               max_new_tokens: int, rouge_threshold: float, score_mode: str,
-              prefill_chunk: int | None = None) -> dict:
-    """Decode one prompt under the probe; the trial record (without its sweep keys)."""
+              prefill_chunk: int | None = None, cache=None) -> dict:
+    """Decode one prompt under the probe; the trial record (without its sweep keys).
+    ``cache``, when given, already holds ``prompt.ids[:-1]`` (a reused prefix)."""
     cfg = model.config
     probe = ArgmaxProbe()
     scorer = RetrievalScorer(prompt.ids, prompt.needle_span, cfg.num_hidden_layers, cfg.num_attention_heads,
                              score_mode, device=model.get_input_embeddings().weight.device)
     t0 = time.perf_counter()
     gen = greedy_decode(model, tokenizer, prompt.ids, stop_mask, max_new_tokens, probe=probe,
-                        on_step=lambda t, tok, pos: scorer.update(pos, tok), prefill_chunk=prefill_chunk)
+                        on_step=lambda t, tok, pos: scorer.update(pos, tok), prefill_chunk=prefill_chunk,
+                        cache=cache)
     recall = rouge1_recall(gen.text, needle.real_needle)
     return {
         "prompt_length": len(prompt.ids),
@@ -199,6 +202,7 @@ class DetectSettings:
     rouge_threshold: float = 50.0
     score: str = "count"  # count (the reference's) | set (the paper's)
     prefill_chunk: int | None = None
+    prefix_reuse: bool = False  # run trials in insertion order, reusing the shared prompt prefix
     save_prompts: bool = False
 
 
@@ -254,14 +258,19 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     if len(todo) < len(grid):
         log.info("resuming: %d of %d trials already done", len(grid) - len(todo), len(grid))
     records = [done[t.key] for t in grid if t.key in done]
+    prompts = {t.key: hay.for_needle(by_id[t.needle_id]).build(by_id[t.needle_id], t.context_length,
+                                                               t.depth_percent) for t in todo}
+    shared = None
+    if st.prefix_reuse:  # ascending insertion points: each trial extends the last one's prefix
+        todo = sorted(todo, key=lambda t: (id(hay.for_needle(by_id[t.needle_id])), prompts[t.key].insert_at, t.key))
+        shared = SharedPrefix(model, chunk=st.prefill_chunk)
     for trial in tqdm(todo, desc="detect", disable=not progress):
-        needle = by_id[trial.needle_id]
-        prompt = hay.for_needle(needle).build(needle, trial.context_length, trial.depth_percent)
+        needle, prompt = by_id[trial.needle_id], prompts[trial.key]
         rec = {"needle_id": trial.needle_id, "context_length": trial.context_length,
                "depth_percent": trial.depth_percent}
         rec.update(run_trial(model, tokenizer, prompt, needle, stop, max_new_tokens=st.max_new_tokens,
-                             rouge_threshold=st.rouge_threshold, score_mode=st.score,
-                             prefill_chunk=st.prefill_chunk))
+                             rouge_threshold=st.rouge_threshold, score_mode=st.score, prefill_chunk=st.prefill_chunk,
+                             cache=shared.cache_for(prompt.ids) if shared else None))
         if st.save_prompts:
             rec["prompt_ids"] = prompt.ids
         records.append(rec)

@@ -1,0 +1,44 @@
+"""Prefix reuse changes no score and no response (fp32, the default model)."""
+
+import pytest
+
+from retrieval_head.detect import DetectSettings, detect
+
+
+@pytest.mark.slow
+def test_prefix_reuse_is_identical_to_independent_trials(default_model):
+    model, tok, _ = default_model
+    runs = {}
+    for reuse in (False, True):
+        r = detect(model, tok, DetectSettings(context_lengths=(600, 900), depth_percents=(10, 50, 90),
+                                              prefix_reuse=reuse), progress=False)
+        runs[reuse] = {(t["needle_id"], t["context_length"], t["depth_percent"]):
+                       (t["response_ids"], t["head_scores"]) for t in r.trials}
+    assert runs[True] == runs[False] and len(runs[True]) == 18
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_shared_prefix_crops_back_past_a_sliding_window(family):
+    """Prompts sharing ever longer prefixes (as in insertion order) decode exactly as with
+    fresh prefills, also when the shared part is longer than the sliding window."""
+    import torch
+
+    from retrieval_head.decode import greedy_decode
+    from retrieval_head.prefix import SharedPrefix
+    from test_masking import ids_of, tiny_model
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return ""
+
+    model = tiny_model(family=family, max_positions=512)
+    base = ids_of(120, seed=5)[0].tolist()
+    needle = [7, 8, 9, 10, 11]
+    prompts = [base[:at] + needle + base[at:] for at in (30, 30, 64, 100)]
+    stop = torch.zeros(128, dtype=torch.bool)
+    shared = SharedPrefix(model, min_shared=16, min_fraction=0.0)
+    with torch.no_grad():
+        for p in prompts:
+            fresh = greedy_decode(model, Tok(), p, stop, 6).ids
+            assert greedy_decode(model, Tok(), p, stop, 6, cache=shared.cache_for(p)).ids == fresh
+    assert shared.reused_tokens >= 30 + 35 + 64
