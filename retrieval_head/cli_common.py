@@ -59,6 +59,28 @@ def add_grid_args(p: argparse.ArgumentParser, s_default: int, e_default: int) ->
     g.add_argument("--prefill_chunk", type=int, default=None, help="prefill in chunks of N tokens (bounds memory)")
 
 
+def grid_from_args(args) -> tuple[list[int], list[int]]:
+    """Context lengths and depths from ``--context_lengths`` or ``--s/--e/--num_lengths`` and
+    ``--depth_percents`` or ``--num_depths``, checked (sorted, without repeats)."""
+    from .detect import sweep_depths, sweep_lengths
+
+    lengths = args.context_lengths or sweep_lengths(args.s, args.e, args.num_lengths)
+    if any(x <= 0 for x in lengths):
+        raise UserError("--context_lengths must all be positive")
+    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
+    bad = [d for d in depths if not 0 <= d <= 100]
+    if bad:
+        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
+    if args.max_new_tokens < 1:
+        raise UserError("--max_new_tokens must be at least 1")
+    return sorted(set(lengths)), sorted(set(depths))
+
+
+def check_output_flags(args) -> None:
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+
+
 def add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out")
     g.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, add_scale_args, apply_threads,
-                         guard_outputs, model_spec, run_cli, setup_logging)
-from .detect import DetectionResult, DetectSettings, detect, plan, sweep_depths, sweep_lengths
+                         check_output_flags, grid_from_args, guard_outputs, model_spec, run_cli, setup_logging)
+from .detect import DetectionResult, DetectSettings, detect, plan
 from .errors import UserError
 from .haystack import load_needles
 from .manifest import build_manifest, utc_now
-from .models import load_model, model_name
+from .models import load_model, model_identity, model_name
 from .shard import from_env, local_device, shard_suffix
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
 
@@ -62,20 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args) -> DetectSettings:
     if args.preset == "paper":
-        s, e, n = PRESET_PAPER_LENGTHS
-        lengths, args.chat_template = sweep_lengths(s, e, n), "off"
-    elif args.context_lengths:
-        if any(x <= 0 for x in args.context_lengths):
-            raise UserError("--context_lengths must all be positive")
-        lengths = args.context_lengths
-    else:
-        lengths = sweep_lengths(args.s, args.e, args.num_lengths)
-    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
-    bad = [d for d in depths if not 0 <= d <= 100]
-    if bad:
-        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
-    if args.max_new_tokens < 1:
-        raise UserError("--max_new_tokens must be at least 1")
+        args.s, args.e, args.num_lengths = PRESET_PAPER_LENGTHS
+        args.context_lengths, args.chat_template = None, "off"
+    lengths, depths = grid_from_args(args)
     return DetectSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths),
                           haystack_dir=args.haystack_dir, needles=args.needles, chat_template=args.chat_template,
                           max_new_tokens=args.max_new_tokens, rouge_threshold=args.rouge_threshold,
@@ -97,7 +86,7 @@ def fingerprint(settings: DetectSettings, info: dict) -> dict:
     fp = {k: getattr(settings, k) for k in keep}
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in load_needles(settings.needles)]
-    fp["model"] = {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}
+    fp["model"] = model_identity(info)
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
 
 
@@ -168,8 +157,7 @@ def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | N
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one")
+    check_output_flags(args)
     rank, world = from_env(args.rank, args.world_size)
     apply_threads(args)
     settings = settings_from_args(args)

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from .attention import MASK_MODES, MASK_PHASES
-from .cli_common import (add_grid_args, add_model_args, add_scale_args, apply_threads, guard_outputs, model_spec,
-                         run_cli, setup_logging)
+from .cli_common import (add_grid_args, add_model_args, add_scale_args, apply_threads, check_output_flags,
+                         grid_from_args, guard_outputs, model_spec, run_cli, setup_logging)
 from .decode import check_supported, stop_token_mask
-from .detect import Haystacks, check_grid, sweep_depths, sweep_lengths
+from .detect import Haystacks, check_grid
 from .errors import UserError
 from .haystack import Needle, load_needles
 from .manifest import build_manifest, utc_now
-from .models import load_model, max_positions, model_name
+from .models import load_model, max_positions, model_identity, model_name
 from .niah import Condition, NiahSettings, make_conditions, run_niah
 from .prompt import uses_chat_template
 from .shard import assign, from_env, local_device, shard_suffix
@@ -81,17 +81,6 @@ def pick_needle(args) -> Needle:
     if not 0 <= args.needle_id < len(needles):
         raise UserError(f"--needle_id {args.needle_id}: {args.needles or 'the needles file'} has {len(needles)} needles")
     return needles[args.needle_id]
-
-
-def grid(args) -> tuple[list[int], list[int]]:
-    lengths = args.context_lengths or sweep_lengths(args.s, args.e, args.num_lengths)
-    if any(x <= 0 for x in lengths):
-        raise UserError("--context_lengths must all be positive")
-    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
-    bad = [d for d in depths if not 0 <= d <= 100]
-    if bad:
-        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
-    return sorted(set(lengths)), sorted(set(depths))
 
 
 def head_scores_for(args, name: str, shape) -> torch.Tensor | None:
@@ -173,11 +162,10 @@ def finish(out: Path, conditions, manifest: dict, cells, sfx: str, plot: bool) -
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one")
+    check_output_flags(args)
     rank, world = from_env(args.rank, args.world_size)
     apply_threads(args)
-    needle, (lengths, depths) = pick_needle(args), grid(args)
+    needle, (lengths, depths) = pick_needle(args), grid_from_args(args)
     name = model_name(args.model_path, args.model_name_suffix)
     seeds = args.seeds or [args.seed]
     out, sfx = Path(args.output_dir), shard_suffix(rank, world)
@@ -199,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "needle": [needle.needle, needle.question, needle.real_needle], "haystack_dir": args.haystack_dir,
         "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens, "prefill_chunk": args.prefill_chunk,
         "grid": [lengths, depths], "world_size": world,
-        "model": {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}})
+        "model": model_identity(info)})
     cells = [(L, d) for L in lengths for d in depths]
     mine = assign(cells, lambda cell: cell[0], world)[rank]
     skip = prepare_folders(out, conditions, manifest, args, mine, sfx) | (set(cells) - set(mine))

@@ -164,6 +164,11 @@ def load_model(spec: ModelSpec):
     return model, tokenizer, info
 
 
+def model_identity(info: dict) -> dict:
+    """The part of a model record that changes results (for resume and merge fingerprints)."""
+    return {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}
+
+
 def max_positions(model) -> int | None:
     """The model's maximum positions, if its config states one."""
     for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
