@@ -8,15 +8,13 @@ newline. Both sets come from the tokenizer and config, never literal ids.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from transformers import DynamicCache
-
 from .attention import ArgmaxProbe, HeadMask, intervene
+from .kvcache import GrowingCache
 
 
 @dataclass
@@ -67,14 +65,57 @@ def check_supported(model) -> None:
 
 
 @torch.no_grad()
-def prefill(model, ids: torch.Tensor, chunk: int | None = None, cache=None):
-    """Run ``ids`` [1, n] through the model into ``cache`` (new if None); no logits kept."""
-    cache = DynamicCache(config=model.config) if cache is None else cache
+def prefill(model, ids: torch.Tensor, chunk: int | None = None, cache=None, reserve: int = 64):
+    """Run ``ids`` [1, n] through the model into ``cache`` (a new ``GrowingCache`` with
+    ``reserve`` spare tokens if None); no logits kept."""
+    cache = GrowingCache(model.config, reserve=reserve) if cache is None else cache
+    if isinstance(cache, GrowingCache):
+        cache.expect(cache.get_seq_length() + ids.shape[1])  # one allocation, however many chunks
     key = cache_kwarg(model)
     step = chunk or ids.shape[1]
     for i in range(0, ids.shape[1], step):
         model(input_ids=ids[:, i : i + step], use_cache=True, logits_to_keep=1, **{key: cache})
     return cache
+
+
+@torch.no_grad()
+def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mask: torch.Tensor,
+                max_new_tokens: int, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None,
+                on_step: Callable[[int, int, int, torch.Tensor | None], None] | None = None) -> list[list[int]]:
+    """Greedy-decode the rows of ``cache`` (each holds its prompt but the last token) as one batch.
+
+    Row i continues from ``last_ids[i]``; every row's last prompt token sits at
+    ``query_position`` (equal prompt lengths, so no padding). ``on_step(row, t, token,
+    positions)`` runs for each new token of a row, ``positions`` being the probe's
+    ``[layers, heads]`` argmax positions for that row (None without a probe). A row that
+    stopped keeps stepping with the others (its tokens are dropped) until all have stopped.
+    Rows are independent: row i decodes as it would alone (the same greedy tokens and argmax
+    positions; logits can differ in the last float bits, as any change of batch size can).
+    """
+    n, dev, key = len(last_ids), input_device(model), cache_kwarg(model)
+    num_layers = model.config.num_hidden_layers
+    inp = torch.tensor(last_ids, device=dev)[:, None]
+    outs: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    with intervene(model, probe=probe, mask=mask) as scope:
+        for t in range(max_new_tokens):
+            if probe is not None:
+                probe.clear()
+            tokens = model(input_ids=inp, use_cache=True, **{key: cache}).logits[:, -1].argmax(-1)
+            if t == 0:
+                scope.check_routed()
+            pos = probe.positions(query_position + t, num_layers) if probe is not None else None
+            for i, tok in enumerate(tokens.tolist()):
+                if done[i]:
+                    continue
+                outs[i].append(tok)
+                if on_step is not None:
+                    on_step(i, t, tok, pos[:, i : i + 1] if pos is not None else None)
+                done[i] = tok < len(stop_mask) and bool(stop_mask[tok])
+            if all(done):
+                break
+            inp = tokens[:, None]
+    return outs
 
 
 @torch.no_grad()
@@ -92,37 +133,21 @@ def greedy_decode(
 ) -> Generation:
     """Greedy answer to ``prompt_ids``; ``on_step(t, token, positions)`` after each step.
 
-    ``positions`` is the probe's ``[layers, 1, heads]`` absolute argmax positions of the
-    query that produced ``token`` (None without a probe). ``cache``, when given, already
-    holds ``prompt_ids[:-1]`` (a shared prefill); it is extended in place.
+    ``positions`` is the probe's ``[layers, 1, heads]`` absolute argmax positions of the query
+    that produced ``token`` (None without a probe). ``cache``, when given, already holds
+    ``prompt_ids[:-1]`` (a shared prefill); it is extended in place.
     """
-    dev = input_device(model)
-    ids = torch.tensor([prompt_ids], device=dev)
-    key = cache_kwarg(model)
-    num_layers = model.config.num_hidden_layers
-    out_ids: list[int] = []
-    if cache is None and not (mask is not None and mask.phase == "all"):
-        # Outside the scope: a prefill chunk of one token must not count as a decode step.
-        cache = prefill(model, ids[:, :-1], prefill_chunk)
-    ctx = intervene(model, probe=probe, mask=mask) if (probe or mask) else contextlib.nullcontext()
-    with ctx as scope:
-        if cache is None:
-            cache = prefill(model, ids[:, :-1], prefill_chunk)
-        inp, pos = ids[:, -1:], len(prompt_ids) - 1
-        for t in range(max_new_tokens):
-            if probe is not None:
-                probe.clear()
-            logits = model(input_ids=inp, use_cache=True, **{key: cache}).logits[0, -1]
-            if scope is not None and t == 0:
-                scope.check_routed()
-            token = int(logits.argmax())
-            out_ids.append(token)
-            if on_step is not None:
-                on_step(t, token, probe.positions(pos, num_layers) if probe is not None else None)
-            if token < len(stop_mask) and stop_mask[token]:
-                break
-            inp, pos = torch.tensor([[token]], device=dev), pos + 1
-    return Generation(out_ids, tokenizer.decode(out_ids, skip_special_tokens=True).strip())
+    ids = torch.tensor([prompt_ids[:-1]], device=input_device(model))
+    if cache is None:
+        if mask is not None and mask.phase == "all":
+            with intervene(model, mask=mask):
+                cache = prefill(model, ids, prefill_chunk, reserve=max_new_tokens)
+        else:  # outside any scope: a prefill chunk of one token must not count as a decode step
+            cache = prefill(model, ids, prefill_chunk, reserve=max_new_tokens)
+    step = None if on_step is None else (lambda row, t, tok, pos: on_step(t, tok, pos))
+    out = decode_rows(model, [prompt_ids[-1]], len(prompt_ids) - 1, cache, stop_mask, max_new_tokens,
+                      probe=probe, mask=mask, on_step=step)[0]
+    return Generation(out, tokenizer.decode(out, skip_special_tokens=True).strip())
 
 
 @torch.no_grad()
@@ -131,8 +156,7 @@ def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torc
     """Several decode-phase masks (None = no mask) decoded from one prefill as one batch.
 
     ``cache`` holds ``prompt_ids[:-1]`` and is expanded to the batch in place (its last
-    user). Row i is what ``greedy_decode(..., mask=masks[i])`` gives; a row that stopped
-    keeps stepping (its tokens are dropped) until every row has stopped.
+    user). Row i is what ``greedy_decode(..., mask=masks[i])`` gives.
     """
     real = [m for m in masks if m is not None]
     if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
@@ -140,20 +164,7 @@ def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torc
     num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
     heads = torch.stack([m.heads if m is not None else torch.zeros(num_layers, num_heads, dtype=torch.bool)
                          for m in masks])
-    n, dev, key = len(masks), input_device(model), cache_kwarg(model)
-    cache.batch_repeat_interleave(n)
-    inp = torch.full((n, 1), prompt_ids[-1], device=dev)
-    outs, done = [[] for _ in masks], [False] * n
-    with intervene(model, mask=HeadMask(heads, real[0].mode if real else "uniform", "decode")) as scope:
-        for t in range(max_new_tokens):
-            tokens = model(input_ids=inp, use_cache=True, **{key: cache}).logits[:, -1].argmax(-1)
-            if t == 0:
-                scope.check_routed()
-            for i, tok in enumerate(tokens.tolist()):
-                if not done[i]:
-                    outs[i].append(tok)
-                    done[i] = tok < len(stop_mask) and bool(stop_mask[tok])
-            if all(done):
-                break
-            inp = tokens[:, None]
+    cache.batch_repeat_interleave(len(masks))
+    outs = decode_rows(model, [prompt_ids[-1]] * len(masks), len(prompt_ids) - 1, cache, stop_mask, max_new_tokens,
+                       mask=HeadMask(heads, real[0].mode if real else "uniform", "decode"))
     return [Generation(o, tokenizer.decode(o, skip_special_tokens=True).strip()) for o in outs]

@@ -6,8 +6,8 @@ prompt's prefix already in the cache: it crops the cache back to the longest com
 (dropping the previous trial's needle, suffix and answer) and prefills only what follows,
 so a sweep prefills roughly half the tokens of independent trials.
 
-The cache is built without the model config, so sliding-window layers keep every key and
-can be cropped back (their window is applied by the mask, as for full layers). When the
+The cache (a ``GrowingCache``) is built without the model config, so sliding-window layers
+keep every key and can be cropped back (their window is applied by the mask, as for full layers). When the
 shared part is short a fresh prefill is cheaper (on CPU a prefill on top of a cache costs
 more per token), so below ``min_shared`` the cache starts over.
 
@@ -18,9 +18,9 @@ more per token), so below ``min_shared`` the cache starts over.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from .decode import input_device, prefill
+from .kvcache import GrowingCache
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -35,18 +35,21 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class SharedPrefix:
     """Serves each prompt a cache holding ``prompt_ids[:-1]``, reusing the last one's prefix."""
 
-    def __init__(self, model, min_shared: int = 256, min_fraction: float = 0.25, chunk: int | None = None):
+    def __init__(self, model, min_shared: int = 256, min_fraction: float = 0.25, chunk: int | None = None,
+                 reserve: int = 64):
         self.model, self.min_shared, self.min_fraction, self.chunk = model, min_shared, min_fraction, chunk
+        self.reserve = reserve
         self.ids: list[int] = []
-        self.cache = DynamicCache()
+        self.cache = GrowingCache(reserve=reserve)
         self.reused_tokens = 0  # for reports: how many prefill tokens were saved
 
-    def cache_for(self, prompt_ids: list[int]):
-        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops)."""
+    def cache_for(self, prompt_ids: list[int], keep_all: bool = True):
+        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops).
+        It always keeps every key (``keep_all`` is there for ``FreshPrefix``'s interface)."""
         target = prompt_ids[:-1]
         common = common_prefix(self.ids, target)
         if common < max(self.min_shared, self.min_fraction * len(target)):
-            self.cache, common = DynamicCache(), 0
+            self.cache, common = GrowingCache(reserve=self.reserve), 0
         else:
             extra = self.cache.get_seq_length() - common
             if extra > 0:
@@ -57,3 +60,18 @@ class SharedPrefix:
         self.ids = target
         self.reused_tokens += common
         return self.cache
+
+
+class FreshPrefix:
+    """The same interface without reuse: a new prefill per prompt (independent trials).
+
+    ``keep_all`` builds the cache without the config (sliding layers keep every key), as
+    stacking several prompts' caches into one batch needs."""
+
+    def __init__(self, model, chunk: int | None = None, reserve: int = 64):
+        self.model, self.chunk, self.reserve = model, chunk, reserve
+
+    def cache_for(self, prompt_ids: list[int], keep_all: bool = False):
+        ids = torch.tensor([prompt_ids[:-1]], device=input_device(self.model))
+        cache = GrowingCache(None if keep_all else self.model.config, reserve=self.reserve)
+        return prefill(self.model, ids, self.chunk, cache=cache)
