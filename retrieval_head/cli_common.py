@@ -73,6 +73,8 @@ def grid_from_args(args) -> tuple[list[int], list[int]]:
         raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
     if args.max_new_tokens < 1:
         raise UserError("--max_new_tokens must be at least 1")
+    if args.batch_tokens is not None and args.batch_tokens < 0:
+        raise UserError("--batch_tokens must be 0 (one at a time) or a positive number of tokens")
     return sorted(set(lengths)), sorted(set(depths))
 
 
@@ -86,6 +88,10 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
     g.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
     g.add_argument("--threads", type=int, default=None, help="torch threads for this process (recorded)")
+    g.add_argument("--batch_tokens", type=int, default=None,
+                   help="decode prompts of one length together while their caches hold at most this many tokens "
+                        "(same scores and responses); default: 16384 or what 1/4 of the free memory holds; "
+                        "0: one at a time")
 
 
 def apply_threads(args) -> None:

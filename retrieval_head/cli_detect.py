@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count: every copy counts (the reference); set: each needle position once (the paper)")
     g.add_argument("--rouge_threshold", type=float, default=DEFAULTS.rouge_threshold,
                    help="a trial counts when ROUGE-1 recall x100 exceeds this")
-    g.add_argument("--prefix_reuse", action="store_true",
-                   help="run trials in insertion order, prefilling only what follows the shared prefix")
+    g.add_argument("--prefix_reuse", choices=["on", "off"], default="on" if DEFAULTS.prefix_reuse else "off",
+                   help="on: run trials in insertion order, prefilling only what follows the prefix they share "
+                        "(same scores and responses as off)")
     g.add_argument("--preset", choices=["paper"], default=None,
                    help="paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)")
     o = p.add_argument_group("output")
@@ -69,7 +70,7 @@ def settings_from_args(args) -> DetectSettings:
                           haystack_dir=args.haystack_dir, needles=args.needles, chat_template=args.chat_template,
                           max_new_tokens=args.max_new_tokens, rouge_threshold=args.rouge_threshold,
                           score=args.score, prefill_chunk=args.prefill_chunk, save_prompts=args.save_prompts,
-                          prefix_reuse=args.prefix_reuse)
+                          prefix_reuse=args.prefix_reuse == "on", batch_tokens=args.batch_tokens)
 
 
 def report(result: DetectionResult, top: int) -> None:
@@ -90,6 +91,10 @@ def fingerprint(settings: DetectSettings, info: dict) -> dict:
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
 
 
+def trial_key(t: dict) -> tuple[int, int, int]:
+    return (t["needle_id"], t["context_length"], t["depth_percent"])
+
+
 def resumed_trials(paths: dict, fp: dict) -> dict:
     """Finished trials of the run being resumed (refusing one made with other settings)."""
     if not paths["trials"].exists():
@@ -101,7 +106,7 @@ def resumed_trials(paths: dict, fp: dict) -> dict:
     log = TrialLog(paths["trials"])
     records = log.read()
     write_atomic(paths["trials"], "".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
-    return {(r["needle_id"], r["context_length"], r["depth_percent"]): r for r in records}
+    return {trial_key(r): r for r in records}
 
 
 def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]:
@@ -149,7 +154,7 @@ def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | N
         if other.get("status") != "finished":
             return None
         records += TrialLog(Path(str(mpath).replace(".manifest.json", ".trials.jsonl"))).read()
-    records.sort(key=lambda t: (t["needle_id"], t["context_length"], t["depth_percent"]))
+    records.sort(key=trial_key)
     write_atomic(paths["merged_trials"], "".join(json.dumps(t) + "\n" for t in records))
     return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records)
 
@@ -182,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     log = TrialLog(paths["trials"])
     result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done,
                     checked=checked, shard=(rank, world))
+    # Trials finish in insertion and batch order; the finished log reads in canonical order.
+    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(log.read(), key=trial_key)))
     manifest.update(build_manifest("retrieval_head_detection", config, info, args.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
-                                               "resumed": len(done)})
+                                               "resumed": len(done)}, sweep=result.stats)
     write_atomic(paths["manifest"], dump_json(manifest))
     if world > 1:
         result = merge_shards(paths, manifest, world)

@@ -24,10 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import ArgmaxProbe
-from .decode import check_supported, greedy_decode, stop_token_mask
+from .batching import Row, RowBatcher, auto_budget
+from .decode import check_supported, decode_rows, greedy_decode, stop_token_mask
 from .errors import UserError
 from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
-from .prefix import SharedPrefix
+from .kvcache import snapshot, stack_rows
+from .prefix import FreshPrefix, SharedPrefix
 from .prompt import Prompt, PromptBuilder, uses_chat_template
 from .scoring import RetrievalScorer, rouge1_recall
 from .shard import assign
@@ -120,31 +122,64 @@ def check_grid(model, haystacks: Haystacks, needles: list[Needle], lengths: list
         )
 
 
+def trial_record(tokenizer, prompt: Prompt, needle: Needle, ids: list[int], scorer: RetrievalScorer,
+                 rouge_threshold: float, seconds: float) -> dict:
+    """The record of one decoded trial (without its sweep keys)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    recall = rouge1_recall(text, needle.real_needle)
+    return {
+        "prompt_length": len(prompt.ids),
+        "needle_span": list(prompt.needle_span),
+        "insert_at": prompt.insert_at,
+        "response": text,
+        "response_ids": ids,
+        "rouge1_recall": recall,
+        "passed": recall > rouge_threshold,
+        "head_scores": scorer.scores().tolist(),
+        "duration_s": round(seconds, 4),
+    }
+
+
+def _scorer(model, prompt: Prompt, score_mode: str) -> RetrievalScorer:
+    cfg = model.config
+    return RetrievalScorer(prompt.ids, prompt.needle_span, cfg.num_hidden_layers, cfg.num_attention_heads,
+                           score_mode, device=model.get_input_embeddings().weight.device)
+
+
 def run_trial(model, tokenizer, prompt: Prompt, needle: Needle, stop_mask: torch.Tensor, *,
               max_new_tokens: int, rouge_threshold: float, score_mode: str,
               prefill_chunk: int | None = None, cache=None) -> dict:
     """Decode one prompt under the probe; the trial record (without its sweep keys).
     ``cache``, when given, already holds ``prompt.ids[:-1]`` (a reused prefix)."""
-    cfg = model.config
-    probe = ArgmaxProbe()
-    scorer = RetrievalScorer(prompt.ids, prompt.needle_span, cfg.num_hidden_layers, cfg.num_attention_heads,
-                             score_mode, device=model.get_input_embeddings().weight.device)
+    scorer = _scorer(model, prompt, score_mode)
     t0 = time.perf_counter()
-    gen = greedy_decode(model, tokenizer, prompt.ids, stop_mask, max_new_tokens, probe=probe,
+    gen = greedy_decode(model, tokenizer, prompt.ids, stop_mask, max_new_tokens, probe=ArgmaxProbe(),
                         on_step=lambda t, tok, pos: scorer.update(pos, tok), prefill_chunk=prefill_chunk,
                         cache=cache)
-    recall = rouge1_recall(gen.text, needle.real_needle)
-    return {
-        "prompt_length": len(prompt.ids),
-        "needle_span": list(prompt.needle_span),
-        "insert_at": prompt.insert_at,
-        "response": gen.text,
-        "response_ids": gen.ids,
-        "rouge1_recall": recall,
-        "passed": recall > rouge_threshold,
-        "head_scores": scorer.scores().tolist(),
-        "duration_s": round(time.perf_counter() - t0, 4),
-    }
+    return trial_record(tokenizer, prompt, needle, gen.ids, scorer, rouge_threshold, time.perf_counter() - t0)
+
+
+def decode_trials(model, tokenizer, rows: list[Row], cache, stop_mask: torch.Tensor, st: "DetectSettings") -> list[dict]:
+    """Decode prefilled trials of one prompt length as one batch (``cache`` has a row each)
+    under the probe; their records, each with its sweep keys. ``row.info`` holds the
+    trial, prompt, needle and prefill seconds."""
+    prompts = [r.info["prompt"] for r in rows]
+    scorers = [_scorer(model, p, st.score) for p in prompts]
+    t0 = time.perf_counter()
+    outs = decode_rows(model, [p.ids[-1] for p in prompts], len(prompts[0].ids) - 1, cache, stop_mask,
+                       st.max_new_tokens, probe=ArgmaxProbe(),
+                       on_step=lambda i, t, tok, pos: scorers[i].update(pos, tok))
+    share = (time.perf_counter() - t0) / len(rows)
+    records = []
+    for r, p, ids, sc in zip(rows, prompts, outs, scorers):
+        trial = r.info["trial"]
+        rec = {"needle_id": trial.needle_id, "context_length": trial.context_length,
+               "depth_percent": trial.depth_percent}
+        rec.update(trial_record(tokenizer, p, r.info["needle"], ids, sc, st.rouge_threshold, r.info["prefill_s"] + share))
+        if st.save_prompts:
+            rec["prompt_ids"] = p.ids
+        records.append(rec)
+    return records
 
 
 @dataclass
@@ -154,6 +189,7 @@ class DetectionResult:
     num_layers: int
     num_heads: int
     trials: list[dict]
+    stats: dict = field(default_factory=dict)  # how the sweep ran (prefill tokens, decode batches)
 
     def passed(self) -> list[dict]:
         return sorted((t for t in self.trials if t["passed"]),
@@ -202,7 +238,10 @@ class DetectSettings:
     rouge_threshold: float = 50.0
     score: str = "count"  # count (the reference's) | set (the paper's)
     prefill_chunk: int | None = None
-    prefix_reuse: bool = False  # run trials in insertion order, reusing the shared prompt prefix
+    # Speed levers that change no score and no response (tests/test_prefix.py):
+    prefix_reuse: bool = True  # run trials in insertion order, reusing the shared prompt prefix
+    batch_tokens: int | None = None  # decode trials of one length together up to this many cached
+    #                                   tokens (None: batching.auto_budget; 0: one at a time)
     save_prompts: bool = False
 
 
@@ -233,6 +272,48 @@ def plan(model, tokenizer, settings: DetectSettings) -> Plan:
     return Plan(needles, lengths, depths, hay)
 
 
+def _run_trials(model, tokenizer, todo: list[Trial], prompts: dict, by_id: dict, stop: torch.Tensor,
+                st: DetectSettings, emit: Callable[[dict], None]) -> dict:
+    """Prefill the trials in ``todo``'s order (reusing the shared prefix with ``prefix_reuse``)
+    and decode those of one length together (``batching.RowBatcher``); ``emit`` gets each
+    record as its batch finishes. Returns how the sweep ran."""
+    reserve = st.max_new_tokens
+    source = (SharedPrefix if st.prefix_reuse else FreshPrefix)(model, chunk=st.prefill_chunk, reserve=reserve)
+    batches: list[int] = []
+
+    def finish(rows: list[Row], cache=None) -> None:
+        batches.append(len(rows))
+        if cache is None:
+            snaps = [r.snapshot for r in rows]
+            for r in rows:
+                r.snapshot = None  # stack_rows frees each snapshot once copied
+            cache = stack_rows(snaps, reserve)
+        for rec in decode_trials(model, tokenizer, rows, cache, stop, st):
+            emit(rec)
+
+    budget = st.batch_tokens if st.batch_tokens is not None else auto_budget(model)
+    batcher = RowBatcher(budget, finish)
+    for trial in todo:
+        prompt = prompts[trial.key]
+        alone = batcher.rows_for(len(prompt.ids)) == 1
+        t0 = time.perf_counter()
+        cache = source.cache_for(prompt.ids, keep_all=not alone)
+        row = Row(trial.key, len(prompt.ids), None,
+                  dict(trial=trial, prompt=prompt, needle=by_id[trial.needle_id], prefill_s=time.perf_counter() - t0))
+        if alone:  # decoded on the cache itself: no copy
+            finish([row], cache)
+        else:
+            row.snapshot = snapshot(cache)
+            batcher.add(row)
+    batcher.flush()
+    prompt_tokens = sum(len(prompts[t.key].ids) - 1 for t in todo)
+    stats = {"prefix_reuse": st.prefix_reuse, "batch_tokens": budget, "prompt_tokens": prompt_tokens,
+             "prefilled_tokens": prompt_tokens - getattr(source, "reused_tokens", 0), "decode_batches": batches}
+    log.info("prefilled %d of %d prompt tokens; %d trials decoded in %d batches", stats["prefilled_tokens"],
+             prompt_tokens, len(todo), len(batches))
+    return stats
+
+
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
            on_trial: Callable[[dict], None] | None = None, progress: bool = True,
            done: dict[tuple[int, int, int], dict] | None = None, checked: Plan | None = None,
@@ -260,20 +341,16 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     records = [done[t.key] for t in grid if t.key in done]
     prompts = {t.key: hay.for_needle(by_id[t.needle_id]).build(by_id[t.needle_id], t.context_length,
                                                                t.depth_percent) for t in todo}
-    shared = None
     if st.prefix_reuse:  # ascending insertion points: each trial extends the last one's prefix
         todo = sorted(todo, key=lambda t: (id(hay.for_needle(by_id[t.needle_id])), prompts[t.key].insert_at, t.key))
-        shared = SharedPrefix(model, chunk=st.prefill_chunk)
-    for trial in tqdm(todo, desc="detect", disable=not progress):
-        needle, prompt = by_id[trial.needle_id], prompts[trial.key]
-        rec = {"needle_id": trial.needle_id, "context_length": trial.context_length,
-               "depth_percent": trial.depth_percent}
-        rec.update(run_trial(model, tokenizer, prompt, needle, stop, max_new_tokens=st.max_new_tokens,
-                             rouge_threshold=st.rouge_threshold, score_mode=st.score, prefill_chunk=st.prefill_chunk,
-                             cache=shared.cache_for(prompt.ids) if shared else None))
-        if st.save_prompts:
-            rec["prompt_ids"] = prompt.ids
+    bar = tqdm(total=len(todo), desc="detect", disable=not progress)
+
+    def emit(rec: dict) -> None:
         records.append(rec)
+        bar.update(1)
         if on_trial is not None:
             on_trial(rec)
-    return DetectionResult(model.config.num_hidden_layers, model.config.num_attention_heads, records)
+
+    stats = _run_trials(model, tokenizer, todo, prompts, by_id, stop, st, emit)
+    bar.close()
+    return DetectionResult(model.config.num_hidden_layers, model.config.num_attention_heads, records, stats)

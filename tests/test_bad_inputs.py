@@ -80,6 +80,7 @@ CASES = [
     ("real_needle not inside needle", "detect", ["--needles", "{needles_outside}"], "not inside needle"),
     ("output folder not writable", "detect", ["--output_dir", "{a_file}/sub"], "not a writable folder"),
     ("--resume with --overwrite", "detect", ["--resume", "--overwrite"], "contradict"),
+    ("negative --batch_tokens", "detect", ["--batch_tokens", "-1"], "--batch_tokens"),
     ("head_score file missing", "niah", ["--mask_top", "2", "--head_score", "{root}/none.json"], "does not exist"),
     ("head_score file malformed", "niah", ["--mask_top", "2", "--head_score", "{hs_bad}"], "not one line of JSON"),
     ("head_score of another model's shape", "niah", ["--mask_top", "2", "--head_score", "{hs_other}"],

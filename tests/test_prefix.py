@@ -1,20 +1,32 @@
-"""Prefix reuse changes no score and no response (fp32, the default model)."""
+"""Prefix reuse and batched decoding change no score and no response (fp32, the default model)."""
 
 import pytest
 
 from retrieval_head.detect import DetectSettings, detect
 
 
-@pytest.mark.slow
-def test_prefix_reuse_is_identical_to_independent_trials(default_model):
+def sweep(model, tok, **levers):
+    r = detect(model, tok, DetectSettings(context_lengths=(600, 900), depth_percents=(10, 50, 90), **levers),
+               progress=False)
+    return {(t["needle_id"], t["context_length"], t["depth_percent"]): (t["response_ids"], t["head_scores"])
+            for t in r.trials}
+
+
+@pytest.fixture(scope="module")
+def independent(default_model):
     model, tok, _ = default_model
-    runs = {}
-    for reuse in (False, True):
-        r = detect(model, tok, DetectSettings(context_lengths=(600, 900), depth_percents=(10, 50, 90),
-                                              prefix_reuse=reuse), progress=False)
-        runs[reuse] = {(t["needle_id"], t["context_length"], t["depth_percent"]):
-                       (t["response_ids"], t["head_scores"]) for t in r.trials}
-    assert runs[True] == runs[False] and len(runs[True]) == 18
+    return sweep(model, tok, prefix_reuse=False, batch_tokens=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("levers", [dict(), dict(prefix_reuse=True, batch_tokens=0),
+                                    dict(prefix_reuse=False, batch_tokens=2000)],
+                         ids=["default: reuse + batches", "reuse only", "batches only"])
+def test_sweep_levers_are_identical_to_independent_trials(default_model, independent, levers):
+    """Prefix reuse and batched decoding (the defaults) give every trial exactly the
+    response ids and head scores of independent trials (fp32, the default model)."""
+    model, tok, _ = default_model
+    assert sweep(model, tok, **levers) == independent and len(independent) == 18
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])
