@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mask_unit", default="query", choices=["query", "kv"],
                    help="kv: K counts KV heads (GQA groups), ranked by head_score/<model>.kv_max.json")
     m.add_argument("--sequential_conditions", action="store_true",
-                   help="decode the conditions of a cell one by one instead of as one batch")
+                   help="decode the conditions of a cell one by one (one prefill per cell), not as a batch")
     m.add_argument("--seed", type=int, default=0, help="seed of the random-head draw")
     m.add_argument("--seeds", type=int, nargs="+", default=None, help="several random draws, one folder each")
     n = p.add_argument_group("needle")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     mine = assign(cells, lambda cell: cell[0], world)[rank]
     skip = prepare_folders(out, conditions, manifest, args, mine, sfx) | (set(cells) - set(mine))
     st = NiahSettings(max_new_tokens=args.max_new_tokens, prefill_chunk=args.prefill_chunk, model_name=name,
-                      batch_conditions=not args.sequential_conditions)
+                      batch_conditions=not args.sequential_conditions, batch_tokens=args.batch_tokens)
     save = lambda c, r: write_atomic(record_path(out / c.folder, name, r["context_length"], r["depth_percent"]),  # noqa: E731
                                      dump_json(r))
     run_niah(model, tok, hay.for_needle(needle), needle, lengths, depths, conditions, stop_token_mask(model, tok),

@@ -8,7 +8,9 @@ Conditions (the original's ``--mask_topk K``):
 
 One prompt serves every condition of a trial: when all masks act only while decoding
 (``phase="decode"``, the default), the prompt is prefilled once and each condition
-decodes from the same cache (cropped back, or copied for sliding-window caches).
+decodes from the same cache (cropped back, or copied for sliding-window caches). With
+``batch_conditions`` the cells also reuse the prompt prefix they share and the cells of one
+length decode as one batch, a row per (cell, condition) with its own heads.
 
 Worked example::
 
@@ -29,10 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import HeadMask
-from .decode import greedy_decode, greedy_decode_batch, input_device, prefill
+from .batching import Row, RowBatcher, auto_budget
+from .decode import Generation, decode_rows, greedy_decode, greedy_decode_batch, input_device, prefill
 from .errors import UserError
 from .haystack import Needle
+from .kvcache import snapshot, stack_rows
 from .manifest import utc_now
+from .prefix import SharedPrefix
 from .prompt import PromptBuilder
 from .scoring import rouge1_recall
 from .scores_io import top_heads
@@ -145,6 +150,10 @@ class NiahSettings:
     max_new_tokens: int = 50
     prefill_chunk: int | None = None
     batch_conditions: bool = False  # decode all conditions of a cell as one batch
+    # With batch_conditions: cells in insertion order reuse the shared prompt prefix, and the
+    # cells of one length decode together while their caches (one per condition) hold at most
+    # this many tokens (None: batching.auto_budget; 0: one cell at a time, one prefill each).
+    batch_tokens: int | None = None
     version: int = 1
     model_name: str = ""
     extra: dict = field(default_factory=dict)
@@ -158,7 +167,7 @@ def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: i
     shared = None
     decode_only = all(c.mask is None or c.mask.phase == "decode" for c in conditions)
     if decode_only:
-        shared = prefill(model, ids[:, :-1], st.prefill_chunk)
+        shared = prefill(model, ids[:, :-1], st.prefill_chunk, reserve=st.max_new_tokens)
     modes = {c.mask.mode for c in conditions if c.mask is not None}
     batched = None
     if st.batch_conditions and decode_only and len(modes) <= 1:
@@ -173,15 +182,21 @@ def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: i
             gen = batched[i]
         else:
             gen = _decode_one(model, tokenizer, prompt.ids, stop, st, c, shared)
-        records.append({
-            "model": st.model_name, "context_length": length, "depth_percent": depth, "version": st.version,
-            "needle": needle.needle, "model_response": gen.text, "score": rouge1_recall(gen.text, needle.real_needle),
-            "test_duration_seconds": round(per_condition if batched else time.perf_counter() - t0, 4),
-            "test_timestamp_utc": utc_now(),
-            "question": needle.question, "real_needle": needle.real_needle, "needle_span": list(prompt.needle_span),
-            "response_ids": gen.ids, "mask": c.describe(), **st.extra,
-        })
+        records.append(_record(st, needle, prompt, length, depth, c, gen,
+                               per_condition if batched else time.perf_counter() - t0))
     return records
+
+
+def _record(st: NiahSettings, needle: Needle, prompt, length: int, depth: int, c: Condition, gen,
+            seconds: float) -> dict:
+    """One condition's result in the original's format, plus the mask and response ids."""
+    return {
+        "model": st.model_name, "context_length": length, "depth_percent": depth, "version": st.version,
+        "needle": needle.needle, "model_response": gen.text, "score": rouge1_recall(gen.text, needle.real_needle),
+        "test_duration_seconds": round(seconds, 4), "test_timestamp_utc": utc_now(),
+        "question": needle.question, "real_needle": needle.real_needle, "needle_span": list(prompt.needle_span),
+        "response_ids": gen.ids, "mask": c.describe(), **st.extra,
+    }
 
 
 def _decode_one(model, tokenizer, prompt_ids, stop, st: NiahSettings, c: Condition, shared):
@@ -203,9 +218,65 @@ def run_niah(model, tokenizer, builder: PromptBuilder, needle: Needle, lengths: 
     new records grouped by condition folder, each passed to ``on_record`` as it is made."""
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
     cells = [(L, d) for L in lengths for d in depths if (L, d) not in skip]
-    for L, d in tqdm(cells, desc="niah", disable=not progress):
-        for c, rec in zip(conditions, run_cell(model, tokenizer, builder, needle, L, d, conditions, stop, st)):
+    bar = tqdm(total=len(cells), desc="niah", disable=not progress)
+
+    def emit(records: list[dict]) -> None:
+        for c, rec in zip(conditions, records):
             out[c.folder].append(rec)
             if on_record is not None:
                 on_record(c, rec)
+        bar.update(1)
+
+    modes = {c.mask.mode for c in conditions if c.mask is not None}
+    decode_only = all(c.mask is None or c.mask.phase == "decode" for c in conditions)
+    budget = st.batch_tokens if st.batch_tokens is not None else auto_budget(model)
+    grouped = [] if not (st.batch_conditions and decode_only and len(modes) <= 1) else \
+        [cell for cell in cells if len(conditions) * cell[0] <= budget]
+    if grouped:
+        _run_grouped(model, tokenizer, builder, needle, grouped, conditions, stop, st, budget, emit)
+    for L, d in (cell for cell in cells if cell not in set(grouped)):
+        emit(run_cell(model, tokenizer, builder, needle, L, d, conditions, stop, st))
+    bar.close()
+    for recs in out.values():  # cells finish in insertion and batch order; report them in grid order
+        recs.sort(key=lambda r: (r["context_length"], r["depth_percent"]))
     return out
+
+
+def _run_grouped(model, tokenizer, builder: PromptBuilder, needle: Needle, cells: list[tuple[int, int]],
+                 conditions: list[Condition], stop: torch.Tensor, st: NiahSettings, budget: int, emit) -> None:
+    """Decode-phase conditions over many cells: cells in ascending insertion order reuse the
+    prompt prefix they share (``SharedPrefix``), and the cells of one length decode together,
+    each (cell, condition) a batch row with its own heads (``decode.decode_rows``)."""
+    prompts = {cell: builder.build(needle, *cell) for cell in cells}
+    source = SharedPrefix(model, chunk=st.prefill_chunk, reserve=st.max_new_tokens)
+    n = len(conditions)
+    cfg = model.config
+    heads = torch.stack([c.mask.heads if c.mask is not None else
+                         torch.zeros(cfg.num_hidden_layers, cfg.num_attention_heads, dtype=torch.bool)
+                         for c in conditions])  # [conditions, layers, heads]
+    mode = next((c.mask.mode for c in conditions if c.mask is not None), "uniform")
+
+    def finish(rows: list[Row]) -> None:
+        snaps = [r.snapshot for r in rows for _ in conditions]  # row j*n + i: cell j under condition i
+        for r in rows:
+            r.snapshot = None
+        cache = stack_rows(snaps, st.max_new_tokens)
+        ps = [r.info["prompt"] for r in rows]
+        t0 = time.perf_counter()
+        outs = decode_rows(model, [p.ids[-1] for p in ps for _ in conditions], len(ps[0].ids) - 1, cache, stop,
+                           st.max_new_tokens, mask=HeadMask(heads.repeat(len(rows), 1, 1), mode, "decode"))
+        share = (time.perf_counter() - t0) / len(outs)
+        for j, r in enumerate(rows):
+            (L, d), p = r.key, ps[j]
+            gens = [Generation(ids, tokenizer.decode(ids, skip_special_tokens=True).strip())
+                    for ids in outs[j * n:(j + 1) * n]]
+            emit([_record(st, needle, p, L, d, c, g, share + r.info["prefill_s"] / n)
+                  for c, g in zip(conditions, gens)])
+
+    batcher = RowBatcher(max(1, budget // n), finish)
+    for cell in sorted(cells, key=lambda cell: (prompts[cell].insert_at, cell)):
+        t0 = time.perf_counter()
+        cache = source.cache_for(prompts[cell].ids)
+        batcher.add(Row(cell, len(prompts[cell].ids), snapshot(cache),
+                        dict(prompt=prompts[cell], prefill_s=time.perf_counter() - t0)))
+    batcher.flush()

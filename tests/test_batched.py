@@ -1,5 +1,6 @@
-"""Decoding a cell's conditions as one batch changes no response and no score on the
-default model in fp32 (the lever that makes masked sweeps cheap)."""
+"""Decoding a cell's conditions as one batch, and cells sharing their prompt prefix decoded
+together, change no response and no score on the default model in fp32 (the levers that make
+masked sweeps cheap)."""
 
 import pytest
 import torch
@@ -20,11 +21,13 @@ def test_batched_conditions_equal_one_by_one(default_model):
     builder = Haystacks(tok, True).for_needle(needle)
     stop = stop_token_mask(model, tok)
     runs = {}
-    for batch in (False, True):
-        st = NiahSettings(max_new_tokens=30, model_name="M", batch_conditions=batch)
-        runs[batch] = run_niah(model, tok, builder, needle, [700], [20, 80], conditions, stop, st, progress=False)
-    for folder in runs[False]:
-        a = [(r["response_ids"], r["score"]) for r in runs[False][folder]]
-        b = [(r["response_ids"], r["score"]) for r in runs[True][folder]]
-        assert a == b, folder
-    assert len({tuple(r["response_ids"]) for recs in runs[True].values() for r in recs}) > 1
+    # one by one; a cell's conditions as one batch; and (the default) cells sharing their prompt
+    # prefix, the two cells' 2 x 5 (cell, condition) rows decoded as one batch
+    for name, kw in (("one by one", dict(batch_conditions=False)), ("per cell", dict(batch_conditions=True, batch_tokens=0)),
+                     ("grouped", dict(batch_conditions=True))):
+        st = NiahSettings(max_new_tokens=30, model_name="M", **kw)
+        out = run_niah(model, tok, builder, needle, [700], [20, 80], conditions, stop, st, progress=False)
+        runs[name] = {folder: [(r["depth_percent"], r["response_ids"], r["score"]) for r in recs]
+                      for folder, recs in out.items()}
+    assert runs["per cell"] == runs["one by one"] and runs["grouped"] == runs["one by one"]
+    assert len({tuple(ids) for recs in runs["grouped"].values() for _, ids, _ in recs}) > 1
