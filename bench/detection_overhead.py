@@ -17,9 +17,10 @@ Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated be
 call. On CPU, each measurement runs once in a fresh ``spawn`` child that loads the model,
 builds the prompt, warms both paths up on a 64-token prefix, then resets the kernel's
 peak-RSS mark (``/proc/self/clear_refs`` = 5) and reports VmHWM - VmRSS around the call
-(fallback: ``ru_maxrss`` delta, which can hide peaks below the model-load peak). Each is
-repeated in ``--mem-repeats`` fresh processes: glibc's allocator makes these peaks vary by
-about +-30% from run to run (the KV cache grows by one concatenation per step).
+(fallback: ``ru_maxrss`` delta, which can hide peaks below the model-load peak). The children
+run with glibc's mmap threshold pinned at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so that freed
+tensors return to the system and the peak follows live memory; with glibc's default dynamic
+threshold the same measurement varied by about +-30% from process to process.
 
 Run (from the repo root)::
 
@@ -51,6 +52,7 @@ import transformers
 
 SECTION = "## Detection trial vs plain generate (issue A)"
 MAX_NEW, ROUGE, MODE = 50, 50, "count"
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def setup(threads, lengths):
@@ -84,7 +86,14 @@ def generate(model, tok, ids, n):
     return out
 
 
-def run(kind, model, tok, prompt, needle, stop, n):
+def run(kind, model, tok, prompt, needle, stop, n, grid=None):
+    """kind a: one trial; b: one generate; sweep: a whole default detection sweep over ``grid``
+    = (lengths, depths); sweep0: the same sweep as independent trials (no prefix reuse, no batches)."""
+    if kind in ("sweep", "sweep0"):
+        from retrieval_head import DetectSettings, detect
+        levers = {} if kind == "sweep" else dict(prefix_reuse=False, batch_tokens=0)
+        return detect(model, tok, DetectSettings(context_lengths=tuple(grid[0]), depth_percents=tuple(grid[1]),
+                                                 **levers), progress=False)
     return trial(model, tok, prompt, needle, stop) if kind == "a" else generate(model, tok, prompt.ids, n)
 
 
@@ -99,7 +108,7 @@ def _status_kb(field):
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def cpu_peak_child(kind, L, n, threads, q):
+def cpu_peak_child(kind, L, n, threads, q, grid=None):
     """Fresh process: peak RSS increase (MiB) of one measurement."""
     from retrieval_head.prompt import Prompt
     model, tok, _, needle, prompts, stop = setup(threads, [L])
@@ -111,19 +120,30 @@ def cpu_peak_child(kind, L, n, threads, q):
     try:
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_kb("VmRSS")
-        run(kind, model, tok, p, needle, stop, n)
+        run(kind, model, tok, p, needle, stop, n, grid)
         q.put((_status_kb("VmHWM") - base) / 1024)
     except OSError:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        run(kind, model, tok, p, needle, stop, n)
+        run(kind, model, tok, p, needle, stop, n, grid)
         q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 
 
-def cpu_peak(kind, L, n, threads):
+def cpu_peak(kind, L, n, threads, grid=None):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=cpu_peak_child, args=(kind, L, n, threads, q))
-    proc.start()
+    proc = ctx.Process(target=cpu_peak_child, args=(kind, L, n, threads, q, grid))
+    # glibc's mmap threshold pinned at 64 KiB in the child: freed tensors go back to the system,
+    # so the peak RSS follows live memory (with the default, dynamic threshold the same
+    # measurement varied by +-30% from process to process).
+    saved = os.environ.get(MMAP_ENV)
+    os.environ[MMAP_ENV] = "65536"
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop(MMAP_ENV)
+        else:
+            os.environ[MMAP_ENV] = saved
     val = q.get()
     proc.join()
     return val

@@ -6,18 +6,23 @@ same machine and in the same process (memory: fresh child processes):
   1. Detection sweep: ``detect(model, tok, DetectSettings(context_lengths, depth_percents))``
      over all default needles x lengths x depths, against the naive floor: the sum over the
      same prompts of ``model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)``
-     with N = that trial's number of new tokens (``len(response_ids)``). Target <= 0.75.
+     with N = that trial's number of new tokens (``len(response_ids)``). Target <= 0.75. Lever
+     rows: the same sweep as independent trials, with prefix reuse only, with batched decoding
+     only (their responses and head scores are checked identical to the defaults').
   2. Masked-NIAH sweep: none / top-10 / random-10 (head scores = item 1's ``mean_scores()``),
      ``run_niah`` on needle 0 over the same lengths x depths, against the sum of plain
-     generate for every (condition, cell) prompt with that condition's N. Measured with
-     ``NiahSettings.batch_conditions`` False and True where that field exists. Target <= 0.5.
+     generate for every (condition, cell) prompt with that condition's N. Target <= 0.5 for
+     the CLI's defaults; lever rows: one prefill per cell with its conditions batched, and
+     conditions one by one.
   3. One decode step under ``intervene(model, probe=ArgmaxProbe())`` against a plain decode
      step, at the longest length (prefilled ``DynamicCache``, K steps per run, the cache
      cropped back between runs, runs interleaved with alternating order; medians of the
      per-step times). Target <= 1.05.
   4. Peak memory of one detection trial (``run_trial``) against plain generate at the longest
      length, each in fresh processes (``detection_overhead.cpu_peak``; CUDA: peak allocated).
-     Target <= 1.1.
+     Target <= 1.1. Row 4b (information): the whole sweep's peak with the defaults against
+     the same sweep as independent trials; batched decoding holds up to its budget of
+     cached tokens (``DetectSettings.batch_tokens``) of prefilled trials.
   5. The original algorithm, as a baseline row: the same detection prompts prefilled through
      SDPA, then N decode steps with the model switched to eager and ``output_attentions=True``,
      and the per-head top-1 computed by a Python loop over layers and heads (the original's
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import os
 import shlex
@@ -52,8 +58,35 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 SECTION = "## Sweeps vs the naive floor (issue C)"
+VARIANTS = {"default": {}, "independent": dict(prefix_reuse=False, batch_tokens=0),
+            "reuse": dict(prefix_reuse=True, batch_tokens=0), "batches": dict(prefix_reuse=False, batch_tokens=None)}
+NIAH_VARIANTS = {"default": dict(batch_conditions=True), "per_cell": dict(batch_conditions=True, batch_tokens=0),
+                 "one_by_one": dict(batch_conditions=False)}
+NIAH_TEXT = {"default": "**defaults: cells share prefixes, one length's cells x conditions decoded together**",
+             "per_cell": "one prefill per cell, its conditions as one batch (lever row)",
+             "one_by_one": "one prefill per cell, conditions one by one (lever row)"}
+VARIANT_TEXT = {"default": "**defaults: prefix reuse + batched decoding**", "independent": "independent trials (lever row)",
+                "reuse": "prefix reuse only (lever row)", "batches": "batched decoding only (lever row)"}
 K_HEADS = 10
 TARGETS = {"detect": 0.75, "niah": 0.5, "step": 1.05, "mem": 1.1}
+
+
+def trial_key(t: dict) -> tuple[int, int, int]:
+    return (t["needle_id"], t["context_length"], t["depth_percent"])
+
+
+def memory_note(model, budget: int) -> str:
+    from retrieval_head.batching import kv_bytes_per_token
+
+    per = kv_bytes_per_token(model)
+    return (f"Memory (row 4b): the defaults also hold the prefilled trials that wait for their batch: at most "
+            f"`batch_tokens` = {budget} cached tokens ({per / 1024:.0f} KiB per token here = {budget * per / 2**20:.0f} "
+            f"MiB), plus the batch being decoded. That budget is the default only while a quarter of the free "
+            f"memory (RAM, or the GPU's) holds it, and a prompt longer than half the budget is decoded alone on "
+            f"its own cache: at long contexts, where memory binds, a sweep holds that prompt's cache (as plain "
+            f"generation does) plus at most the budget of shorter trials. `--batch_tokens 0` turns batching off. "
+            f"Both sweeps' peaks include loading and tokenizing the haystack (row 4's single trial starts "
+            f"after that).")
 
 
 def ints(text: str) -> list[int]:
@@ -119,12 +152,14 @@ def original_trial(model, tok, prompt, n: int):
 def decode_steps(model, prompt_ids, steps: int, rounds: int, batch_rows: int = 0):
     """Prefill seconds, and per-step seconds of plain vs probed decode steps (interleaved)."""
     import torch
+    from transformers import DynamicCache
+
     from retrieval_head import ArgmaxProbe, intervene
     from retrieval_head.decode import cache_kwarg, prefill
 
     ids = torch.tensor([prompt_ids], device=model.device)
     t = time.perf_counter()
-    cache = prefill(model, ids[:, :-1])
+    cache = prefill(model, ids[:, :-1], cache=DynamicCache(config=model.config))  # what generate uses
     prefill_s = time.perf_counter() - t
     base, key, tok_id = cache.get_seq_length(), cache_kwarg(model), ids[:, -1:]
     times = {"plain": [], "probe": []}
@@ -207,11 +242,18 @@ def main():
     original_trial(model, tok, short, 2)
     log("warm")
 
-    # 1. Detection sweep vs the floor; 5. the original algorithm on the same prompts.
-    det = Clock()
-    with det():
-        result = detect(model, tok, settings, progress=False, checked=p)
-    log(f"detect: {det.wall:.1f}s, {len(result.trials)} trials")
+    # 1. Detection sweep vs the floor, with its defaults (prefix reuse + batched decoding) and
+    #    with each lever alone / none; 5. the original algorithm on the same prompts.
+    dets, outcome = {}, {}
+    for name, levers in VARIANTS.items():
+        c = Clock()
+        with c():
+            r = detect(model, tok, dataclasses.replace(settings, **levers), progress=False, checked=p)
+        dets[name] = (c, r)
+        outcome[name] = {trial_key(t): (t["response_ids"], t["head_scores"]) for t in r.trials}
+        log(f"detect {name}: {c.wall:.1f}s, {len(r.trials)} trials; {r.stats}")
+    det, result = dets["default"]
+    identical = all(o == outcome["default"] for o in outcome.values())
     det_floor, orig = Clock(), Clock()
     agree = [0, 0]
     by_id = {n.needle_id: n for n in p.needles}
@@ -234,11 +276,10 @@ def main():
     scores = result.mean_scores()
     conds = make_conditions("bench", [0, K_HEADS, -K_HEADS], scores, "uniform", "decode", [0], False)
     builder = p.haystacks.for_needle(needle0)
-    batch_modes = [False, True] if hasattr(NiahSettings(), "batch_conditions") else [None]
     niah, floor_memo = {}, {}
-    for b in batch_modes:
-        st = NiahSettings(max_new_tokens=settings.max_new_tokens, model_name="bench",
-                          **({} if b is None else {"batch_conditions": b}))
+    niah_outcome = {}
+    for b, kw in NIAH_VARIANTS.items():
+        st = NiahSettings(max_new_tokens=settings.max_new_tokens, model_name="bench", **kw)
         c = Clock()
         with c():
             recs = run_niah(model, tok, builder, needle0, lengths, depths, conds, stop, st, progress=False)
@@ -256,7 +297,10 @@ def main():
                 fl.cpu += floor_memo[(L, d, n)][1]
                 cells.append((cond.kind, L, d, n, r["test_duration_seconds"], r["score"]))
         niah[b] = (c, fl, cells)
-        log(f"niah batch_conditions={b}: {c.wall:.1f}s vs floor {fl.wall:.1f}s")
+        niah_outcome[b] = {f: [(r["context_length"], r["depth_percent"], r["response_ids"]) for r in rs]
+                           for f, rs in recs.items()}
+        log(f"niah {b}: {c.wall:.1f}s vs floor {fl.wall:.1f}s")
+    niah_identical = all(o == niah_outcome["default"] for o in niah_outcome.values())
 
     # 3. Decode step with the probe vs plain, at every length (the longest is the table row);
     #    the prefill times feed the profile.
@@ -282,33 +326,43 @@ def main():
             else:
                 mem[kind].append(dov.cpu_peak(kind, Lmax, n_mem, args.threads))
     log(f"memory: trial {mem['a']} MiB, generate {mem['b']} MiB")
+    # The whole sweep, defaults vs independent trials (one fresh process each: a sweep is long).
+    sweep_mem = {} if cuda else {k: dov.cpu_peak(k, Lmax, n_mem, args.threads, (lengths, depths))
+                                 for k in ("sweep", "sweep0")}
+    log(f"memory: whole sweep {sweep_mem} MiB")
 
     # ---- table ----
     rows = []
 
-    def row(name, ours, floor, target, ours_cpu=None, floor_cpu=None, unit="s"):
+    def row(name, ours, floor, target, ours_cpu=None, floor_cpu=None, unit="s", note="baseline"):
         ratio = ours / floor
         met = "—" if target is None else ("yes" if ratio <= target else "**no**")
         cpu = f"{ours_cpu / floor_cpu:.3f}" if ours_cpu is not None else "—"
         f = (lambda v: f"{v:.1f}") if unit == "MiB" else (lambda v: f"{v:.4f}" if v < 1 else f"{v:.1f}")
         rows.append(f"| {name} | {f(ours)} | {f(floor)} | {ratio:.3f} | "
-                    f"{'baseline' if target is None else f'<= {target}'} | {met} | {cpu} |")
+                    f"{note if target is None else f'<= {target}'} | {met} | {cpu} |")
         return ratio
 
     T = len(result.trials)
-    row(f"1. detection sweep ({T} trials: {len(p.needles)} needles x {len(lengths)} lengths x "
-        f"{len(depths)} depths)", det.wall, det_floor.wall, TARGETS["detect"], det.cpu, det_floor.cpu)
+    for name, (c, r) in dets.items():
+        row(f"1. detection sweep ({T} trials: {len(p.needles)} needles x {len(lengths)} lengths x "
+            f"{len(depths)} depths), {VARIANT_TEXT[name]}", c.wall, det_floor.wall,
+            TARGETS["detect"] if name == "default" else None, c.cpu, det_floor.cpu, note="lever")
 
     for b, (c, fl, cells) in niah.items():
-        tag = "" if b is None else f", batch_conditions={b}"
         row(f"2. masked NIAH sweep (none/top-{K_HEADS}/random-{K_HEADS} x {len(lengths) * len(depths)} "
-            f"cells{tag})", c.wall, fl.wall, TARGETS["niah"], c.cpu, fl.cpu)
+            f"cells), {NIAH_TEXT[b]}", c.wall, fl.wall, TARGETS["niah"] if b == "default" else None, c.cpu, fl.cpu,
+            note="lever")
     _, plain_s, probe_s, batch_s = prof[Lmax]
     row(f"3. decode step at {Lmax} tokens, probe vs plain (median of {args.rounds} x {args.steps} steps, s)",
         probe_s, plain_s, TARGETS["step"])
     ma, mb = statistics.median(mem["a"]), statistics.median(mem["b"])
     row(f"4. peak memory, one trial vs generate at {Lmax} (N={n_mem}; MiB, median of "
         f"{args.mem_repeats} {'fresh processes' if not cuda else 'runs'})", ma, mb, TARGETS["mem"], unit="MiB")
+    if sweep_mem:
+        row(f"4b. peak memory, the whole detection sweep: defaults (decode batches up to "
+            f"{result.stats['batch_tokens']} cached tokens) vs independent trials (MiB, one fresh process each)",
+            sweep_mem["sweep"], sweep_mem["sweep0"], None, unit="MiB", note="info")
     row("5. original algorithm (eager + output_attentions + Python top-1 loop), same prompts",
         orig.wall, det_floor.wall, None, orig.cpu, det_floor.cpu)
     header = ["| quantity | ours s | floor s | ratio | target | met? | ratio (CPU time) |", "|---" * 7 + "|"]
@@ -316,6 +370,8 @@ def main():
 
     # ---- profile: where the time goes ----
     pre = {L: prof[L][0] for L in lengths}
+    ind, reuse, batch = (dets[k][0] for k in ("independent", "reuse", "batches"))
+    rst, bst = dets["reuse"][1].stats, dets["batches"][1].stats
     Ns = [len(r["response_ids"]) for r in result.trials]
     det_prefill = sum(pre[r["context_length"]] for r in result.trials)
     det_decode_est = sum(len(r["response_ids"]) * prof[r["context_length"]][2] for r in result.trials)
@@ -330,40 +386,36 @@ def main():
         f"Plain decode step of {len(conds)} rows at {Lmax} (the batched conditions' step): {batch_s * 1e3:.1f} ms "
         f"= {batch_s / plain_s:.2f} x one row.",
         "",
-        f"- Detection: {T} trials, N = {min(Ns)}..{max(Ns)} new tokens (mean {statistics.mean(Ns):.1f}). "
-        f"One prefill per trial costs {det_prefill:.1f} s = {det_prefill / det.wall:.0%} of the sweep's "
-        f"{det.wall:.1f} s and {det_prefill / det_floor.wall:.0%} of the floor's {det_floor.wall:.1f} s; "
-        f"N probed steps ~ {det_decode_est:.1f} s ({det_decode_est / det.wall:.0%}), N plain steps ~ "
-        f"{floor_decode_est:.1f} s of the floor; the rest (generate's per-step overhead in the floor; "
-        f"scoring, ROUGE, prompt building, stop-mask and plan checks in ours) is "
-        f"{det.wall - det_prefill - det_decode_est:.1f} s ours vs {det_floor.wall - det_prefill - floor_decode_est:.1f} s floor "
-        f"(estimates from item 3's per-length timings, taken at another moment: noise of a few % either way). "
-        f"run_trial itself took {sum(r['duration_s'] for r in result.trials):.1f} s of the {det.wall:.1f} s "
-        f"(the rest: plan, stop mask, prompt building).",
+        f"- Independent trials: {T} trials, N = {min(Ns)}..{max(Ns)} new tokens (mean {statistics.mean(Ns):.1f}). "
+        f"One prefill per trial costs {det_prefill:.1f} s = {det_prefill / ind.wall:.0%} of that sweep's "
+        f"{ind.wall:.1f} s and {det_prefill / det_floor.wall:.0%} of the floor's {det_floor.wall:.1f} s; "
+        f"N probed steps ~ {det_decode_est:.1f} s ({det_decode_est / ind.wall:.0%}), N plain steps ~ "
+        f"{floor_decode_est:.1f} s of the floor (estimates from item 3's per-length timings).",
+        f"- Prefix reuse: the sweep prefilled {rst['prefilled_tokens']} of {rst['prompt_tokens']} prompt tokens "
+        f"({rst['prefilled_tokens'] / rst['prompt_tokens']:.0%}; the tokens after each needle cost more than the "
+        f"average token, as they attend to the whole prefix); alone it takes {reuse.wall:.1f} s = "
+        f"{reuse.wall / ind.wall:.2f} of independent trials.",
+        f"- Batched decoding: trials of one length decoded together, {len(bst['decode_batches'])} batches of "
+        f"{bst['decode_batches']} rows (budget {bst['batch_tokens']} cached tokens); a decode step reads every "
+        f"weight once for all rows. Alone it takes {batch.wall:.1f} s = {batch.wall / ind.wall:.2f} of independent "
+        f"trials.",
+        f"- Both (the defaults): {det.wall:.1f} s = {det.wall / ind.wall:.2f} of independent trials, "
+        f"{len(result.stats['decode_batches'])} decode batches of {result.stats['decode_batches']} rows. Response ids "
+        f"and head scores of every trial are identical in all four variants: {'yes' if identical else '**NO**'}.",
         f"- Original algorithm: {orig.wall:.1f} s = the same {det_prefill:.1f} s of prefill plus "
         f"{orig.wall - det_prefill:.1f} s of eager decode steps with attention maps and the Python loop "
         f"({(orig.wall - det_prefill) / sum(Ns) * 1e3:.0f} ms per step vs ~"
         f"{det_decode_est / sum(Ns) * 1e3:.0f} ms per probed step). Its greedy tokens equal ours in "
         f"{agree[0]} of {agree[1]} trials. Ours / original = {det.wall / orig.wall:.3f}.",
     ]
-    for b, (c, fl, cells) in niah.items():
-        ncell = len(lengths) * len(depths)
-        niah_prefill = sum(pre[L] for L in lengths for _ in depths)
-        dec = {}
-        for kind, L, d, n, dur, score in cells:
-            dec.setdefault(kind, []).append((dur, n, score))
-        per = "; ".join(f"{k}: {sum(x[0] for x in v):.1f} s decode over {sum(x[1] for x in v)} tokens "
-                        f"({sum(x[0] for x in v) / max(1, sum(x[1] for x in v)) * 1e3:.0f} ms/token, mean score "
-                        f"{statistics.mean(x[2] for x in v):.0f})" for k, v in dec.items())
-        decode_total = sum(x[4] for x in cells)
-        tag = "" if b is None else f" (batch_conditions={b})"
-        prof_lines.append(
-            f"- Masked NIAH{tag}: {c.wall:.1f} s = {ncell} shared prefills (~{niah_prefill:.1f} s, "
-            f"{niah_prefill / c.wall:.0%}) + decode {decode_total:.1f} s ({decode_total / c.wall:.0%}) + other "
-            f"{c.wall - niah_prefill - decode_total:.1f} s. Per condition: {per}. The floor pays "
-            f"{len(conds)} prefills per cell (~{len(conds) * niah_prefill:.1f} s of its {fl.wall:.1f} s), so the "
-            f"ratio cannot go below ~{niah_prefill / fl.wall:.2f} "
-            f"with one prefill per cell and free decoding.")
+    ncell = len(lengths) * len(depths)
+    niah_prefill = sum(pre[L] for L in lengths for _ in depths)
+    fl_wall = next(iter(niah.values()))[1].wall
+    prof_lines.append(
+        f"- Masked NIAH: the floor pays {len(conds)} prefills per cell (~{len(conds) * niah_prefill:.1f} s of its "
+        f"{fl_wall:.1f} s), so one prefill per cell with free decoding would give ~{niah_prefill / fl_wall:.2f}. "
+        + "; ".join(f"{NIAH_TEXT[b]}: {c.wall:.1f} s" for b, (c, fl, cells) in niah.items())
+        + f". Responses identical in all three: {'yes' if niah_identical else '**NO**'}.")
     profile = "\n".join(prof_lines)
 
     print(table)
@@ -380,7 +432,7 @@ def main():
         f"{info['dtype']}, attention {info['attn_implementation']}); torch threads: {torch.get_num_threads()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}. **All rows were measured in the same run** "
         f"({total / 60:.1f} min; machine as in the header; load average (1 min) {load0[0]:.1f} before, "
-        f"{load1[0]:.1f} after, on {os.cpu_count()} cores shared with other jobs). Grid: lengths "
+        f"{load1[0]:.1f} after, on {os.cpu_count()} cores). Grid: lengths "
         f"{' '.join(map(str, lengths))}, depths {' '.join(map(str, depths))}, all {len(p.needles)} default needles "
         f"(items 1 and 5), needle 0 (item 2).\n\n"
         f"Floor = `model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)` on each same "
@@ -389,9 +441,11 @@ def main():
         f"and item 5 were interleaved prompt by prompt. Item 3: per-step seconds, `model(input_ids=tok, cache=cache)` "
         f"inside vs outside `intervene(model, probe=ArgmaxProbe())` on a prefilled `DynamicCache` cropped "
         f"back after each run. Item 4: peak RSS increase of one `run_trial` vs one generate in fresh processes "
-        f"(`detection_overhead.cpu_peak`; glibc makes these vary by ~+-30%). Ratio (CPU time) = process CPU "
+        f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). Ratio (CPU time) = process CPU "
         f"seconds, less sensitive to the other jobs.\n\n{table}\n\n### Where the time goes\n\n{profile}\n\n"
-        f"Reproduce: `{cmd.strip()}`\n")
+        f"{memory_note(model, result.stats['batch_tokens'])}\n\n"
+        f"Reproduce: `{cmd.strip()}` ({total / 60:.0f} min here; the levers' identity is also tested in "
+        f"`tests/test_prefix.py` and `tests/test_batched.py`)\n")
     dov.SECTION = SECTION  # write_section() reads the module constant; it takes no section argument
     dov.write_section(out, body, info)
     log(f"wrote {SECTION!r} to {out}; total {total:.0f}s")
