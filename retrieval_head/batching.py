@@ -7,20 +7,24 @@ context length have the same prompt length: their caches stack without padding a
 row decodes as it would alone (``decode.decode_rows``).
 
 ``RowBatcher`` collects prefilled trials (a copy of each one's cache) per prompt length
-and hands a group to ``decode_group`` when it is full, or when the rows held would exceed
-the budget of cached tokens (then the largest group goes first). A length whose single
+and, when a group is full or the rows held would exceed the budget of cached tokens (then
+the largest group goes first), stacks its caches (``kvcache.stack_rows``, each one
+``copies`` times: a row per masking condition) and hands rows and cache to ``decode_group``. A length whose single
 prompt already fills the budget gets one row: no copy, decoded on its own cache. The
 default budget (``auto_budget``) is 16384 tokens, less where a quarter of the free memory
 holds fewer, so long prompts (where memory matters) are decoded one at a time.
 
     >>> done = []
-    >>> b = RowBatcher(budget_tokens=3000, decode_group=lambda rows: done.append([r.key for r in rows]))
+    >>> def decode_group(rows, cache):
+    ...     done.append(([r.key for r in rows], cache.layers[0].keys.shape[0]))
+    >>> b = RowBatcher(budget_tokens=3000, decode_group=decode_group, reserve=4)
     >>> b.rows_for(1000), b.rows_for(2000), b.rows_for(4000)
     (3, 1, 1)
-    >>> for key in "abc":
-    ...     b.add(Row(key, 1000, snapshot=None))
-    >>> b.add(Row("d", 1000, None)); b.flush(); done
-    [['a', 'b', 'c'], ['d']]
+    >>> one_layer = lambda: torch.zeros(1, 2, 1, 1000, 8)  # kvcache.snapshot: [layers, k/v, kv_heads, T, d]
+    >>> for key in "abcd":
+    ...     b.add(Row(key, 1000, one_layer()))
+    >>> b.flush(); done
+    [(['a', 'b', 'c'], 3), (['d'], 1)]
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any, Callable
 
 import psutil
 import torch
+
+from .kvcache import stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +56,18 @@ class Row:
 
 
 class RowBatcher:
-    def __init__(self, budget_tokens: int, decode_group: Callable[[list[Row]], None]):
+    def __init__(self, budget_tokens: int, decode_group: Callable[[list[Row], Any], None], reserve: int,
+                 copies: int = 1):
         self.budget, self.decode_group = budget_tokens, decode_group
+        self.reserve, self.copies = reserve, copies
         self.pending: dict[int, list[Row]] = {}
 
     def rows_for(self, length: int) -> int:
-        """How many prompts of this length are decoded together."""
-        return max(1, self.budget // max(length, 1))
+        """How many prompts of this length are decoded together (each ``copies`` rows)."""
+        return max(1, self.budget // max(length * self.copies, 1))
 
     def held_tokens(self) -> int:
-        return sum(length * len(rows) for length, rows in self.pending.items())
+        return self.copies * sum(length * len(rows) for length, rows in self.pending.items())
 
     def add(self, row: Row) -> None:
         group = self.pending.setdefault(row.length, [])
@@ -76,7 +84,10 @@ class RowBatcher:
 
     def _run(self, length: int) -> None:
         rows = self.pending.pop(length)
-        self.decode_group(rows)
+        snaps = [r.snapshot for r in rows for _ in range(self.copies)]  # row j * copies + i
+        for r in rows:
+            r.snapshot = None  # stack_rows frees each snapshot once copied
+        self.decode_group(rows, stack_rows(snaps, self.reserve))
 
 
 def kv_bytes_per_token(model) -> int:

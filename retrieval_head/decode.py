@@ -137,8 +137,8 @@ def greedy_decode(
     that produced ``token`` (None without a probe). ``cache``, when given, already holds
     ``prompt_ids[:-1]`` (a shared prefill); it is extended in place.
     """
-    ids = torch.tensor([prompt_ids[:-1]], device=input_device(model))
     if cache is None:
+        ids = torch.tensor([prompt_ids[:-1]], device=input_device(model))
         if mask is not None and mask.phase == "all":
             with intervene(model, mask=mask):
                 cache = prefill(model, ids, prefill_chunk, reserve=max_new_tokens)
@@ -150,6 +150,17 @@ def greedy_decode(
     return Generation(out, tokenizer.decode(out, skip_special_tokens=True).strip())
 
 
+def row_masks(model, masks: list[HeadMask | None]) -> HeadMask:
+    """One decode-phase ``HeadMask`` with a ``[rows, layers, heads]`` row per mask (None = no mask)."""
+    real = [m for m in masks if m is not None]
+    if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
+        raise ValueError("batched conditions need decode-phase masks of one mode")
+    num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    heads = torch.stack([m.heads if m is not None else torch.zeros(num_layers, num_heads, dtype=torch.bool)
+                         for m in masks])
+    return HeadMask(heads, real[0].mode if real else "uniform", "decode")
+
+
 @torch.no_grad()
 def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torch.Tensor, max_new_tokens: int,
                         masks: list[HeadMask | None], cache) -> list[Generation]:
@@ -158,13 +169,7 @@ def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torc
     ``cache`` holds ``prompt_ids[:-1]`` and is expanded to the batch in place (its last
     user). Row i is what ``greedy_decode(..., mask=masks[i])`` gives.
     """
-    real = [m for m in masks if m is not None]
-    if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
-        raise ValueError("batched conditions need decode-phase masks of one mode")
-    num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    heads = torch.stack([m.heads if m is not None else torch.zeros(num_layers, num_heads, dtype=torch.bool)
-                         for m in masks])
     cache.batch_repeat_interleave(len(masks))
     outs = decode_rows(model, [prompt_ids[-1]] * len(masks), len(prompt_ids) - 1, cache, stop_mask, max_new_tokens,
-                       mask=HeadMask(heads, real[0].mode if real else "uniform", "decode"))
+                       mask=row_masks(model, masks))
     return [Generation(o, tokenizer.decode(o, skip_special_tokens=True).strip()) for o in outs]

@@ -28,7 +28,7 @@ from .batching import Row, RowBatcher, auto_budget
 from .decode import check_supported, decode_rows, greedy_decode, stop_token_mask
 from .errors import UserError
 from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
-from .kvcache import snapshot, stack_rows
+from .kvcache import snapshot
 from .prefix import FreshPrefix, SharedPrefix
 from .prompt import Prompt, PromptBuilder, uses_chat_template
 from .scoring import RetrievalScorer, rouge1_recall
@@ -281,18 +281,13 @@ def _run_trials(model, tokenizer, todo: list[Trial], prompts: dict, by_id: dict,
     source = (SharedPrefix if st.prefix_reuse else FreshPrefix)(model, chunk=st.prefill_chunk, reserve=reserve)
     batches: list[int] = []
 
-    def finish(rows: list[Row], cache=None) -> None:
+    def finish(rows: list[Row], cache) -> None:
         batches.append(len(rows))
-        if cache is None:
-            snaps = [r.snapshot for r in rows]
-            for r in rows:
-                r.snapshot = None  # stack_rows frees each snapshot once copied
-            cache = stack_rows(snaps, reserve)
         for rec in decode_trials(model, tokenizer, rows, cache, stop, st):
             emit(rec)
 
     budget = st.batch_tokens if st.batch_tokens is not None else auto_budget(model)
-    batcher = RowBatcher(budget, finish)
+    batcher = RowBatcher(budget, finish, reserve)
     for trial in todo:
         prompt = prompts[trial.key]
         alone = batcher.rows_for(len(prompt.ids)) == 1

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from .attention import HeadMask
 from .batching import Row, RowBatcher, auto_budget
-from .decode import Generation, decode_rows, greedy_decode, greedy_decode_batch, input_device, prefill
+from .decode import Generation, decode_rows, greedy_decode, greedy_decode_batch, input_device, prefill, row_masks
 from .errors import UserError
 from .haystack import Needle
-from .kvcache import snapshot, stack_rows
+from .kvcache import snapshot
 from .manifest import utc_now
 from .prefix import SharedPrefix
 from .prompt import PromptBuilder
@@ -250,21 +250,13 @@ def _run_grouped(model, tokenizer, builder: PromptBuilder, needle: Needle, cells
     prompts = {cell: builder.build(needle, *cell) for cell in cells}
     source = SharedPrefix(model, chunk=st.prefill_chunk, reserve=st.max_new_tokens)
     n = len(conditions)
-    cfg = model.config
-    heads = torch.stack([c.mask.heads if c.mask is not None else
-                         torch.zeros(cfg.num_hidden_layers, cfg.num_attention_heads, dtype=torch.bool)
-                         for c in conditions])  # [conditions, layers, heads]
-    mode = next((c.mask.mode for c in conditions if c.mask is not None), "uniform")
+    mask = row_masks(model, [c.mask for c in conditions])  # heads [conditions, layers, heads]
 
-    def finish(rows: list[Row]) -> None:
-        snaps = [r.snapshot for r in rows for _ in conditions]  # row j*n + i: cell j under condition i
-        for r in rows:
-            r.snapshot = None
-        cache = stack_rows(snaps, st.max_new_tokens)
+    def finish(rows: list[Row], cache) -> None:  # cache row j*n + i: cell j under condition i
         ps = [r.info["prompt"] for r in rows]
         t0 = time.perf_counter()
         outs = decode_rows(model, [p.ids[-1] for p in ps for _ in conditions], len(ps[0].ids) - 1, cache, stop,
-                           st.max_new_tokens, mask=HeadMask(heads.repeat(len(rows), 1, 1), mode, "decode"))
+                           st.max_new_tokens, mask=HeadMask(mask.heads.repeat(len(rows), 1, 1), mask.mode, "decode"))
         share = (time.perf_counter() - t0) / len(outs)
         for j, r in enumerate(rows):
             (L, d), p = r.key, ps[j]
@@ -273,7 +265,7 @@ def _run_grouped(model, tokenizer, builder: PromptBuilder, needle: Needle, cells
             emit([_record(st, needle, p, L, d, c, g, share + r.info["prefill_s"] / n)
                   for c, g in zip(conditions, gens)])
 
-    batcher = RowBatcher(max(1, budget // n), finish)
+    batcher = RowBatcher(budget, finish, st.max_new_tokens, copies=n)
     for cell in sorted(cells, key=lambda cell: (prompts[cell].insert_at, cell)):
         t0 = time.perf_counter()
         cache = source.cache_for(prompts[cell].ids)
