@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet"]
+# A small decode-batch budget: trials still decode in batches (the default path), but in
+# several small ones, so records keep arriving through the sweep and a kill lands mid-way
+# (with the default budget all 18 would arrive in two bursts at the very end).
+ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet", "--batch_tokens", "900"]
 NAME = "SmolLM2-135M-Instruct"
 
 
@@ -65,7 +68,7 @@ def test_resume_refuses_other_settings(tmp_path, default_model):
 
 
 NIAH_ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet", "--no_plot",
-             "--mask_top", "0", "5", "-5"]
+             "--mask_top", "0", "5", "-5", "--batch_tokens", "2000"]  # small batches, as ARGS
 TIMING = ("test_duration_seconds", "test_timestamp_utc")
 
 
