@@ -23,7 +23,14 @@ def _run(out, *extra, wait=True):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
+
+
+def _interruptible():
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the child Ctrl-C as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _lines(path):
