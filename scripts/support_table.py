@@ -1,95 +1,124 @@
 """Print the architecture support table (markdown) that the README embeds.
 
-Runs, for every family of ``tests/test_families.py``'s ``FAMILIES``, the same checks as
-that test file (its ``check_*`` helpers, not copies) on tiny random-weight models:
+Runs ``tests/test_families.py`` under pytest, in a subprocess (so the table shows exactly
+what ``make test`` checks), and tabulates each test's outcome per family; the rows' names,
+model classes, features and notes come from ``retrieval_head.families``:
 
     .venv/bin/python scripts/support_table.py > table.md
+    .venv/bin/python scripts/support_table.py --readme      # also rewrite the README's table
 
-Exit status 1 when a check fails unexpectedly (the cell says why, the traceback goes to
-stderr). A family's ``known_failures`` (library problems the test file marks as strict
-xfails) show as "✗ known" with the problem in the notes, and do not fail the run. The
-detection column needs the default model's tokenizer (``make install``).
+A cell is ✓ when its test passed and "✗ <first line of the failure>" otherwise, e.g. a
+Mistral row whose zero-mask check fails::
+
+    | Mistral | `MistralForCausalLM` | GQA, sliding window | ✓ | ✓ | ✓ | ✗ zero mode left the head's output non-zero | ✓ | window 16 on every layer |
+
+A refused family's notes give the library's refusal (``check_supported`` on its tiny model).
+Exit status 1 when any check fails or does not run (pytest's own report goes to stderr).
+The detection column needs the default model's tokenizer (``make install``); without it its
+cells say "skipped" and do not fail the run.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
-import traceback
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from test_families import (  # noqa: E402
-    FAMILIES,
-    build,
-    check_detect,
-    check_probe,
-    check_probe_output,
-    check_refused,
-    check_uniform,
-    check_zero,
-    default_tokenizer_or_none,
-    one_thread,
-)
 
+from retrieval_head.decode import check_supported  # noqa: E402
+from retrieval_head.errors import UnsupportedModelError  # noqa: E402
+from retrieval_head.families import FAMILIES, Family, build  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FILE = "tests/test_families.py"
 OK = "✓"
+# the table's check columns, by the test function that checks them
+COLUMNS = {
+    "probe = eager argmax": "test_probe_argmax_equals_eager",
+    "probe output = backend": "test_probe_output_equals_backend",
+    "uniform mask": "test_uniform_mask",
+    "zero mask": "test_zero_mask",
+    "detection runs": "test_detection_runs",
+}
+FEATURES_TEST, REFUSED_TEST = "test_declared_features_are_real", "test_refused_by_class_name"
 
 
-def _cell(known: str | None, fn, *args) -> tuple[str, bool]:
-    """(cell text, as expected). ``known``: the library problem this check is expected to show."""
+def run_tests() -> dict[str, tuple[str, str]]:
+    """``{"test_zero_mask[Mistral]": (outcome, message)}`` for every test of ``TEST_FILE``;
+    outcome is ``passed``, ``failed``, ``error`` or ``skipped``, message pytest's reason."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "families.xml"
+        cmd = [sys.executable, "-m", "pytest", TEST_FILE, "-q", "-p", "no:cacheprovider", f"--junit-xml={xml}"]
+        # stdout is the table's: pytest's report goes to stderr
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr)
+        if proc.returncode not in (0, 1) or not xml.is_file():  # 0 all passed, 1 some failed
+            raise SystemExit(f"pytest could not run {TEST_FILE} (exit status {proc.returncode})")
+        suite = ET.parse(xml).getroot()
+    results = {}
+    for case in suite.iter("testcase"):
+        outcome, message = "passed", ""
+        # a failure or error outranks a skip (a teardown error can follow either)
+        for tag in ("skipped", "error", "failure"):
+            found = case.find(tag)
+            if found is not None:
+                outcome, message = {"failure": "failed"}.get(tag, tag), found.get("message", "")
+        results[case.get("name")] = (outcome, message)
+    return results
+
+
+def first_line(message: str) -> str:
+    """The failure's first line, without the ``AssertionError:`` every assert starts with."""
+    line = (message.strip().splitlines() or ["(no message)"])[0]
+    return line.removeprefix("AssertionError: ")[:80]
+
+
+def cell(results: dict, test: str, fam: Family) -> tuple[str, bool]:
+    """(cell text, check passed or skipped) for one test of one family."""
+    outcome, message = results.get(f"{test}[{fam.name}]", ("missing", "not run"))
+    if outcome == "passed":
+        return OK, True
+    if outcome == "skipped":
+        return f"skipped: {message}", True
+    return f"✗ {first_line(message)}", False
+
+
+def refusal(fam: Family) -> str:
+    """The library's own refusal message for the family's tiny model."""
     try:
-        fn(*args)
-    except Exception as e:  # a failed check is a table cell, not a crash
-        if known and isinstance(e, AssertionError):
-            return "✗ known", True
-        traceback.print_exc(file=sys.stderr)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return f"✗ {first[:80]}".replace("|", "\\|"), False
-    if known:
-        print(f"known failure now passes (drop it from known_failures): {known}", file=sys.stderr)
-    return OK, True
+        check_supported(build(fam))
+    except UnsupportedModelError as e:
+        return f"refused: {e}"
+    return "✗ not refused"
 
 
-def rows(tokenizer) -> tuple[list[list[str]], bool]:
+def rows(results: dict) -> tuple[list[list[str]], bool]:
+    """One markdown row per family, and whether every check passed."""
     out, all_ok = [], True
     for fam in FAMILIES:
         if fam.refused:
-            try:
-                msg = check_refused(fam)
-                note = f"refused: {msg}"
-                ok = True
-            except Exception as e:
-                traceback.print_exc(file=sys.stderr)
-                note, ok = f"✗ not refused as expected: {str(e).splitlines()[0][:80]}", False
+            note, ok = cell(results, REFUSED_TEST, fam)
+            note = refusal(fam) if note == OK else note
             all_ok &= ok
-            out.append([fam.name, f"`{fam.model_class}`", "—", *["refused"] * 5, note.replace("|", "\\|")])
+            out.append([fam.name, f"`{fam.model_class}`", "—", *["refused"] * len(COLUMNS), note])
             continue
-        model = build(fam)
+        features = ", ".join(fam.features) or "—"
+        checked, ok = cell(results, FEATURES_TEST, fam)
+        features = features if ok else f"{features} ({checked})"
+        all_ok &= ok
         cells = []
-        for name, check in (("probe", check_probe), ("probe_output", check_probe_output),
-                            ("uniform", check_uniform), ("zero", check_zero)):
-            c, ok = _cell(fam.known_failures.get(name), check, fam, model)
+        for test in COLUMNS.values():
+            c, ok = cell(results, test, fam)
             cells.append(c)
             all_ok &= ok
-        if tokenizer is None:
-            cells.append("skipped (no default tokenizer)")
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                c, ok = _cell(fam.known_failures.get("detect"), check_detect, fam, tokenizer, Path(d))
-            cells.append(c)
-            all_ok &= ok
-        notes = [fam.notes] if fam.notes else []
-        notes += [f"**library problem ({k}):** {v}" for k, v in fam.known_failures.items()]
-        out.append([fam.name, f"`{fam.model_class}`", ", ".join(fam.features) or "—", *cells,
-                    "; ".join(notes).replace("|", "\\|")])
-    return out, all_ok
+        out.append([fam.name, f"`{fam.model_class}`", features, *cells, fam.notes])
+    return [[c.replace("|", "\\|") for c in r] for r in out], all_ok
 
 
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
@@ -98,10 +127,8 @@ START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 def main(argv: list[str] | None = None) -> int:
     """Print the table; with ``--readme`` also replace it between the README's markers."""
     argv = sys.argv[1:] if argv is None else argv
-    with one_thread():
-        table, ok = rows(default_tokenizer_or_none())
-    head = ["family", "model class", "attention features", "probe = eager argmax", "probe output = backend",
-            "uniform mask", "zero mask", "detection runs", "notes"]
+    table, ok = rows(run_tests())
+    head = ["family", "model class", "attention features", *COLUMNS, "notes"]
     lines = [f"Tiny random-weight models, transformers {transformers.__version__}, torch "
              f"{torch.__version__.split('+')[0]}, CPU fp32 (`scripts/support_table.py`).", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]

@@ -1,7 +1,8 @@
 """The family matrix: every supported architecture, tiny and random, through the same checks.
 
-For each family in ``FAMILIES`` (data: a name, a config factory, the attention features it
-exercises, how a test finds its modules) a random-weight fp32 model is built here and:
+For each family of ``retrieval_head.families`` (data: a name, a config factory, the
+attention features it exercises, how a test finds its modules) a random-weight fp32 model
+is built and:
 
 (a) ``probe``: the ArgmaxProbe's absolute argmax positions, at every decode step of
     ``greedy_decode``, pick the row maximum of eager attention's weights on one full
@@ -20,189 +21,30 @@ Families whose attention does not reach transformers' AttentionInterface are ref
 ``check_supported`` with their class name. Expected values are computed without
 ``retrieval_head.attention``: hooks, the eager weights and the cache's value vectors.
 
-``scripts/support_table.py`` imports ``FAMILIES`` and the ``check_*`` helpers from here.
+``scripts/support_table.py`` runs this file under pytest and tabulates its outcomes by test
+name and family id: renaming a test below means renaming it there too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-import transformers
 from transformers import DynamicCache
 
 from conftest import one_thread
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.decode import cache_kwarg, check_supported, greedy_decode
 from retrieval_head.errors import UnsupportedModelError
+from retrieval_head.families import REFUSED, SUPPORTED, WINDOW, Family, build
 
-LAYERS, HEADS, HIDDEN = 3, 4, 64
-WINDOW = 16  # every sliding window here; prompts are longer
-PROMPT_LEN, STEPS = 40, 6
+PROMPT_LEN, STEPS = 40, 6  # the prompt is longer than every family's sliding window
 PREFILL_CHUNK = 7  # shorter than the window: the sliding cache is filled across chunks
 TIE_ATOL = 1e-5  # eager weights: the probe's pick equals the row max within this
-
-
-# --------------------------------------------------------------------------- the matrix
-
-
-def _llama_like(vocab: int, **kw) -> dict:
-    """Config kwargs shared by the decoder families; ``initializer_range`` 0.2 gives peaked
-    attention, so argmaxes are mostly unique and masks move the logits (no vacuous pass)."""
-    base = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=512,
-                initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    base.update(kw)
-    return base
-
-
-SLIDING_MIX = ["sliding_attention", "full_attention", "sliding_attention"]
-
-
-@dataclass(frozen=True)
-class Family:
-    """One architecture of the matrix.
-
-    config: ``vocab -> config`` (tiny, random weights are drawn by ``build``).
-    features: attention features exercised (GQA, sliding window, MoE, softcap, q/k norm...).
-    layers/attn/out_proj/q_site: module names (tests may know them; the library may not):
-      ``<base>.<layers>[i].<attn>`` is layer i's attention module, ``<attn>.<out_proj>``
-      its output projection, ``<attn>.<q_site>`` the last module whose output is the query
-      (a zero query stays zero under rotary and the norms chosen here).
-    q_layout: where head h's query sits in q_site's output: ``split`` (columns h*d, fused qkv
-      with the query first included), ``neox`` (per head [q|k|v] interleaved); a per-head
-      norm's 4-d output is ``bshd`` [b, s, H, d] or ``bhsd`` [b, H, s, d].
-    refused: the family must be refused by ``check_supported`` (its attention bypasses the
-      interface); then only ``config`` and ``model_class`` matter.
-    known_failures: ``{check: why}`` for a library problem not fixed yet: the test is a
-      strict xfail (it starts failing the day the library is fixed: drop the entry then).
-    """
-
-    name: str
-    model_class: str
-    config: Callable[[int], object]
-    features: tuple[str, ...] = ()
-    notes: str = ""
-    layers: str = "layers"
-    attn: str = "self_attn"
-    out_proj: str = "o_proj"
-    q_site: str = "q_proj"
-    q_layout: str = "split"
-    moe: bool = False
-    refused: bool = False
-    known_failures: dict = field(default_factory=dict)  # check name -> library problem (strict xfail)
-
-
-def _cfg(cls_name: str, **fixed) -> Callable[[int], object]:
-    def make(vocab: int):
-        return getattr(transformers, cls_name)(**_llama_like(vocab, **fixed))
-    return make
-
-
-FAMILIES: list[Family] = [
-    Family("Llama (MHA)", "LlamaForCausalLM", _cfg("LlamaConfig")),
-    Family("Llama (GQA)", "LlamaForCausalLM", _cfg("LlamaConfig", num_key_value_heads=2), ("GQA",)),
-    Family("Llama (MQA)", "LlamaForCausalLM", _cfg("LlamaConfig", num_key_value_heads=1), ("GQA",),
-           notes="one KV head"),
-    Family("Mistral", "MistralForCausalLM", _cfg("MistralConfig", num_key_value_heads=2, sliding_window=WINDOW),
-           ("GQA", "sliding window"), notes=f"window {WINDOW} on every layer"),
-    Family("Mixtral", "MixtralForCausalLM",
-           _cfg("MixtralConfig", num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                sliding_window=WINDOW),
-           ("GQA", "sliding window", "MoE"), moe=True, notes="4 experts, top-2"),
-    Family("Qwen2", "Qwen2ForCausalLM", _cfg("Qwen2Config", num_key_value_heads=2), ("GQA",), notes="qkv bias"),
-    Family("Qwen2 (sliding)", "Qwen2ForCausalLM",
-           _cfg("Qwen2Config", num_key_value_heads=2, use_sliding_window=True, sliding_window=WINDOW,
-                max_window_layers=1),
-           ("GQA", "sliding window"), notes="layer 0 full, layers 1-2 sliding"),
-    Family("Qwen2-MoE", "Qwen2MoeForCausalLM",
-           _cfg("Qwen2MoeConfig", num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
-                moe_intermediate_size=32, shared_expert_intermediate_size=64),
-           ("GQA", "MoE"), moe=True, notes="4 experts + shared expert"),
-    Family("Qwen3", "Qwen3ForCausalLM", _cfg("Qwen3Config", num_key_value_heads=2, head_dim=16),
-           ("GQA", "q/k norm"), q_site="q_norm", notes="per-head RMSNorm on q and k"),
-    Family("Gemma", "GemmaForCausalLM", _cfg("GemmaConfig", num_key_value_heads=1, head_dim=16),
-           ("GQA",), notes="scaled embeddings"),
-    Family("Gemma2", "Gemma2ForCausalLM",
-           _cfg("Gemma2Config", num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-                sliding_window=WINDOW, layer_types=SLIDING_MIX, attn_logit_softcapping=50.0,
-                final_logit_softcapping=30.0, attn_implementation="eager"),
-           ("GQA", "sliding window", "softcap"), notes="softcap (eager delegate); sliding/full/sliding"),
-    Family("Gemma3", "Gemma3ForCausalLM",
-           _cfg("Gemma3TextConfig", num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-                sliding_window=WINDOW, layer_types=SLIDING_MIX),
-           ("GQA", "sliding window", "q/k norm"), q_site="q_norm", q_layout="bhsd",
-           notes="text model; sliding/full/sliding, two rotary bases"),
-    Family("Phi3", "Phi3ForCausalLM", _cfg("Phi3Config", num_key_value_heads=2), ("GQA",),
-           q_site="qkv_proj", notes="fused qkv_proj"),
-    Family("Phi", "PhiForCausalLM", _cfg("PhiConfig"), (), out_proj="dense",
-           notes="partial rotary, parallel block, dense"),
-    Family("OLMo", "OlmoForCausalLM", _cfg("OlmoConfig", clip_qkv=8.0), (), notes="clip_qkv"),
-    Family("OLMo2", "Olmo2ForCausalLM", _cfg("Olmo2Config", num_key_value_heads=2), ("GQA", "q/k norm"),
-           q_site="q_norm", notes="q/k RMSNorm over all heads at once (hooked after the norm)"),
-    Family("Cohere", "CohereForCausalLM", _cfg("CohereConfig", num_key_value_heads=2, use_qk_norm=True),
-           ("GQA", "q/k norm"), q_site="q_norm", notes="per-head LayerNorm on q/k, interleaved rotary"),
-    Family("StableLM", "StableLmForCausalLM", _cfg("StableLmConfig", num_key_value_heads=2),
-           ("GQA",), notes="partial rotary"),
-    Family("Granite", "GraniteForCausalLM",
-           _cfg("GraniteConfig", num_key_value_heads=2, attention_multiplier=0.1, embedding_multiplier=2.0,
-                residual_multiplier=0.5, logits_scaling=2.0),
-           ("GQA",), notes="attention_multiplier as scaling"),
-    Family("Starcoder2", "Starcoder2ForCausalLM",
-           _cfg("Starcoder2Config", num_key_value_heads=2, sliding_window=WINDOW),
-           ("GQA", "sliding window"), notes="biases, LayerNorm"),
-    Family("SmolLM3", "SmolLM3ForCausalLM", _cfg("SmolLM3Config", num_key_value_heads=2, no_rope_layers=[1, 0, 1]),
-           ("GQA",), notes="NoPE on layer 1"),
-    Family("GPT-OSS", "GptOssForCausalLM",
-           _cfg("GptOssConfig", num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
-                sliding_window=WINDOW, layer_types=SLIDING_MIX,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
-           ("GQA", "sliding window", "MoE", "attention sinks"), moe=True,
-           notes="learned per-head sink logit (s_aux); eager delegate (no SDPA); sliding/full/sliding"),
-    Family("GPT-NeoX", "GPTNeoXForCausalLM",
-           lambda vocab: transformers.GPTNeoXConfig(
-               vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-               num_attention_heads=HEADS, max_position_embeddings=512, initializer_range=0.2, rotary_pct=0.5,
-               bos_token_id=None, eos_token_id=None),
-           (), attn="attention", out_proj="dense", q_site="query_key_value", q_layout="neox",
-           notes="fused per-head qkv, dense, partial rotary"),
-    Family("GPT-2", "GPT2LMHeadModel",
-           lambda vocab: transformers.GPT2Config(
-               vocab_size=vocab, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=512,
-               initializer_range=0.2, bos_token_id=None, eos_token_id=None),
-           (), layers="h", attn="attn", out_proj="c_proj", q_site="c_attn",
-           notes="learned positions, Conv1D c_attn/c_proj"),
-    # ---- refused: their attention never reaches the interface
-    Family("GPT-Neo", "GPTNeoForCausalLM",
-           lambda vocab: transformers.GPTNeoConfig(
-               vocab_size=vocab, hidden_size=HIDDEN, num_layers=2, num_heads=HEADS,
-               attention_types=[[["global", "local"], 1]], window_size=WINDOW, max_position_embeddings=512,
-               bos_token_id=None, eos_token_id=None),
-           refused=True),
-    Family("Bloom", "BloomForCausalLM",
-           lambda vocab: transformers.BloomConfig(vocab_size=vocab, hidden_size=HIDDEN, n_layer=2, n_head=HEADS),
-           refused=True),
-    Family("Falcon", "FalconForCausalLM",
-           lambda vocab: transformers.FalconConfig(
-               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
-               max_position_embeddings=512, bos_token_id=None, eos_token_id=None),
-           refused=True, notes="own sdpa/eager code paths, no AttentionInterface"),
-]
-
-SUPPORTED = [f for f in FAMILIES if not f.refused]
-REFUSED = [f for f in FAMILIES if f.refused]
-
-
-def build(fam: Family, vocab: int = 128, seed: int = 0):
-    """The family's tiny model, random weights, fp32, eval mode."""
-    torch.manual_seed(seed)
-    model = getattr(transformers, fam.model_class)(fam.config(vocab))
-    return model.to(torch.float32).eval()
+assert PROMPT_LEN > WINDOW and PREFILL_CHUNK < WINDOW
 
 
 # --------------------------------------------------------------------------- module access
@@ -568,31 +410,11 @@ def check_refused(fam: Family, model=None) -> str:
     return msg
 
 
-def default_tokenizer_or_none():
-    """The default model's tokenizer, or None where ``make install`` has not put it there."""
-    from transformers import AutoTokenizer
-
-    from retrieval_head.default_model import default_model_dir
-
-    path = default_model_dir()
-    return AutoTokenizer.from_pretrained(path) if (path / "config.json").is_file() else None
-
-
 # --------------------------------------------------------------------------- tests
 
 
 def _ids(fams):
     return [f.name for f in fams]
-
-
-def _params(check: str):
-    """SUPPORTED as pytest params; a family's known library problem is a strict xfail."""
-    out = []
-    for f in SUPPORTED:
-        why = f.known_failures.get(check)
-        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"library: {why}")] if why else []
-        out.append(pytest.param(f, id=f.name, marks=marks))
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -623,27 +445,27 @@ def test_declared_features_are_real(fam, tiny_models):
         assert present == (feat in fam.features), f"{fam.name}: {feat} declared {feat in fam.features}, is {present}"
 
 
-@pytest.mark.parametrize("fam", _params("probe"))
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
 def test_probe_argmax_equals_eager(fam, tiny_models):
     check_probe(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", _params("probe_output"))
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
 def test_probe_output_equals_backend(fam, tiny_models):
     check_probe_output(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", _params("uniform"))
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
 def test_uniform_mask(fam, tiny_models):
     check_uniform(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", _params("zero"))
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
 def test_zero_mask(fam, tiny_models):
     check_zero(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", _params("detect"))
+@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
 def test_detection_runs(fam, default_tokenizer, tmp_path):
     check_detect(fam, default_tokenizer, tmp_path)
 
