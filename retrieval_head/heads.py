@@ -19,7 +19,6 @@ From the shell::
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
 from pathlib import Path
@@ -27,14 +26,12 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import UserError
-from .scores_io import format_top_table, load_head_scores, top_heads, write_atomic
-
-log = logging.getLogger(__name__)
+from .plot import render
+from .scores_io import format_top_table, load_head_scores, top_heads
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -88,10 +85,9 @@ def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
     }
 
 
-def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
-                  mark_top: int = 5) -> Path:
-    """Layers x heads PNG (y = layer, 0 at the top; x = head), viridis; the top
-    ``mark_top`` heads are outlined in red. Written atomically; returns the path."""
+def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
+    """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
+    ``mark_top`` heads are outlined in red."""
     s = torch.as_tensor(scores, dtype=torch.float64)
     if s.dim() != 2:
         raise UserError(f"heads_heatmap needs a [layers, heads] grid, got shape {tuple(s.shape)}")
@@ -109,12 +105,13 @@ def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None =
     ax.tick_params(axis="y", labelrotation=0)
     if title:
         ax.set_title(title)
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_atomic(Path(out_png), buf.getvalue())
-    log.info("wrote %s", out_png)
-    return Path(out_png)
+    return fig
+
+
+def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
+                  mark_top: int = 5) -> Path:
+    """``heads_figure`` written atomically as a PNG to ``out_png``; returns the path."""
+    return render(heads_figure(scores, title, mark_top), out_png)
 
 
 def _fmt_heads(heads: list[tuple[int, int]]) -> str:

@@ -171,12 +171,13 @@ def _draw(ax, scores, depths, lengths, cmap, vmin, vmax, cbar=True):
     ax.tick_params(axis="y", labelrotation=0)
 
 
-def _render(fig: Figure, out_png: Path) -> Path:
-    """PNG bytes of ``fig`` written atomically to ``out_png``."""
+def render(fig: Figure, out_png: str | Path) -> Path:
+    """PNG bytes of ``fig`` (100 dpi, Agg canvas) written atomically to ``out_png``; returns
+    the path. Every figure of the package is written here (``heads`` too)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    write_atomic(out_png, buf.getvalue())
+    write_atomic(Path(out_png), buf.getvalue())
     log.info("wrote %s", out_png)
     return Path(out_png)
 
@@ -191,15 +192,20 @@ def _wrap(text: str, width: int = 32) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def heatmap(folder: str | Path, out_png: str | Path | None = None, title: str | None = None) -> Path:
-    """Draw one folder's NIAH heatmap; default output ``<folder>/heatmap.png``. Returns the path."""
-    grid = load_results(folder)
-    out = Path(out_png) if out_png is not None else grid.folder / "heatmap.png"
+def heatmap_figure(grid: ResultGrid, title: str | None = None) -> Figure:
+    """One results grid's NIAH heatmap; the title defaults to ``grid.title()``."""
     fig = Figure(figsize=_panel_size(len(grid.depths), len(grid.lengths)), layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, grid.scores, grid.depths, grid.lengths, NIAH_CMAP, 0, 100)
     ax.set_title(title if title is not None else grid.title())
-    return _render(fig, out)
+    return fig
+
+
+def heatmap(folder: str | Path, out_png: str | Path | None = None, title: str | None = None) -> Path:
+    """Draw one folder's NIAH heatmap; default output ``<folder>/heatmap.png``. Returns the path."""
+    grid = load_results(folder)
+    out = Path(out_png) if out_png is not None else grid.folder / "heatmap.png"
+    return render(heatmap_figure(grid, title), out)
 
 
 def _aligned(grid: ResultGrid, depths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -243,7 +249,7 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
             ax.set_title(f"{_wrap(g.mask + ' minus no mask')}\nmean cell difference {cell_mean:+.1f}")
         diff_axes = [axes[1, i] for i, g in enumerate(grids) if g is not base]
         fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label="Score difference")
-    return _render(fig, Path(out_png))
+    return render(fig, Path(out_png))
 
 
 def main(argv: list[str] | None = None) -> int:
