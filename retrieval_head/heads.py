@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import UserError
-from .plot import render
+from .plot import figure_title, render
 from .scores_io import format_top_table, load_head_scores, top_heads
 
 
@@ -87,7 +87,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
 
 def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
     """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
-    ``mark_top`` heads are outlined in red."""
+    ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width."""
     s = torch.as_tensor(scores, dtype=torch.float64)
     if s.dim() != 2:
         raise UserError(f"heads_heatmap needs a [layers, heads] grid, got shape {tuple(s.shape)}")
@@ -104,7 +104,7 @@ def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int =
     ax.set_ylabel("Layer")
     ax.tick_params(axis="y", labelrotation=0)
     if title:
-        ax.set_title(title)
+        figure_title(fig, title)
     return fig
 
 
@@ -129,7 +129,8 @@ def _cmd_heatmap(args) -> None:
     scores = load_head_scores(path)
     out = Path(args.out) if args.out else Path(f"{path.stem}.heads.png")
     layers, n_heads = scores.shape
-    title = f"{path.stem}: retrieval score per head ({layers} layers x {n_heads} heads; top 5 outlined)"
+    # the details on a line of their own: figure_title wraps each line only where it must
+    title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} heads; top 5 outlined)"
     print(heads_heatmap(scores, out, title))
 
 

@@ -42,6 +42,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from .errors import UserError
 from .scores_io import write_atomic
@@ -182,6 +183,31 @@ def render(fig: Figure, out_png: str | Path) -> Path:
     return Path(out_png)
 
 
+def figure_title(fig: Figure, text: str, margin: float = 0.95) -> Text:
+    """``fig.suptitle(text)``, wrapped at spaces until every line fits in ``margin`` of the
+    figure's width, measured by the Agg renderer at the figure's dpi; returns the title.
+
+    Centred on the figure, not on the axes: beside a colour bar the axes sit left of centre,
+    so even an axes title as wide as the figure would run off its left edge. Hyphens do not
+    break lines ("SmolLM2-135M-Instruct" stays whole unless it alone is too wide).
+
+    >>> fig = Figure(figsize=(4, 3))
+    >>> print(figure_title(fig, "a title too long for a figure four inches wide wraps at spaces").get_text())
+    a title too long for a figure four inches wide
+    wraps at spaces
+    """
+    FigureCanvasAgg(fig)  # measure with the renderer that will draw it
+    title = fig.suptitle(text)
+    renderer = fig.canvas.get_renderer()
+    room = margin * fig.bbox.width
+    lines = text.splitlines() or [""]
+    chars = max(len(line) for line in lines)
+    while chars > 1 and title.get_window_extent(renderer).width > room:
+        chars -= 1
+        title.set_text("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in lines))
+    return title
+
+
 def _panel_size(n_depths: int, n_lengths: int) -> tuple[float, float]:
     """Inches for one panel: grows with the grid, capped at the original's 17.5 x 8."""
     return max(5.0, min(17.5, 2.5 + 0.5 * n_lengths)), max(3.5, min(8.0, 1.8 + 0.5 * n_depths))
@@ -197,7 +223,7 @@ def heatmap_figure(grid: ResultGrid, title: str | None = None) -> Figure:
     fig = Figure(figsize=_panel_size(len(grid.depths), len(grid.lengths)), layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, grid.scores, grid.depths, grid.lengths, NIAH_CMAP, 0, 100)
-    ax.set_title(title if title is not None else grid.title())
+    figure_title(fig, title if title is not None else grid.title())
     return fig
 
 

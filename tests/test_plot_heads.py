@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from retrieval_head import heads, plot
 
@@ -132,6 +134,40 @@ def test_heads_heatmap_png(tmp_path):
     out = heads.heads_heatmap(torch.rand(4, 6), tmp_path / "h.png", "tiny")
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert no_temp_files(tmp_path)
+
+
+LONG_TITLE = "SmolLM2-135M-Instruct: retrieval score per head (30 layers x 9 heads; top 5 outlined)"
+
+
+def title_box(fig, title: str):
+    """The laid-out figure's text artist showing ``title`` (wrapped or not) and its pixel box."""
+    fig.draw_without_rendering()  # runs the constrained layout: the boxes are final
+    flat = " ".join(title.split())
+    (text,) = [t for t in fig.findobj(Text) if " ".join(t.get_text().split()) == flat]
+    return text.get_window_extent(fig.canvas.get_renderer())
+
+
+def inside(box, outer) -> bool:
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
+
+
+@pytest.mark.parametrize("shape", [(30, 9), (4, 2), (80, 64)])
+def test_heads_title_fits_the_figure(shape):
+    """The CLI's title of a 30 x 9 grid was wider than the 5.7-inch figure, cut off on both sides."""
+    fig = heads.heads_figure(torch.rand(*shape), LONG_TITLE)
+    FigureCanvasAgg(fig)
+    assert inside(title_box(fig, LONG_TITLE), fig.bbox)
+
+
+def test_niah_title_fits_the_figure(tmp_path):
+    random10 = {**TOP10, "kind": "random", "seed": 2}
+    folder = make_folder(tmp_path, "r10", [trial(1000, 50.0, 80.0, random10, model="Meta-Llama-3.1-8B-Instruct")])
+    grid = plot.load_results(folder)  # one cell: the narrowest figure (5 inches)
+    title = grid.title()
+    assert title == "Meta-Llama-3.1-8B-Instruct, random-10 heads masked (uniform, decode, seed 2): mean 80.0"
+    fig = plot.heatmap_figure(grid)
+    FigureCanvasAgg(fig)
+    assert inside(title_box(fig, title), fig.bbox)
 
 
 def test_heads_cli(tmp_path, capsys, monkeypatch):
