@@ -83,13 +83,36 @@ def read_haystack(path: Path) -> str:
     return text
 
 
+def _kind(x) -> str:
+    """What a JSON value is, for a message.
+
+    >>> [_kind(x) for x in (5, 2.5, True, ["a"], {}, "")]
+    ['a number (5)', 'a number (2.5)', 'a boolean (true)', 'a list', 'an object', 'an empty string']
+    """
+    if isinstance(x, bool):
+        return f"a boolean ({json.dumps(x)})"
+    if isinstance(x, (int, float)):
+        return f"a number ({json.dumps(x)})"
+    if isinstance(x, str):
+        return "an empty string" if not x.strip() else "a string"
+    return {list: "a list", dict: "an object"}.get(type(x), type(x).__name__)
+
+
 def load_needles(path: Path | None = None) -> list[Needle]:
     """Read and check a needles JSON-lines file (default: the project's own needles)."""
     path = Path(path or DEFAULT_NEEDLES).expanduser()
+    if path.is_dir():
+        raise UserError(f"needles path {path} is a folder, not a file; pass --needles FILE (JSON lines, one needle a line)")
     if not path.is_file():
         raise UserError(f"needles file {path} does not exist; pass --needles FILE (JSON lines)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"needles file {path} is not UTF-8 ({e.reason} at byte {e.start}); convert it") from None
+    except OSError as e:
+        raise UserError(f"cannot read needles file {path}: {e.strerror or e}; check its permissions") from None
     needles = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -98,11 +121,18 @@ def load_needles(path: Path | None = None) -> list[Needle]:
             raise UserError(f"{path}:{lineno} is not JSON ({e.msg}); one JSON object per line") from None
         if not isinstance(rec, dict):
             raise UserError(f"{path}:{lineno} is not a JSON object; write {{\"needle\", \"question\", \"real_needle\"}}")
+        wrong = [f"{k} is {_kind(rec[k])}" for k in REQUIRED_FIELDS if rec.get(k) is not None and not isinstance(rec[k], str)]
+        if wrong:
+            what = f"{wrong[0]}, not a string" if len(wrong) == 1 else f"{', '.join(wrong[:-1])} and {wrong[-1]}, not strings"
+            raise UserError(f"{path}:{lineno}: {what}; write {', '.join(REQUIRED_FIELDS)} as JSON strings")
         missing = [k for k in REQUIRED_FIELDS if not isinstance(rec.get(k), str) or not rec[k].strip()]
         if missing:
             raise UserError(f"{path}:{lineno} lacks {', '.join(missing)}; each line needs {', '.join(REQUIRED_FIELDS)}")
         hay = rec.get("haystack")
-        hay_path = (path.parent / hay) if isinstance(hay, str) and hay else None
+        if hay is not None and not isinstance(hay, str):
+            raise UserError(f"{path}:{lineno}: haystack is {_kind(hay)}, not a folder or file name; write it as a "
+                            "JSON string (relative to the needles file) or leave it out")
+        hay_path = (path.parent / hay) if hay else None
         n = Needle(len(needles), rec["needle"].strip(), rec["question"].strip(), rec["real_needle"].strip(), hay_path)
         try:
             n.answer_span()

@@ -68,6 +68,10 @@ def resolve_source(model_path: str | None) -> str:
         return str(ensure_embedded(model_path[len(EMBEDDED_PREFIX):]))
     if looks_local(model_path):
         p = Path(model_path).expanduser()
+        if p.is_file():
+            hint = f": {p.parent}" if (p.parent / "config.json").is_file() else ""
+            raise UserError(f"--model_path {model_path} is a file, not a model folder; pass the folder that holds "
+                            f"config.json{hint}")
         if not p.is_dir():
             raise UserError(f"model folder {model_path} does not exist; pass --model_path DIR or a hub id")
         if not (p / "config.json").is_file():
@@ -136,8 +140,13 @@ def load_model(spec: ModelSpec):
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.device_map:
         kwargs["device_map"] = spec.device_map
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    except SafetensorError as e:  # e.g. "incomplete metadata, file not fully covered": a cut-off download
+        raise UserError(f"cannot load {source!r}: a weights file (*.safetensors) is truncated or corrupt "
+                        f"({str(e).splitlines()[0]}); re-download or re-convert the model") from None
     except (ValueError, OSError) as e:
         raise UserError(f"cannot load {source!r} as a causal LM: {str(e).splitlines()[0]}") from None
     except ImportError as e:

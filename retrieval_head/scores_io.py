@@ -16,7 +16,9 @@ works on it::
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -51,44 +53,156 @@ def write_head_scores(path: Path, head_counter: dict[str, list[float]]) -> None:
     write_atomic(path, dump_json(head_counter, one_line=True))
 
 
+FORMAT = '{"layer-head": [score per trial]}'
+_KEY = re.compile(r"([0-9]+)-([0-9]+)")
+_REGENERATE = "regenerate it with retrieval_head_detection.py"
+
+
 def parse_head_key(key: str) -> tuple[int, int]:
-    try:
-        layer, head = key.split("-")
-        return int(layer), int(head)
-    except ValueError:
-        raise UserError(f"head_score key {key!r} is not 'layer-head'") from None
+    """``"layer-head"`` (two non-negative integers) as ``(layer, head)``.
 
-
-def load_head_scores(path: Path, shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Mean score per head as a float64 ``[layers, heads]`` tensor.
-
-    ``shape`` (the model's [layers, heads]) is checked when given: a file made for
-    another model is an error, not a silent mismatch.
+    >>> parse_head_key("12-3")
+    (12, 3)
     """
+    m = _KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        raise UserError(f"head_score key {key!r} is not 'layer-head' (two non-negative integers, e.g. '0-3')")
+    return int(m[1]), int(m[2])
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def read_head_file(path: Path) -> dict:
+    """The raw ``{"layer-head": [scores]}`` object of a head-score file's first line,
+    unchecked beyond being JSON (see ``validate_head_scores``); a key written twice is an
+    error here, since ``json.loads`` would silently keep the last one."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"head_score path {path} is a folder, not a file; pass --head_score FILE (a head_score/*.json)")
     if not path.is_file():
         raise UserError(f"head_score file {path} does not exist; run retrieval_head_detection.py first or pass --head_score")
     try:
-        data = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    except (json.JSONDecodeError, IndexError, UnicodeDecodeError):
-        raise UserError(f"head_score file {path} is not one line of JSON; expected {{\"layer-head\": [scores]}}") from None
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+    except OSError as e:
+        raise UserError(f"cannot read head_score file {path}: {e.strerror or e}; check its permissions") from None
+    except (IndexError, UnicodeDecodeError):
+        raise UserError(f"head_score file {path} is not one line of JSON; expected {FORMAT}") from None
+    try:
+        return json.loads(first, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError:
+        raise UserError(f"head_score file {path} is not one line of JSON; expected {FORMAT}") from None
+    except _DuplicateKey as e:
+        raise UserError(f"head_score file {path} names key {e.args[0]!r} twice; a merged or hand-edited file? "
+                        f"{_REGENERATE}") from None
+
+
+def _describe(x) -> str:
+    """A JSON value as the file spells it, and its kind where that is the problem.
+
+    >>> [_describe(x) for x in (float("nan"), True, "0.5", None, [1], {}, 2.5)]
+    ['NaN', 'true (a boolean)', '"0.5" (a string)', 'null', 'a list', 'an object', '2.5']
+    """
+    if isinstance(x, (list, dict)):
+        return "a list" if isinstance(x, list) else "an object"
+    text = json.dumps(x)
+    text = text if len(text) <= 30 else text[:27] + "..."
+    kind = {bool: "a boolean", str: "a string"}.get(type(x))
+    return f"{text} ({kind})" if kind else text
+
+
+def _finite_number(x) -> bool:
+    if type(x) not in (int, float):  # bool is an int subclass: true would count as 1
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def validate_head_scores(data, path: Path | str = "<data>",
+                         shape: tuple[int, int] | None = None) -> dict[tuple[int, int], list]:
+    """Check a head-score object WHOLE; return ``{(layer, head): [scores]}``.
+
+    Keys ``layer-head`` (non-negative integers), each head once, a full layers x heads
+    grid (of ``shape`` when given), every value a list of finite numbers (not booleans),
+    all lists the same length (one score per counted trial; 0 trials: all empty).
+
+    >>> validate_head_scores({"0-0": [0.5, 1], "0-1": [0, 0.25]})
+    {(0, 0): [0.5, 1], (0, 1): [0, 0.25]}
+    >>> validate_head_scores({"0-0": [0.5, 1], "0-1": [0]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    retrieval_head.errors.UserError: head_score file <data>: lists are not the same length (0-0 has 2 scores, 0-1 has 1); ...
+    """
+    where = f"head_score file {path}"
     if not isinstance(data, dict) or not data:
-        raise UserError(f"head_score file {path} holds no heads; expected {{\"layer-head\": [scores]}}")
-    keys = {parse_head_key(k): v for k, v in data.items()}
+        raise UserError(f"{where} holds no heads; expected {FORMAT}")
+    keys: dict[tuple[int, int], list] = {}
+    spelled: dict[tuple[int, int], str] = {}
+    for k, v in data.items():
+        try:
+            lh = parse_head_key(k)
+        except UserError:
+            raise UserError(f"{where}: key {k!r} is not 'layer-head' (two non-negative integers, e.g. '0-3'); "
+                            f"expected {FORMAT}") from None
+        if lh in keys:
+            raise UserError(f"{where} names head {lh[0]}-{lh[1]} twice ({spelled[lh]!r} and {k!r}); a merged or "
+                            f"hand-edited file? {_REGENERATE}")
+        keys[lh], spelled[lh] = v, k
     layers = 1 + max(l for l, _ in keys)
     heads = 1 + max(h for _, h in keys)
     if len(keys) != layers * heads:
-        raise UserError(f"head_score file {path} has {len(keys)} heads, not a full {layers} x {heads} grid")
+        gap = next(f"{l}-{h}" for l in range(layers) for h in range(heads) if (l, h) not in keys)
+        raise UserError(f"{where} has {len(keys)} heads, not a full {layers} x {heads} grid (no {gap}); {_REGENERATE}")
     if shape is not None and (layers, heads) != tuple(shape):
         raise UserError(
-            f"head_score file {path} is for {layers} layers x {heads} heads, the model has "
+            f"{where} is for {layers} layers x {heads} heads, the model has "
             f"{shape[0]} x {shape[1]}; pass the file made for this model"
         )
+    first = None
+    for (l, h), v in sorted(keys.items()):
+        if not isinstance(v, list):
+            raise UserError(f"{where}: {l}-{h} is {_describe(v)}, not a list of numbers; expected {FORMAT}")
+        bad = next((i for i, x in enumerate(v) if not _finite_number(x)), None)
+        if bad is not None:
+            raise UserError(f"{where}: {l}-{h} holds {_describe(v[bad])} at trial {bad}; every score must be a "
+                            f"finite number: a corrupted file? {_REGENERATE}")
+        if first is None:
+            first = (l, h, len(v))
+        elif len(v) != first[2]:
+            raise UserError(f"{where}: lists are not the same length ({first[0]}-{first[1]} has {first[2]} scores, "
+                            f"{l}-{h} has {len(v)}); every head needs one score per trial: a merged or corrupted "
+                            f"file? {_REGENERATE}")
+    return keys
+
+
+def load_head_scores(path: Path, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mean score per head as a float64 ``[layers, heads]`` tensor (0 for 0 counted trials).
+
+    The file is checked whole first (``validate_head_scores``). ``shape`` (the model's
+    [layers, heads]) is checked when given: a file made for another model is an error,
+    not a silent mismatch.
+    """
+    path = Path(path)
+    keys = validate_head_scores(read_head_file(path), path, shape)
+    layers, heads = (1 + max(x) for x in zip(*keys))
     out = torch.zeros(layers, heads, dtype=torch.float64)
     for (l, h), v in keys.items():
-        if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
-            raise UserError(f"head_score file {path}: {l}-{h} is not a list of numbers")
-        out[l, h] = sum(v) / len(v) if v else 0.0
+        mean = sum(v) / len(v) if v else 0.0
+        if not math.isfinite(mean):
+            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {_REGENERATE}")
+        out[l, h] = mean
     return out
 
 

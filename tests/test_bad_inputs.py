@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,19 +40,37 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
     (p["latin1_hay"] / "a.txt").write_bytes("caf\xe9 cr\xe8me. ".encode("latin-1") * 50)
     p["short_hay"].mkdir()
     (p["short_hay"] / "a.txt").write_text("A short text. Only a few sentences. " * 5)
+    p["truncated"] = root / "truncated"  # a cut-off download: the tiny Llama, its weights file half there
+    shutil.copytree(p["tiny"], p["truncated"])
+    weights = p["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     lines = {"needles_ok": [NEEDLE], "needles_fields": [{"needle": "x"}],
-             "needles_outside": [dict(NEEDLE, real_needle="swan")]}
+             "needles_outside": [dict(NEEDLE, real_needle="swan")],
+             "needles_number": [dict(NEEDLE, needle=5)], "needles_list": [dict(NEEDLE, question=["What?"])],
+             "needles_hay_number": [dict(NEEDLE, haystack=3)]}
     for k, recs in lines.items():
         p[k] = root / f"{k}.jsonl"
         p[k].write_text("".join(json.dumps(r) + "\n" for r in recs))
     p["needles_notjson"] = root / "bad.jsonl"
     p["needles_notjson"].write_text("{not json\n")
+    p["needles_latin1"] = root / "latin1.jsonl"
+    p["needles_latin1"].write_bytes((json.dumps(dict(NEEDLE, needle="Caf\xe9. " + NEEDLE["needle"]),
+                                                ensure_ascii=False) + "\n").encode("latin-1"))
     p["hs_bad"] = root / "bad.json"
     p["hs_bad"].write_text("not json at all\n")
     p["hs_other"] = root / "other.json"
     p["hs_other"].write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(32) for h in range(32)}) + "\n")
     p["hs_tiny"] = root / "tiny.json"
     p["hs_tiny"].write_text(json.dumps({f"{l}-{h}": [0.05 * (4 * l + h)] for l in range(2) for h in range(4)}) + "\n")
+    grid = {f"{l}-{h}": [0.25, 0.5] for l in range(2) for h in range(4)}  # the tiny Llama's 2 x 4, 2 trials
+    hs = {"hs_ragged": dict(grid, **{"1-3": [0.25]}), "hs_nan": dict(grid, **{"1-2": [0.25, float("nan")]}),
+          "hs_inf": dict(grid, **{"0-3": [float("inf"), 0.5]}), "hs_bool": dict(grid, **{"0-1": [True, 0.5]}),
+          "hs_str": dict(grid, **{"0-1": [0.25, "0.5"]}), "hs_twice": dict(grid, **{"00-1": [1.0, 1.0]})}
+    for k, d in hs.items():
+        p[k] = root / f"{k}.json"
+        p[k].write_text(json.dumps(d) + "\n")  # NaN and Infinity as json.dumps writes (and json.loads reads) them
+    p["hs_dupkey"] = root / "hs_dupkey.json"
+    p["hs_dupkey"].write_text(json.dumps(grid)[:-1] + ', "1-3": [1.0, 1.0]}\n')
     p["a_file"] = root / "a_file"
     p["a_file"].write_text("x")
     return p
@@ -60,7 +79,9 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
 # (what is wrong, command, arguments, a phrase the one-line message must hold)
 CASES = [
     ("model folder missing", "detect", ["--model_path", "{root}/nope/model"], "does not exist"),
+    ("model path is a file", "detect", ["--model_path", "{tiny}/config.json"], "is a file, not a model folder"),
     ("folder without config.json", "detect", ["--model_path", "{empty_hay}"], "no config.json"),
+    ("weights file truncated", "detect", ["--model_path", "{truncated}"], "truncated or corrupt"),
     ("not a causal LM", "detect", ["--model_path", "{t5}"], "not a causal LM"),
     ("hub id, hub offline", "detect", ["--model_path", "nobody/no-such-model"], "offline"),
     ("attention not through the interface", "detect", ["--model_path", "{neo}"], "GPTNeoForCausalLM"),
@@ -75,14 +96,34 @@ CASES = [
     ("haystack not UTF-8", "detect", ["--haystack_dir", "{latin1_hay}"], "not UTF-8"),
     ("haystack too short", "detect", ["--haystack_dir", "{short_hay}", "--context_lengths", "500"], "tokens, too short"),
     ("needles file missing", "detect", ["--needles", "{root}/none.jsonl"], "does not exist"),
+    ("needles path is a folder", "detect", ["--needles", "{empty_hay}"], "is a folder, not a file"),
+    ("needles not UTF-8", "detect", ["--needles", "{needles_latin1}"], "not UTF-8"),
     ("needles not JSON lines", "detect", ["--needles", "{needles_notjson}"], "is not JSON"),
     ("needle missing fields", "detect", ["--needles", "{needles_fields}"], "lacks question, real_needle"),
+    ("needle field a number", "detect", ["--needles", "{needles_number}"], "needle is a number (5), not a string"),
+    ("needle field a list", "detect", ["--needles", "{needles_list}"], "question is a list, not a string"),
+    ("needle haystack not a name", "detect", ["--needles", "{needles_hay_number}"], "haystack is a number (3)"),
     ("real_needle not inside needle", "detect", ["--needles", "{needles_outside}"], "not inside needle"),
     ("output folder not writable", "detect", ["--output_dir", "{a_file}/sub"], "not a writable folder"),
     ("--resume with --overwrite", "detect", ["--resume", "--overwrite"], "contradict"),
     ("negative --batch_tokens", "detect", ["--batch_tokens", "-1"], "--batch_tokens"),
     ("head_score file missing", "niah", ["--mask_top", "2", "--head_score", "{root}/none.json"], "does not exist"),
     ("head_score file malformed", "niah", ["--mask_top", "2", "--head_score", "{hs_bad}"], "not one line of JSON"),
+    ("head_score path is a folder", "niah", ["--mask_top", "2", "--head_score", "{empty_hay}"],
+     "is a folder, not a file"),
+    ("head_score lists of different lengths", "niah", ["--mask_top", "2", "--head_score", "{hs_ragged}"],
+     "not the same length (0-0 has 2 scores, 1-3 has 1)"),
+    ("head_score holds NaN", "niah", ["--mask_top", "2", "--head_score", "{hs_nan}"], "1-2 holds NaN at trial 1"),
+    ("head_score holds Infinity", "niah", ["--mask_top", "2", "--head_score", "{hs_inf}"],
+     "0-3 holds Infinity at trial 0"),
+    ("head_score holds a boolean", "niah", ["--mask_top", "2", "--head_score", "{hs_bool}"],
+     "0-1 holds true (a boolean)"),
+    ("head_score holds a string", "niah", ["--mask_top", "2", "--head_score", "{hs_str}"],
+     '0-1 holds "0.5" (a string)'),
+    ("head_score key written twice", "niah", ["--mask_top", "2", "--head_score", "{hs_dupkey}"],
+     "names key '1-3' twice"),
+    ("head_score head spelled twice", "niah", ["--mask_top", "2", "--head_score", "{hs_twice}"],
+     "names head 0-1 twice ('0-1' and '00-1')"),
     ("head_score of another model's shape", "niah", ["--mask_top", "2", "--head_score", "{hs_other}"],
      "32 layers x 32 heads"),
     ("K larger than the heads", "niah", ["--mask_top", "9", "--head_score", "{hs_tiny}"], "larger than the model's 8"),
