@@ -19,6 +19,10 @@ Worked example (a notebook)::
 
 A *decode step* is an attention call whose query is a single token: that is where the
 probe scores and where ``phase="decode"`` masks act.
+
+Every other call goes to the delegate with ``module.config._attn_implementation`` reading
+the delegate's name for the duration of the call: transformers' flash integration looks its
+kernel up by that name, and would not find one under the scope's name.
 """
 
 from __future__ import annotations
@@ -177,8 +181,12 @@ class Scope:
             )
 
 
-def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope):
-    """Build the scope's attention function (a closure: the scope's state lives here only)."""
+def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope,
+                    name: str | None = None, delegate_name: str | None = None):
+    """Build the scope's attention function (a closure: the scope's state lives here only).
+
+    name / delegate_name: the scope's registered name and the backend it delegates to; a
+    module whose config reads ``name`` is shown ``delegate_name`` while the delegate runs."""
     per_layer: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def heads_of(layer: int, device: torch.device) -> torch.Tensor:
@@ -206,9 +214,17 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
             )
         else:
             fn = delegate or _modeling_eager(module)
-            out, weights = fn(
-                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-            )
+            cfg = getattr(module, "config", None)
+            swap = name is not None and delegate_name is not None and getattr(cfg, "_attn_implementation", None) == name
+            if swap:  # flash_attention_forward loads its kernel by module.config._attn_implementation
+                cfg._attn_implementation = delegate_name
+            try:
+                out, weights = fn(
+                    module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+                )
+            finally:
+                if swap:
+                    cfg._attn_implementation = name
         if ablate is not None and mask.mode == "zero":
             out = out.masked_fill(ablate[:, None, :, None], 0.0)  # out: [b, q, H, d]
         return out, weights
@@ -255,7 +271,7 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     # Both registries must know the name: without the mask entry transformers silently
     # builds no mask at all (sliding windows and padding would be ignored).
     scope = Scope(model)
-    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope))
+    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope, name, delegate_name))
     AttentionMaskInterface.register(name, mask_fn)
     saved = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
     try:
