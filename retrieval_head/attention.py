@@ -18,7 +18,18 @@ Worked example (a notebook)::
         model.generate(...)
 
 A *decode step* is an attention call whose query is a single token: that is where the
-probe scores and where ``phase="decode"`` masks act.
+probe scores and where ``phase="decode"`` masks act. The probe computes that step itself
+(one float32 score row per head), honouring what the backend would: the mask the
+implementation's mask function built (4-D bool or additive for eager/sdpa; for flash
+``None``, or the 2-D ``[batch, kv_len]`` padding mask) and the layer's sliding window, taken
+from the call's ``sliding_window`` kwarg (or the module's attribute when the modeling file
+passes none), because flash's mask carries no window and our caches may keep every key of
+a sliding layer (prefix reuse, stacked rows). The query is the last cached key, so the
+window keeps keys ``j`` with ``kv_len - 1 - j < window`` (transformers' ``q - kv < window``).
+
+Every other call goes to the delegate with ``module.config._attn_implementation`` reading
+the delegate's name for the duration of the call: transformers' flash integration looks its
+kernel up by that name, and would not find one under the scope's name.
 """
 
 from __future__ import annotations
@@ -129,26 +140,50 @@ def _scores_fp32(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.matmul(q.float(), key.float().transpose(-1, -2))
 
 
-def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None):
+def _layer_window(module, kwargs: dict) -> int | None:
+    """The layer's sliding window (None = full attention): the ``sliding_window`` the
+    modeling file passes to the attention call, which flash honours (None there is a full
+    layer even where the module has the attribute, e.g. EXAONE 4); without that kwarg, the
+    module's ``sliding_window`` attribute (Qwen2-MoE sets it and windows by the mask only)."""
+    window = kwargs["sliding_window"] if "sliding_window" in kwargs else getattr(module, "sliding_window", None)
+    return None if window is None else int(window)
+
+
+def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None, window=None):
     """One decode step's attention from a single float32 score row per query head.
 
     query [b, H, 1, d]; key/value [b, KV, T, d] (GQA grouped, the cache is not copied
-    per head). Returns output [b, 1, H, d] (the layout backends return) and the
-    argmax relative to the end of the cache [b, H].
+    per head). attention_mask: None, a 2-D ``[b or 1, >= T]`` padding mask (flash: nonzero
+    = a real token, its last T columns are the cached keys), or a 4-D bool/additive mask.
+    window: the layer's sliding window (see ``_layer_window``); the query is the last key.
+    Returns output [b, 1, H, d] (the layout backends return) and the argmax relative to
+    the end of the cache [b, H]. Masking is in place on the score row (nothing else of
+    its size is allocated before the softmax).
     """
     b, num_heads, _, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = num_heads // kv_heads
-    scores = _scores_fp32(query.reshape(b, kv_heads, group, d), key)  # [b, KV, g, T]
-    scores = scores * (scaling if scaling is not None else d**-0.5)
+    scores = _scores_fp32(query.reshape(b, kv_heads, group, d), key)  # [b, KV, g, T], a new tensor
+    scores.mul_(scaling if scaling is not None else d**-0.5)
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+        scores.div_(softcap).tanh_().mul_(softcap)
+    if window is not None and kv_len > window:
+        scores[..., : kv_len - window] = float("-inf")  # keys with kv_len - 1 - j >= window
     if attention_mask is not None:
-        m = attention_mask[..., -1:, -kv_len:].reshape(b if attention_mask.shape[0] == b else 1, 1, 1, kv_len)
-        if m.dtype == torch.bool:
-            scores = scores.masked_fill(~m, float("-inf"))
+        if attention_mask.ndim == 2:
+            if attention_mask.shape[-1] < kv_len:
+                raise UnsupportedModelError(
+                    f"a 2-D attention mask of {attention_mask.shape[-1]} columns for {kv_len} cached keys "
+                    "(a static cache?) cannot be probed"
+                )
+            keep = attention_mask[:, -kv_len:].bool().reshape(-1, 1, 1, kv_len)
+            scores.masked_fill_(~keep, float("-inf"))
         else:
-            scores = scores + m.float()
+            m = attention_mask[..., -1:, -kv_len:].reshape(b if attention_mask.shape[0] == b else 1, 1, 1, kv_len)
+            if m.dtype == torch.bool:
+                scores.masked_fill_(~m, float("-inf"))
+            else:
+                scores.add_(m.float())
     argmax = scores.argmax(dim=-1).reshape(b, num_heads) - kv_len
     if sinks is not None:
         # Attention sinks (``s_aux``, GPT-OSS): a per-head logit that takes softmax mass but
@@ -177,8 +212,12 @@ class Scope:
             )
 
 
-def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope):
-    """Build the scope's attention function (a closure: the scope's state lives here only)."""
+def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope,
+                    name: str | None = None, delegate_name: str | None = None):
+    """Build the scope's attention function (a closure: the scope's state lives here only).
+
+    name / delegate_name: the scope's registered name and the backend it delegates to; a
+    module whose config reads ``name`` is shown ``delegate_name`` while the delegate runs."""
     per_layer: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def heads_of(layer: int, device: torch.device) -> torch.Tensor:
@@ -202,13 +241,22 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
         weights = None
         if probe is not None and decode:
             out, probe.rel[layer] = _probe_attention(
-                module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux")
+                module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux"),
+                _layer_window(module, kwargs),
             )
         else:
             fn = delegate or _modeling_eager(module)
-            out, weights = fn(
-                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-            )
+            cfg = getattr(module, "config", None)
+            swap = name is not None and delegate_name is not None and getattr(cfg, "_attn_implementation", None) == name
+            if swap:  # flash_attention_forward loads its kernel by module.config._attn_implementation
+                cfg._attn_implementation = delegate_name
+            try:
+                out, weights = fn(
+                    module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+                )
+            finally:
+                if swap:
+                    cfg._attn_implementation = name
         if ablate is not None and mask.mode == "zero":
             out = out.masked_fill(ablate[:, None, :, None], 0.0)  # out: [b, q, H, d]
         return out, weights
@@ -255,7 +303,7 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     # Both registries must know the name: without the mask entry transformers silently
     # builds no mask at all (sliding windows and padding would be ignored).
     scope = Scope(model)
-    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope))
+    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope, name, delegate_name))
     AttentionMaskInterface.register(name, mask_fn)
     saved = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
     try:
