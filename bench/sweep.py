@@ -12,13 +12,16 @@ same machine and in the same process (memory: fresh child processes):
   2. Masked-NIAH sweep: none / top-10 / random-10 (head scores = item 1's ``mean_scores()``),
      ``run_niah`` on needle 0 over the same lengths x depths, against the sum of plain
      generate for every (condition, cell) prompt with that condition's N. Target <= 0.5 for
-     the CLI's defaults; lever rows: one prefill per cell with its conditions batched, and
-     conditions one by one.
+     the CLI's defaults (prefix reuse + batched decoding: one length's cells x conditions
+     decoded together); lever rows, as item 1's: independent cells (one prefill per cell, its
+     conditions decoded one by one from it), prefix reuse only, batched decoding only (their
+     responses are checked identical to the defaults').
   3. One decode step under ``intervene(model, probe=ArgmaxProbe())`` against a plain decode
      step, at the longest length (prefilled ``DynamicCache``, K steps per run, the cache
      cropped back between runs, runs interleaved with alternating order; medians of the
      per-step times). Target <= 1.05.
-  4. Peak memory of one detection trial (``run_trial``) against plain generate at the longest
+  4. Peak memory of one detection trial (``detection_overhead.trial``: one job through the
+     ``Scheduler`` with no levers, then ``detect.trial_record``) against plain generate at the longest
      length, each in fresh processes (``detection_overhead.cpu_peak``; CUDA: peak allocated).
      Target <= 1.1. Row 4b (information): the whole sweep's peak with the defaults against
      the same sweep as independent trials; batched decoding holds up to its budget of
@@ -60,11 +63,13 @@ sys.path.insert(0, str(BENCH.parent))
 SECTION = "## Sweeps vs the naive floor (issue C)"
 VARIANTS = {"default": {}, "independent": dict(prefix_reuse=False, batch_tokens=0),
             "reuse": dict(prefix_reuse=True, batch_tokens=0), "batches": dict(prefix_reuse=False, batch_tokens=None)}
-NIAH_VARIANTS = {"default": dict(batch_conditions=True), "per_cell": dict(batch_conditions=True, batch_tokens=0),
-                 "one_by_one": dict(batch_conditions=False)}
-NIAH_TEXT = {"default": "**defaults: cells share prefixes, one length's cells x conditions decoded together**",
-             "per_cell": "one prefill per cell, its conditions as one batch (lever row)",
-             "one_by_one": "one prefill per cell, conditions one by one (lever row)"}
+NIAH_VARIANTS = VARIANTS  # the masked NIAH has the same scheduler and levers as detection
+NIAH_TEXT = {"default": "**defaults: prefix reuse + batched decoding (cells share prefixes, one length's cells x "
+                        "conditions decoded together)**",
+             "independent": "independent cells: one prefill per cell, its conditions one by one (lever row)",
+             "reuse": "prefix reuse only: cells share prefixes, conditions one by one (lever row)",
+             "batches": "batched decoding only: one prefill per cell, one length's cells x conditions decoded "
+                        "together (lever row)"}
 VARIANT_TEXT = {"default": "**defaults: prefix reuse + batched decoding**", "independent": "independent trials (lever row)",
                 "reuse": "prefix reuse only (lever row)", "batches": "batched decoding only (lever row)"}
 K_HEADS = 10
@@ -76,9 +81,9 @@ def trial_key(t: dict) -> tuple[int, int, int]:
 
 
 def memory_note(model, budget: int) -> str:
-    from retrieval_head.batching import kv_bytes_per_token
+    from retrieval_head.shape import ModelShape
 
-    per = kv_bytes_per_token(model)
+    per = ModelShape.of(model).kv_bytes_per_token(next(model.parameters()).element_size())
     return (f"Memory (row 4b): the defaults also hold the prefilled trials that wait for their batch: at most "
             f"`batch_tokens` = {budget} cached tokens ({per / 1024:.0f} KiB per token here = {budget * per / 2**20:.0f} "
             f"MiB), plus the batch being decoded. That budget is the default only while a quarter of the free "
@@ -115,9 +120,10 @@ def original_trial(model, tok, prompt, n: int):
     Returns (token ids, head scores [[score, tokens]...] per layer/head as the original)."""
     import torch
     from retrieval_head.decode import cache_kwarg, prefill
+    from retrieval_head.shape import ModelShape
 
-    cfg = model.config
-    layers, heads = cfg.num_hidden_layers, cfg.num_attention_heads
+    cfg = model.config  # only to switch the attention implementation
+    layers, heads = ModelShape.of(model).grid
     ids = torch.tensor([prompt.ids], device=model.device)
     s, e = prompt.needle_span
     prompt_ids = ids[0]
@@ -217,9 +223,10 @@ def main():
     import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
     from retrieval_head import DetectSettings, ModelSpec, detect, load_model
     from retrieval_head.decode import stop_token_mask
-    from retrieval_head.detect import plan
     from retrieval_head.niah import NiahSettings, make_conditions, run_niah
     from retrieval_head.prompt import Prompt
+    from retrieval_head.shape import ModelShape
+    from retrieval_head.sweep import plan
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -230,7 +237,8 @@ def main():
     lengths, depths = sorted(set(args.lengths)), sorted(set(args.depths))
     Lmax = lengths[-1]
     settings = DetectSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths))
-    p = plan(model, tok, settings)
+    shape = ModelShape.of(model)
+    p = plan(tok, shape, settings)
     stop = stop_token_mask(model, tok)
     needle0 = p.needles[0]
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa
@@ -276,13 +284,17 @@ def main():
     scores = result.mean_scores()
     conds = make_conditions("bench", [0, K_HEADS, -K_HEADS], scores, "uniform", "decode", [0], False)
     builder = p.haystacks.for_needle(needle0)
+    niah_st = NiahSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths),
+                           max_new_tokens=settings.max_new_tokens, needle_id=0)
+    # Needle 0 of the same plan: its checks passed, its haystack is tokenized (outside the clock).
+    niah_plan = dataclasses.replace(p, needles=[needle0])
     niah, floor_memo = {}, {}
     niah_outcome = {}
     for b, kw in NIAH_VARIANTS.items():
-        st = NiahSettings(max_new_tokens=settings.max_new_tokens, model_name="bench", **kw)
+        st = dataclasses.replace(niah_st, **kw)
         c = Clock()
         with c():
-            recs = run_niah(model, tok, builder, needle0, lengths, depths, conds, stop, st, progress=False)
+            recs = run_niah(model, tok, st, conds, model_name="bench", progress=False, checked=niah_plan)
         fl = Clock()
         cells = []
         for cond in conds:
@@ -415,7 +427,7 @@ def main():
         f"- Masked NIAH: the floor pays {len(conds)} prefills per cell (~{len(conds) * niah_prefill:.1f} s of its "
         f"{fl_wall:.1f} s), so one prefill per cell with free decoding would give ~{niah_prefill / fl_wall:.2f}. "
         + "; ".join(f"{NIAH_TEXT[b]}: {c.wall:.1f} s" for b, (c, fl, cells) in niah.items())
-        + f". Responses identical in all three: {'yes' if niah_identical else '**NO**'}.")
+        + f". Responses identical in all four variants: {'yes' if niah_identical else '**NO**'}.")
     profile = "\n".join(prof_lines)
 
     print(table)
@@ -440,7 +452,8 @@ def main():
         f"of wall seconds over the sweep (one warm-up on a 64-token prompt before anything); item 1's floor "
         f"and item 5 were interleaved prompt by prompt. Item 3: per-step seconds, `model(input_ids=tok, cache=cache)` "
         f"inside vs outside `intervene(model, probe=ArgmaxProbe())` on a prefilled `DynamicCache` cropped "
-        f"back after each run. Item 4: peak RSS increase of one `run_trial` vs one generate in fresh processes "
+        f"back after each run. Item 4: peak RSS increase of one detection trial (`detection_overhead.trial`: one "
+        f"`Job` through the `Scheduler` with no levers, then `detect.trial_record`) vs one generate in fresh processes "
         f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). Ratio (CPU time) = process CPU "
         f"seconds, less sensitive to the other jobs.\n\n{table}\n\n### Where the time goes\n\n{profile}\n\n"
         f"{memory_note(model, result.stats['batch_tokens'])}\n\n"

@@ -45,6 +45,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from .errors import UnsupportedModelError
+from .shape import ModelShape
 
 MASK_MODES = ("uniform", "zero")
 MASK_PHASES = ("decode", "all")
@@ -290,7 +291,7 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     Nesting is refused: pass the probe and the mask to one ``intervene``.
     """
     if mask is not None:
-        expected = (model.config.num_hidden_layers, model.config.num_attention_heads)
+        expected = ModelShape.from_config(model.config).grid
         if tuple(mask.heads.shape[-2:]) != expected:
             raise ValueError(f"mask is {tuple(mask.heads.shape)}, model has [layers, heads] = {expected}")
     current = model.config._attn_implementation

@@ -1,4 +1,5 @@
-"""What both commands share: model options, output guards, the error boundary.
+"""What both commands share: run options, the two-step model load, output guards, the
+error boundary.
 
 The CLI prints; the library logs. A ``UserError`` becomes one ``error: ...`` line on
 stderr and exit code 2, never a traceback; Ctrl-C exits 130.
@@ -7,97 +8,82 @@ stderr and exit code 2, never a traceback; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .decode import check_supported
 from .errors import UserError
-from .models import ModelSpec
-
-PRESET_PAPER_LENGTHS = (1000, 50000, 20)  # linspace(1000, 50000, 20), as published
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    d = ModelSpec()
-    g = p.add_argument_group("model")
-    g.add_argument("--model_path", default=d.model_path,
-                   help="hub id or local folder (default: the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--model_name_suffix", default=None, help="appended to output names as _SUFFIX (as the original)")
-    g.add_argument("--revision", default=d.revision, help="hub revision (branch, tag or commit)")
-    g.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: float32 on CPU, the checkpoint's dtype on GPU")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--device_map", default=d.device_map, help="e.g. auto: shard layers over GPUs (accelerate)")
-    g.add_argument("--attn_implementation", default=d.attn_implementation,
-                   help="prefill backend: sdpa, eager, flash_attention_2 (pip install .[flash]); default: the model's")
-    g.add_argument("--trust_remote_code", action="store_true", default=d.trust_remote_code)
+from .models import ModelSpec, Opened, load_weights, model_info, open_model
+from .options import add_options, option
+from .shard import local_device
 
 
-def model_spec(args, device: str | None = None) -> ModelSpec:
-    return ModelSpec(model_path=args.model_path, revision=args.revision, dtype=args.dtype, device=device or args.device,
-                     device_map=args.device_map, attn_implementation=args.attn_implementation,
-                     trust_remote_code=args.trust_remote_code)
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of a run that are not the experiment's: outputs, logging, scale-out. Each
+    command extends it (its own ``output_dir`` default, its own extras)."""
+
+    output_dir: str = option("out", "where the outputs go")
+    model_name_suffix: str | None = option(None, "appended to output names as _SUFFIX (as the original)")
+    overwrite: bool = option(False, "replace existing outputs of this run")
+    resume: bool = option(False, "continue an interrupted run (same settings; finished results are kept)")
+    quiet: bool = option(False, "no progress bar")
+    verbose: bool = option(False, "log what the library does")
+    rank: int | None = option(None, "this shard; none: $RANK from torchrun, else 0")
+    world_size: int | None = option(None, "shards; none: $WORLD_SIZE, else 1")
+    threads: int | None = option(None, "torch threads for this process (recorded: thread counts can change float bits)")
+
+    def check(self) -> None:
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one")
 
 
-def add_grid_args(p: argparse.ArgumentParser, s_default: int, e_default: int) -> None:
-    g = p.add_argument_group("sweep grid")
-    g.add_argument("--s", "-s", "--s_len", dest="s", type=int, default=s_default, help="shortest context length")
-    g.add_argument("--e", "-e", "--e_len", dest="e", type=int, default=e_default, help="longest context length")
-    g.add_argument("--num_lengths", type=int, default=20, help="lengths: round(linspace(s, e, N))")
-    g.add_argument("--num_depths", type=int, default=10, help="depths: round(linspace(0, 100, N))")
-    g.add_argument("--context_lengths", type=int, nargs="+", default=None, help="explicit lengths (overrides s/e)")
-    g.add_argument("--depth_percents", type=int, nargs="+", default=None, help="explicit depths in 0..100")
-    g.add_argument("--haystack_dir", default=None, help="folder of UTF-8 .txt files (default: Paul Graham essays)")
-    g.add_argument("--needles", default=None, help="needles JSON-lines file (default: haystack/needles.jsonl)")
-    g.add_argument("--chat_template", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--max_new_tokens", type=int, default=50)
-    g.add_argument("--prefill_chunk", type=int, default=None, help="prefill in chunks of N tokens (bounds memory)")
+def build_parser(prog: str, doc: str, groups: list[tuple[type, str]]) -> argparse.ArgumentParser:
+    """A command's parser, generated from its option dataclasses (``options.add_options``)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls, title in groups:
+        add_options(p, cls, title)
+    return p
 
 
-def grid_from_args(args) -> tuple[list[int], list[int]]:
-    """Context lengths and depths from ``--context_lengths`` or ``--s/--e/--num_lengths`` and
-    ``--depth_percents`` or ``--num_depths``, checked (sorted, without repeats)."""
-    from .detect import sweep_depths, sweep_lengths
-
-    lengths = args.context_lengths or sweep_lengths(args.s, args.e, args.num_lengths)
-    if any(x <= 0 for x in lengths):
-        raise UserError("--context_lengths must all be positive")
-    depths = args.depth_percents if args.depth_percents is not None else sweep_depths(args.num_depths)
-    bad = [d for d in depths if not 0 <= d <= 100]
-    if bad:
-        raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
-    if args.max_new_tokens < 1:
-        raise UserError("--max_new_tokens must be at least 1")
-    if args.batch_tokens is not None and args.batch_tokens < 0:
-        raise UserError("--batch_tokens must be 0 (one at a time) or a positive number of tokens")
-    return sorted(set(lengths)), sorted(set(depths))
-
-
-def check_output_flags(args) -> None:
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one")
-
-
-def add_scale_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scale-out")
-    g.add_argument("--rank", type=int, default=None, help="this shard (default: $RANK from torchrun, else 0)")
-    g.add_argument("--world_size", type=int, default=None, help="shards (default: $WORLD_SIZE, else 1)")
-    g.add_argument("--threads", type=int, default=None, help="torch threads for this process (recorded)")
-    g.add_argument("--batch_tokens", type=int, default=None,
-                   help="decode prompts of one length together while their caches hold at most this many tokens "
-                        "(same scores and responses); default: 16384 or what 1/4 of the free memory holds; "
-                        "0: one at a time")
-
-
-def apply_threads(args) -> None:
+def apply_threads(threads: int | None) -> None:
     """Pin the thread count (thread counts can change float bits; the manifest records it)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def open_checked(spec: ModelSpec, world: int) -> Opened:
+    """The model's config and tokenizer (no weights yet), on this shard's device."""
+    return open_model(dataclasses.replace(spec, device=local_device(spec.device, world)))
+
+
+def load_checked(opened: Opened):
+    """The weights, once every input is checked; refuses a model the probe cannot reach."""
+    model = load_weights(opened)
+    check_supported(model)
+    return model, model_info(opened, model)
+
+
+PAUSE_ENV = "RETRIEVAL_HEAD_TEST_PAUSE_AFTER"
+
+
+def pause_for_tests(written: int) -> None:
+    """Test-only hook: with ``RETRIEVAL_HEAD_TEST_PAUSE_AFTER=N`` the process stops itself
+    (SIGSTOP) right after its N-th result is durably written, so a test can kill or
+    interrupt it at a known point instead of racing it."""
+    at = os.environ.get(PAUSE_ENV)
+    if at and written == int(at):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def guard_outputs(paths: list[Path], overwrite: bool) -> None:

@@ -12,65 +12,42 @@ Outputs in ``--output_dir`` (default ``head_score/``):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .cli_common import (PRESET_PAPER_LENGTHS, add_grid_args, add_model_args, add_scale_args, apply_threads,
-                         check_output_flags, grid_from_args, guard_outputs, model_spec, run_cli, setup_logging)
-from .detect import DetectionResult, DetectSettings, detect, plan
+from .cli_common import (RunOptions, apply_threads, build_parser, guard_outputs, load_checked, open_checked,
+                         pause_for_tests, run_cli, setup_logging)
+from .detect import DetectionResult, DetectSettings, detect
 from .errors import UserError
 from .haystack import load_needles
 from .manifest import build_manifest, utc_now
-from .models import load_model, model_identity, model_name
-from .shard import from_env, local_device, shard_suffix
+from .models import ModelSpec, model_identity, model_name
+from .options import fingerprint, from_args, option
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
+from .shard import from_env, shard_suffix
+from .sweep import TrialKey, plan
 
-DEFAULTS = DetectSettings()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retrieval_head_detection.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    add_grid_args(p, s_default=0, e_default=5000)
-    g = p.add_argument_group("scoring")
-    g.add_argument("--score", default=DEFAULTS.score, choices=["count", "set"],
-                   help="count: every copy counts (the reference); set: each needle position once (the paper)")
-    g.add_argument("--rouge_threshold", type=float, default=DEFAULTS.rouge_threshold,
-                   help="a trial counts when ROUGE-1 recall x100 exceeds this")
-    g.add_argument("--prefix_reuse", choices=["on", "off"], default="on" if DEFAULTS.prefix_reuse else "off",
-                   help="on: run trials in insertion order, prefilling only what follows the prefix they share "
-                        "(same scores and responses as off)")
-    g.add_argument("--preset", choices=["paper"], default=None,
-                   help="paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)")
-    o = p.add_argument_group("output")
-    o.add_argument("--output_dir", default="head_score")
-    o.add_argument("--overwrite", action="store_true", help="replace existing outputs of this model")
-    o.add_argument("--resume", action="store_true",
-                   help="continue a run from its trial log (same settings; the grid may grow)")
-    o.add_argument("--save_prompts", action="store_true", help="store each trial's prompt_ids in the trial log")
-    o.add_argument("--seed", type=int, default=42, help="recorded; decoding is greedy")
-    add_scale_args(p)
-    o.add_argument("--top", type=int, default=20, help="rows of the printed top-heads table")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--verbose", action="store_true")
-    return p
+PAPER = dict(s=1000, e=50000, num_lengths=20, context_lengths=None, chat_template="off")  # as published
 
 
-def settings_from_args(args) -> DetectSettings:
-    if args.preset == "paper":
-        args.s, args.e, args.num_lengths = PRESET_PAPER_LENGTHS
-        args.context_lengths, args.chat_template = None, "off"
-    lengths, depths = grid_from_args(args)
-    return DetectSettings(context_lengths=tuple(lengths), depth_percents=tuple(depths),
-                          haystack_dir=args.haystack_dir, needles=args.needles, chat_template=args.chat_template,
-                          max_new_tokens=args.max_new_tokens, rouge_threshold=args.rouge_threshold,
-                          score=args.score, prefill_chunk=args.prefill_chunk, save_prompts=args.save_prompts,
-                          prefix_reuse=args.prefix_reuse == "on", batch_tokens=args.batch_tokens)
+@dataclass(frozen=True)
+class DetectRun(RunOptions):
+    output_dir: str = option("head_score", "where the head-score files, trial log and manifest go")
+    preset: str | None = option(None, "paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)",
+                                choices=("paper",))
+    seed: int = option(42, "recorded; decoding is greedy")
+    top: int = option(20, "rows of the printed top-heads table")
+
+
+GROUPS = [(ModelSpec, "model"), (DetectSettings, "sweep"), (DetectRun, "run")]
+
+
+def parser():
+    return build_parser("retrieval_head_detection.py", __doc__, GROUPS)
 
 
 def report(result: DetectionResult, top: int) -> None:
@@ -81,18 +58,13 @@ def report(result: DetectionResult, top: int) -> None:
         print(format_top_table(result.mean_scores(), top))
 
 
-def fingerprint(settings: DetectSettings, info: dict) -> dict:
-    """Everything that changes a trial's record besides its (needle, length, depth) key."""
-    keep = ("haystack_dir", "chat_template", "max_new_tokens", "rouge_threshold", "score", "prefill_chunk")
-    fp = {k: getattr(settings, k) for k in keep}
+def settings_fingerprint(settings: DetectSettings) -> dict:
+    """Everything of the settings that changes a trial's record besides its key (the
+    fields marked ``result``), with the needles' content rather than their file's name."""
+    fp = fingerprint(settings)
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in load_needles(settings.needles)]
-    fp["model"] = model_identity(info)
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
-
-
-def trial_key(t: dict) -> tuple[int, int, int]:
-    return (t["needle_id"], t["context_length"], t["depth_percent"])
 
 
 def resumed_trials(paths: dict, fp: dict) -> dict:
@@ -103,10 +75,9 @@ def resumed_trials(paths: dict, fp: dict) -> dict:
     if old.get("fingerprint") != fp:
         raise UserError(f"{paths['trials']} was made with different settings (model, needles, haystack or "
                         "decoding/scoring options); rerun with those settings or use --overwrite")
-    log = TrialLog(paths["trials"])
-    records = log.read()
+    records = TrialLog(paths["trials"]).read()
     write_atomic(paths["trials"], "".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
-    return {trial_key(r): r for r in records}
+    return {TrialKey.of(r): r for r in records}
 
 
 def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]:
@@ -154,42 +125,55 @@ def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | N
         if other.get("status") != "finished":
             return None
         records += TrialLog(Path(str(mpath).replace(".manifest.json", ".trials.jsonl"))).read()
-    records.sort(key=trial_key)
+    records.sort(key=TrialKey.of)
     write_atomic(paths["merged_trials"], "".join(json.dumps(t) + "\n" for t in records))
     return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records)
 
 
+class _Log(TrialLog):
+    """The trial log, pausing for tests after the N-th record (``cli_common.pause_for_tests``)."""
+
+    written = 0
+
+    def append(self, record: dict) -> None:
+        super().append(record)
+        self.written += 1
+        pause_for_tests(self.written)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    check_output_flags(args)
-    rank, world = from_env(args.rank, args.world_size)
-    apply_threads(args)
-    settings = settings_from_args(args)
-    name = model_name(args.model_path, args.model_name_suffix)
-    out = Path(args.output_dir)
+    args = parser().parse_args(argv)
+    spec, run = from_args(ModelSpec, args), from_args(DetectRun, args)
+    settings = from_args(DetectSettings, args, **(PAPER if run.preset == "paper" else {}))
+    setup_logging(run.verbose)
+    run.check()
+    settings.check()
+    rank, world = from_env(run.rank, run.world_size)
+    apply_threads(run.threads)
+    name = model_name(spec.model_path, run.model_name_suffix)
+    out = Path(run.output_dir)
     paths = output_paths(out, name, rank, world)
-    guard_outputs(list(paths.values()), args.overwrite or args.resume)
+    guard_outputs(list(paths.values()), run.overwrite or run.resume)
     started = utc_now()
-    torch.manual_seed(args.seed)
-    model, tokenizer, info = load_model(model_spec(args, local_device(args.device, world)))
-    checked = plan(model, tokenizer, settings)  # every input checked before any file is written
-    fp = fingerprint(settings, info)
-    done = resumed_trials(paths, fp) if args.resume else {}
-    if args.overwrite:
+    torch.manual_seed(run.seed)
+    opened = open_checked(spec, world)
+    checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
+    model, info = load_checked(opened)
+    fp = dict(settings_fingerprint(settings), model=model_identity(info))
+    done = resumed_trials(paths, fp) if run.resume else {}
+    if run.overwrite:
         for p in paths.values():
             p.unlink(missing_ok=True)
-    config = dict(dataclasses.asdict(settings), model_name=name, output_dir=str(out), preset=args.preset)
-    manifest = build_manifest("retrieval_head_detection", config, info, args.seed, started)
-    manifest.update(fingerprint=fp, status="running", shard=[rank, world],
-                    grid=[list(settings.context_lengths), list(settings.depth_percents)])
+    config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
+    manifest = build_manifest("retrieval_head_detection", config, info, run.seed, started)
+    manifest.update(fingerprint=fp, status="running", shard=[rank, world], grid=[checked.lengths, checked.depths])
     write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
-    log = TrialLog(paths["trials"])
-    result = detect(model, tokenizer, settings, on_trial=log.append, progress=not args.quiet, done=done,
+    log = _Log(paths["trials"])
+    result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,
                     checked=checked, shard=(rank, world))
     # Trials finish in insertion and batch order; the finished log reads in canonical order.
-    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(log.read(), key=trial_key)))
-    manifest.update(build_manifest("retrieval_head_detection", config, info, args.seed, started),
+    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(log.read(), key=TrialKey.of)))
+    manifest.update(build_manifest("retrieval_head_detection", config, info, run.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
                                                "resumed": len(done)}, sweep=result.stats)
     write_atomic(paths["manifest"], dump_json(manifest))
@@ -199,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shard {rank} of {world} finished; the last shard to finish writes {paths['scores']}")
             return 0
         write_atomic(paths["merged_manifest"], dump_json(dict(manifest, shard=None, shards=world)))
-    report(result, args.top)
+    report(result, run.top)
     written = write_results(paths, result, info, settings.rouge_threshold)
     print(f"\nwrote {', '.join(map(str, written))}")
     return 0

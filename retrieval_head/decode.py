@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
 from .attention import ArgmaxProbe, HeadMask, intervene
 from .kvcache import GrowingCache
+from .shape import ModelShape
 
 
 @dataclass
@@ -61,7 +63,7 @@ def check_supported(model) -> None:
         cache = prefill(model, ids[:, :2])
         model(input_ids=ids[:, 2:], use_cache=True, **{cache_kwarg(model): cache})
     scope.check_routed()
-    probe.positions(2, model.config.num_hidden_layers)
+    probe.positions(2, ModelShape.from_config(model.config).num_layers)
 
 
 @torch.no_grad()
@@ -93,7 +95,7 @@ def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mas
     positions; logits can differ in the last float bits, as any change of batch size can).
     """
     n, dev, key = len(last_ids), input_device(model), cache_kwarg(model)
-    num_layers = model.config.num_hidden_layers
+    num_layers = ModelShape.from_config(model.config).num_layers
     inp = torch.tensor(last_ids, device=dev)[:, None]
     outs: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
@@ -150,26 +152,10 @@ def greedy_decode(
     return Generation(out, tokenizer.decode(out, skip_special_tokens=True).strip())
 
 
-def row_masks(model, masks: list[HeadMask | None]) -> HeadMask:
+def row_masks(shape: ModelShape, masks: list[HeadMask | None]) -> HeadMask:
     """One decode-phase ``HeadMask`` with a ``[rows, layers, heads]`` row per mask (None = no mask)."""
     real = [m for m in masks if m is not None]
     if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
         raise ValueError("batched conditions need decode-phase masks of one mode")
-    num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    heads = torch.stack([m.heads if m is not None else torch.zeros(num_layers, num_heads, dtype=torch.bool)
-                         for m in masks])
+    heads = torch.stack([m.heads if m is not None else torch.zeros(shape.grid, dtype=torch.bool) for m in masks])
     return HeadMask(heads, real[0].mode if real else "uniform", "decode")
-
-
-@torch.no_grad()
-def greedy_decode_batch(model, tokenizer, prompt_ids: list[int], stop_mask: torch.Tensor, max_new_tokens: int,
-                        masks: list[HeadMask | None], cache) -> list[Generation]:
-    """Several decode-phase masks (None = no mask) decoded from one prefill as one batch.
-
-    ``cache`` holds ``prompt_ids[:-1]`` and is expanded to the batch in place (its last
-    user). Row i is what ``greedy_decode(..., mask=masks[i])`` gives.
-    """
-    cache.batch_repeat_interleave(len(masks))
-    outs = decode_rows(model, [prompt_ids[-1]] * len(masks), len(prompt_ids) - 1, cache, stop_mask, max_new_tokens,
-                       mask=row_masks(model, masks))
-    return [Generation(o, tokenizer.decode(o, skip_special_tokens=True).strip()) for o in outs]

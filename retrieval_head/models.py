@@ -1,7 +1,9 @@
 """Loading any Hugging Face causal LM (hub id or local folder) or the embedded default.
 
-Model facts (layers, heads, KV heads, max positions) are read from ``model.config``;
-nothing here dispatches on model names.
+In two steps, so that every input can be checked before the weights load:
+``open_model`` reads the config and the tokenizer (and builds the ``ModelShape``: the only
+reader of model facts); ``load_weights`` then loads the model. ``load_model`` does both.
+Nothing here dispatches on model names.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 
 from .default_model import DEFAULT_MODEL_NAME, embedded, ensure_default_model, ensure_embedded
 from .errors import UserError
+from .options import option
+from .shape import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +30,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelSpec:
     """How to load a model; one field per CLI option."""
 
-    model_path: str | None = None  # None: the embedded default
-    revision: str | None = None
-    dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
-    device: str = "auto"  # auto: cuda if available, else cpu
-    device_map: str | None = None  # e.g. "auto" (accelerate) to shard across GPUs
-    attn_implementation: str | None = None  # None: the model's own default
-    trust_remote_code: bool = False
+    model_path: str | None = option(None, "hub id, local folder or embedded:<key>; none: the embedded "
+                                          "SmolLM2-135M-Instruct")
+    revision: str | None = option(None, "hub revision (branch, tag or commit)")
+    dtype: str = option("auto", "auto: float32 on CPU, the checkpoint's dtype on GPU",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    device_map: str | None = option(None, "e.g. auto: shard layers over GPUs (accelerate)")
+    attn_implementation: str | None = option(None, "prefill backend: sdpa, eager, flash_attention_2 "
+                                                   "(pip install .[flash]); none: the model's own")
+    trust_remote_code: bool = option(False, "run the model repository's own code (off unless asked)")
 
 
 def model_name(model_path: str | None, suffix: str | None = None) -> str:
@@ -116,12 +123,23 @@ def resolve_dtype(dtype: str, device: str):
     return DTYPES[dtype]
 
 
-def load_model(spec: ModelSpec):
-    """Return ``(model, tokenizer, info)``; ``info`` is the manifest's model record."""
+@dataclass
+class Opened:
+    """A model opened without its weights: what ``plan`` needs to check a sweep."""
+
+    spec: ModelSpec
+    source: str
+    config: object
+    tokenizer: object
+    shape: ModelShape
+    common: dict
+
+
+def open_model(spec: ModelSpec) -> Opened:
+    """The config and tokenizer of ``spec``'s model (no weights), checked to be a causal LM."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(spec.model_path)
-    device = resolve_device(spec.device)
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     if not os.path.isdir(source) and hub_unreachable(source, spec.revision):
         common["local_files_only"] = True  # use the local cache, fail fast if it lacks the model
@@ -135,7 +153,17 @@ def load_model(spec: ModelSpec):
     if type(config) not in AutoModelForCausalLM._model_mapping and not spec.trust_remote_code:
         raise UserError(f"{source!r} is a {config.model_type} model ({type(config).__name__}), not a causal LM; "
                         "pass a causal language model")
-    kwargs = dict(common, dtype=resolve_dtype(spec.dtype, device))
+    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    return Opened(spec, source, config, tokenizer, ModelShape.from_config(config), common)
+
+
+def load_weights(opened: Opened):
+    """The model of an opened spec, on its device, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    spec, source = opened.spec, opened.source
+    device = resolve_device(spec.device)
+    kwargs = dict(opened.common, dtype=resolve_dtype(spec.dtype, device))
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.device_map:
@@ -143,7 +171,7 @@ def load_model(spec: ModelSpec):
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=opened.config, **kwargs)
     except SafetensorError as e:  # e.g. "incomplete metadata, file not fully covered": a cut-off download
         raise UserError(f"cannot load {source!r}: a weights file (*.safetensors) is truncated or corrupt "
                         f"({str(e).splitlines()[0]}); re-download or re-convert the model") from None
@@ -154,34 +182,39 @@ def load_model(spec: ModelSpec):
     if not spec.device_map:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    return model
+
+
+def model_info(opened: Opened, model) -> dict:
+    """The manifest's model record."""
+    shape = ModelShape.of(model)
     info = {
-        "model_path": spec.model_path or f"embedded:{DEFAULT_MODEL_NAME}",
-        "source": source,
-        "revision": spec.revision,
+        "model_path": opened.spec.model_path or f"embedded:{DEFAULT_MODEL_NAME}",
+        "source": opened.source,
+        "revision": opened.spec.revision,
         "commit_hash": getattr(model.config, "_commit_hash", None),
         "class": type(model).__name__,
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(next(model.parameters()).device),
-        "device_map": spec.device_map,
+        "device_map": opened.spec.device_map,
         "attn_implementation": model.config._attn_implementation,
-        "num_layers": model.config.num_hidden_layers,
-        "num_heads": model.config.num_attention_heads,
-        "num_kv_heads": getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+        "num_layers": shape.num_layers,
+        "num_heads": shape.num_heads,
+        "num_kv_heads": shape.num_kv_heads,
+        "shape": shape.record(),
     }
-    log.info("loaded %s (%s, %s, attention %s)", source, info["class"], info["dtype"], info["attn_implementation"])
-    return model, tokenizer, info
+    log.info("loaded %s (%s, %s, attention %s)", opened.source, info["class"], info["dtype"],
+             info["attn_implementation"])
+    return info
+
+
+def load_model(spec: ModelSpec):
+    """Return ``(model, tokenizer, info)``; ``info`` is the manifest's model record."""
+    opened = open_model(spec)
+    model = load_weights(opened)
+    return model, opened.tokenizer, model_info(opened, model)
 
 
 def model_identity(info: dict) -> dict:
     """The part of a model record that changes results (for resume and merge fingerprints)."""
     return {k: info[k] for k in ("source", "revision", "commit_hash", "dtype", "attn_implementation")}
-
-
-def max_positions(model) -> int | None:
-    """The model's maximum positions, if its config states one."""
-    for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(model.config, k, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None

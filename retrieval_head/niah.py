@@ -6,11 +6,11 @@ Conditions (the original's ``--mask_topk K``):
          retrieval heads (see ``select_random``);
   K = 0  mask nothing.
 
-One prompt serves every condition of a trial: when all masks act only while decoding
-(``phase="decode"``, the default), the prompt is prefilled once and each condition
-decodes from the same cache (cropped back, or copied for sliding-window caches). With
-``batch_conditions`` the cells also reuse the prompt prefix they share and the cells of one
-length decode as one batch, a row per (cell, condition) with its own heads.
+The experiment (``run_niah``): for every (length, depth) cell, build the prompt, prefill
+it once, greedy-decode the answer under each condition's mask, score it (ROUGE-1 recall
+of the answer) and record it. Decode-phase masks (the default, as the original) share the
+cell's prefill; how prompts are prefilled and decoded together is the ``schedule`` layer's
+business and changes no response.
 
 Worked example::
 
@@ -21,31 +21,31 @@ Worked example::
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .attention import HeadMask
-from .batching import Row, RowBatcher, auto_budget
-from .decode import Generation, decode_rows, greedy_decode, greedy_decode_batch, input_device, prefill, row_masks
+from .attention import MASK_MODES, MASK_PHASES, HeadMask
+from .decode import check_supported, stop_token_mask
 from .errors import UserError
-from .haystack import Needle
-from .kvcache import snapshot
+from .haystack import Needle, load_needles
 from .manifest import utc_now
-from .prefix import SharedPrefix
-from .prompt import PromptBuilder
-from .scoring import rouge1_recall
+from .options import option
+from .schedule import Decoded, Job, Scheduler
 from .scores_io import top_heads
+from .scoring import rouge1_recall
+from .shape import ModelShape
+from .sweep import Plan, SweepSettings, TrialKey, plan
 
 log = logging.getLogger(__name__)
 
 RANDOM_EXCLUDE_SCORE = 0.1  # a head scoring this much is a retrieval head: never a random pick
 RANDOM_EXCLUDE_FRACTION = 0.10  # ... and the top max(K, 10%) heads are excluded regardless
+RECORD_VERSION = 1  # the original's "version" field of a result file
 
 
 def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -140,135 +140,79 @@ def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
     return out
 
 
-def _reusable(cache) -> bool:
-    """Whether a cache can be cropped back after a decode (sliding layers cannot)."""
-    return not any(getattr(cache, "is_sliding", []) or [])
+@dataclass(frozen=True)
+class NiahSettings(SweepSettings):
+    """Everything that defines a masked needle test besides the model: the single source of
+    defaults, help and choices for the API and ``needle_in_haystack_with_mask.py``."""
+
+    s: int = option(1000, "shortest context length", flags=("-s", "--s_len"))
+    mask_top: tuple[int, ...] = option((0,), "K>0: top-K retrieval heads; K<0: |K| random heads; 0: none "
+                                             "(several values allowed)", flags=("--mask_topk",))
+    head_score: str | None = option(None, "head_score JSON; none: head_score/<model>.json "
+                                          "(<model>.kv_max.json with --mask_unit kv)")
+    mask_mode: str = option("uniform", "uniform: zero the query (attend uniformly, the original); zero: zero the "
+                                       "head's output", choices=MASK_MODES)
+    mask_phase: str = option("decode", "decode: mask while decoding only (the original); all: the prefill too",
+                             choices=MASK_PHASES)
+    mask_unit: str = option("query", "kv: K counts KV heads (GQA groups), ranked by the per-KV-head scores",
+                            choices=("query", "kv"))
+    seed: int = option(0, "seed of the random-head draw")
+    seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
+    needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
+    question: str | None = option(None, "the question asked about it")
+    real_needle: str | None = option(None, "the answer, inside --needle")
+    needle_id: int = option(0, "which needle of --needles (0-based)")
+
+    def the_needle(self) -> Needle:
+        """The needle this test uses: the one given as text, else ``needle_id`` of ``needles``."""
+        given = [self.needle, self.question, self.real_needle]
+        if any(given):
+            if not all(given):
+                raise UserError("--needle, --question and --real_needle go together; give all three")
+            n = Needle(0, self.needle.strip(), self.question.strip(), self.real_needle.strip())
+            n.answer_span()
+            return n
+        needles = load_needles(self.needles)
+        if not 0 <= self.needle_id < len(needles):
+            raise UserError(f"--needle_id {self.needle_id}: {self.needles or 'the needles file'} has "
+                            f"{len(needles)} needles")
+        return needles[self.needle_id]
 
 
-@dataclass
-class NiahSettings:
-    max_new_tokens: int = 50
-    prefill_chunk: int | None = None
-    batch_conditions: bool = False  # decode all conditions of a cell as one batch
-    # With batch_conditions: cells in insertion order reuse the shared prompt prefix, and the
-    # cells of one length decode together while their caches (one per condition) hold at most
-    # this many tokens (None: batching.auto_budget; 0: one cell at a time, one prefill each).
-    batch_tokens: int | None = None
-    version: int = 1
-    model_name: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def run_cell(model, tokenizer, builder: PromptBuilder, needle: Needle, length: int, depth: int,
-             conditions: list[Condition], stop: torch.Tensor, st: NiahSettings) -> list[dict]:
-    """All conditions of one (length, depth) cell; one record per condition."""
-    prompt = builder.build(needle, length, depth)
-    ids = torch.tensor([prompt.ids], device=input_device(model))
-    shared = None
-    decode_only = all(c.mask is None or c.mask.phase == "decode" for c in conditions)
-    if decode_only:
-        shared = prefill(model, ids[:, :-1], st.prefill_chunk, reserve=st.max_new_tokens)
-    modes = {c.mask.mode for c in conditions if c.mask is not None}
-    batched = None
-    if st.batch_conditions and decode_only and len(modes) <= 1:
-        t0 = time.perf_counter()
-        batched = greedy_decode_batch(model, tokenizer, prompt.ids, stop, st.max_new_tokens,
-                                      [c.mask for c in conditions], shared)
-        per_condition = (time.perf_counter() - t0) / len(conditions)
-    records = []
-    for i, c in enumerate(conditions):
-        t0 = time.perf_counter()
-        if batched is not None:
-            gen = batched[i]
-        else:
-            gen = _decode_one(model, tokenizer, prompt.ids, stop, st, c, shared)
-        records.append(_record(st, needle, prompt, length, depth, c, gen,
-                               per_condition if batched else time.perf_counter() - t0))
-    return records
-
-
-def _record(st: NiahSettings, needle: Needle, prompt, length: int, depth: int, c: Condition, gen,
-            seconds: float) -> dict:
-    """One condition's result in the original's format, plus the mask and response ids."""
-    return {
-        "model": st.model_name, "context_length": length, "depth_percent": depth, "version": st.version,
-        "needle": needle.needle, "model_response": gen.text, "score": rouge1_recall(gen.text, needle.real_needle),
-        "test_duration_seconds": round(seconds, 4), "test_timestamp_utc": utc_now(),
-        "question": needle.question, "real_needle": needle.real_needle, "needle_span": list(prompt.needle_span),
-        "response_ids": gen.ids, "mask": c.describe(), **st.extra,
-    }
-
-
-def _decode_one(model, tokenizer, prompt_ids, stop, st: NiahSettings, c: Condition, shared):
-    """One condition from the shared prefill (cropped back afterwards) or its own."""
-    cache = None if shared is None else (shared if _reusable(shared) else copy.deepcopy(shared))
-    gen = greedy_decode(model, tokenizer, prompt_ids, stop, st.max_new_tokens, mask=c.mask,
-                        prefill_chunk=st.prefill_chunk, cache=cache)
-    if cache is not None and cache is shared:
-        extra = shared.get_seq_length() - (len(prompt_ids) - 1)
-        if extra > 0:
-            shared.crop(-extra)  # back to the prompt: the next condition decodes from it
-    return gen
-
-
-def run_niah(model, tokenizer, builder: PromptBuilder, needle: Needle, lengths: list[int], depths: list[int],
-             conditions: list[Condition], stop: torch.Tensor, st: NiahSettings, on_record=None,
-             progress: bool = True, skip: frozenset = frozenset()) -> dict[str, list[dict]]:
-    """Every (length, depth) under every condition, but the cells in ``skip`` (already done);
-    new records grouped by condition folder, each passed to ``on_record`` as it is made."""
+def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Condition], *, model_name: str = "",
+             on_record: Callable[[Condition, dict], None] | None = None, progress: bool = True,
+             skip: frozenset = frozenset(), checked: Plan | None = None) -> dict[str, list[dict]]:
+    """Every (length, depth) cell under every condition, but the cells in ``skip`` (trial
+    keys already done); the new records by condition folder, in grid order, each passed to
+    ``on_record`` as it is made. ``checked``: this test's ``plan``, when already made."""
+    shape = ModelShape.of(model)
+    cells = checked or plan(tokenizer, shape, settings, [settings.the_needle()])
+    check_supported(model)
+    needle = cells.needles[0]
+    jobs = [Job(k, cells.prompt(k), cells.source(k)) for k in cells.keys() if k not in skip]
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
-    cells = [(L, d) for L in lengths for d in depths if (L, d) not in skip]
-    bar = tqdm(total=len(cells), desc="niah", disable=not progress)
-
-    def emit(records: list[dict]) -> None:
-        for c, rec in zip(conditions, records):
-            out[c.folder].append(rec)
+    with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
+        for row in scheduler.run(jobs, masks=[c.mask for c in conditions]):  # prompt -> prefill -> masked decode
+            c = conditions[row.mask]
+            record = niah_record(tokenizer, row, needle, c, model_name)  # -> score -> record
+            out[c.folder].append(record)
+            bar.update(1)
             if on_record is not None:
-                on_record(c, rec)
-        bar.update(1)
-
-    modes = {c.mask.mode for c in conditions if c.mask is not None}
-    decode_only = all(c.mask is None or c.mask.phase == "decode" for c in conditions)
-    budget = st.batch_tokens if st.batch_tokens is not None else auto_budget(model)
-    grouped = [] if not (st.batch_conditions and decode_only and len(modes) <= 1) else \
-        [cell for cell in cells if len(conditions) * cell[0] <= budget]
-    if grouped:
-        _run_grouped(model, tokenizer, builder, needle, grouped, conditions, stop, st, budget, emit)
-    for L, d in (cell for cell in cells if cell not in set(grouped)):
-        emit(run_cell(model, tokenizer, builder, needle, L, d, conditions, stop, st))
-    bar.close()
-    for recs in out.values():  # cells finish in insertion and batch order; report them in grid order
+                on_record(c, record)
+    for recs in out.values():  # rows finish in insertion and batch order; report them in grid order
         recs.sort(key=lambda r: (r["context_length"], r["depth_percent"]))
     return out
 
 
-def _run_grouped(model, tokenizer, builder: PromptBuilder, needle: Needle, cells: list[tuple[int, int]],
-                 conditions: list[Condition], stop: torch.Tensor, st: NiahSettings, budget: int, emit) -> None:
-    """Decode-phase conditions over many cells: cells in ascending insertion order reuse the
-    prompt prefix they share (``SharedPrefix``), and the cells of one length decode together,
-    each (cell, condition) a batch row with its own heads (``decode.decode_rows``)."""
-    prompts = {cell: builder.build(needle, *cell) for cell in cells}
-    source = SharedPrefix(model, chunk=st.prefill_chunk, reserve=st.max_new_tokens)
-    n = len(conditions)
-    mask = row_masks(model, [c.mask for c in conditions])  # heads [conditions, layers, heads]
-
-    def finish(rows: list[Row], cache) -> None:  # cache row j*n + i: cell j under condition i
-        ps = [r.info["prompt"] for r in rows]
-        t0 = time.perf_counter()
-        outs = decode_rows(model, [p.ids[-1] for p in ps for _ in conditions], len(ps[0].ids) - 1, cache, stop,
-                           st.max_new_tokens, mask=HeadMask(mask.heads.repeat(len(rows), 1, 1), mask.mode, "decode"))
-        share = (time.perf_counter() - t0) / len(outs)
-        for j, r in enumerate(rows):
-            (L, d), p = r.key, ps[j]
-            gens = [Generation(ids, tokenizer.decode(ids, skip_special_tokens=True).strip())
-                    for ids in outs[j * n:(j + 1) * n]]
-            emit([_record(st, needle, p, L, d, c, g, share + r.info["prefill_s"] / n)
-                  for c, g in zip(conditions, gens)])
-
-    batcher = RowBatcher(budget, finish, st.max_new_tokens, copies=n)
-    for cell in sorted(cells, key=lambda cell: (prompts[cell].insert_at, cell)):
-        t0 = time.perf_counter()
-        cache = source.cache_for(prompts[cell].ids)
-        batcher.add(Row(cell, len(prompts[cell].ids), snapshot(cache),
-                        dict(prompt=prompts[cell], prefill_s=time.perf_counter() - t0)))
-    batcher.flush()
+def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_name: str) -> dict:
+    """One condition's answer in one cell, in the original's format plus the mask and response ids."""
+    key: TrialKey = row.job.key
+    text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+    return {
+        "model": model_name, "context_length": key.context_length, "depth_percent": key.depth_percent,
+        "version": RECORD_VERSION, "needle": needle.needle, "model_response": text,
+        "score": rouge1_recall(text, needle.real_needle), "test_duration_seconds": round(row.seconds, 4),
+        "test_timestamp_utc": utc_now(), "question": needle.question, "real_needle": needle.real_needle,
+        "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": c.describe(),
+    }

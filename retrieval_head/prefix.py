@@ -1,4 +1,4 @@
-"""Prefix reuse across the trials of a sweep.
+"""Prefix reuse across the prompts of a sweep (a lever beneath ``schedule``).
 
 Every prompt of one haystack starts with the same template and haystack tokens up to its
 needle's insertion point. Run in ascending insertion order, each trial finds the previous
@@ -43,9 +43,8 @@ class SharedPrefix:
         self.cache = GrowingCache(reserve=reserve)
         self.reused_tokens = 0  # for reports: how many prefill tokens were saved
 
-    def cache_for(self, prompt_ids: list[int], keep_all: bool = True):
-        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops).
-        It always keeps every key (``keep_all`` is there for ``FreshPrefix``'s interface)."""
+    def cache_for(self, prompt_ids: list[int]):
+        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops)."""
         target = prompt_ids[:-1]
         common = common_prefix(self.ids, target)
         if common < max(self.min_shared, self.min_fraction * len(target)):
@@ -65,13 +64,13 @@ class SharedPrefix:
 class FreshPrefix:
     """The same interface without reuse: a new prefill per prompt (independent trials).
 
-    ``keep_all`` builds the cache without the config (sliding layers keep every key), as
-    stacking several prompts' caches into one batch needs."""
+    Its caches keep every key too (built without the config), so every cache the scheduler
+    sees has one policy: it can be cropped back, snapshotted and stacked into a batch."""
 
     def __init__(self, model, chunk: int | None = None, reserve: int = 64):
         self.model, self.chunk, self.reserve = model, chunk, reserve
+        self.reused_tokens = 0
 
-    def cache_for(self, prompt_ids: list[int], keep_all: bool = False):
+    def cache_for(self, prompt_ids: list[int]):
         ids = torch.tensor([prompt_ids[:-1]], device=input_device(self.model))
-        cache = GrowingCache(None if keep_all else self.model.config, reserve=self.reserve)
-        return prefill(self.model, ids, self.chunk, cache=cache)
+        return prefill(self.model, ids, self.chunk, cache=GrowingCache(reserve=self.reserve))

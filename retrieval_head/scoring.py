@@ -60,3 +60,18 @@ class RetrievalScorer:
         """float64 ``[layers, heads]`` trial scores under the chosen mode."""
         k = self.copies if self.mode == "count" else self.seen.sum(-1)
         return k.cpu().double() / (self.e - self.s)
+
+
+def trial_scores(prompt_ids: list[int], span: tuple[int, int], positions: torch.Tensor, tokens: list[int],
+                 mode: str = "count") -> torch.Tensor:
+    """float64 ``[layers, heads]`` scores of one decoded answer: ``positions[t]`` is the
+    probe's ``[layers, heads]`` argmax positions at the step that emitted ``tokens[t]``.
+
+    >>> pos = torch.tensor([[[10, 3]], [[11, 11]], [[13, 10]]])      # 3 steps, 1 layer, 2 heads
+    >>> trial_scores([0] * 10 + [7, 8, 9, 7], (10, 14), pos, [7, 8, 7]).tolist()
+    [[0.75, 0.5]]
+    """
+    sc = RetrievalScorer(prompt_ids, span, positions.shape[1], positions.shape[2], mode, device=positions.device)
+    for step, token in zip(positions, tokens):
+        sc.update(step, token)
+    return sc.scores()

@@ -6,75 +6,13 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from helpers import make_inputs
 from retrieval_head import cli_detect, cli_niah
-
-NEEDLE = {"needle": "The code word is heron.", "question": "What is the code word?", "real_needle": "heron"}
-
-
-def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
-    """The files the cases point at: a tiny Llama (with the default tokenizer), a GPT-Neo, ..."""
-    from transformers import GPTNeoConfig, T5Config, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    p = {k: root / k for k in ("tiny", "neo", "t5", "empty_hay", "latin1_hay", "short_hay", "out")}
-    torch.manual_seed(0)
-    v = len(tokenizer)
-    LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-                     ).save_pretrained(p["tiny"])
-    GPTNeoForCausalLM(GPTNeoConfig(vocab_size=v, hidden_size=32, num_layers=2, num_heads=4,
-                                   attention_types=[[["global"], 2]], max_position_embeddings=1024)
-                      ).save_pretrained(p["neo"])
-    for d in ("tiny", "neo"):
-        tokenizer.save_pretrained(p[d])
-    p["t5"].mkdir()
-    T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4).save_pretrained(p["t5"])
-    p["empty_hay"].mkdir()
-    p["latin1_hay"].mkdir()
-    (p["latin1_hay"] / "a.txt").write_bytes("caf\xe9 cr\xe8me. ".encode("latin-1") * 50)
-    p["short_hay"].mkdir()
-    (p["short_hay"] / "a.txt").write_text("A short text. Only a few sentences. " * 5)
-    p["truncated"] = root / "truncated"  # a cut-off download: the tiny Llama, its weights file half there
-    shutil.copytree(p["tiny"], p["truncated"])
-    weights = p["truncated"] / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    lines = {"needles_ok": [NEEDLE], "needles_fields": [{"needle": "x"}],
-             "needles_outside": [dict(NEEDLE, real_needle="swan")],
-             "needles_number": [dict(NEEDLE, needle=5)], "needles_list": [dict(NEEDLE, question=["What?"])],
-             "needles_hay_number": [dict(NEEDLE, haystack=3)]}
-    for k, recs in lines.items():
-        p[k] = root / f"{k}.jsonl"
-        p[k].write_text("".join(json.dumps(r) + "\n" for r in recs))
-    p["needles_notjson"] = root / "bad.jsonl"
-    p["needles_notjson"].write_text("{not json\n")
-    p["needles_latin1"] = root / "latin1.jsonl"
-    p["needles_latin1"].write_bytes((json.dumps(dict(NEEDLE, needle="Caf\xe9. " + NEEDLE["needle"]),
-                                                ensure_ascii=False) + "\n").encode("latin-1"))
-    p["hs_bad"] = root / "bad.json"
-    p["hs_bad"].write_text("not json at all\n")
-    p["hs_other"] = root / "other.json"
-    p["hs_other"].write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(32) for h in range(32)}) + "\n")
-    p["hs_tiny"] = root / "tiny.json"
-    p["hs_tiny"].write_text(json.dumps({f"{l}-{h}": [0.05 * (4 * l + h)] for l in range(2) for h in range(4)}) + "\n")
-    grid = {f"{l}-{h}": [0.25, 0.5] for l in range(2) for h in range(4)}  # the tiny Llama's 2 x 4, 2 trials
-    hs = {"hs_ragged": dict(grid, **{"1-3": [0.25]}), "hs_nan": dict(grid, **{"1-2": [0.25, float("nan")]}),
-          "hs_inf": dict(grid, **{"0-3": [float("inf"), 0.5]}), "hs_bool": dict(grid, **{"0-1": [True, 0.5]}),
-          "hs_str": dict(grid, **{"0-1": [0.25, "0.5"]}), "hs_twice": dict(grid, **{"00-1": [1.0, 1.0]})}
-    for k, d in hs.items():
-        p[k] = root / f"{k}.json"
-        p[k].write_text(json.dumps(d) + "\n")  # NaN and Infinity as json.dumps writes (and json.loads reads) them
-    p["hs_dupkey"] = root / "hs_dupkey.json"
-    p["hs_dupkey"].write_text(json.dumps(grid)[:-1] + ', "1-3": [1.0, 1.0]}\n')
-    p["a_file"] = root / "a_file"
-    p["a_file"].write_text("x")
-    return p
-
 
 # (what is wrong, command, arguments, a phrase the one-line message must hold)
 CASES = [
@@ -130,6 +68,8 @@ CASES = [
     ("too few heads left for random K", "niah", ["--mask_top", "-7", "--head_score", "{hs_tiny}"], "remain"),
     ("--needle without --question", "niah", ["--needle", "The code word is heron."], "go together"),
 ]
+# The weights are what these cases are about (the refusal by class name runs the model).
+NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
 GRID = ["--s", "300", "--e", "300", "--num_lengths", "1", "--depth_percents", "50", "--quiet"]
 DEFAULTS = {"detect": GRID, "niah": GRID + ["--no_plot"]}
 TINY = {"detect": ["--model_path", "{tiny}", "--needles", "{needles_ok}"],
@@ -152,7 +92,14 @@ def _tree(root: Path) -> dict:
 
 
 @pytest.mark.parametrize("what,cmd,args,phrase", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(inputs, tmp_path, capsys, what, cmd, args, phrase):
+def test_bad_input(inputs, tmp_path, capsys, monkeypatch, what, cmd, args, phrase):
+    """And every case but the weights' own is refused before any weight is loaded."""
+    import transformers
+
+    if what not in NEEDS_WEIGHTS:
+        def no_weights(*a, **k):
+            raise AssertionError(f"{what}: weights loaded before the inputs were checked")
+        monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
     out = tmp_path / "results"
     before = _tree(inputs["out"].parent)
     code = run_case(cmd, args, inputs, out)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval_head import cli_detect
-from conftest import eager_rescore
+from helpers import eager_rescore
 
 GRID = ["--context_lengths", "600", "--depth_percents", "20", "80", "--quiet"]
 

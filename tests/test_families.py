@@ -35,7 +35,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import one_thread
+from helpers import IdsTokenizer, one_thread
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.decode import cache_kwarg, check_supported, greedy_decode
 from retrieval_head.errors import UnsupportedModelError
@@ -137,13 +137,6 @@ def out_proj_input(fam: Family, model, layer: int, zero_head: int | None = None)
 # --------------------------------------------------------------------------- checks
 
 
-class _Tok:
-    """Just enough tokenizer for greedy_decode on a random model."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 def _prompt(n: int = PROMPT_LEN, vocab: int = 128, seed: int = 1) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -173,7 +166,7 @@ def check_probe(fam: Family, model=None) -> str:
     prompt = _prompt(vocab=vocab)
     probe, seen = ArgmaxProbe(), []
     stop = torch.zeros(vocab, dtype=torch.bool)
-    gen = greedy_decode(model, _Tok(), prompt, stop, STEPS, probe=probe,
+    gen = greedy_decode(model, IdsTokenizer(), prompt, stop, STEPS, probe=probe,
                         on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
     assert len(gen.ids) == STEPS == len(seen)
     with _eager(model):
@@ -199,7 +192,7 @@ def check_probe(fam: Family, model=None) -> str:
     assert unique >= rows // 2, f"only {unique}/{rows} rows have a unique max: the check is near-vacuous"
     # a chunked prefill (chunks shorter than the window) fills the cache the same way
     chunked = []
-    gen2 = greedy_decode(model, _Tok(), prompt, stop, STEPS, probe=ArgmaxProbe(), prefill_chunk=PREFILL_CHUNK,
+    gen2 = greedy_decode(model, IdsTokenizer(), prompt, stop, STEPS, probe=ArgmaxProbe(), prefill_chunk=PREFILL_CHUNK,
                          on_step=lambda t, tok, pos: chunked.append(pos[:, 0].clone()))
     assert gen2.ids == gen.ids, f"chunked prefill changed the answer: {gen2.ids} vs {gen.ids}"
     for t, (a, b) in enumerate(zip(seen, chunked)):
@@ -224,8 +217,8 @@ def check_probe_output(fam: Family, model=None) -> str:
         got = _forward(model, ids[:, -1:], c2)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5, msg=lambda m: f"probe output != backend: {m}")
     stop = torch.zeros(vocab, dtype=torch.bool)
-    plain = greedy_decode(model, _Tok(), prompt, stop, STEPS)
-    probed = greedy_decode(model, _Tok(), prompt, stop, STEPS, probe=ArgmaxProbe())
+    plain = greedy_decode(model, IdsTokenizer(), prompt, stop, STEPS)
+    probed = greedy_decode(model, IdsTokenizer(), prompt, stop, STEPS, probe=ArgmaxProbe())
     assert probed.ids == plain.ids, f"the probe changed the greedy answer: {probed.ids} vs {plain.ids}"
     return f"{STEPS} steps"
 

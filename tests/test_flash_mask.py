@@ -27,13 +27,12 @@ import contextlib
 import pytest
 import torch
 import transformers.modeling_flash_attention_utils as fau
-from transformers import DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from conftest import one_thread
-from test_families import FAMILIES, WINDOW, build  # later: from retrieval_head.families import FAMILIES, build, WINDOW
+from helpers import IdsTokenizer, one_thread
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
+from retrieval_head.families import FAMILIES, WINDOW, build
 from retrieval_head.decode import cache_kwarg, check_supported, decode_rows, greedy_decode, prefill
 from retrieval_head.kvcache import GrowingCache, snapshot, stack_rows
 from retrieval_head.prefix import SharedPrefix
@@ -165,11 +164,6 @@ def models():
     return get
 
 
-class _Tok:
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 def _prompt(n=PROMPT_LEN, seed=1, vocab=128) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -209,7 +203,7 @@ def _greedy(model, impl, prompt, cache_factory=None):
         cache = None
         if cache_factory is not None:
             cache = prefill(model, torch.tensor([prompt[:-1]]), cache=cache_factory(), reserve=STEPS)
-        gen = greedy_decode(model, _Tok(), prompt, _stop(model), STEPS, probe=ArgmaxProbe(), cache=cache,
+        gen = greedy_decode(model, IdsTokenizer(), prompt, _stop(model), STEPS, probe=ArgmaxProbe(), cache=cache,
                             on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
     return gen.ids, seen
 
@@ -272,7 +266,7 @@ def test_prefix_reuse_probe_equals_eager(fam, models):
             shared = SharedPrefix(model, min_shared=8, min_fraction=0.1, reserve=STEPS)
             for p in prompts:
                 seen = []
-                gen = greedy_decode(model, _Tok(), p, _stop(model), STEPS, probe=ArgmaxProbe(),
+                gen = greedy_decode(model, IdsTokenizer(), p, _stop(model), STEPS, probe=ArgmaxProbe(),
                                     cache=shared.cache_for(p),
                                     on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
                 runs.append((gen.ids, seen))

@@ -8,12 +8,7 @@ from transformers import DynamicCache
 from retrieval_head.attention import ArgmaxProbe
 from retrieval_head.decode import decode_rows, greedy_decode, prefill
 from retrieval_head.kvcache import GrowingCache, snapshot, stack_rows
-from test_masking import LAYERS, forward, ids_of, tiny_model
-
-
-class Tok:
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+from helpers import LAYERS, IdsTokenizer, forward, ids_of, tiny_model
 
 
 def test_appends_in_place_and_crops_by_moving_the_length():
@@ -58,7 +53,7 @@ def test_stacked_rows_decode_as_each_prompt_alone(family):
     alone, alone_pos = [], []
     for p in prompts:
         probe, seen = ArgmaxProbe(), []
-        alone.append(greedy_decode(model, Tok(), p, stop, 9, probe=probe,
+        alone.append(greedy_decode(model, IdsTokenizer(), p, stop, 9, probe=probe,
                                    on_step=lambda t, tok, pos: seen.append(pos.clone())).ids)
         alone_pos.append(torch.stack(seen))  # [steps, layers, 1, heads]
     rows = [snapshot(prefill(model, torch.tensor([p[:-1]]), cache=GrowingCache())) for p in prompts]

@@ -13,45 +13,24 @@ import statistics
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
-from conftest import one_thread
+from helpers import HEAD_DIM, HEADS, LAYERS, IdsTokenizer, forward, ids_of, one_thread, tiny_model
 from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
-from retrieval_head.decode import cache_kwarg, greedy_decode, prefill, stop_token_mask
+from retrieval_head.decode import greedy_decode, prefill
 from retrieval_head.errors import UserError
 from retrieval_head.haystack import Needle
-from retrieval_head.niah import NiahSettings, make_conditions, random_pool, run_cell, select_random, select_top
+from retrieval_head.niah import NiahSettings, make_conditions, random_pool, run_niah, select_random, select_top
 from retrieval_head.prompt import PromptBuilder
+from retrieval_head.schedule import Job, Levers, Scheduler
+from retrieval_head.shape import ModelShape
 
-LAYERS, HEADS, KV_HEADS, HIDDEN = 3, 4, 2, 64
-HEAD_DIM = HIDDEN // HEADS
 PREFIX = "retrieval_head_"
-SLIDING_WINDOW = 8  # the "mistral" models: every layer attends to the last 8 positions only
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tiny_model(attn: str = "sdpa", seed: int = 0, vocab: int = 128, hidden: int = HIDDEN,
-               max_positions: int = 256, family: str = "llama"):
-    """A GQA model (4 query heads, 2 KV heads) with weights large enough for peaked attention.
-
-    HF's default init (std 0.02) gives near-uniform attention, so masking would change
-    the logits by ~1e-6 and every comparison would pass vacuously; std 0.2 makes
-    masking move the logits by far more than the tolerances used below.
-    family "mistral" is the same shape with a sliding window (its caches are not croppable).
-    """
-    torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                  max_position_embeddings=max_positions, initializer_range=0.2,
-                  attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    if family == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).to(torch.float32).eval()
-    cfg = MistralConfig(sliding_window=SLIDING_WINDOW, **common)
-    return MistralForCausalLM(cfg).to(torch.float32).eval()
 
 
 def heads_mask(*pairs: tuple[int, int]) -> torch.Tensor:
@@ -59,16 +38,6 @@ def heads_mask(*pairs: tuple[int, int]) -> torch.Tensor:
     for l, h in pairs:
         m[l, h] = True
     return m
-
-
-def ids_of(n: int, seed: int = 1, vocab: int = 128) -> torch.Tensor:
-    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-def forward(model, ids, cache=None) -> torch.Tensor:
-    kw = {} if cache is None else {cache_kwarg(model): cache, "use_cache": True}
-    with torch.no_grad():
-        return model(input_ids=ids, **kw).logits
 
 
 def prefill_and_step(model, ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -429,11 +398,13 @@ NEEDLE = Needle(0, "The lighthouse keeper keeps a grey parrot named Captain Juni
                 "What is the parrot named?", "Captain Juniper")
 
 
-@pytest.mark.parametrize("batch", [False, True], ids=["one-by-one", "batched"])
+@pytest.mark.parametrize("levers", [Levers(batch_tokens=0), Levers(), Levers(batch_tokens=350)],
+                         ids=["one row at a time", "one batch", "chunks of two rows"])
 @pytest.mark.parametrize("chat,family", [(False, "llama"), (True, "llama"), (True, "mistral")])
-def test_shared_prefill_changes_nothing(default_tokenizer, chat, family, batch):
-    """run_cell's one prefill per cell == a prefill per condition (mistral: the cache is
-    deep-copied per condition, as a sliding cache cannot be cropped back). PromptBuilder
+def test_shared_prefill_changes_nothing(default_tokenizer, chat, family, levers):
+    """One prefill per cell for every decode-phase condition (the scheduler: decoded on the
+    prefilled cache and cropped back, as one batch, or in chunks of rows that fit the
+    budget) == a prefill per condition; mistral: past its sliding window. PromptBuilder
     needs a real tokenizer: the default model's (conftest skips when it is not installed)."""
     tok = default_tokenizer
     model = tiny_model(vocab=len(tok), hidden=32, max_positions=512, seed=7, family=family)
@@ -443,26 +414,19 @@ def test_shared_prefill_changes_nothing(default_tokenizer, chat, family, batch):
     scores[0, 0], scores[2, 1] = 0.8, 0.6
     conditions = make_conditions("tiny", [0, 2, -2], scores, "uniform", "decode", [0], seed_folders=False)
     stop = torch.zeros(len(tok), dtype=torch.bool)  # random weights: never stop, 8 tokens each
-    st = NiahSettings(max_new_tokens=8, model_name="tiny", batch_conditions=batch)
 
-    length, depth = 160, 50
-    records = run_cell(model, tok, builder, NEEDLE, length, depth, conditions, stop, st)
-    prompt = builder.build(NEEDLE, length, depth)
-    assert len(prompt.ids) == length
-    alone = [greedy_decode(model, tok, prompt.ids, stop, st.max_new_tokens, mask=c.mask).ids for c in conditions]
+    prompt = builder.build(NEEDLE, 160, 50)
+    assert len(prompt.ids) == 160
+    scheduler = Scheduler(model, ModelShape.of(model), stop, 8, levers)
+    rows = {r.mask: r.ids for r in scheduler.run([Job("cell", prompt)], masks=[c.mask for c in conditions])}
+    alone = [greedy_decode(model, tok, prompt.ids, stop, 8, mask=c.mask).ids for c in conditions]
 
-    assert [r["response_ids"] for r in records] == alone
+    assert [rows[i] for i in range(len(conditions))] == alone
     assert all(len(ids) == 8 for ids in alone)
-    assert [r["mask"]["kind"] for r in records] == ["none", "top", "random"]
     # the masks act, so the equality above is not three copies of one answer
     assert len({tuple(a) for a in alone}) > 1
-
-
-class _IdsTokenizer:
-    """greedy_decode only needs ``decode`` from a tokenizer."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
+    batches = {0: [1, 1, 1], 350: [2, 1]}.get(levers.batch_tokens, [3])
+    assert scheduler.stats["decode_batches"] == batches
 
 
 def test_shared_prefill_changes_nothing_with_a_one_token_last_chunk():
@@ -472,9 +436,9 @@ def test_shared_prefill_changes_nothing_with_a_one_token_last_chunk():
     stop = torch.zeros(128, dtype=torch.bool)
     mask = HeadMask(heads_mask((0, 1), (1, 2), (2, 0)), "uniform", "decode")
     prompt = ids_of(40, seed=1)[0].tolist()
-    alone = greedy_decode(model, _IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38).ids
+    alone = greedy_decode(model, IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38).ids
     shared = prefill(model, torch.tensor([prompt[:-1]]), 38)
-    assert greedy_decode(model, _IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38, cache=shared).ids \
+    assert greedy_decode(model, IdsTokenizer(), prompt, stop, 12, mask=mask, prefill_chunk=38, cache=shared).ids \
         == alone
 
 
@@ -489,10 +453,6 @@ def test_top_heads_matter_on_the_default_model(default_model):
     top-10 30.6 (mean ROUGE-1 recall x100 over depths 20/50/80 at 600 tokens).
     """
     from retrieval_head import DetectSettings, detect
-    from retrieval_head.detect import Haystacks
-    from retrieval_head.haystack import load_needles
-    from retrieval_head.niah import run_niah
-    from retrieval_head.prompt import uses_chat_template
 
     model, tok, _ = default_model  # conftest: skipped when the default model is not installed
     result = detect(model, tok, DetectSettings(context_lengths=(600,), depth_percents=(20, 80)), progress=False)
@@ -501,11 +461,8 @@ def test_top_heads_matter_on_the_default_model(default_model):
     assert scores.shape == (30, 9)
 
     conditions = make_conditions("SmolLM2", [0, 10, -10], scores, "uniform", "decode", [0], seed_folders=False)
-    needle = load_needles()[0]
-    builder = Haystacks(tok, uses_chat_template(tok, "auto")).for_needle(needle)
-    st = NiahSettings(max_new_tokens=30, model_name="SmolLM2")
-    out = run_niah(model, tok, builder, needle, [600], [20, 50, 80], conditions, stop_token_mask(model, tok), st,
-                   progress=False)
+    st = NiahSettings(context_lengths=(600,), depth_percents=(20, 50, 80), max_new_tokens=30)
+    out = run_niah(model, tok, st, conditions, model_name="SmolLM2", progress=False)
     mean = {c.kind: statistics.fmean(r["score"] for r in out[c.folder]) for c in conditions}
     print(f"\nmean ROUGE-1 recall: {mean}; passed detection trials: {len(result.passed())}/{len(result.trials)}")
     assert mean["none"] >= 80

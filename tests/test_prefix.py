@@ -37,11 +37,7 @@ def test_shared_prefix_crops_back_past_a_sliding_window(family):
 
     from retrieval_head.decode import greedy_decode
     from retrieval_head.prefix import SharedPrefix
-    from test_masking import ids_of, tiny_model
-
-    class Tok:
-        def decode(self, ids, skip_special_tokens=True):
-            return ""
+    from helpers import IdsTokenizer, ids_of, tiny_model
 
     model = tiny_model(family=family, max_positions=512)
     base = ids_of(120, seed=5)[0].tolist()
@@ -51,6 +47,6 @@ def test_shared_prefix_crops_back_past_a_sliding_window(family):
     shared = SharedPrefix(model, min_shared=16, min_fraction=0.0)
     with torch.no_grad():
         for p in prompts:
-            fresh = greedy_decode(model, Tok(), p, stop, 6).ids
-            assert greedy_decode(model, Tok(), p, stop, 6, cache=shared.cache_for(p)).ids == fresh
+            fresh = greedy_decode(model, IdsTokenizer(), p, stop, 6).ids
+            assert greedy_decode(model, IdsTokenizer(), p, stop, 6, cache=shared.cache_for(p)).ids == fresh
     assert shared.reused_tokens >= 30 + 35 + 64

@@ -7,23 +7,16 @@ from transformers import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
-from conftest import tiny_llama
+from helpers import IdsTokenizer, tiny_llama
 from retrieval_head.attention import ArgmaxProbe, intervene
 from retrieval_head.decode import greedy_decode
 from retrieval_head.errors import UnsupportedModelError
 
 
-class _Tok:
-    """Just enough tokenizer for greedy_decode on a random model."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 def _probe_run(model, prompt, steps):
     probe, seen = ArgmaxProbe(), []
     stop = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    gen = greedy_decode(model, _Tok(), prompt, stop, steps, probe=probe,
+    gen = greedy_decode(model, IdsTokenizer(), prompt, stop, steps, probe=probe,
                         on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
     return gen.ids, seen
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_bad_inputs import make_inputs
+from helpers import make_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,7 @@ def trials(path):
 def test_torchrun_two_ranks_match_one_process(tiny, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run(args(tiny, one)).returncode == 0
-    r = run(args(tiny, two), launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                       "--master_port", "29517"))
+    r = run(args(tiny, two), launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (two / "tiny.json").read_bytes() == (one / "tiny.json").read_bytes()
     assert trials(two / "tiny.trials.jsonl") == trials(one / "tiny.trials.jsonl")

@@ -1,0 +1,60 @@
+"""``retrieval-head``: one console command for the toolkit's four tools.
+
+    retrieval-head detect ...    # = python retrieval_head_detection.py ...
+    retrieval-head mask ...      # = python needle_in_haystack_with_mask.py ...
+    retrieval-head plot DIR ...  # = python -m retrieval_head.plot ...
+    retrieval-head heads top|heatmap|compare FILE ...   # = python -m retrieval_head.heads ...
+
+Each subcommand takes exactly the options of the script it names (``--help`` lists them
+with their defaults).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _detect(argv):
+    from .cli_detect import cli
+    return cli(argv)
+
+
+def _mask(argv):
+    from .cli_niah import cli
+    return cli(argv)
+
+
+def _plot(argv):
+    from .plot import main
+    return main(argv)
+
+
+def _heads(argv):
+    from .heads import main
+    return main(argv)
+
+
+COMMANDS = {"detect": (_detect, "detect retrieval heads (retrieval_head_detection.py)"),
+            "mask": (_mask, "the needle test with heads masked (needle_in_haystack_with_mask.py)"),
+            "plot": (_plot, "needle-test heatmaps of result folders"),
+            "heads": (_heads, "inspect head-score files: top, heatmap, compare")}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:<7} {text}" for name, (_, text) in COMMANDS.items())
+    return f"usage: retrieval-head {{{','.join(COMMANDS)}}} [options]\n\n{rows}\n\n`retrieval-head COMMAND --help` lists a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]][0](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

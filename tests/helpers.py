@@ -1,0 +1,158 @@
+"""Helpers the tests share (imported as ``from helpers import ...``; conftest.py holds the
+fixtures): tiny random-weight models, the one stub tokenizer, the bad-input files, an
+eager re-scoring oracle. Nothing here is a test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from retrieval_head.decode import cache_kwarg
+
+LAYERS, HEADS, KV_HEADS, HIDDEN = 3, 4, 2, 64  # tiny_model's shape
+HEAD_DIM = HIDDEN // HEADS
+SLIDING_WINDOW = 8  # the "mistral" tiny models: every layer attends to the last 8 positions only
+NEEDLE = {"needle": "The code word is heron.", "question": "What is the code word?", "real_needle": "heron"}
+
+
+class IdsTokenizer:
+    """Just enough tokenizer for decoding random models: ``decode`` joins the ids."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread, restored on exit. On 2 shared cores a second intra-op thread that
+    gets descheduled makes every op wait: tiny models ran ~10x slower that way."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def tiny_llama(vocab=128, layers=3, heads=4, kv_heads=2, seed=0, **kw):
+    """A random-weight Llama (GQA by default) small enough for any test."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16 * heads, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512, **kw)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_model(attn: str = "sdpa", seed: int = 0, vocab: int = 128, hidden: int = HIDDEN,
+               max_positions: int = 256, family: str = "llama"):
+    """A GQA model (4 query heads, 2 KV heads) with weights large enough for peaked attention.
+
+    HF's default init (std 0.02) gives near-uniform attention, so masking would change
+    the logits by ~1e-6 and every comparison would pass vacuously; std 0.2 makes
+    masking move the logits by far more than the tolerances used below.
+    family "mistral" is the same shape with a sliding window (its caches are not croppable).
+    """
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                  max_position_embeddings=max_positions, initializer_range=0.2,
+                  attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).to(torch.float32).eval()
+    cfg = MistralConfig(sliding_window=SLIDING_WINDOW, **common)
+    return MistralForCausalLM(cfg).to(torch.float32).eval()
+
+
+def ids_of(n: int, seed: int = 1, vocab: int = 128) -> torch.Tensor:
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def forward(model, ids, cache=None) -> torch.Tensor:
+    kw = {} if cache is None else {cache_kwarg(model): cache, "use_cache": True}
+    with torch.no_grad():
+        return model(input_ids=ids, **kw).logits
+
+
+def eager_rescore(model, trial: dict) -> list:
+    """Re-score a saved trial (``--save_prompts``) with plain eager attention weights: one
+    forward over prompt + response with ``output_attentions=True``, argmax per head."""
+    from retrieval_head.scoring import RetrievalScorer
+
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        prompt, resp = trial["prompt_ids"], trial["response_ids"]
+        with torch.no_grad():
+            att = model(torch.tensor([prompt + resp[:-1]]), output_attentions=True, logits_to_keep=1).attentions
+        sc = RetrievalScorer(prompt, tuple(trial["needle_span"]), model.config.num_hidden_layers,
+                             model.config.num_attention_heads)
+        for step, tok in enumerate(resp):
+            q = len(prompt) - 1 + step
+            sc.update(torch.stack([a[0, :, q, : q + 1].argmax(-1) for a in att]), tok)
+        return sc.scores().tolist()
+    finally:
+        model.config._attn_implementation = impl
+
+
+def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
+    """The files the cases point at: a tiny Llama (with the default tokenizer), a GPT-Neo, ..."""
+    from transformers import GPTNeoConfig, T5Config, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    p = {k: root / k for k in ("tiny", "neo", "t5", "empty_hay", "latin1_hay", "short_hay", "out")}
+    torch.manual_seed(0)
+    v = len(tokenizer)
+    LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                     ).save_pretrained(p["tiny"])
+    GPTNeoForCausalLM(GPTNeoConfig(vocab_size=v, hidden_size=32, num_layers=2, num_heads=4,
+                                   attention_types=[[["global"], 2]], max_position_embeddings=1024)
+                      ).save_pretrained(p["neo"])
+    for d in ("tiny", "neo"):
+        tokenizer.save_pretrained(p[d])
+    p["t5"].mkdir()
+    T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4).save_pretrained(p["t5"])
+    p["empty_hay"].mkdir()
+    p["latin1_hay"].mkdir()
+    (p["latin1_hay"] / "a.txt").write_bytes("caf\xe9 cr\xe8me. ".encode("latin-1") * 50)
+    p["short_hay"].mkdir()
+    (p["short_hay"] / "a.txt").write_text("A short text. Only a few sentences. " * 5)
+    p["truncated"] = root / "truncated"  # a cut-off download: the tiny Llama, its weights file half there
+    shutil.copytree(p["tiny"], p["truncated"])
+    weights = p["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    lines = {"needles_ok": [NEEDLE], "needles_fields": [{"needle": "x"}],
+             "needles_outside": [dict(NEEDLE, real_needle="swan")],
+             "needles_number": [dict(NEEDLE, needle=5)], "needles_list": [dict(NEEDLE, question=["What?"])],
+             "needles_hay_number": [dict(NEEDLE, haystack=3)]}
+    for k, recs in lines.items():
+        p[k] = root / f"{k}.jsonl"
+        p[k].write_text("".join(json.dumps(r) + "\n" for r in recs))
+    p["needles_notjson"] = root / "bad.jsonl"
+    p["needles_notjson"].write_text("{not json\n")
+    p["needles_latin1"] = root / "latin1.jsonl"
+    p["needles_latin1"].write_bytes((json.dumps(dict(NEEDLE, needle="Caf\xe9. " + NEEDLE["needle"]),
+                                                ensure_ascii=False) + "\n").encode("latin-1"))
+    p["hs_bad"] = root / "bad.json"
+    p["hs_bad"].write_text("not json at all\n")
+    p["hs_other"] = root / "other.json"
+    p["hs_other"].write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(32) for h in range(32)}) + "\n")
+    p["hs_tiny"] = root / "tiny.json"
+    p["hs_tiny"].write_text(json.dumps({f"{l}-{h}": [0.05 * (4 * l + h)] for l in range(2) for h in range(4)}) + "\n")
+    grid = {f"{l}-{h}": [0.25, 0.5] for l in range(2) for h in range(4)}  # the tiny Llama's 2 x 4, 2 trials
+    hs = {"hs_ragged": dict(grid, **{"1-3": [0.25]}), "hs_nan": dict(grid, **{"1-2": [0.25, float("nan")]}),
+          "hs_inf": dict(grid, **{"0-3": [float("inf"), 0.5]}), "hs_bool": dict(grid, **{"0-1": [True, 0.5]}),
+          "hs_str": dict(grid, **{"0-1": [0.25, "0.5"]}), "hs_twice": dict(grid, **{"00-1": [1.0, 1.0]})}
+    for k, d in hs.items():
+        p[k] = root / f"{k}.json"
+        p[k].write_text(json.dumps(d) + "\n")  # NaN and Infinity as json.dumps writes (and json.loads reads) them
+    p["hs_dupkey"] = root / "hs_dupkey.json"
+    p["hs_dupkey"].write_text(json.dumps(grid)[:-1] + ', "1-3": [1.0, 1.0]}\n')
+    p["a_file"] = root / "a_file"
+    p["a_file"].write_text("x")
+    return p
