@@ -147,21 +147,22 @@ def _cmd_compare(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m retrieval_head.heads {top,heatmap,compare} ...``."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
     parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
-                                     description="Inspect head_score/*.json files.")
+                                     description="Inspect head_score/*.json files.", formatter_class=fmt)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("top", help="ranked table of the top heads")
-    p.add_argument("file")
-    p.add_argument("-k", type=int, default=20)
+    p = sub.add_parser("top", help="ranked table of the top heads", formatter_class=fmt)
+    p.add_argument("file", help="a head_score JSON file")
+    p.add_argument("-k", type=int, default=20, help="rows")
     p.set_defaults(func=_cmd_top)
-    p = sub.add_parser("heatmap", help="layers x heads PNG (default <stem>.heads.png in the current folder)")
-    p.add_argument("file")
-    p.add_argument("--out", metavar="PNG")
+    p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
+    p.add_argument("file", help="a head_score JSON file")
+    p.add_argument("--out", metavar="PNG", default=None, help="output PNG; none: <stem>.heads.png in the current folder")
     p.set_defaults(func=_cmd_heatmap)
-    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("-k", type=int, default=20)
+    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files", formatter_class=fmt)
+    p.add_argument("a", help="a head_score JSON file")
+    p.add_argument("b", help="another, for a model of the same shape")
+    p.add_argument("-k", type=int, default=20, help="size of the top sets compared")
     p.set_defaults(func=_cmd_compare)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

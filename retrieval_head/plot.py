@@ -282,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m retrieval_head.plot DIR [DIR ...] [--out PNG]``."""
     parser = argparse.ArgumentParser(prog="python -m retrieval_head.plot", description=(
         "Draw NIAH heatmaps. One DIR: its heatmap.png (or --out). Several: one side-by-side "
-        f"figure (default {DEFAULT_SIDE_BY_SIDE}), with difference maps against a no-mask folder."))
+        f"figure (default {DEFAULT_SIDE_BY_SIDE}), with difference maps against a no-mask folder."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) of trial JSON files")
-    parser.add_argument("--out", metavar="PNG", help="output PNG path")
-    parser.add_argument("--title", help="title of a single heatmap (default: model, mask, mean score)")
+    parser.add_argument("--out", metavar="PNG", default=None,
+                        help=f"output PNG; none: DIR/heatmap.png for one DIR, {DEFAULT_SIDE_BY_SIDE} for several")
+    parser.add_argument("--title", default=None, help="title of a single heatmap; none: model, mask, mean score")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
