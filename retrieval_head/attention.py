@@ -46,8 +46,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from .errors import UnsupportedModelError
 from .shape import ModelShape
+from .streaming import stream_keys, streamed_prefill
 
-MASK_MODES = ("uniform", "zero")
+MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
+HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
 MASK_PHASES = ("decode", "all")
 # transformers' fallback when config._attn_implementation == "eager" is the modeling file's
 # own eager function, which is not in the registry; ours computes the same thing.
@@ -56,32 +58,47 @@ _EAGER = "eager"
 
 @dataclass(frozen=True)
 class HeadMask:
-    """Which query heads to ablate, and how.
+    """Which query heads to ablate (or stream), and how.
 
     heads: bool ``[layers, heads]``; True = ablated. ``[batch, layers, heads]`` gives each
            batch row its own heads (several conditions decoded as one batch).
     mode:  ``uniform`` zeroes the head's query, so it attends uniformly over the (causal,
            windowed) prefix and outputs the mean of the values (the original's ablation);
-           ``zero`` zeroes the head's output before ``o_proj``.
-    phase: ``decode`` ablates only single-token (decode) calls, as the original;
-           ``all`` ablates the prefill too.
+           ``zero`` zeroes the head's output before ``o_proj``;
+           ``stream`` lets the head attend only to the first ``sink`` and the last
+           ``recent`` keys (DuoAttention's streaming heads; see ``stream_keys``).
+    phase: ``decode`` acts only on single-token (decode) calls, as the original (for
+           ``stream``: the prompt's cache compressed once after the prefill, as kvpress's
+           presses do); ``all`` acts on the prefill too (``stream``: as if the head's cache
+           had been compressed from the first token, DuoAttention).
     """
 
     heads: torch.Tensor
     mode: str = "uniform"
     phase: str = "decode"
+    sink: int = 0  # stream: the first keys every streamed head keeps
+    recent: int = 0  # stream: and the last ones (the query itself included)
 
     def __post_init__(self):
-        if self.mode not in MASK_MODES:
-            raise ValueError(f"mask mode must be one of {MASK_MODES}, got {self.mode!r}")
+        if self.mode not in HEAD_MODES:
+            raise ValueError(f"mask mode must be one of {HEAD_MODES}, got {self.mode!r}")
         if self.phase not in MASK_PHASES:
             raise ValueError(f"mask phase must be one of {MASK_PHASES}, got {self.phase!r}")
         if self.heads.dtype != torch.bool or self.heads.ndim not in (2, 3):
             raise ValueError("HeadMask.heads must be a bool [layers, heads] (or [batch, layers, heads]) tensor")
+        if self.mode == "stream" and (self.sink < 0 or self.recent < 1):
+            raise ValueError("streaming needs sink >= 0 and recent >= 1 (the query sees itself)")
 
     def describe(self) -> dict:
-        """JSON-ready record of the ablation (heads as [layer, head] pairs)."""
-        return {"heads": self.heads.nonzero().tolist(), "mode": self.mode, "phase": self.phase}
+        """JSON-ready record of the intervention (heads as [layer, head] pairs)."""
+        d = {"heads": self.heads.nonzero().tolist(), "mode": self.mode, "phase": self.phase}
+        if self.mode == "stream":
+            d.update(sink=self.sink, recent=self.recent)
+        return d
+
+    def kind(self) -> tuple:
+        """What rows must share to be decoded as one batch (their heads may differ)."""
+        return (self.mode, self.phase, self.sink, self.recent)
 
 
 class ArgmaxProbe:
@@ -150,13 +167,15 @@ def _layer_window(module, kwargs: dict) -> int | None:
     return None if window is None else int(window)
 
 
-def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None, window=None):
+def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None, window=None,
+                     drop: tuple[torch.Tensor, torch.Tensor] | None = None):
     """One decode step's attention from a single float32 score row per query head.
 
     query [b, H, 1, d]; key/value [b, KV, T, d] (GQA grouped, the cache is not copied
     per head). attention_mask: None, a 2-D ``[b or 1, >= T]`` padding mask (flash: nonzero
     = a real token, its last T columns are the cached keys), or a 4-D bool/additive mask.
     window: the layer's sliding window (see ``_layer_window``); the query is the last key.
+    drop: ``(heads [b or 1, H] bool, keep [T] bool)``: the streamed heads see only ``keep``.
     Returns output [b, 1, H, d] (the layout backends return) and the argmax relative to
     the end of the cache [b, H]. Masking is in place on the score row (nothing else of
     its size is allocated before the softmax).
@@ -185,6 +204,9 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
                 scores.masked_fill_(~m, float("-inf"))
             else:
                 scores.add_(m.float())
+    if drop is not None:  # streamed heads: only their sink and recent keys (one bool row per head)
+        heads, keep = drop
+        scores.masked_fill_(heads.reshape(-1, kv_heads, group, 1) & ~keep.reshape(1, 1, 1, kv_len), float("-inf"))
     argmax = scores.argmax(dim=-1).reshape(b, num_heads) - kv_len
     if sinks is not None:
         # Attention sinks (``s_aux``, GPT-OSS): a per-head logit that takes softmax mass but
@@ -220,6 +242,7 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
     name / delegate_name: the scope's registered name and the backend it delegates to; a
     module whose config reads ``name`` is shown ``delegate_name`` while the delegate runs."""
     per_layer: dict[tuple[int, torch.device], torch.Tensor] = {}
+    prefill_at: dict[int, int] = {}  # stream, phase decode: each layer's prefill length
 
     def heads_of(layer: int, device: torch.device) -> torch.Tensor:
         # Cached per (layer, device) so a decode step moves nothing to the device.
@@ -239,28 +262,43 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
             ablate = heads_of(layer, query.device)
             if mask.mode == "uniform":
                 query = query.masked_fill(ablate[:, :, None, None], 0.0)
+        stream = ablate if mask is not None and mask.mode == "stream" else None
+        window = _layer_window(module, kwargs)
         weights = None
-        if probe is not None and decode:
-            out, probe.rel[layer] = _probe_attention(
-                module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux"),
-                _layer_window(module, kwargs),
-            )
+        if decode and (probe is not None or stream is not None):
+            # One score row per head, computed here: the probe's argmax, and the streamed heads' keys.
+            drop = None if stream is None else (stream, stream_keys(
+                key.shape[2], mask.sink, mask.recent, None if mask.phase == "all" else prefill_len(layer, key.shape[2]),
+                key.device))
+            out, rel = _probe_attention(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"),
+                                        kwargs.get("s_aux"), window, drop)
+            if probe is not None:
+                probe.rel[layer] = rel
         else:
-            fn = delegate or _modeling_eager(module)
-            cfg = getattr(module, "config", None)
-            swap = name is not None and delegate_name is not None and getattr(cfg, "_attn_implementation", None) == name
-            if swap:  # flash_attention_forward loads its kernel by module.config._attn_implementation
-                cfg._attn_implementation = delegate_name
-            try:
-                out, weights = fn(
-                    module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-                )
-            finally:
-                if swap:
-                    cfg._attn_implementation = name
+            out, weights = delegated(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+            if stream is not None:  # a phase-all prefill: the streamed heads recomputed as one group
+                out = streamed_prefill(query, key, value, out, stream, mask.sink, mask.recent, window, attention_mask,
+                                       scaling, kwargs.get("softcap"), kwargs.get("s_aux"))
         if ablate is not None and mask.mode == "zero":
             out = out.masked_fill(ablate[:, None, :, None], 0.0)  # out: [b, q, H, d]
         return out, weights
+
+    def delegated(module, query, key, value, attention_mask, scaling, dropout, kwargs):
+        fn = delegate or _modeling_eager(module)
+        cfg = getattr(module, "config", None)
+        swap = name is not None and delegate_name is not None and getattr(cfg, "_attn_implementation", None) == name
+        if swap:  # flash_attention_forward loads its kernel by module.config._attn_implementation
+            cfg._attn_implementation = delegate_name
+        try:
+            return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        finally:
+            if swap:
+                cfg._attn_implementation = name
+
+    def prefill_len(layer: int, kv_len: int) -> int:
+        # Phase decode: the cache as the first decode step of this scope found it (its query
+        # is the last key), i.e. the prompt's prefill, compressed once.
+        return prefill_at.setdefault(layer, kv_len - 1)
 
     return attention
 

@@ -155,7 +155,9 @@ def greedy_decode(
 def row_masks(shape: ModelShape, masks: list[HeadMask | None]) -> HeadMask:
     """One decode-phase ``HeadMask`` with a ``[rows, layers, heads]`` row per mask (None = no mask)."""
     real = [m for m in masks if m is not None]
-    if any(m.phase != "decode" or m.mode != real[0].mode for m in real):
-        raise ValueError("batched conditions need decode-phase masks of one mode")
+    if any(m.phase != "decode" or m.kind() != real[0].kind() for m in real):
+        raise ValueError("batched conditions need decode-phase masks of one kind (mode, sink, recent)")
     heads = torch.stack([m.heads if m is not None else torch.zeros(shape.grid, dtype=torch.bool) for m in masks])
-    return HeadMask(heads, real[0].mode if real else "uniform", "decode")
+    if not real:
+        return HeadMask(heads)
+    return HeadMask(heads, real[0].mode, "decode", real[0].sink, real[0].recent)

@@ -86,17 +86,18 @@ class _Pass:
 
 
 def passes(masks: list[HeadMask | None]) -> list[_Pass]:
-    """Decode-phase masks of one mode (and None) share a prefill; a phase-all mask prefills alone.
+    """Decode-phase masks of one kind (mode, sink, recent) and None share a prefill; a
+    phase-all mask prefills alone.
 
     >>> on = torch.ones(1, 1, dtype=torch.bool)
     >>> [p.index for p in passes([None, HeadMask(on), HeadMask(on, phase="all"), HeadMask(on, "zero")])]
     [[0, 1], [3], [2]]
     """
     decode = [i for i, m in enumerate(masks) if m is None or m.phase != "all"]
-    modes = list(dict.fromkeys(masks[i].mode for i in decode if masks[i] is not None)) or [None]
+    kinds = list(dict.fromkeys(masks[i].kind() for i in decode if masks[i] is not None)) or [None]
     out = []
-    for mode in modes:  # unmasked rows join the first mode's pass
-        idx = [i for i in decode if (masks[i].mode if masks[i] is not None else modes[0]) == mode]
+    for kind in kinds:  # unmasked rows join the first kind's pass
+        idx = [i for i in decode if (masks[i].kind() if masks[i] is not None else kinds[0]) == kind]
         out.append(_Pass([masks[i] for i in idx], idx))
     out += [_Pass([m], [i], prefill_mask=m) for i, m in enumerate(masks) if m is not None and m.phase == "all"]
     return [p for p in out if p.masks]

@@ -1,0 +1,144 @@
+"""Streaming heads are exact: on every family of the matrix, both phases, query- and KV-head
+units, decoded by the scheduler with prefix reuse and batching on, each row's greedy answer
+is what plain eager attention gives under the explicit per-head mask.
+
+The oracle knows nothing of ``retrieval_head.attention``: each greedy step is one full
+forward (no cache) over prompt + answer so far through the modeling file's own eager
+function, with a ``[batch, heads, query, key]`` additive mask built here from positions:
+causal and windowed as the model's mask says, and for a streamed head only keys ``j < sink``
+or ``q - j < recent`` (phase all), or, for the decode rows, ``j < sink``, ``P - recent <= j``
+(phase decode: the prefill's ``P`` keys compressed once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from fractions import Fraction
+
+import pytest
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
+
+from helpers import one_thread
+from retrieval_head.attention import HeadMask
+from retrieval_head.families import SUPPORTED, build
+from retrieval_head.prompt import Prompt
+from retrieval_head.schedule import Job, Levers, Scheduler
+from retrieval_head.shape import ModelShape
+from retrieval_head.streaming import full_kv_heads, kv_kept
+
+SINK, RECENT, STEPS, LENGTH = 4, 8, 4, 300  # sliding layers (window 16): the sink falls outside the window
+AT = (262, 275, 290)  # needle insertion points past SharedPrefix's 256-token minimum: prefixes are reused
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def prompts(vocab: int) -> list[Job]:
+    base = torch.randint(0, vocab, (LENGTH - 5,), generator=torch.Generator().manual_seed(4)).tolist()
+    needle = [5, 6, 7, 8, 9]
+    return [Job(at, Prompt(base[:at] + needle + base[at:], (at, at + 5), at, LENGTH - 5)) for at in AT]
+
+
+def stream_sets(shape: ModelShape, unit: str) -> list[torch.Tensor]:
+    """Two different sets of streamed query heads (KV unit: whole groups)."""
+    L, H, KV = shape.num_layers, shape.num_heads, shape.num_kv_heads
+    out = []
+    for shift in (0, 1):
+        if unit == "kv":
+            kv = torch.tensor([[(l + k + shift) % 2 == 0 for k in range(KV)] for l in range(L)])
+            out.append(kv.repeat_interleave(shape.group, dim=1))
+        else:
+            out.append(torch.tensor([[(l + h + shift) % 3 != 0 for h in range(H)] for l in range(L)]))
+    return out
+
+
+@contextlib.contextmanager
+def oracle(model, streamed: torch.Tensor, phase: str, prefill_len: int):
+    """Every attention call through the modeling file's eager function, under explicit
+    per-head masks for the streamed heads ``[layers, heads]``."""
+    name = f"stream_oracle_{uuid.uuid4().hex[:6]}"
+
+    def attention(module, query, key, value, attention_mask, **kw):
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        b, H, q, _ = query.shape
+        T = key.shape[2]
+        base = torch.zeros(b, 1, q, T) if attention_mask is None else attention_mask[..., -q:, -T:]
+        if base.dtype == torch.bool:
+            base = torch.zeros(base.shape).masked_fill(~base, float("-inf"))
+        qpos = torch.arange(T - q, T)[:, None]
+        kpos = torch.arange(T)[None, :]
+        if phase == "all":
+            sees = (kpos < SINK) | (qpos - kpos < RECENT)
+        else:  # rows of the prefill see everything; decode rows see the compressed prefill + what followed
+            sees = (qpos < prefill_len) | (kpos < SINK) | (kpos >= prefill_len - RECENT)
+        heads = streamed[module.layer_idx].reshape(1, H, 1, 1)
+        extra = torch.zeros(1, H, q, T).masked_fill(heads & ~sees, float("-inf"))
+        kw.pop("sliding_window", None)  # the window is in `base` already (eager's mask)
+        return eager(module, query, key, value, base + extra, **kw)
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+@torch.no_grad()
+def oracle_answer(model, ids: list[int], streamed, phase: str) -> tuple[list[int], torch.Tensor]:
+    """The greedy answer, and the first step's logits."""
+    out, first, prefill_len = [], None, len(ids) - 1  # the prompt's last token is the first decode step
+    with oracle(model, streamed, phase, prefill_len):
+        for _ in range(STEPS):
+            logits = model(input_ids=torch.tensor([ids + out]), use_cache=False).logits[0, -1]
+            first = logits if first is None else first
+            out.append(int(logits.argmax()))
+    return out, first
+
+
+@pytest.mark.parametrize("unit", ["query", "kv"])
+@pytest.mark.parametrize("phase", ["all", "decode"])
+@pytest.mark.parametrize("fam", SUPPORTED, ids=[f.name for f in SUPPORTED])
+def test_streaming_equals_eager_under_the_explicit_mask(fam, phase, unit):
+    model = build(fam)
+    shape = ModelShape.of(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    sets = stream_sets(shape, unit)
+    masks = [None] + [HeadMask(s, "stream", phase, SINK, RECENT) for s in sets]
+    scheduler = Scheduler(model, shape, torch.zeros(vocab, dtype=torch.bool), STEPS, Levers())
+    rows = list(scheduler.run(prompts(vocab), masks=masks))
+    assert len(rows) == 3 * len(masks)
+    assert scheduler.stats["prefilled_tokens"] < scheduler.stats["prompt_tokens"]  # prefix reuse on
+    assert max(scheduler.stats["decode_batches"]) > 1  # batching on
+    first = {}
+    for r in rows:
+        streamed = torch.zeros(shape.grid, dtype=torch.bool) if r.mask == 0 else sets[r.mask - 1]
+        ids, first[r.job.key, r.mask] = oracle_answer(model, r.job.prompt.ids, streamed, phase)
+        assert r.ids == ids, f"prompt {r.job.key}, mask {r.mask}"
+    moved = max(float((first[k, m] - first[k, 0]).abs().max()) for k in AT for m in (1, 2))
+    assert moved > 1e-3, "streaming changed no logit: the check is vacuous"
+
+
+def test_kv_kept_counts_whole_groups_and_windows():
+    """A KV head is compressed only when all its query heads stream; sliding layers hold their window."""
+    from retrieval_head.families import FAMILIES
+
+    fam = next(f for f in FAMILIES if f.name == "Gemma3")  # 3 layers (sliding, full, sliding), 4 heads / 2 KV
+    shape = ModelShape.from_config(fam.config(128))
+    kept = torch.zeros(shape.grid, dtype=torch.bool)
+    kept[1, 0] = True  # one query head of KV head 0 of the full layer: that KV head stays whole
+    full = full_kv_heads(shape, kept)
+    assert full.tolist() == [[False, False], [True, False], [False, False]]
+    # at 100 tokens: sliding layers hold 16 per head, the full layer 100; streamed heads hold min(held, 4 + 8)
+    assert kv_kept(shape, 100, 4, 8, full) == Fraction(12 + 12 + 100 + 12 + 12 + 12, 16 * 2 + 100 * 2 + 16 * 2)
