@@ -24,6 +24,7 @@ from .cli_common import (RunOptions, apply_threads, build_parser, guard_outputs,
 from .errors import UserError
 from .manifest import build_manifest, utc_now
 from .models import ModelSpec, model_identity, model_name
+from .compress import keep_conditions
 from .niah import Condition, NiahSettings, make_conditions, run_niah
 from .options import fingerprint, from_args, option
 from .scores_io import dump_json, load_head_scores, write_atomic
@@ -46,8 +47,8 @@ def parser():
 
 
 def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
-    """The ranking the conditions mask by: per query head, or per KV head with ``--mask_unit kv``."""
-    if all(k == 0 for k in st.mask_top):
+    """The ranking the conditions mask or keep by: per query head, or per KV head with ``--mask_unit kv``."""
+    if all(k == 0 for k in st.mask_top) and all(k <= 0 for k in st.keep_full or ()):
         return None
     default = f"{name}.kv_max.json" if st.mask_unit == "kv" else f"{name}.json"
     units = shape.num_kv_heads if st.mask_unit == "kv" else shape.num_heads
@@ -60,7 +61,9 @@ def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> No
     for c in conditions:
         recs = results[c.folder]
         means[c.folder] = statistics.fmean(r["score"] for r in recs) if recs else float("nan")
-        print(f"  {means[c.folder]:6.1f}  {c.label():<55} {c.folder}")
+        kept = [r["mask"]["kv_kept"] for r in recs if "kv_kept" in r["mask"]]
+        kv = f"  KV kept {100 * statistics.fmean(kept):5.1f}%" if kept else ""
+        print(f"  {means[c.folder]:6.1f}  {c.label():<55} {c.folder}{kv}")
     randoms = [means[c.folder] for c in conditions if c.kind == "random"]
     if len(randoms) > 1:
         print(f"  random draws: mean {statistics.fmean(randoms):.1f}, sd {statistics.stdev(randoms):.1f} "
@@ -110,7 +113,9 @@ def complete(out: Path, conditions, manifest: dict, keys: list[TrialKey]) -> boo
 
 def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str, plot: bool) -> dict[str, list[dict]]:
     """Read back every folder's results for this grid, mark it finished, draw its heatmap
-    (and, for several conditions, the side-by-side figure)."""
+    (and, for several masking conditions, the side-by-side figure; for streaming, the
+    compression curve)."""
+    from .compress import compression_figure
     from .plot import heatmap, side_by_side
 
     name, results = manifest["config"]["model_name"], {}
@@ -121,8 +126,19 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
         write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:
             heatmap(folder)
-    if plot and len(conditions) > 1:
-        print(f"side by side: {side_by_side([out / c.folder for c in conditions], out / f'{name}_side_by_side.png')}")
+    masking = [c for c in conditions if c.mask is None or c.mask.mode != "stream"]
+    streaming = [c for c in conditions if c not in masking]
+    if plot and len(masking) > 1:
+        print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}_side_by_side.png')}")
+    if plot and streaming:
+        m = streaming[0].mask
+        tag = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
+        lengths = sorted({k.context_length for k in keys})
+        title = (f"{name}: needle score vs KV cache kept ({streaming[0].unit} heads, sink {m.sink} + recent "
+                 f"{m.recent}, phase {m.phase}; {', '.join(map(str, lengths))} tokens)")
+        path = compression_figure([out / c.folder for c in masking + streaming], out / f"{name}_compression_{tag}.png",
+                                  title)
+        print(f"compression curve: {path}")
     return results
 
 
@@ -140,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     opened = open_checked(spec, world)
     shape = opened.shape
-    conditions = make_conditions(name, list(settings.mask_top), head_scores_for(settings, name, shape),
-                                 settings.mask_mode, settings.mask_phase, list(settings.seeds or [settings.seed]),
-                                 seed_folders=settings.seeds is not None,
-                                 group=shape.group if settings.mask_unit == "kv" else None)
+    scores, seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
+    group = shape.group if settings.mask_unit == "kv" else None
+    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.mask_phase, seeds,
+                                 seed_folders=settings.seeds is not None, group=group)
+    if settings.keep_full:
+        units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
+        conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
+                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
     guard_outputs([out / c.folder / f"manifest{sfx}.json" for c in conditions], run.overwrite or run.resume)
     checked = plan(opened.tokenizer, shape, settings, [needle])  # every input checked before the weights load
     model, info = load_checked(opened)

@@ -39,6 +39,7 @@ from .schedule import Decoded, Job, Scheduler
 from .scores_io import top_heads
 from .scoring import rouge1_recall
 from .shape import ModelShape
+from .streaming import full_kv_heads, kv_kept
 from .sweep import Plan, SweepSettings, TrialKey, plan
 
 log = logging.getLogger(__name__)
@@ -89,24 +90,32 @@ def select_random(scores: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 class Condition:
     """One masking condition of a run, and where its results go."""
 
-    kind: str  # none | top | random
+    kind: str  # none | top | random (masking); keep_top | keep_random (streaming, compress.py)
     k: int
     mask: HeadMask | None
     seed: int | None = None
     folder: str = ""
     unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
+    kept: torch.Tensor | None = None  # streaming: bool [layers, units], the heads kept at full cache
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
         d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
+        if self.kept is not None:
+            d["kept"] = self.kept.nonzero().tolist()
         return d
 
     def label(self) -> str:
         if self.kind == "none":
             return "no heads masked"
-        seed = f", seed {self.seed}" if self.kind == "random" else ""
+        seed = f", seed {self.seed}" if self.seed is not None and "random" in self.kind else ""
         unit = " KV" if self.unit == "kv" else ""
-        return f"{self.kind}-{self.k}{unit} heads masked ({self.mask.mode}, {self.mask.phase}{seed})"
+        m = self.mask
+        if m.mode == "stream":
+            what = "every head streamed" if self.k == 0 else \
+                f"{self.kind.replace('keep_', 'keep ')}-{self.k}{unit} full, rest streamed"
+            return f"{what} ({m.sink}+{m.recent}, {m.phase}{seed})"
+        return f"{self.kind}-{self.k}{unit} heads masked ({m.mode}, {m.phase}{seed})"
 
 
 def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, mode: str, phase: str,
@@ -152,16 +161,27 @@ class NiahSettings(SweepSettings):
                                           "(<model>.kv_max.json with --mask_unit kv)")
     mask_mode: str = option("uniform", "uniform: zero the query (attend uniformly, the original); zero: zero the "
                                        "head's output", choices=MASK_MODES)
-    mask_phase: str = option("decode", "decode: mask while decoding only (the original); all: the prefill too",
+    mask_phase: str = option("decode", "decode: mask while decoding only (the original; streaming: the prompt's "
+                                       "cache compressed once after the prefill); all: the prefill too",
                              choices=MASK_PHASES)
     mask_unit: str = option("query", "kv: K counts KV heads (GQA groups), ranked by the per-KV-head scores",
                             choices=("query", "kv"))
+    keep_full: tuple[int, ...] | None = option(None, "streaming heads (KV-cache compression): K>0 keeps the top-K "
+                                                     "heads at full cache and streams every other; K<0 keeps |K| "
+                                                     "random heads; 0 streams every head (several values allowed)")
+    sink: int = option(4, "streamed heads keep the first N keys (attention sinks)")
+    recent: int = option(64, "and the last N keys (the query included)")
     seed: int = option(0, "seed of the random-head draw")
     seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
     needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
     question: str | None = option(None, "the question asked about it")
     real_needle: str | None = option(None, "the answer, inside --needle")
     needle_id: int = option(0, "which needle of --needles (0-based)")
+
+    def check(self) -> None:
+        super().check()
+        if self.sink < 0 or self.recent < 1:
+            raise UserError("--sink must be >= 0 and --recent >= 1 (a streamed head sees at least itself)")
 
     def the_needle(self) -> Needle:
         """The needle this test uses: the one given as text, else ``needle_id`` of ``needles``."""
@@ -195,7 +215,7 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
         for row in scheduler.run(jobs, masks=[c.mask for c in conditions]):  # prompt -> prefill -> masked decode
             c = conditions[row.mask]
-            record = niah_record(tokenizer, row, needle, c, model_name)  # -> score -> record
+            record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
             out[c.folder].append(record)
             bar.update(1)
             if on_record is not None:
@@ -205,14 +225,20 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     return out
 
 
-def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_name: str) -> dict:
-    """One condition's answer in one cell, in the original's format plus the mask and response ids."""
+def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_name: str,
+                shape: ModelShape | None = None) -> dict:
+    """One condition's answer in one cell, in the original's format plus the intervention
+    (with, for streaming, the fraction of the KV cache a compressed cache keeps) and ids."""
     key: TrialKey = row.job.key
     text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+    mask = c.describe()
+    if c.mask is not None and c.mask.mode == "stream" and shape is not None:
+        kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
+        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}")
     return {
         "model": model_name, "context_length": key.context_length, "depth_percent": key.depth_percent,
         "version": RECORD_VERSION, "needle": needle.needle, "model_response": text,
         "score": rouge1_recall(text, needle.real_needle), "test_duration_seconds": round(row.seconds, 4),
         "test_timestamp_utc": utc_now(), "question": needle.question, "real_needle": needle.real_needle,
-        "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": c.describe(),
+        "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": mask,
     }

@@ -95,7 +95,7 @@ def is_unmasked(mask: dict | None) -> bool:
     return not mask or mask.get("kind") == "none" or mask.get("k") == 0
 
 
-def _read_trials(folder: Path) -> list[dict]:
+def read_trials(folder: Path) -> list[dict]:
     """Every trial record in ``folder`` (sorted by file name)."""
     trials = []
     for path in sorted(folder.glob("*.json")):
@@ -127,7 +127,7 @@ def load_results(folder: str | Path) -> ResultGrid:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} does not exist; pass a folder of trial JSON files")
-    trials = _read_trials(folder)
+    trials = read_trials(folder)
     if not trials:
         raise UserError(
             f"results folder {folder} holds no trial files (JSON with context_length, depth_percent, score)"
