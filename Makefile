@@ -28,16 +28,28 @@ START ?= 0
 END   ?= 5000
 K     ?= 10
 SEEDS ?= 0 1 2
+# The compression experiment (streaming heads): heads kept at full cache (K>0 top-K, K<0
+# random, 0 none), each other head keeping its first SINK and last RECENT keys; PHASE
+# decode compresses the prompt's cache once (kvpress), all from the first token (DuoAttention).
+KEEP   ?= 0 11 27 54 81 135 -11 -27 -54 -135
+SINK   ?= 4
+RECENT ?= 64
+PHASE  ?= decode
 
 
 # The demo's CPU-sized grid (a few minutes on 2 cores): detection on 3 needles x 4 lengths
 # x 5 depths = 60 trials, then the needle test on 4 lengths x 5 depths under no mask,
 # top-K and K random heads (3 seeds), sharing each prompt's prefill.
 DEMO_GRID := --context_lengths 500 1000 1500 2000 --depth_percents 0 25 50 75 100
+# ... and the compression curve at the longest length (one prefill per cell for every condition)
+DEMO_COMPRESS_GRID := --context_lengths 2000 --depth_percents 0 25 50 75 100
+DEMO_KEEP := 0 11 27 54 -27 -54
 # Per-model demo overrides (MODEL=gemma3): Gemma-3-270M's sliding layers see only the last
 # 512 tokens, so its grid stays short; 5 of its 72 heads play the part of 10 of SmolLM2's 270.
 DEMO_GRID_gemma3 := --context_lengths 300 500 800 --depth_percents 0 25 50 75 100
+DEMO_COMPRESS_GRID_gemma3 := --context_lengths 800 --depth_percents 0 25 50 75 100
 DEMO_K_gemma3    := 5
+DEMO_KEEP_gemma3 := 0 3 7 14 -7 -14
 DEMO_K_ARG := $(if $(DEMO_K_$(MODEL)),$(if $(filter command line,$(origin K)),,K=$(DEMO_K_$(MODEL))),)
 
 STAMP := $(VENV)/.installed
@@ -71,15 +83,22 @@ setup: install
 	$(if $(HAS_GPU),$(PIP) install -e ".[flash]" || echo "flash-attn not installed: sdpa will be used",@echo "no GPU: flash-attn skipped")
 
 demo: install $(MODEL_DEPS)
-	$(MAKE) --no-print-directory experiment GRID="$(or $(DEMO_GRID_$(MODEL)),$(DEMO_GRID))" $(DEMO_K_ARG)
+	$(MAKE) --no-print-directory experiment GRID="$(or $(DEMO_GRID_$(MODEL)),$(DEMO_GRID))" \
+	  COMPRESS_GRID="$(or $(DEMO_COMPRESS_GRID_$(MODEL)),$(DEMO_COMPRESS_GRID))" \
+	  $(if $(filter command line,$(origin KEEP)),,KEEP="$(or $(DEMO_KEEP_$(MODEL)),$(DEMO_KEEP))") $(DEMO_K_ARG)
 
 # The paper's headline experiment on any model:
 #   make experiment MODEL_PATH=... GRID="--s 1000 --e 8000" K=20
 GRID ?= --s $(START) --e $(END)
-# (the mask script draws results/graph/<model>_side_by_side.png of its conditions itself)
+# The mask script draws results/graph/<model>_side_by_side.png of its conditions itself, and
+# results/compression/<model>_compression_<phase>_s<sink>_r<recent>.png; KEEP= (empty) skips it.
+COMPRESS_GRID ?= $(GRID)
 experiment: install $(MODEL_DEPS)
 	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(GRID) --overwrite
 	$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(GRID) --mask_top 0 $(K) -$(K) --seeds $(SEEDS) --overwrite
+	$(if $(strip $(KEEP)),$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(COMPRESS_GRID) --mask_top 0 \
+	  --keep_full $(KEEP) --seeds $(SEEDS) --sink $(SINK) --recent $(RECENT) --mask_phase $(PHASE) \
+	  --output_dir results/compression --overwrite)
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -1,8 +1,9 @@
-"""``retrieval-head``: one console command for the toolkit's four tools.
+"""``retrieval-head``: one console command for the toolkit's tools.
 
     retrieval-head detect ...    # = python retrieval_head_detection.py ...
     retrieval-head mask ...      # = python needle_in_haystack_with_mask.py ...
     retrieval-head plot DIR ...  # = python -m retrieval_head.plot ...
+    retrieval-head compress DIR ...   # = python -m retrieval_head.compress ...
     retrieval-head heads top|heatmap|compare FILE ...   # = python -m retrieval_head.heads ...
 
 Each subcommand takes exactly the options of the script it names (``--help`` lists them
@@ -29,6 +30,11 @@ def _plot(argv):
     return main(argv)
 
 
+def _compress(argv):
+    from .compress import main
+    return main(argv)
+
+
 def _heads(argv):
     from .heads import main
     return main(argv)
@@ -37,6 +43,7 @@ def _heads(argv):
 COMMANDS = {"detect": (_detect, "detect retrieval heads (retrieval_head_detection.py)"),
             "mask": (_mask, "the needle test with heads masked (needle_in_haystack_with_mask.py)"),
             "plot": (_plot, "needle-test heatmaps of result folders"),
+            "compress": (_compress, "the compression curve (score vs KV cache kept) of streaming result folders"),
             "heads": (_heads, "inspect head-score files: top, heatmap, compare")}
 
 

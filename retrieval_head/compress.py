@@ -78,37 +78,48 @@ def keep_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
 
 
 def curves(dirs) -> dict:
-    """The compression curve's points from result folders: ``{"reference": score or None,
-    "top": [(kv_kept, score, k)], "random": [(kv_kept, mean, lo, hi, k, n_seeds)]}``,
-    each score the mean over the folder's cells (kv_kept too: it depends on the length)."""
+    """The compression curve's points from result folders (of one run or of several, e.g.
+    one per needle: records of the same condition are pooled): ``{"reference": score or
+    None, "top": [(kv_kept, score, k)], "random": [(kv_kept, mean, lo, hi, k, seeds)]}``;
+    a score is the mean over the condition's cells, kv_kept too (it depends on the length);
+    random points pool each seed's cells, then take the mean and range over seeds."""
     from .plot import read_trials
 
-    ref, top, rand = None, [], {}
+    pooled: dict[tuple, list[dict]] = {}
     for d in dirs:
-        recs = read_trials(Path(d))
-        if not recs:
-            continue
-        mask = recs[0].get("mask") or {}
-        score = statistics.fmean(r["score"] for r in recs)
-        if mask.get("kind") == "none":
-            ref = score
-            continue
-        if mask.get("mode") != "stream":
-            continue
-        kept = statistics.fmean(r["mask"]["kv_kept"] for r in recs)
-        if mask["kind"] == "keep_top":
-            top.append((kept, score, mask["k"]))
-        else:
-            rand.setdefault(mask["k"], []).append((kept, score))
-    top.sort()
-    randoms = []
-    for k, pts in sorted(rand.items()):
-        s = [p[1] for p in pts]
-        randoms.append((statistics.fmean(p[0] for p in pts), statistics.fmean(s), min(s), max(s), k, len(s)))
+        for r in read_trials(Path(d)):
+            m = r.get("mask") or {}
+            if m.get("kind") == "none" or m.get("mode") == "stream":
+                pooled.setdefault((m["kind"], m.get("k", 0), m.get("seed")), []).append(r)
+    mean = lambda recs, f: statistics.fmean(f(r) for r in recs)  # noqa: E731
+    ref = next((mean(v, lambda r: r["score"]) for (kind, _, _), v in pooled.items() if kind == "none"), None)
+    top = sorted((mean(v, lambda r: r["mask"]["kv_kept"]), mean(v, lambda r: r["score"]), k)
+                 for (kind, k, _), v in pooled.items() if kind == "keep_top")
+    by_k: dict[int, list[tuple[float, float]]] = {}
+    for (kind, k, _), v in pooled.items():
+        if kind == "keep_random":
+            by_k.setdefault(k, []).append((mean(v, lambda r: r["mask"]["kv_kept"]), mean(v, lambda r: r["score"])))
+    randoms = [(statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts), min(p[1] for p in pts),
+                max(p[1] for p in pts), k, len(pts)) for k, pts in sorted(by_k.items())]
     zero = [p for p in top if p[2] == 0]  # streaming every head starts both lines
     if zero:
         randoms.insert(0, (zero[0][0], zero[0][1], zero[0][1], zero[0][1], 0, 1))
     return {"reference": ref, "top": top, "random": randoms}
+
+
+def table(c: dict, heads: int) -> str:
+    """The curve as a markdown table: K, % of heads kept, KV kept and score, both lines."""
+    rand = {k: (x, m, lo, hi) for x, m, lo, hi, k, _ in c["random"]}
+    top = {k: (x, y) for x, y, k in c["top"]}
+    lines = ["| K heads kept full | % of heads | top-K: KV kept | top-K: score | random-K: KV kept | "
+             "random-K: score (min-max) |", "|---|---|---|---|---|---|"]
+    for k in sorted(set(top) | set(rand)):
+        t = f"{100 * top[k][0]:.1f}% | {top[k][1]:.1f}" if k in top else "— | —"
+        r = f"{100 * rand[k][0]:.1f}% | {rand[k][1]:.1f} ({rand[k][2]:.0f}-{rand[k][3]:.0f})" if k in rand else "— | —"
+        lines.append(f"| {k} | {100 * k / heads:.1f}% | {t} | {r} |")
+    if c["reference"] is not None:
+        lines.append(f"| full cache | 100% | 100% | {c['reference']:.1f} | | |")
+    return "\n".join(lines)
 
 
 def compression_figure(dirs, out_png, title: str) -> Path:
@@ -142,3 +153,31 @@ def compression_figure(dirs, out_png, title: str) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     figure_title(fig, title)
     return render(fig, Path(out_png))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval_head.compress DIR [DIR ...] --out PNG``: the curve of result
+    folders (several runs pooled), as a figure and a markdown table."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m retrieval_head.compress", description=main.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
+    ap.add_argument("--out", default="compression.png", help="output PNG")
+    ap.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
+    ap.add_argument("--heads", type=int, default=None, help="the model's heads (units), for the table's % column")
+    args = ap.parse_args(argv)
+    try:
+        c = curves(args.dirs)
+        print(compression_figure(args.dirs, args.out, args.title))
+        heads = args.heads or max([k for _, _, k in c["top"]] + [1])
+        print(table(c, heads))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

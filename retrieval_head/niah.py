@@ -56,7 +56,8 @@ def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
         raise UserError(f"--mask_top {k} is larger than the model's {total} heads")
     nonzero = int((scores > 0).sum())
     if k > nonzero:
-        log.warning("masking top %d heads, but only %d heads have a nonzero score", k, nonzero)
+        log.warning("selecting the top %d heads, but only %d heads have a nonzero score (the rest tie at 0, "
+                    "taken in layer-major order)", k, nonzero)
     out = torch.zeros(scores.shape, dtype=torch.bool)
     for l, h, _ in top_heads(scores, k):
         out[l, h] = True
