@@ -1,4 +1,4 @@
-"""Whole sweeps vs the naive floor (issue C): detection, masked NIAH, probe step, memory, original.
+"""Whole sweeps vs the naive floor (issue C): detection, masked NIAH, probe step, memory, original, streaming.
 
 On the default model (SmolLM2-135M-Instruct) at CPU-sized lengths, one run measures, on the
 same machine and in the same process (memory: fresh child processes):
@@ -30,6 +30,18 @@ same machine and in the same process (memory: fresh child processes):
      SDPA, then N decode steps with the model switched to eager and ``output_attentions=True``,
      and the per-head top-1 computed by a Python loop over layers and heads (the original's
      ``retrieval_calculate``); its time against the same floor.
+  6. The streaming (KV-cache compression) experiment's cost against item 2's defaults row:
+     ``run_niah`` on needle 0 over the same lengths x depths, with the scheduler's defaults,
+     under none / keep-top-27 / keep-random-27 (seed 0; ``compress.keep_conditions`` from
+     item 1's scores: the kept heads at full cache, every other head streamed with sink 4 +
+     recent 64), once with ``phase="decode"`` (the prompt's cache compressed once after the
+     prefill: one prefill per cell shared by all three conditions, as the masked sweep) and
+     once with ``phase="all"`` (streamed from the first token: a prefill per streaming
+     condition and cell, besides the unmasked condition's). Ratio = streaming wall s /
+     masked-sweep wall s (information, no target); the profile gives how many prompt
+     prefills each sweep ran (counted by a wrapper around the scheduler's passes), each
+     condition's mean score and KV cache kept, and whether the unmasked condition answered
+     as in item 2.
 
 Times are wall seconds (process CPU seconds in an extra column: less sensitive to other jobs
 on a shared machine). A profile (prefill vs decode share, per-condition decode cost) follows
@@ -38,7 +50,7 @@ the table. The section "## Sweeps vs the naive floor (issue C)" of ``--out`` is 
 
 Run (from the repo root; one heavy process at a time on a small shared machine)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/sweep.py --quick                 # smoke run, ~2 min
+    OMP_NUM_THREADS=1 .venv/bin/python bench/sweep.py --quick                 # smoke run, ~5 min
     OMP_NUM_THREADS=1 .venv/bin/python bench/sweep.py                         # lengths 1000 2000, depths 10 50 90
     OMP_NUM_THREADS=1 .venv/bin/python bench/sweep.py --lengths "1000 2000" --depths "10 90" --threads 1
 """
@@ -73,6 +85,8 @@ NIAH_TEXT = {"default": "**defaults: prefix reuse + batched decoding (cells shar
 VARIANT_TEXT = {"default": "**defaults: prefix reuse + batched decoding**", "independent": "independent trials (lever row)",
                 "reuse": "prefix reuse only (lever row)", "batches": "batched decoding only (lever row)"}
 K_HEADS = 10
+K_KEEP, SINK, RECENT = 27, 4, 64  # item 6: heads kept at full cache; every other head sees sink + recent keys
+STREAM_PHASES = ("decode", "all")
 TARGETS = {"detect": 0.75, "niah": 0.5, "step": 1.05, "mem": 1.1}
 
 
@@ -92,6 +106,40 @@ def memory_note(model, budget: int) -> str:
             f"generation does) plus at most the budget of shorter trials. `--batch_tokens 0` turns batching off. "
             f"Both sweeps' peaks include loading and tokenizing the haystack (row 4's single trial starts "
             f"after that).")
+
+
+@contextlib.contextmanager
+def counted_prefills():
+    """``run_niah``'s ``Scheduler`` replaced, for the block, by a subclass that counts its
+    passes and prompt prefills (``run_niah`` returns no scheduler stats): yields a list that
+    gets each scheduler's ``stats`` dict, with ``passes`` and ``prefills`` (prompts prefilled,
+    each after prefix reuse only what follows its shared prefix) added."""
+    from retrieval_head import niah, schedule
+
+    made: list[dict] = []
+
+    class Counting(schedule.Scheduler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stats.update(passes=0, prefills=0)
+            made.append(self.stats)
+
+        def _pass(self, jobs, p, probe):  # one pass = one prefill of every job
+            self.stats["passes"] += 1
+            self.stats["prefills"] += len(jobs)
+            yield from super()._pass(jobs, p, probe)
+
+    saved, niah.Scheduler = niah.Scheduler, Counting
+    try:
+        yield made
+    finally:
+        niah.Scheduler = saved
+
+
+def counts(stats: dict) -> str:
+    """'N prompt prefills in P passes' of a ``counted_prefills`` stats dict."""
+    n, p = stats["prefills"], stats["passes"]
+    return f"{n} prompt prefill{'s' * (n != 1)} in {p} pass{'es' * (p != 1)}"
 
 
 def ints(text: str) -> list[int]:
@@ -222,7 +270,9 @@ def main():
     import transformers
     import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
     from retrieval_head import DetectSettings, ModelSpec, detect, load_model
-    from retrieval_head.decode import stop_token_mask
+    from retrieval_head.attention import HeadMask
+    from retrieval_head.compress import keep_conditions
+    from retrieval_head.decode import greedy_decode, stop_token_mask
     from retrieval_head.niah import NiahSettings, make_conditions, run_niah
     from retrieval_head.prompt import Prompt
     from retrieval_head.shape import ModelShape
@@ -248,6 +298,9 @@ def main():
     short = Prompt(full.ids[:64], (1, 2), 0, 0)
     dov.trial(model, tok, short, needle0, stop), dov.generate(model, tok, short.ids, 2)
     original_trial(model, tok, short, 2)
+    half = torch.arange(shape.num_layers * shape.num_heads).reshape(shape.grid) % 2 == 0
+    for phase in STREAM_PHASES:  # item 6's paths: streamed decode steps, a streamed prefill
+        greedy_decode(model, tok, short.ids, stop, 2, mask=HeadMask(half, "stream", phase, SINK, 16))
     log("warm")
 
     # 1. Detection sweep vs the floor, with its defaults (prefix reuse + batched decoding) and
@@ -289,12 +342,13 @@ def main():
     # Needle 0 of the same plan: its checks passed, its haystack is tokenized (outside the clock).
     niah_plan = dataclasses.replace(p, needles=[needle0])
     niah, floor_memo = {}, {}
-    niah_outcome = {}
+    niah_outcome, niah_stats = {}, {}
     for b, kw in NIAH_VARIANTS.items():
         st = dataclasses.replace(niah_st, **kw)
         c = Clock()
-        with c():
+        with counted_prefills() as made, c():
             recs = run_niah(model, tok, st, conds, model_name="bench", progress=False, checked=niah_plan)
+        niah_stats[b] = made[0]
         fl = Clock()
         cells = []
         for cond in conds:
@@ -313,6 +367,25 @@ def main():
                            for f, rs in recs.items()}
         log(f"niah {b}: {c.wall:.1f}s vs floor {fl.wall:.1f}s")
     niah_identical = all(o == niah_outcome["default"] for o in niah_outcome.values())
+
+    # 6. Streaming heads (compression): none / keep-top-K_KEEP / keep-random-K_KEEP (seed 0) from
+    #    item 1's scores, sink + recent, on item 2's grid and needle with the scheduler's defaults;
+    #    phase decode (one prefill per cell for all conditions) and phase all (one per streaming
+    #    condition and cell, besides the unmasked one's). Against item 2's defaults row.
+    none_cond = make_conditions("bench", [0], None, "uniform", "decode", [0], False)
+    streaming = {}
+    for phase in STREAM_PHASES:
+        sconds = none_cond + keep_conditions("bench", [K_KEEP, -K_KEEP], scores, phase, [0], False, SINK, RECENT)
+        c = Clock()
+        with counted_prefills() as made, c():
+            recs = run_niah(model, tok, niah_st, sconds, model_name="bench", progress=False, checked=niah_plan)
+        per_cond = [(cond, statistics.fmean(r["score"] for r in recs[cond.folder]),
+                     statistics.fmean(r["mask"].get("kv_kept", 1.0) for r in recs[cond.folder])) for cond in sconds]
+        same_none = ([(r["context_length"], r["depth_percent"], r["response_ids"]) for r in recs[none_cond[0].folder]]
+                     == niah_outcome["default"][conds[0].folder])
+        streaming[phase] = (c, made[0], per_cond, same_none)
+        log(f"streaming {phase}: {c.wall:.1f}s vs masked sweep {niah['default'][0].wall:.1f}s; "
+            f"{made[0]['prefills']} prefills in {made[0]['passes']} passes")
 
     # 3. Decode step with the probe vs plain, at every length (the longest is the table row);
     #    the prefill times feed the profile.
@@ -377,6 +450,11 @@ def main():
             sweep_mem["sweep"], sweep_mem["sweep0"], None, unit="MiB", note="info")
     row("5. original algorithm (eager + output_attentions + Python top-1 loop), same prompts",
         orig.wall, det_floor.wall, None, orig.cpu, det_floor.cpu)
+    masked = niah["default"][0]
+    for phase, (c, _, _, _) in streaming.items():
+        row(f"6. streaming sweep (none / keep-top-{K_KEEP} / keep-random-{K_KEEP}, sink {SINK} + recent {RECENT}), "
+            f"phase {phase} vs the masked NIAH sweep (defaults)", c.wall, masked.wall, None, c.cpu, masked.cpu,
+            note="info")
     header = ["| quantity | ours s | floor s | ratio | target | met? | ratio (CPU time) |", "|---" * 7 + "|"]
     table = "\n".join(header + rows)
 
@@ -427,7 +505,18 @@ def main():
         f"- Masked NIAH: the floor pays {len(conds)} prefills per cell (~{len(conds) * niah_prefill:.1f} s of its "
         f"{fl_wall:.1f} s), so one prefill per cell with free decoding would give ~{niah_prefill / fl_wall:.2f}. "
         + "; ".join(f"{NIAH_TEXT[b]}: {c.wall:.1f} s" for b, (c, fl, cells) in niah.items())
-        + f". Responses identical in all four variants: {'yes' if niah_identical else '**NO**'}.")
+        + f". Responses identical in all four variants: {'yes' if niah_identical else '**NO**'}. Its defaults ran "
+        f"{counts(niah_stats['default'])} "
+        f"({niah_stats['default']['prefilled_tokens']} of {niah_stats['default']['prompt_tokens']} prompt tokens "
+        f"prefilled, after prefix reuse), decode batches of {niah_stats['default']['decode_batches']} rows.")
+    for phase, (c, st, per_cond, same_none) in streaming.items():
+        prof_lines.append(
+            f"- Streaming, phase {phase} (item 6; sink {SINK} + recent {RECENT}): {c.wall:.1f} s = "
+            f"{c.wall / masked.wall:.2f} x the masked sweep's defaults; {counts(st)} "
+            f"({st['prefilled_tokens']} of {st['prompt_tokens']} prompt tokens prefilled, "
+            f"after prefix reuse), decode batches of {st['decode_batches']} rows. Mean score / KV cache kept: "
+            + "; ".join(f"{cond.label()}: {score:.1f} / {100 * kept:.1f}%" for cond, score, kept in per_cond)
+            + f". The unmasked condition's responses equal item 2's: {'yes' if same_none else '**NO**'}.")
     profile = "\n".join(prof_lines)
 
     print(table)
@@ -446,15 +535,18 @@ def main():
         f"({total / 60:.1f} min; machine as in the header; load average (1 min) {load0[0]:.1f} before, "
         f"{load1[0]:.1f} after, on {os.cpu_count()} cores). Grid: lengths "
         f"{' '.join(map(str, lengths))}, depths {' '.join(map(str, depths))}, all {len(p.needles)} default needles "
-        f"(items 1 and 5), needle 0 (item 2).\n\n"
+        f"(items 1 and 5), needle 0 (items 2 and 6).\n\n"
         f"Floor = `model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False)` on each same "
-        f"prompt, with N = the number of tokens that trial or condition generated. Items 1, 2 and 5 are sums "
+        f"prompt, with N = the number of tokens that trial or condition generated. Items 1, 2, 5 and 6 are sums "
         f"of wall seconds over the sweep (one warm-up on a 64-token prompt before anything); item 1's floor "
         f"and item 5 were interleaved prompt by prompt. Item 3: per-step seconds, `model(input_ids=tok, cache=cache)` "
         f"inside vs outside `intervene(model, probe=ArgmaxProbe())` on a prefilled `DynamicCache` cropped "
         f"back after each run. Item 4: peak RSS increase of one detection trial (`detection_overhead.trial`: one "
         f"`Job` through the `Scheduler` with no levers, then `detect.trial_record`) vs one generate in fresh processes "
-        f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). Ratio (CPU time) = process CPU "
+        f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). Item 6: "
+        f"`run_niah` with the defaults under none / keep-top-{K_KEEP} / keep-random-{K_KEEP} (seed 0; "
+        f"`compress.keep_conditions`, every head not kept streamed with sink {SINK} + recent {RECENT}), its "
+        f"\"floor\" column being item 2's defaults row (the masked sweep on the same grid, same run). Ratio (CPU time) = process CPU "
         f"seconds, less sensitive to the other jobs.\n\n{table}\n\n### Where the time goes\n\n{profile}\n\n"
         f"{memory_note(model, result.stats['batch_tokens'])}\n\n"
         f"Reproduce: `{cmd.strip()}` ({total / 60:.0f} min here; the levers' identity is also tested in "

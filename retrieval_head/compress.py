@@ -69,7 +69,8 @@ def keep_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
             if scores is None:
                 raise UserError("--keep_full K > 0 needs head scores; pass --head_score FILE or run "
                                 "retrieval_head_detection.py")
-            out.append(condition("keep_top", k, select_top(scores, k), None, f"{model_name}_stream_keep_top{k}{suffix}"))
+            out.append(condition("keep_top", k, select_top(scores, k, "--keep_full"), None,
+                                 f"{model_name}_stream_keep_top{k}{suffix}"))
         else:
             for s in seeds:
                 folder = f"{model_name}_stream_keep_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")

@@ -49,11 +49,12 @@ RANDOM_EXCLUDE_FRACTION = 0.10  # ... and the top max(K, 10%) heads are excluded
 RECORD_VERSION = 1  # the original's "version" field of a result file
 
 
-def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order)."""
+def select_top(scores: torch.Tensor, k: int, option: str = "--mask_top") -> torch.Tensor:
+    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order);
+    ``option`` names the flag in the error a too-large k gets."""
     total = scores.numel()
     if k > total:
-        raise UserError(f"--mask_top {k} is larger than the model's {total} heads")
+        raise UserError(f"{option} {k} is larger than the model's {total} heads")
     nonzero = int((scores > 0).sum())
     if k > nonzero:
         log.warning("selecting the top %d heads, but only %d heads have a nonzero score (the rest tie at 0, "

@@ -64,9 +64,10 @@ def streamed_prefill(query, key, value, out, stream, sink: int, recent: int, win
     kv_heads, kv_len = key.shape[1], key.shape[2]
     qpos = torch.arange(kv_len - q, kv_len, device=query.device)[:, None]
     kpos = torch.arange(kv_len, device=query.device)[None, :]
-    allowed = (kpos <= qpos) & ((kpos < sink) | (qpos - kpos < recent))  # [q, T], shared by the group
+    # [q, T] bool, shared by the group; compared against [q, 1] bounds, so no [q, T] integer temporary
+    allowed = (kpos <= qpos) & ((kpos < sink) | (kpos > qpos - recent))
     if window is not None:
-        allowed &= qpos - kpos < window
+        allowed &= kpos > qpos - window
     allowed = allowed[None, None]
     if attention_mask is not None:
         allowed = allowed & _as_bool(attention_mask, q, kv_len)

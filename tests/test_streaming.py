@@ -142,3 +142,30 @@ def test_kv_kept_counts_whole_groups_and_windows():
     assert full.tolist() == [[False, False], [True, False], [False, False]]
     # at 100 tokens: sliding layers hold 16 per head, the full layer 100; streamed heads hold min(held, 4 + 8)
     assert kv_kept(shape, 100, 4, 8, full) == Fraction(12 + 12 + 100 + 12 + 12 + 12, 16 * 2 + 100 * 2 + 16 * 2)
+
+
+@pytest.mark.parametrize("phase", ["all", "decode"])
+@pytest.mark.parametrize("name", ["Llama (GQA)", "Mistral", "Gemma2", "GPT-OSS"])
+def test_the_probe_sees_what_streamed_heads_see(name, phase):
+    """The probe composes with streaming: at every decode step its argmax is the row max of
+    the oracle's eager weights under the explicit per-head mask (streamed heads never point
+    at a dropped key)."""
+    fam = next(f for f in SUPPORTED if f.name == name)
+    model = build(fam)
+    shape = ModelShape.of(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    streamed = stream_sets(shape, "query")[0]
+    job = prompts(vocab)[0]
+    scheduler = Scheduler(model, shape, torch.zeros(vocab, dtype=torch.bool), STEPS, Levers())
+    (row,) = scheduler.run([job], masks=[HeadMask(streamed, "stream", phase, SINK, RECENT)], probe=True)
+    ids, prefill_len = job.prompt.ids, len(job.prompt.ids) - 1
+    with torch.no_grad(), oracle(model, streamed, phase, prefill_len):
+        att = model(input_ids=torch.tensor([ids + row.ids[:-1]]), output_attentions=True, use_cache=False).attentions
+    for t, pos in enumerate(row.positions):  # [layers, heads]
+        q = prefill_len + t
+        for layer, a in enumerate(att):
+            w = a[0, :, q, : q + 1].float()  # [H, q + 1]
+            picked = w.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
+            torch.testing.assert_close(picked, w.max(1).values, atol=1e-5, rtol=0,
+                                       msg=lambda m: f"step {t} layer {layer}: {m}")
+            assert (w[streamed[layer]].gather(1, pos[layer][streamed[layer]].unsqueeze(1)) > 0).all()
