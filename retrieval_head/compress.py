@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
     ap.add_argument("--out", default="compression.png", help="output PNG")
     ap.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
-    ap.add_argument("--heads", type=int, default=None, help="the model's heads (units), for the table's % column")
+    ap.add_argument("--heads", type=int, default=None, help="the model's heads (units), for the table's share-of-heads column")
     args = ap.parse_args(argv)
     try:
         c = curves(args.dirs)
