@@ -14,6 +14,11 @@ From the shell::
     python -m retrieval_head.heads top head_score/llama-2-7b-80k.json -k 10
     python -m retrieval_head.heads heatmap head_score/llama-2-7b-80k.json   # llama-2-7b-80k.heads.png
     python -m retrieval_head.heads compare head_score/Qwen1.5-14B.json head_score/Qwen1.5-14B-Chat.json
+    python -m retrieval_head.heads export head_score/llama-2-7b-80k.json --to duo --top 30 --out duo/llama-2-7b-80k
+
+Every command reads any head file ``head_files`` accepts (detected by content): top, heatmap
+and compare in the file's own unit (a column per query head, or per KV head for duo and
+razor files); export converts between formats and units.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from . import head_files
 from .errors import UserError
 from .plot import figure_title, render
-from .scores_io import format_top_table, load_head_scores, top_heads
+from .scores_io import format_top_table, load_head_scores, top_heads  # noqa: F401 (load_head_scores: the API)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -118,24 +124,38 @@ def _fmt_heads(heads: list[tuple[int, int]]) -> str:
     return " ".join(f"{l}-{h}" for l, h in heads) or "(none)"
 
 
+def _read(path: str) -> head_files.HeadFile:
+    return head_files.read_head_file_any(Path(path))
+
+
 def _cmd_top(args) -> None:
     if args.k < 1:
         raise UserError(f"-k must be at least 1, got {args.k}")
-    print(format_top_table(load_head_scores(Path(args.file)), args.k))
+    hf = _read(args.file)
+    if hf.unit == "kv":
+        print(f"per KV head ({hf.format} file): head = layer-kv_head")
+    print(format_top_table(hf.scores, args.k))
 
 
 def _cmd_heatmap(args) -> None:
     path = Path(args.file)
-    scores = load_head_scores(path)
+    hf = _read(args.file)
+    scores = hf.scores
     out = Path(args.out) if args.out else Path(f"{path.stem}.heads.png")
     layers, n_heads = scores.shape
+    noun = "KV heads" if hf.unit == "kv" else "heads"
     # the details on a line of their own: figure_title wraps each line only where it must
-    title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} heads; top 5 outlined)"
+    title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} {noun}; top 5 outlined)"
     print(heads_heatmap(scores, out, title))
 
 
 def _cmd_compare(args) -> None:
-    a, b = load_head_scores(Path(args.a)), load_head_scores(Path(args.b))
+    fa, fb = _read(args.a), _read(args.b)
+    if fa.unit != fb.unit:
+        raise UserError(f"{args.a} is per {'KV head' if fa.unit == 'kv' else 'query head'}, {args.b} per "
+                        f"{'KV head' if fb.unit == 'kv' else 'query head'}; compare files of one unit (convert one "
+                        "with: python -m retrieval_head.heads export)")
+    a, b = fa.scores, fb.scores
     r = compare(a, b, args.k)
     print(f"A: {args.a} ({a.shape[0]} x {a.shape[1]})")
     print(f"B: {args.b} ({b.shape[0]} x {b.shape[1]})")
@@ -145,25 +165,62 @@ def _cmd_compare(args) -> None:
     print(f"shared heads:   {_fmt_heads(r['shared'])}")
 
 
+def _cmd_export(args) -> None:
+    src = head_files.read_head_file_any(Path(args.file), file_unit=args.unit)
+    done = head_files.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
+                             layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, sink=args.sink,
+                             recent=args.recent, overwrite=args.overwrite)
+    print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval_head.heads {top,heatmap,compare} ...``."""
+    """``python -m retrieval_head.heads {top,heatmap,compare,export} ...``."""
     fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
     parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
-                                     description="Inspect head_score/*.json files.", formatter_class=fmt)
+                                     description="Inspect and convert head-score files: head_score/*.json, "
+                                     "DuoAttention pattern folders, RazorAttention / QRHead / per-layer JSON "
+                                     "(told apart by content).", formatter_class=fmt)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("top", help="ranked table of the top heads", formatter_class=fmt)
-    p.add_argument("file", help="a head_score JSON file")
+    p.add_argument("file", help="a head file (any accepted format)")
     p.add_argument("-k", type=int, default=20, help="rows")
     p.set_defaults(func=_cmd_top)
     p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
-    p.add_argument("file", help="a head_score JSON file")
+    p.add_argument("file", help="a head file (any accepted format)")
     p.add_argument("--out", metavar="PNG", default=None, help="output PNG; none: <stem>.heads.png in the current folder")
     p.set_defaults(func=_cmd_heatmap)
     p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files", formatter_class=fmt)
-    p.add_argument("a", help="a head_score JSON file")
+    p.add_argument("a", help="a head file (any accepted format)")
     p.add_argument("b", help="another, for a model of the same shape")
     p.add_argument("-k", type=int, default=20, help="size of the top sets compared")
     p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="write a head file as duo / razor / qrhead / layers",
+                       description="duo (a folder: full_attention_heads.tsv + config.json) and razor are per KV "
+                                   "head, qrhead and layers per query head; per-query-head scores become per-KV-head "
+                                   "ones by each group's max. duo, razor and layers keep a set of heads: pass "
+                                   "--top K or --threshold T; qrhead ranks every head.")
+    p.add_argument("file", help="a head file (any accepted format)")
+    p.add_argument("--to", required=True, choices=("duo", "razor", "qrhead", "layers"), help="the format written")
+    p.add_argument("--out", required=True, metavar="PATH", help="the file written (a folder for duo)")
+    p.add_argument("--top", type=int, metavar="K", default=None,
+                   help="keep the K highest-scoring heads (KV heads for duo/razor); ties layer-major")
+    p.add_argument("--threshold", type=float, metavar="T", default=None, help="keep the heads scoring >= T")
+    p.add_argument("--unit", choices=("query", "kv"), default=None,
+                   help="what FILE's columns are, for the original format only (a <model>.kv_max.json is kv); "
+                        "none: its format's unit (original: query)")
+    p.add_argument("--layers", type=int, metavar="N", default=None,
+                   help="the model's layers, where FILE does not state them (razor, layers: only the ids named)")
+    p.add_argument("--heads", type=int, metavar="N", default=None,
+                   help="the model's query heads, to read a per-KV-head FILE per query head")
+    p.add_argument("--kv_heads", type=int, metavar="N", default=None,
+                   help="the model's KV heads, to read a per-query-head FILE per KV head (duo, razor)")
+    p.add_argument("--sink", type=int, metavar="S", default=None,
+                   help=f"duo: config.json sink_size; none: DuoAttention's default {head_files.DUO_SINK}")
+    p.add_argument("--recent", type=int, metavar="R", default=None,
+                   help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:

@@ -187,23 +187,41 @@ def validate_head_scores(data, path: Path | str = "<data>",
     return keys
 
 
-def load_head_scores(path: Path, shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Mean score per head as a float64 ``[layers, heads]`` tensor (0 for 0 counted trials).
+def load_head_scores(path: Path, shape=None, unit: str = "query") -> torch.Tensor:
+    """Scores per head as a float64 ``[layers, units]`` tensor, from a head file of any
+    accepted format (``head_files``: this format, DuoAttention's pattern folder,
+    RazorAttention's, QRHead's, per-layer lists), detected by content.
 
-    The file is checked whole first (``validate_head_scores``). ``shape`` (the model's
-    [layers, heads]) is checked when given: a file made for another model is an error,
-    not a silent mismatch.
+    This format gives each head its mean over trials (0 for 0 counted trials), the file
+    checked whole first (``validate_head_scores``). ``shape`` is the model's: a
+    ``ModelShape`` (every count known), or ``(layers, units)`` with units in ``unit``; a
+    file made for another model is an error, not a silent mismatch. ``unit`` "query" gives
+    a column per query head, "kv" per KV head: a per-KV-head file (duo, razor) read per
+    query head gives each query head its KV head's score; a per-query-head file read per
+    KV head takes each group's max. This format is taken as per query head (as
+    ``shape=(layers, kv_heads)`` it reads a ``<model>.kv_max.json`` as it is).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> write_head_scores(d / "m.json", {"0-0": [0.5, 1], "0-1": [0, 0], "0-2": [0, 0], "0-3": [1, 1]})
+    >>> load_head_scores(d / "m.json", (1, 4)).tolist()
+    [[0.75, 0.0, 0.0, 1.0]]
+    >>> load_head_scores(d / "m.json", (1, 2), unit="kv").tolist()   # 2 KV heads: the max of each pair
+    [[0.75, 1.0]]
     """
-    path = Path(path)
-    keys = validate_head_scores(read_head_file(path), path, shape)
-    layers, heads = (1 + max(x) for x in zip(*keys))
-    out = torch.zeros(layers, heads, dtype=torch.float64)
-    for (l, h), v in keys.items():
-        mean = sum(v) / len(v) if v else 0.0
-        if not math.isfinite(mean):
-            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {_REGENERATE}")
-        out[l, h] = mean
-    return out
+    from .head_files import fit, read_head_file_any  # head_files builds on this module
+
+    if unit not in ("query", "kv"):
+        raise ValueError(f"unit must be 'query' or 'kv', got {unit!r}")
+    layers = heads = kv_heads = None
+    if hasattr(shape, "num_kv_heads"):  # a ModelShape
+        layers, heads, kv_heads = shape.num_layers, shape.num_heads, shape.num_kv_heads
+    elif shape is not None:
+        layers, units = shape
+        heads, kv_heads = (units, None) if unit == "query" else (None, units)
+    # this format is per query head: with the query-head grid known, check it before its values
+    grid = (layers, heads) if layers is not None and heads is not None else None
+    return fit(read_head_file_any(Path(path), grid=grid), unit, layers, heads, kv_heads)
 
 
 def top_heads(scores: torch.Tensor, k: int | None = None) -> list[tuple[int, int, float]]:

@@ -153,6 +153,26 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
         p[k].write_text(json.dumps(d) + "\n")  # NaN and Infinity as json.dumps writes (and json.loads reads) them
     p["hs_dupkey"] = root / "hs_dupkey.json"
     p["hs_dupkey"].write_text(json.dumps(grid)[:-1] + ', "1-3": [1.0, 1.0]}\n')
+    # head files of the other formats (tests/test_head_files.py reads the good ones), malformed
+    duo_ok = "1\t0\n0\t1\n"  # the tiny Llama's 2 layers x 2 KV heads
+    duo = {"hs_duo_range": (duo_ok.replace("0\t1", "0\t1.5"), {"sink_size": 64, "recent_size": 256}),
+           "hs_duo_ragged": ("1\t0\n0\n", {"sink_size": 64, "recent_size": 256}),
+           "hs_duo_text": ("1\t0\nzero\t1\n", {"sink_size": 64, "recent_size": 256}),
+           "hs_duo_nosink": (duo_ok, {"recent_size": 256}),
+           "hs_duo_other": (duo_ok + "1\t1\n", {"sink_size": 64, "recent_size": 256})}
+    for k, (tsv, cfg) in duo.items():
+        p[k] = root / k
+        p[k].mkdir()
+        (p[k] / "full_attention_heads.tsv").write_text(tsv)
+        (p[k] / "config.json").write_text(json.dumps(cfg) + "\n")
+    p["hs_duo_ragged"] = p["hs_duo_ragged"] / "full_attention_heads.tsv"  # the TSV itself, not its folder
+    other = {"hs_razor_str": {"0": ["1"], "1": []}, "hs_razor_layer": {"0": [1], "7": [0]},
+             "hs_layers_head": {"layer_0": [1], "layer_1": [9]}, "hs_layers_bool": {"layer_0": [True]},
+             "hs_qr_pair": [["0-1", 0.5, 1]], "hs_qr_score": [["0-0", 0.5], ["0-1", "0.25"]],
+             "hs_empty_obj": {}, "hs_empty_list": [], "hs_mixed": {"0": [1], "0-1": [0.5]}}
+    for k, d in other.items():
+        p[k] = root / f"{k}.json"
+        p[k].write_text(json.dumps(d, indent=2) + "\n")  # indented, as RazorAttention and QRHead write
     p["a_file"] = root / "a_file"
     p["a_file"].write_text("x")
     return p
