@@ -47,12 +47,22 @@ def parser():
 
 
 def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
-    """The ranking the conditions mask or keep by: per query head, or per KV head with ``--mask_unit kv``."""
+    """The ranking the conditions mask or keep by, per query head or (``--mask_unit kv``) per
+    KV head, from a head file of any accepted format (``head_files``)."""
     if all(k == 0 for k in st.mask_top) and all(k <= 0 for k in st.keep_full or ()):
         return None
     default = f"{name}.kv_max.json" if st.mask_unit == "kv" else f"{name}.json"
-    units = shape.num_kv_heads if st.mask_unit == "kv" else shape.num_heads
-    return load_head_scores(Path(st.head_score or Path("head_score") / default), (shape.num_layers, units))
+    path = Path(st.head_score or Path("head_score") / default)
+    try:
+        return load_head_scores(path, shape, unit=st.mask_unit)
+    except UserError:
+        if st.mask_unit != "kv" or shape.num_kv_heads == shape.num_heads:
+            raise
+        try:  # the original format with a column per KV head (detection's <model>.kv_max.json)
+            return load_head_scores(path, (shape.num_layers, shape.num_kv_heads))
+        except UserError:
+            pass
+        raise
 
 
 def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> None:

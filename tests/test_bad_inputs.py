@@ -95,6 +95,13 @@ CASES = [
     ("K larger than the heads", "niah", ["--mask_top", "9", "--head_score", "{hs_tiny}"], "larger than the model's 8"),
     ("too few heads left for random K", "niah", ["--mask_top", "-7", "--head_score", "{hs_tiny}"], "remain"),
     ("--needle without --question", "niah", ["--needle", "The code word is heron."], "go together"),
+    ("--keep_full K larger than the heads", "niah", ["--keep_full", "9", "--head_score", "{hs_tiny}"],
+     "--keep_full 9 is larger than the model's 8 heads"),
+    ("--keep_full -K larger than the heads", "niah", ["--keep_full", "-9"], "--keep_full -9 is larger"),
+    ("--keep_full K without head scores", "niah", ["--keep_full", "2", "--head_score", "{root}/none.json"],
+     "does not exist"),
+    ("negative --sink", "niah", ["--keep_full", "0", "--sink", "-1"], "--sink must be >= 0"),
+    ("--recent 0", "niah", ["--keep_full", "0", "--recent", "0"], "--recent >= 1"),
 ]
 # The weights are what these cases are about (the refusal by class name runs the model).
 NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
