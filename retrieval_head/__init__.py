@@ -20,6 +20,7 @@ The modules, in pipeline order::
               batching         which prompts decode together within a budget of cached tokens
               kvcache          the in-place KV cache, snapshots, stacked rows
   outputs     scores_io      head-score files (validated whole), trial logs, atomic writes
+              head_files     other tools' head files, read and fitted to a model; head_export writes them
               manifest       provenance of every run
               shard          splitting a sweep over processes, merged from files
               plot, heads    NIAH heatmaps; head tables, heatmaps, comparisons

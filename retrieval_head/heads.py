@@ -18,7 +18,7 @@ From the shell::
 
 Every command reads any head file ``head_files`` accepts (detected by content): top, heatmap
 and compare in the file's own unit (a column per query head, or per KV head for duo and
-razor files); export converts between formats and units.
+razor files); export (``head_export``) converts between formats and units.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from . import head_files
+from . import head_export, head_files
 from .errors import UserError
 from .plot import figure_title, render
 from .scores_io import format_top_table, load_head_scores, top_heads  # noqa: F401 (load_head_scores: the API)
@@ -167,9 +167,9 @@ def _cmd_compare(args) -> None:
 
 def _cmd_export(args) -> None:
     src = head_files.read_head_file_any(Path(args.file), file_unit=args.unit)
-    done = head_files.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
-                             layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, sink=args.sink,
-                             recent=args.recent, overwrite=args.overwrite)
+    done = head_export.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
+                              layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, sink=args.sink,
+                              recent=args.recent, overwrite=args.overwrite)
     print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
 
 

@@ -14,7 +14,8 @@ import torch
 
 from retrieval_head import heads
 from retrieval_head.errors import UserError
-from retrieval_head.head_files import (HeadFile, detect_format, export, fit, read_head_file_any, to_kv, to_query)
+from retrieval_head.head_export import export
+from retrieval_head.head_files import (HeadFile, detect_format, fit, read_head_file_any, to_kv, to_query)
 from retrieval_head.scores_io import load_head_scores, top_heads, write_head_scores
 from retrieval_head.shape import ModelShape
 
