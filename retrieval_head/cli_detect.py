@@ -23,7 +23,7 @@ from .cli_common import (RunOptions, apply_threads, build_parser, guard_outputs,
                          pause_for_tests, run_cli, setup_logging)
 from .detect import DetectionResult, DetectSettings, detect
 from .errors import UserError
-from .haystack import load_needles
+from .haystack import Needle
 from .manifest import build_manifest, utc_now
 from .models import ModelSpec, model_identity, model_name
 from .options import fingerprint, from_args, option
@@ -58,12 +58,12 @@ def report(result: DetectionResult, top: int) -> None:
         print(format_top_table(result.mean_scores(), top))
 
 
-def settings_fingerprint(settings: DetectSettings) -> dict:
+def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dict:
     """Everything of the settings that changes a trial's record besides its key (the
     fields marked ``result``), with the needles' content rather than their file's name."""
     fp = fingerprint(settings)
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
-                     for n in load_needles(settings.needles)]
+                     for n in needles]
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     opened = open_checked(spec, world)
     checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
     model, info = load_checked(opened)
-    fp = dict(settings_fingerprint(settings), model=model_identity(info))
+    fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
     done = resumed_trials(paths, fp) if run.resume else {}
     if run.overwrite:
         for p in paths.values():
