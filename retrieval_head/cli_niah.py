@@ -137,7 +137,7 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
         if plot:
             heatmap(folder)
     masking = [c for c in conditions if c.mask is None or c.mask.mode != "stream"]
-    streaming = [c for c in conditions if c not in masking]
+    streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
     if plot and len(masking) > 1:
         print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}_side_by_side.png')}")
     if plot and streaming:
