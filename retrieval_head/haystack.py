@@ -25,8 +25,9 @@ from pathlib import Path
 
 from .errors import UserError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_NEEDLES = PACKAGE_ROOT / "haystack" / "needles.jsonl"
+# Package data (pyproject.toml ``package-data``): found the same way in a checkout, an
+# editable install and an installed wheel.
+DEFAULT_NEEDLES = Path(__file__).resolve().parent / "data" / "needles.jsonl"
 REQUIRED_FIELDS = ("needle", "question", "real_needle")
 
 

@@ -81,7 +81,7 @@ class SweepSettings:
     context_lengths: tuple[int, ...] | None = option(None, "explicit lengths in tokens (overrides s/e)")
     depth_percents: tuple[int, ...] | None = option(None, "explicit depths in 0..100 (overrides num_depths)")
     haystack_dir: str | None = option(None, "folder of UTF-8 .txt files; none: Paul Graham essays", result=True)
-    needles: str | None = option(None, "needles JSON-lines file; none: haystack/needles.jsonl")
+    needles: str | None = option(None, "needles JSON-lines file; none: the package's own (retrieval_head/data/needles.jsonl)")
     chat_template: str = option("auto", "auto: the tokenizer's when it has one", choices=("auto", "on", "off"),
                                 result=True)
     max_new_tokens: int = option(50, "greedy answer length at most", result=True)
