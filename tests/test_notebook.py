@@ -55,4 +55,4 @@ def test_quickstart_runs_from_a_clean_kernel(tmp_path, monkeypatch):
                  "SmolLM2-135M-Instruct_compression.png"):
         assert name in written, sorted(written)
     shown = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(shown) == 2  # the heatmap and the compression curve, each displayed
+    assert len(shown) >= 2  # the heatmap and the compression curve displayed (sections added later may show more)
