@@ -84,7 +84,8 @@ class SweepSettings:
     haystack_dir: str | None = option(None, "folder of UTF-8 .txt files, or the original's haystack_for_detect/ "
                                             "(needles.jsonl beside part1, part2, ...: needle i reads part{i+1}); "
                                             "none: Paul Graham essays", result=True)
-    needles: str | None = option(None, "needles JSON-lines file; none: the package's own (retrieval_head/data/needles.jsonl)")
+    needles: str | None = option(None, "needles JSON-lines file; none: the package's own "
+                                       "(retrieval_head/data/needles.jsonl)")
     chat_template: str = option("auto", "auto: the tokenizer's when it has one", choices=("auto", "on", "off"),
                                 result=True)
     max_new_tokens: int = option(50, "greedy answer length at most", result=True)
@@ -198,8 +199,8 @@ class Plan:
 
     def pairing(self) -> dict:
         """Which haystack each needle reads, as the manifest records it."""
-        return {"layout": self.haystacks.layout,
-                "needles": [{"needle_id": n.needle_id, "haystack": str(self.haystacks.source(n))} for n in self.needles]}
+        pairs = [{"needle_id": n.needle_id, "haystack": str(self.haystacks.source(n))} for n in self.needles]
+        return {"layout": self.haystacks.layout, "needles": pairs}
 
 
 def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Needle] | None = None) -> Plan:
