@@ -26,6 +26,7 @@ The modules, in pipeline order::
               plot, heads    NIAH heatmaps; head tables, heatmaps, comparisons
   commands    cli_common, cli_detect, cli_niah, cli (the `retrieval-head` console command)
   data        families       the architecture matrix the tests and the support table run
+              data/needles.jsonl  the default needles (package data: a wheel has them too)
 """
 
 from .attention import ArgmaxProbe, HeadMask, intervene

@@ -5,7 +5,8 @@
 Outputs in ``--output_dir`` (default ``head_score/``):
   <model>.json            the original's one-line {"layer-head": [trial scores]} file
   <model>.trials.jsonl    one record per trial, counted or not (appended as trials finish)
-  <model>.manifest.json   resolved config, model, versions, git commit, times
+  <model>.manifest.json   resolved config, model, versions, git commit, times, and which haystack
+                          each needle read (``haystacks``: the original's part{i+1} pairing)
   <model>.kv_max.json, <model>.kv_mean.json   GQA models: per-KV-head scores, same format
                           (each trial's group max / mean, listed per counted trial)
 """
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             p.unlink(missing_ok=True)
     config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
     manifest = build_manifest("retrieval_head_detection", config, info, run.seed, started)
-    manifest.update(fingerprint=fp, status="running", shard=[rank, world], grid=[checked.lengths, checked.depths])
+    manifest.update(fingerprint=fp, status="running", shard=[rank, world], grid=[checked.lengths, checked.depths],
+                    haystacks=checked.pairing())
     write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
     log = _Log(paths["trials"])
     result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     config = dict(settings.__dict__, **run.__dict__, model_name=name, needle=needle.needle,
                   question=needle.question, real_needle=needle.real_needle)
     manifest = build_manifest("needle_in_haystack_with_mask", config, info, settings.seed, started)
-    manifest.update(status="running", shard=[rank, world], fingerprint=dict(
+    manifest.update(status="running", shard=[rank, world], haystacks=checked.pairing(), fingerprint=dict(
         fingerprint(settings), needle=[needle.needle, needle.question, needle.real_needle],
         grid=[checked.lengths, checked.depths], world_size=world, model=model_identity(info)))
     keys, mine = checked.keys(), checked.keys((rank, world))

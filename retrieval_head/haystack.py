@@ -14,20 +14,30 @@ A needles file is JSON lines, one object per needle::
 ``real_needle`` (the answer) must lie inside ``needle`` (compared without case). An
 optional ``"haystack"`` names a folder or file (relative to the needles file) that
 this needle uses instead of the default haystack.
+
+The original repository's layout is read as it is: its ``haystack_for_detect/`` holds a
+``needles.jsonl`` beside folders ``part1``, ``part2``, ``part3`` and no text of its own;
+needle i (0-based) reads ``part{i+1}``. Given as ``--haystack_dir``, such a folder supplies
+the needles (unless ``--needles`` names others) and the pairing (``original_layout``,
+``pair_with_parts``). Its ``PaulGrahamEssays/`` is a plain folder of ``.txt`` files.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_NEEDLES = PACKAGE_ROOT / "haystack" / "needles.jsonl"
+# Package data (pyproject.toml ``package-data``): found the same way in a checkout, an
+# editable install and an installed wheel.
+DEFAULT_NEEDLES = Path(__file__).resolve().parent / "data" / "needles.jsonl"
 REQUIRED_FIELDS = ("needle", "question", "real_needle")
+NEEDLES_NAME = "needles.jsonl"  # the original's layout: beside part1, part2, ...
+PART = re.compile(r"part([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ def read_haystack(path: Path) -> str:
         raise UserError(f"haystack {path} does not exist; pass --haystack_dir with a folder of .txt files")
     files = [path] if path.is_file() else sorted(path.glob("*.txt"))
     if not files:
-        raise UserError(f"haystack folder {path} has no .txt files; add some or pass another --haystack_dir")
+        raise UserError(f"haystack folder {path} has no .txt files; {_no_text_hint(path)}")
     texts = []
     for f in files:
         try:
@@ -81,6 +91,48 @@ def read_haystack(path: Path) -> str:
     if not text:
         raise UserError(f"haystack {path} holds no text; add non-empty .txt files")
     return text
+
+
+def _no_text_hint(folder: Path) -> str:
+    """How to fix a folder without text: pass a subfolder, or complete the original's layout."""
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not subs:
+        return "add some or pass another --haystack_dir"
+    shown = ", ".join(subs[:3]) + (", ..." if len(subs) > 3 else "")
+    hint = f"it holds only folders ({shown}): pass one of them as --haystack_dir"
+    if any(PART.fullmatch(s) for s in subs):
+        hint += f", or add {folder / NEEDLES_NAME} for the original's layout (needle i reads part{{i+1}})"
+    return hint
+
+
+def original_layout(haystack_dir: str | Path | None) -> Path | None:
+    """``haystack_dir`` when it is laid out as the original's ``haystack_for_detect/``: a
+    needles.jsonl beside folders part1, part2, ... and no .txt files of its own; else None."""
+    if haystack_dir is None:
+        return None
+    folder = Path(haystack_dir).expanduser()
+    if not folder.is_dir() or not (folder / NEEDLES_NAME).is_file() or any(folder.glob("*.txt")):
+        return None
+    return folder if any(p.is_dir() and PART.fullmatch(p.name) for p in folder.iterdir()) else None
+
+
+def pair_with_parts(folder: Path, needles: list[Needle]) -> list[Needle]:
+    """The original's pairing: needle i reads ``folder/part{i+1}`` (whatever its own haystack).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     (Path(d) / "part1").mkdir()
+    ...     print([str(n.haystack.relative_to(d)) for n in pair_with_parts(Path(d), [Needle(0, "It is 7.", "q", "7")])])
+    ['part1']
+    """
+    out = []
+    for n in needles:
+        part = folder / f"part{n.needle_id + 1}"
+        if not part.is_dir():
+            raise UserError(f"haystack folder {folder} is in the original's layout (needle i reads part{{i+1}}), "
+                            f"but needle {n.needle_id} has no {part.name} folder; add {part} or remove the needle")
+        out.append(replace(n, haystack=part))
+    return out
 
 
 def _kind(x) -> str:

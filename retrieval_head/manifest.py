@@ -2,7 +2,8 @@
 
 Every run writes one next to its outputs, so a result can be traced and reproduced:
 resolved config, model id/revision, dtype, attention backend, seed, package versions,
-git commit, machine, and times.
+where this package was imported from and its git commit (a checkout) or none (a wheel),
+machine, and times.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .haystack import PACKAGE_ROOT
 
+# The checkout this package runs from, if any: in an installed wheel this is site-packages.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "transformers", "accelerate", "rouge-score", "numpy", "gguf", "retrieval-head")
 
 
@@ -36,8 +38,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit(root: Path = PACKAGE_ROOT) -> str | None:
-    """HEAD of the project's checkout, with ``+dirty`` when files differ; None outside git."""
+    """HEAD of the project's checkout, with ``+dirty`` when files differ; None when the package
+    does not run from a checkout (an installed wheel: ``root`` is then site-packages, which may
+    itself lie inside someone else's git repository, so only a work tree rooted at ``root`` counts)."""
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if Path(top).resolve() != Path(root).resolve():
+            return None
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -62,6 +70,7 @@ def build_manifest(command: str, config: dict, model_info: dict, seed: int | Non
         "seed": seed,
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "package_dir": str(Path(__file__).resolve().parent),
         "machine": machine(),
         "started_utc": started,
         "finished_utc": utc_now(),

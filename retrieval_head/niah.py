@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .attention import MASK_MODES, MASK_PHASES, HeadMask
 from .decode import check_supported, stop_token_mask
 from .errors import UserError
-from .haystack import Needle, load_needles
+from .haystack import Needle, original_layout, pair_with_parts
 from .manifest import utc_now
 from .options import option
 from .schedule import Decoded, Job, Scheduler
@@ -186,15 +186,17 @@ class NiahSettings(SweepSettings):
             raise UserError("--sink must be >= 0 and --recent >= 1 (a streamed head sees at least itself)")
 
     def the_needle(self) -> Needle:
-        """The needle this test uses: the one given as text, else ``needle_id`` of ``needles``."""
+        """The needle this test uses: the one given as text, else ``needle_id`` of the sweep's
+        needles (``needle_list``; in the original's layout, with its part folder)."""
         given = [self.needle, self.question, self.real_needle]
         if any(given):
             if not all(given):
                 raise UserError("--needle, --question and --real_needle go together; give all three")
             n = Needle(0, self.needle.strip(), self.question.strip(), self.real_needle.strip())
             n.answer_span()
-            return n
-        needles = load_needles(self.needles)
+            layout = original_layout(self.haystack_dir)
+            return pair_with_parts(layout, [n])[0] if layout else n  # the original's layout: part1
+        needles = self.needle_list()
         if not 0 <= self.needle_id < len(needles):
             raise UserError(f"--needle_id {self.needle_id}: {self.needles or 'the needles file'} has "
                             f"{len(needles)} needles")

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import UserError
-from .haystack import Needle, default_haystack_dir, load_needles, read_haystack
+from .haystack import (NEEDLES_NAME, Needle, default_haystack_dir, load_needles, original_layout, pair_with_parts,
+                       read_haystack)
 from .options import option
 from .prompt import Prompt, PromptBuilder, uses_chat_template
 from .schedule import Levers
@@ -80,8 +81,11 @@ class SweepSettings:
     num_depths: int = option(10, "depths: round(linspace(0, 100, N))")
     context_lengths: tuple[int, ...] | None = option(None, "explicit lengths in tokens (overrides s/e)")
     depth_percents: tuple[int, ...] | None = option(None, "explicit depths in 0..100 (overrides num_depths)")
-    haystack_dir: str | None = option(None, "folder of UTF-8 .txt files; none: Paul Graham essays", result=True)
-    needles: str | None = option(None, "needles JSON-lines file; none: haystack/needles.jsonl")
+    haystack_dir: str | None = option(None, "folder of UTF-8 .txt files, or the original's haystack_for_detect/ "
+                                            "(needles.jsonl beside part1, part2, ...: needle i reads part{i+1}); "
+                                            "none: Paul Graham essays", result=True)
+    needles: str | None = option(None, "needles JSON-lines file; none: the package's own "
+                                       "(retrieval_head/data/needles.jsonl)")
     chat_template: str = option("auto", "auto: the tokenizer's when it has one", choices=("auto", "on", "off"),
                                 result=True)
     max_new_tokens: int = option(50, "greedy answer length at most", result=True)
@@ -112,6 +116,20 @@ class SweepSettings:
             raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
         return sorted(set(depths))
 
+    def needle_list(self) -> list[Needle]:
+        """The sweep's needles: ``needles``, else an original-layout ``haystack_dir``'s own
+        needles.jsonl, else the package's; in the original's layout each reads its part folder."""
+        layout = original_layout(self.haystack_dir)
+        if layout is None:
+            return load_needles(self.needles)
+        return pair_with_parts(layout, load_needles(self.needles or layout / NEEDLES_NAME))
+
+    def haystack_override(self) -> Path | None:
+        """The one haystack every needle reads (``haystack_dir`` as a plain folder), or None."""
+        if self.haystack_dir is None or original_layout(self.haystack_dir) is not None:
+            return None
+        return Path(self.haystack_dir)
+
     def levers(self) -> Levers:
         return Levers(prefix_reuse=self.prefix_reuse, batch_tokens=self.batch_tokens, prefill_chunk=self.prefill_chunk)
 
@@ -128,11 +146,16 @@ class SweepSettings:
 
 @dataclass
 class Haystacks:
-    """One PromptBuilder per haystack source (``--haystack_dir``, else a needle's own, else the default)."""
+    """One PromptBuilder per haystack source (``--haystack_dir``, else a needle's own, else the default).
+
+    ``layout`` says which, for the manifest: ``folder`` (one folder for every needle),
+    ``original`` (the original's haystack_for_detect/, needle i reading part{i+1}: the needles
+    carry it) or ``needles`` (each needle's own ``haystack``, else the default)."""
 
     tokenizer: object
     chat_template: bool
     override: Path | None = None
+    layout: str = "needles"
     _builders: dict = field(default_factory=dict)
 
     def source(self, needle: Needle) -> Path:
@@ -174,15 +197,21 @@ class Plan:
         """The haystack a trial's prompt is cut from (prompts of one source share prefixes)."""
         return str(self.haystacks.source(self.needle(key)))
 
+    def pairing(self) -> dict:
+        """Which haystack each needle reads, as the manifest records it."""
+        pairs = [{"needle_id": n.needle_id, "haystack": str(self.haystacks.source(n))} for n in self.needles]
+        return {"layout": self.haystacks.layout, "needles": pairs}
+
 
 def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Needle] | None = None) -> Plan:
     """Check everything a sweep needs before any weight is loaded or any file written."""
     st = settings
     st.check()
-    needles = needles if needles is not None else load_needles(st.needles)
+    needles = needles if needles is not None else st.needle_list()
     lengths = st.lengths()
-    hay = Haystacks(tokenizer, uses_chat_template(tokenizer, st.chat_template),
-                    Path(st.haystack_dir) if st.haystack_dir else None)
+    override = st.haystack_override()
+    layout = "folder" if override else "original" if original_layout(st.haystack_dir) else "needles"
+    hay = Haystacks(tokenizer, uses_chat_template(tokenizer, st.chat_template), override, layout)
     for n in needles:
         b = hay.for_needle(n)
         over = b.overhead(n)

@@ -100,21 +100,28 @@ def eager_rescore(model, trial: dict) -> list:
         model.config._attn_implementation = impl
 
 
+def save_tiny_llama(folder: Path, tokenizer) -> Path:
+    """A random 2-layer Llama (4 heads, 2 KV heads, 1024 positions) with ``tokenizer``, saved as a
+    model folder the command line can load: a CLI run in a second or two (its answers are noise)."""
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                     ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
     """The files the cases point at: a tiny Llama (with the default tokenizer), a GPT-Neo, ..."""
-    from transformers import GPTNeoConfig, T5Config, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM, T5Config
 
     p = {k: root / k for k in ("tiny", "neo", "t5", "empty_hay", "latin1_hay", "short_hay", "out")}
-    torch.manual_seed(0)
+    save_tiny_llama(p["tiny"], tokenizer)
     v = len(tokenizer)
-    LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-                     ).save_pretrained(p["tiny"])
     GPTNeoForCausalLM(GPTNeoConfig(vocab_size=v, hidden_size=32, num_layers=2, num_heads=4,
                                    attention_types=[[["global"], 2]], max_position_embeddings=1024)
                       ).save_pretrained(p["neo"])
-    for d in ("tiny", "neo"):
-        tokenizer.save_pretrained(p[d])
+    tokenizer.save_pretrained(p["neo"])
     p["t5"].mkdir()
     T5Config(vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4).save_pretrained(p["t5"])
     p["empty_hay"].mkdir()
@@ -122,6 +129,16 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
     (p["latin1_hay"] / "a.txt").write_bytes("caf\xe9 cr\xe8me. ".encode("latin-1") * 50)
     p["short_hay"].mkdir()
     (p["short_hay"] / "a.txt").write_text("A short text. Only a few sentences. " * 5)
+    # the original's haystack_for_detect/ layout gone wrong (needles.jsonl beside part1, part2, ...)
+    for k, parts in {"orig_no_part1": {"part2": True}, "orig_empty_part": {"part1": False},
+                     "parts_only": {"part1": True, "part2": True}}.items():
+        p[k] = root / k
+        for part, text in parts.items():
+            (p[k] / part).mkdir(parents=True)
+            if text:
+                (p[k] / part / "a.txt").write_text("A line of text. " * 200)
+        if k != "parts_only":
+            (p[k] / "needles.jsonl").write_text(json.dumps(NEEDLE) + "\n")
     p["truncated"] = root / "truncated"  # a cut-off download: the tiny Llama, its weights file half there
     shutil.copytree(p["tiny"], p["truncated"])
     weights = p["truncated"] / "model.safetensors"
