@@ -24,8 +24,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import adaptive
 from .decode import check_supported, stop_token_mask
 from .haystack import Needle
+from .errors import UserError
 from .options import option
 from .schedule import Decoded, Job, Scheduler
 from .scoring import SCORE_MODES, rouge1_recall, trial_scores
@@ -44,6 +46,31 @@ class DetectSettings(SweepSettings):
                                  "(the paper)", choices=SCORE_MODES, result=True)
     rouge_threshold: float = option(50.0, "a trial counts when ROUGE-1 recall x100 exceeds this", result=True)
     save_prompts: bool = option(False, "store each trial's prompt_ids in the trial log")
+    # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
+    until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
+                                            "stable (see --confidence); none: every trial", metavar="K")
+    confidence: float = option(0.95, "--until_stable: each top-K head must be in the top K of this share of the "
+                                     "bootstrap draws")
+    draws: int = option(1000, "--until_stable: bootstrap draws after each round")
+
+    def check(self) -> None:
+        super().check()
+        if self.until_stable is not None and self.until_stable < 1:
+            raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
+        if not 0 < self.confidence < 1 or self.draws < 1:
+            raise UserError(f"--confidence must be in (0, 1) and --draws at least 1, got {self.confidence} and "
+                            f"{self.draws}")
+
+    def check_shape(self, shape: ModelShape, world_size: int = 1) -> None:
+        """What the adaptive sweep needs of the model and the launch."""
+        if self.until_stable is None:
+            return
+        if self.until_stable > shape.num_layers * shape.num_heads:
+            raise UserError(f"--until_stable {self.until_stable} exceeds the model's "
+                            f"{shape.num_layers * shape.num_heads} heads; pass a smaller K")
+        if world_size > 1:
+            raise UserError("--until_stable runs in one process (its rounds wait on every trial so far); drop "
+                            "--world_size / the launcher, or run the full grid sharded without --until_stable")
 
 
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
@@ -60,12 +87,35 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     shape, done = ModelShape.of(model), done or {}
     trials = checked or plan(tokenizer, shape, settings)
     check_supported(model)
-    keys = trials.keys(shard)
+    settings.check_shape(shape, shard[1])
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    if settings.until_stable is None:
+        records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
+        return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
+    records, verdicts = [], []  # the adaptive sweep: rounds until the top K is stable (adaptive.py)
+    grid = adaptive.rounds([n.needle_id for n in trials.needles], trials.lengths, trials.depths)
+    for keys in grid:
+        records += _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)
+        verdicts.append(adaptive.decide(records, settings.until_stable, settings.confidence, settings.draws))
+        log.info("round %d: %s", len(verdicts), verdicts[-1])
+        if verdicts[-1]["stable"]:
+            break
+    total = sum(map(len, grid))
+    stats = dict(scheduler.stats, adaptive=dict(rule=adaptive.RULE.format(seed=adaptive.SEED), k=settings.until_stable,
+                                                confidence=settings.confidence, draws=settings.draws,
+                                                seed=adaptive.SEED, rounds=verdicts, rounds_planned=len(grid), stopped=verdicts[-1]["stable"],
+                                                trials_run=len(records), trials_grid=total,
+                                                trials_saved=total - len(records)))
+    return DetectionResult(shape.num_layers, shape.num_heads, records, stats)
+
+
+def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, settings: DetectSettings,
+         done: dict, on_trial, progress: bool) -> list[dict]:
+    """The records of ``keys``: reused from ``done``, else run through the scheduler."""
     records = [done[k] for k in keys if k in done]
     if records:
         log.info("resuming: %d of %d trials already done", len(records), len(keys))
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
-    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
     with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
         for row in scheduler.run(jobs, probe=True):  # prompt -> prefill -> decode under the probe
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
@@ -73,7 +123,7 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
             bar.update(1)
             if on_trial is not None:
                 on_trial(record)
-    return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
+    return records
 
 
 def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) -> dict:

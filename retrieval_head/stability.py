@@ -186,5 +186,6 @@ def format_stability(s: Stability, rows: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def dump(s: Stability) -> str:
-    return json.dumps(s.to_json(), indent=1) + "\n"
+def dump(s: Stability, **extra) -> str:
+    """``to_json`` (with ``extra`` keys first) as the CLI's ``--json`` prints it: same seed, same bytes."""
+    return json.dumps(extra | s.to_json(), indent=1) + "\n"

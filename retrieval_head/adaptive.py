@@ -1,0 +1,79 @@
+"""The adaptive sweep (``--until_stable K``): run the grid coarse to fine, stop once the top K is stable.
+
+Rounds cover the grid more finely each time, every needle in every round. Each axis
+(lengths, depths) is ordered coarse to fine by bisection (``spread_order``: the ends,
+the middle, the quarter points...); round 1 takes the first few of each (about
+``FIRST`` of the grid), and each later round grows the axis that is least covered until
+the cells per needle have grown by at least ``GROWTH``; the last round is the whole grid.
+
+    >>> spread_order(5), spread_order(8)
+    ([0, 4, 2, 1, 3], [0, 7, 3, 1, 5, 2, 4, 6])
+    >>> [len(r) for r in rounds([0, 1, 2], [500, 1000, 1500, 2000], [0, 25, 50, 75, 100])]  # the demo grid
+    [12, 6, 9, 21, 12]
+
+After each round, the counted trials so far are bootstrapped (``stability.bootstrap``);
+the sweep stops when the top K is stable: every head of the top K of the means is in the
+top K in at least ``confidence`` of the draws (``Stability.stable``). The trials of
+later rounds are never run; the outputs hold the trials that ran.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .stability import bootstrap
+from .sweep import TrialKey
+
+FIRST = 1 / 8   # round 1's share of the grid (at least 2 x 2 cells per needle where the grid has them)
+GROWTH = 1.5    # each round's cells per needle over the last's, at least
+SEED = 0        # the bootstrap's seed (recorded in the manifest)
+RULE = ("stop after the first round where every head of the top K of the counted trials' means is in the top K "
+        "of at least `confidence` of `draws` bootstrap resamples of those trials (ties at random, seed {seed})")
+
+
+def spread_order(n: int) -> list[int]:
+    """Indices 0..n-1, coarse to fine: both ends, then the midpoints of the widest gaps."""
+    out, gaps = [0] + ([n - 1] if n > 1 else []), [(0, n - 1)]
+    while gaps:
+        nxt = []
+        for lo, hi in gaps:
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                out.append(mid)
+                nxt += [(lo, mid), (mid, hi)]
+        gaps = nxt
+    return out
+
+
+def rounds(needles: list[int], lengths: list[int], depths: list[int]) -> list[list[TrialKey]]:
+    """The new trials of each round (canonical order within a round); together, the whole grid."""
+    lo, do = spread_order(len(lengths)), spread_order(len(depths))
+    nl, nd = len(lo), len(do)
+    a, b = min(2, nl), min(2, nd)
+    target, out, seen = math.ceil(FIRST * nl * nd), [], set()
+    while True:
+        while a * b < target and (a < nl or b < nd):
+            if b >= nd or (a < nl and a / nl <= b / nd):
+                a += 1
+            else:
+                b += 1
+        cells = {(lengths[lo[i]], depths[do[j]]) for i in range(a) for j in range(b)} - seen
+        seen |= cells
+        out.append(sorted(TrialKey(n, L, d) for n in needles for L, d in cells))
+        if a == nl and b == nd:
+            return out
+        target = math.ceil(GROWTH * a * b)
+
+
+def decide(records: list[dict], k: int, confidence: float, draws: int) -> dict:
+    """One round's verdict from all records so far: the bootstrap of the counted ones."""
+    import torch
+
+    counted = sorted((r for r in records if r["passed"]), key=TrialKey.of)
+    verdict = dict(trials=len(records), counted=len(counted), stable=False)
+    if counted:
+        s = bootstrap(torch.tensor([r["head_scores"] for r in counted], dtype=torch.float64), k, draws, SEED,
+                      confidence)
+        verdict.update(stable=s.stable, stable_top=len(s.stable_top), set_equal=round(s.set_equal, 4),
+                       min_p_top=round(min(s.p_top[l, h].item() for l, h in s.top), 4))
+    return verdict
