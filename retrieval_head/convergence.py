@@ -8,8 +8,8 @@ from which the condition holds for every later prefix too ("enough, and it stays
 
     >>> x = torch.zeros(6, 1, 3, dtype=torch.float64); x[:, 0, 2] = 1.0; x[0, 0, 1] = 2.0
     >>> c = convergence(x, k=1, seeds=2)
-    >>> c.final, c.overlap.shape     # 0-2 wins overall; 0-1 leads (or ties, layer-major first)
-    ([(0, 2)], torch.Size([2, 6]))   # while trial 0 is one of the first two
+    >>> c.final, c.overlap.shape  # 0-2 wins; 0-1 leads (or ties) while trial 0 is among the first two
+    ([(0, 2)], torch.Size([2, 6]))
     >>> needed(c.overlap == 1.0).tolist()  # trials needed in each order: trial 0 came late, then 2nd
     [1, 3]
 
@@ -28,7 +28,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .plot import figure_title, render
-from .stability import Trials, _flat_top, _resample_weights, _top_sets
+from .stability import Trials, _flat_top, _resample_weights, _top_sets, bootstrap, load_trials
 
 
 @dataclass
@@ -67,6 +67,22 @@ def needed(ok: torch.Tensor) -> torch.Tensor:
     return ok.shape[1] - tail + 1
 
 
+def summary(path: str | Path, k: int = 10, k_stable: int = 5, seeds: int = 20, draws: int = 1000, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """One row of the README's table: the file's counted trials, its stable top ``k``, and how
+    many trials (random orders; mean and max over ``seeds``) were enough for the top ``k`` to
+    equal the whole file's (``top_equal``) and to hold the whole file's stable top ``k_stable``
+    (``stable_in_top``), each from that trial on."""
+    t = load_trials(path)
+    s, small = bootstrap(t.scores, k, draws, seed, confidence), bootstrap(t.scores, k_stable, draws, seed, confidence)
+    c = convergence(t.scores, k, seeds, seed, want=small.stable_top)
+    eq, inside = needed(c.overlap == 1.0).double(), needed(c.contains).double()
+    name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
+    return dict(file=Path(path).name, trials=t.scores.shape[0], top=name(s.top), stable_top=name(s.stable_top),
+                set_equal=s.set_equal, stable_small=name(small.stable_top), top_equal=(eq.mean().item(), eq.max().item()),
+                stable_in_top=(inside.mean().item(), inside.max().item()))
+
+
 def by_length(t: Trials, k: int, draws: int = 1000, seed: int = 0) -> dict[int, tuple[float, float, float]]:
     """``{length: (overlap, lo, hi)}``: each length's top K (its trials alone) against the top K
     of all trials, as a fraction of K, with the 95 % bootstrap interval over its trials."""
@@ -79,7 +95,7 @@ def by_length(t: Trials, k: int, draws: int = 1000, seed: int = 0) -> dict[int, 
     for length in sorted({key.context_length for key in t.keys}):
         rows = flat[[i for i, key in enumerate(t.keys) if key.context_length == length]]
         point = ref[_flat_top(rows.mean(0), k)].sum().item() / k
-        means = _resample_weights(len(rows), draws, g, None) @ rows
+        means = (_resample_weights(len(rows), draws, g, None) @ rows) / len(rows)
         boot = ref[_top_sets(means, k, g)].sum(1).double() / k
         lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         out[length] = (point, lo, hi)

@@ -113,14 +113,14 @@ class Stability:
 
 
 def _resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None) -> torch.Tensor:
-    """``[draws, n]``: how often each trial is drawn in each resample, divided by ``n``."""
+    """``[draws, n]``: how often each trial is drawn in each resample (whole numbers)."""
     groups = [list(range(n))] if strata is None else \
         [[i for i, s in enumerate(strata) if s == v] for v in sorted(set(strata))]
     counts = torch.zeros(draws, n, dtype=torch.float64)
     for members in groups:
         idx = torch.tensor(members)[torch.randint(len(members), (draws, len(members)), generator=g)]
         counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
-    return counts / n
+    return counts
 
 
 def _top_sets(means: torch.Tensor, k: int, g: torch.Generator | None) -> torch.Tensor:
@@ -150,7 +150,7 @@ def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, co
         raise UserError(f"--draws must be at least 1 and --confidence in (0, 1), got {draws} and {confidence}")
     g = torch.Generator().manual_seed(seed)
     flat = x.reshape(n, L * H)
-    means = _resample_weights(n, draws, g, strata) @ flat           # [draws, heads]: one matmul
+    means = (_resample_weights(n, draws, g, strata) @ flat) / n     # [draws, heads]: one matmul (counts: exact sums)
     mean = flat.mean(0)
     alpha = (1 - confidence) / 2
     q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
