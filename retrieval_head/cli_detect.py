@@ -61,12 +61,13 @@ def report(result: DetectionResult, top: int) -> None:
 def adaptive_summary(a: dict) -> str:
     """One line on where an adaptive sweep stopped and what it saved."""
     last = a["rounds"][-1]
-    how = (f"stable top-{a['k']} (every head in the top {a['k']} of >= {a['confidence']:g} of {a['draws']} draws) "
-           f"after round {len(a['rounds'])} of" if a["stopped"] else f"top-{a['k']} not stable after all")
+    how = (f"top-{a['k']} stable (rule {a['stop_rule']}, confidence {a['confidence']:g}, {a['draws']} draws) after "
+           f"round {len(a['rounds'])} of" if a["stopped"] else f"top-{a['k']} not stable (rule {a['stop_rule']}) after all")
     return (f"adaptive sweep: {how} {a['rounds_planned']} rounds: ran {a['trials_run']} of {a['trials_grid']} trials, "
             f"saved {a['trials_saved']} ({a['trials_saved'] / a['trials_grid']:.0%}); last round: "
-            f"{last['counted']} counted, {last.get('stable_top', 0)} of {a['k']} heads stable, lowest P(top-{a['k']}) "
-            f"{last.get('min_p_top', 0):.3f}")
+            f"{last['counted']} counted, a draw keeps {last.get('kept', 0):.1%} of the top {a['k']}, "
+            f"{last.get('stable_top', 0)} of its heads with P(top-{a['k']}) >= {a['confidence']:g} "
+            f"(lowest {last.get('min_p_top', 0):.3f})")
 
 
 def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dict:

@@ -71,15 +71,18 @@ def summary(path: str | Path, k: int = 10, k_stable: int = 5, seeds: int = 20, d
             confidence: float = 0.95) -> dict:
     """One row of the README's table: the file's counted trials, its stable top ``k``, and how
     many trials (random orders; mean and max over ``seeds``) were enough for the top ``k`` to
-    equal the whole file's (``top_equal``) and to hold the whole file's stable top ``k_stable``
-    (``stable_in_top``), each from that trial on."""
+    equal the whole file's (``top_equal``), to hold the whole file's stable top ``k``
+    (``stable_top_in_top``) and its stable top ``k_stable`` (``stable_in_top``), each from
+    that trial on."""
     t = load_trials(path)
     s, small = bootstrap(t.scores, k, draws, seed, confidence), bootstrap(t.scores, k_stable, draws, seed, confidence)
     c = convergence(t.scores, k, seeds, seed, want=small.stable_top)
     eq, inside = needed(c.overlap == 1.0).double(), needed(c.contains).double()
+    held = needed(convergence(t.scores, k, seeds, seed, want=s.stable_top).contains).double()
     name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
     return dict(file=Path(path).name, trials=t.scores.shape[0], top=name(s.top), stable_top=name(s.stable_top),
                 set_equal=s.set_equal, stable_small=name(small.stable_top), top_equal=(eq.mean().item(), eq.max().item()),
+                stable_top_in_top=(held.mean().item(), held.max().item()),
                 stable_in_top=(inside.mean().item(), inside.max().item()))
 
 

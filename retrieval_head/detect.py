@@ -49,8 +49,11 @@ class DetectSettings(SweepSettings):
     # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
     until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
                                             "stable (see --confidence); none: every trial", metavar="K")
-    confidence: float = option(0.95, "--until_stable: each top-K head must be in the top K of this share of the "
-                                     "bootstrap draws")
+    confidence: float = option(0.95, "--until_stable: the share of the top K a bootstrap draw must keep on average "
+                                     "(--stop_rule kept), or each head's share of draws in the top K (every)")
+    stop_rule: str = option("kept", "--until_stable: kept (the top K's mean P(top-K) >= confidence) or every (each "
+                                    "top-K head's P(top-K) >= confidence; strict on near ties)",
+                            choices=("kept", "every"))
     draws: int = option(1000, "--until_stable: bootstrap draws after each round")
 
     def check(self) -> None:
@@ -96,12 +99,14 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     grid = adaptive.rounds([n.needle_id for n in trials.needles], trials.lengths, trials.depths)
     for keys in grid:
         records += _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)
-        verdicts.append(adaptive.decide(records, settings.until_stable, settings.confidence, settings.draws))
+        verdicts.append(adaptive.decide(records, settings.until_stable, settings.confidence, settings.draws,
+                                        settings.stop_rule))
         log.info("round %d: %s", len(verdicts), verdicts[-1])
         if verdicts[-1]["stable"]:
             break
     total = sum(map(len, grid))
-    stats = dict(scheduler.stats, adaptive=dict(rule=adaptive.RULE.format(seed=adaptive.SEED), k=settings.until_stable,
+    stats = dict(scheduler.stats, adaptive=dict(stop_rule=settings.stop_rule, k=settings.until_stable,
+                                                rule=adaptive.RULES[settings.stop_rule].format(seed=adaptive.SEED),
                                                 confidence=settings.confidence, draws=settings.draws,
                                                 seed=adaptive.SEED, rounds=verdicts, rounds_planned=len(grid), stopped=verdicts[-1]["stable"],
                                                 trials_run=len(records), trials_grid=total,

@@ -15,8 +15,11 @@ the ``n`` trials with replacement (seeded) and reports, per head:
 and for the set: ``top`` (the top K of the means, ties layer-major as ``top_heads``),
 ``stable_top`` (the heads with ``p_top >= confidence``, in ``top``'s order),
 ``set_equal`` (the fraction of draws whose top-K SET equals ``top``) and ``jaccard`` (the
-mean Jaccard index of a draw's top-K set with ``top``). ``stable`` is the adaptive
-sweep's stopping rule: every head of ``top`` is in ``stable_top``.
+mean Jaccard index of a draw's top-K set with ``top``) and ``kept`` (the mean share of
+``top`` a draw's top K keeps: the mean of ``p_top`` over ``top``). The adaptive sweep
+stops on one of two rules: ``stable`` (every head of ``top`` is in ``stable_top``) or
+``kept >= confidence`` (a resample keeps, on average, at least that share of the top K:
+near-tied heads at the K-th place need not be resolved).
 
 ``strata`` (a label per trial: its needle, length or depth) resamples within each
 stratum, keeping the grid's balance.
@@ -100,6 +103,10 @@ class Stability:
     def stable(self) -> bool:
         return len(self.stable_top) == len(self.top)
 
+    @property
+    def kept(self) -> float:
+        return sum(self.p_top[l, h].item() for l, h in self.top) / len(self.top)
+
     def to_json(self) -> dict:
         """``{"heads": {"l-h": {mean, lo, hi, p_top}}, "stable_top", ...}``, every head, layer-major."""
         L, H = self.mean.shape
@@ -109,7 +116,8 @@ class Stability:
         name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
         return dict(k=self.k, draws=self.draws, seed=self.seed, confidence=self.confidence,
                     trials=self.n_trials, top=name(self.top), stable_top=name(self.stable_top),
-                    stable=self.stable, set_equal=r(self.set_equal), jaccard=r(self.jaccard), heads=heads)
+                    stable=self.stable, kept=r(self.kept), set_equal=r(self.set_equal), jaccard=r(self.jaccard),
+                    heads=heads)
 
 
 def _resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None) -> torch.Tensor:
@@ -182,7 +190,8 @@ def format_stability(s: Stability, rows: int | None = None) -> str:
                      f"{s.p_top[l, h]:10.3f}  {'yes' if (l, h) in stable else ''}")
     lines.append(f"stable top-{s.k} (P >= {s.confidence:g}): {len(s.stable_top)} of {s.k}: "
                  + (" ".join(f"{l}-{h}" for l, h in s.stable_top) or "(none)"))
-    lines.append(f"top-{s.k} set unchanged in {s.set_equal:.1%} of draws; mean Jaccard with it {s.jaccard:.3f}")
+    lines.append(f"top-{s.k} set unchanged in {s.set_equal:.1%} of draws; mean Jaccard with it {s.jaccard:.3f}; "
+                 f"a draw keeps {s.kept:.1%} of it on average")
     return "\n".join(lines)
 
 

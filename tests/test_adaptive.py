@@ -36,9 +36,13 @@ def _records(n, winner_scores):
 def test_decide_stops_on_a_clear_top_and_not_on_ties():
     clear = decide(_records(10, [[1.0] * 10, [0.0] * 10, [0.5] * 10]) + [dict(_records(1, [[9], [9], [9]])[0],
                                                                           passed=False)], 2, 0.95, 300)
-    assert clear == dict(trials=11, counted=10, stable=True, stable_top=2, set_equal=1.0, min_p_top=1.0)
-    tied = decide(_records(10, [[0.0] * 10, [0.3] * 10, [0.3] * 10]), 1, 0.95, 300)
-    assert not tied["stable"] and tied["stable_top"] == 0
+    assert clear == dict(trials=11, counted=10, stable=True, kept=1.0, stable_top=2, set_equal=1.0, min_p_top=1.0)
+    for rule in ("kept", "every"):
+        tied = decide(_records(10, [[0.0] * 10, [0.3] * 10, [0.3] * 10]), 1, 0.95, 300, rule)
+        assert not tied["stable"] and tied["stable_top"] == 0 and 0.4 < tied["kept"] < 0.6
+    # top 2 of three heads, the 2nd and 3rd tied: a draw keeps the clear one and half the tie (kept 0.75)
+    near = _records(10, [[1.0] * 10, [0.3] * 10, [0.3] * 10])
+    assert not decide(near, 2, 0.7, 300, "every")["stable"] and decide(near, 2, 0.7, 300, "kept")["stable"]
     assert decide([], 1, 0.95, 10) == dict(trials=0, counted=0, stable=False)
 
 
