@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     torch.manual_seed(run.seed)
     opened = open_checked(spec, world)
-    checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
     settings.check_shape(opened.shape, world)
+    checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
     model, info = load_checked(opened)
     fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
     done = resumed_trials(paths, fp) if run.resume else {}

@@ -1,5 +1,6 @@
 """The adaptive sweep (--until_stable): its rounds, its stopping rule, and the run end to end on a
-tiny random model (byte-identical reruns, replay from a finished log, sharding refused)."""
+tiny random model (byte-identical reruns, replay from a finished log). Its bad inputs (K = 0, K above
+the heads, shards) are cases of test_bad_inputs.py."""
 
 import json
 import shutil
@@ -9,7 +10,7 @@ import torch
 
 from retrieval_head import adaptive
 from retrieval_head.adaptive import decide, rounds
-from retrieval_head.cli_detect import cli, main
+from retrieval_head.cli_detect import main
 from retrieval_head.sweep import TrialKey
 
 from helpers import one_thread
@@ -97,12 +98,3 @@ def test_adaptive_stops_reruns_identically_and_replays_a_full_log(inputs, stable
     replay, m = _run(root / "replay", args, "--until_stable", "1", "--resume")
     assert replay == a and _log(root / "replay") == _log(root / "full")  # no trial ran again
     assert m["trials"]["total"] == 6
-
-
-def test_until_stable_with_shards_is_refused_before_the_model_loads(inputs, tmp_path, capsys):
-    _, args = inputs
-    assert cli([*args, "--output_dir", str(tmp_path), "--until_stable", "5", "--rank", "0", "--world_size", "2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--until_stable runs in one process" in err[0] and not any(tmp_path.iterdir())
-    assert cli([*args, "--output_dir", str(tmp_path), "--until_stable", "99"]) == 2
-    assert "exceeds the model's 8 heads" in capsys.readouterr().err
