@@ -192,7 +192,7 @@ def _cmd_convergence(args) -> None:
     t = stability.load_trials(args.file)
     c = convergence.convergence(t.scores, args.top, args.seeds, args.seed)
     lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
-    stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json")
+    stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json").removesuffix(".trials")
     out = Path(args.out) if args.out else Path(f"{stem}.convergence.png")
     title = f"{stem}: how fast the top-{args.top} heads settle ({t.scores.shape[0]} counted trials)"
     print(convergence.write_figure(c, out, title, lengths))
