@@ -25,10 +25,14 @@ The trials of later rounds are never run; the outputs hold the trials that ran.
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Callable
 
 from .stability import bootstrap
 from .sweep import TrialKey
+
+log = logging.getLogger(__name__)
 
 FIRST = 1 / 8   # round 1's share of the grid (at least 2 x 2 cells per needle where the grid has them)
 GROWTH = 1.5    # each round's cells per needle over the last's, at least
@@ -89,3 +93,22 @@ def decide(records: list[dict], k: int, confidence: float, draws: int, rule: str
                        stable_top=len(s.stable_top), min_p_top=round(min(s.p_top[l, h].item() for l, h in s.top), 4),
                        set_equal=round(s.set_equal, 4))
     return verdict
+
+
+def sweep(trials, settings, run_round: Callable[[list[TrialKey]], list[dict]]) -> tuple[list[dict], dict]:
+    """Run ``rounds`` of ``trials`` (a ``sweep.Plan``) through ``run_round`` until ``decide``
+    says stop; the records that ran, and the summary the manifest keeps as ``stopping``."""
+    grid = rounds([n.needle_id for n in trials.needles], trials.lengths, trials.depths)
+    records, verdicts = [], []
+    for keys in grid:
+        records += run_round(keys)
+        verdicts.append(decide(records, settings.until_stable, settings.confidence, settings.draws,
+                               settings.stop_rule))
+        log.info("round %d of %d: %s", len(verdicts), len(grid), verdicts[-1])
+        if verdicts[-1]["stable"]:
+            break
+    total = sum(map(len, grid))
+    return records, dict(stop_rule=settings.stop_rule, rule=RULES[settings.stop_rule].format(seed=SEED),
+                         k=settings.until_stable, confidence=settings.confidence, draws=settings.draws, seed=SEED,
+                         rounds=verdicts, rounds_planned=len(grid), stopped=verdicts[-1]["stable"],
+                         trials_run=len(records), trials_grid=total, trials_saved=total - len(records))

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from . import adaptive
 from .decode import check_supported, stop_token_mask
-from .haystack import Needle
 from .errors import UserError
+from .haystack import Needle
 from .options import option
 from .schedule import Decoded, Job, Scheduler
 from .scoring import SCORE_MODES, rouge1_recall, trial_scores
@@ -85,7 +85,9 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     ``done`` maps trial keys to records of trials that already ran with the same settings
     (a resumed run): they are reused, not run again. ``checked`` is this sweep's ``plan``
     when the caller already made it. ``shard`` = ``(rank, world_size)`` runs only this
-    rank's share of the trials (``sweep.Plan.keys``).
+    rank's share of the trials (``sweep.Plan.keys``). ``settings.until_stable`` = K runs
+    the grid in coarse-to-fine rounds until the top K is stable (``adaptive.sweep``; one
+    process only); the result's ``stats["adaptive"]`` says where it stopped.
     """
     shape, done = ModelShape.of(model), done or {}
     trials = checked or plan(tokenizer, shape, settings)
@@ -95,23 +97,10 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     if settings.until_stable is None:
         records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
         return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
-    records, verdicts = [], []  # the adaptive sweep: rounds until the top K is stable (adaptive.py)
-    grid = adaptive.rounds([n.needle_id for n in trials.needles], trials.lengths, trials.depths)
-    for keys in grid:
-        records += _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)
-        verdicts.append(adaptive.decide(records, settings.until_stable, settings.confidence, settings.draws,
-                                        settings.stop_rule))
-        log.info("round %d: %s", len(verdicts), verdicts[-1])
-        if verdicts[-1]["stable"]:
-            break
-    total = sum(map(len, grid))
-    stats = dict(scheduler.stats, adaptive=dict(stop_rule=settings.stop_rule, k=settings.until_stable,
-                                                rule=adaptive.RULES[settings.stop_rule].format(seed=adaptive.SEED),
-                                                confidence=settings.confidence, draws=settings.draws,
-                                                seed=adaptive.SEED, rounds=verdicts, rounds_planned=len(grid), stopped=verdicts[-1]["stable"],
-                                                trials_run=len(records), trials_grid=total,
-                                                trials_saved=total - len(records)))
-    return DetectionResult(shape.num_layers, shape.num_heads, records, stats)
+    # the adaptive sweep: rounds of the grid until the top K is stable (adaptive.py)
+    run_round = lambda keys: _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)  # noqa: E731
+    records, summary = adaptive.sweep(trials, settings, run_round)
+    return DetectionResult(shape.num_layers, shape.num_heads, records, dict(scheduler.stats, adaptive=summary))
 
 
 def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, settings: DetectSettings,
