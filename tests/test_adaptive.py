@@ -13,7 +13,7 @@ from retrieval_head.adaptive import decide, rounds
 from retrieval_head.cli_detect import main
 from retrieval_head.sweep import TrialKey
 
-from helpers import one_thread
+from helpers import NEEDLE, one_thread
 
 NAME = "tiny"
 
@@ -51,15 +51,16 @@ def test_decide_stops_on_a_clear_top_and_not_on_ties():
 def inputs(tmp_path_factory, default_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from test_families import write_detect_inputs
-
     root = tmp_path_factory.mktemp("adaptive")
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(default_tokenizer), hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                  max_position_embeddings=512)).save_pretrained(root / NAME)
     default_tokenizer.save_pretrained(root / NAME)
-    needles, hay = write_detect_inputs(root)
+    needles, hay = root / "needles.jsonl", root / "haystack"
+    needles.write_text(json.dumps(NEEDLE) + "\n")
+    hay.mkdir()
+    (hay / "essay.txt").write_text(" ".join(f"The mill near road {i} was quiet that winter." for i in range(300)) + "\n")
     return root, ["--model_path", str(root / NAME), "--needles", str(needles), "--haystack_dir", str(hay),
                   "--chat_template", "off", "--max_new_tokens", "4", "--context_lengths", "160", "200", "240",
                   "--depth_percents", "0", "50", "100", "--rouge_threshold", "-1", "--threads", "1", "--quiet"]
