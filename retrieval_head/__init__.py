@@ -24,6 +24,9 @@ The modules, in pipeline order::
               manifest       provenance of every run
               shard          splitting a sweep over processes, merged from files
               plot, heads    NIAH heatmaps; head tables, heatmaps, comparisons
+              stability      how sure a head score is: the trial bootstrap (intervals, P(top-K))
+              convergence    the top K as trials accrue; how many trials were enough
+              adaptive       --until_stable: coarse-to-fine rounds, stopped by the bootstrap
   commands    cli_common, cli_detect, cli_niah, cli (the `retrieval-head` console command)
   data        families       the architecture matrix the tests and the support table run
               data/needles.jsonl  the default needles (package data: a wheel has them too)

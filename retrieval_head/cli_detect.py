@@ -59,6 +59,18 @@ def report(result: DetectionResult, top: int) -> None:
         print(format_top_table(result.mean_scores(), top))
 
 
+def adaptive_summary(a: dict) -> str:
+    """One line on where an adaptive sweep stopped and what it saved."""
+    last = a["rounds"][-1]
+    how = (f"top-{a['k']} stable (rule {a['stop_rule']}, confidence {a['confidence']:g}, {a['draws']} draws) after "
+           f"round {len(a['rounds'])} of" if a["stopped"] else f"top-{a['k']} not stable (rule {a['stop_rule']}) after all")
+    return (f"adaptive sweep: {how} {a['rounds_planned']} rounds: ran {a['trials_run']} of {a['trials_grid']} trials, "
+            f"saved {a['trials_saved']} ({a['trials_saved'] / a['trials_grid']:.0%}); last round: "
+            f"{last['counted']} counted, a draw keeps {last.get('kept', 0):.1%} of the top {a['k']}, "
+            f"{last.get('stable_top', 0)} of its heads with P(top-{a['k']}) >= {a['confidence']:g} "
+            f"(lowest {last.get('min_p_top', 0):.3f})")
+
+
 def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dict:
     """Everything of the settings that changes a trial's record besides its key (the
     fields marked ``result``), with the needles' content rather than their file's name."""
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     torch.manual_seed(run.seed)
     opened = open_checked(spec, world)
+    settings.check_shape(opened.shape, world)
     checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
     model, info = load_checked(opened)
     fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
@@ -178,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest.update(build_manifest("retrieval_head_detection", config, info, run.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
                                                "resumed": len(done)}, sweep=result.stats)
+    if "adaptive" in result.stats:
+        manifest["stopping"] = result.stats["adaptive"]
     write_atomic(paths["manifest"], dump_json(manifest))
     if world > 1:
         result = merge_shards(paths, manifest, world)
@@ -186,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         write_atomic(paths["merged_manifest"], dump_json(dict(manifest, shard=None, shards=world)))
     report(result, run.top)
+    if "adaptive" in result.stats:
+        print(adaptive_summary(result.stats["adaptive"]))
     written = write_results(paths, result, info, settings.rouge_threshold)
     print(f"\nwrote {', '.join(map(str, written))}")
     return 0

@@ -24,7 +24,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import adaptive
 from .decode import check_supported, stop_token_mask
+from .errors import UserError
 from .haystack import Needle
 from .options import option
 from .schedule import Decoded, Job, Scheduler
@@ -44,6 +46,34 @@ class DetectSettings(SweepSettings):
                                  "(the paper)", choices=SCORE_MODES, result=True)
     rouge_threshold: float = option(50.0, "a trial counts when ROUGE-1 recall x100 exceeds this", result=True)
     save_prompts: bool = option(False, "store each trial's prompt_ids in the trial log")
+    # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
+    until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
+                                            "stable (see --confidence); none: every trial", metavar="K")
+    confidence: float = option(0.95, "--until_stable: the share of the top K a bootstrap draw must keep on average "
+                                     "(--stop_rule kept), or each head's share of draws in the top K (every)")
+    stop_rule: str = option("kept", "--until_stable: kept (the top K's mean P(top-K) >= confidence) or every (each "
+                                    "top-K head's P(top-K) >= confidence; strict on near ties)",
+                            choices=("kept", "every"))
+    draws: int = option(1000, "--until_stable: bootstrap draws after each round")
+
+    def check(self) -> None:
+        super().check()
+        if self.until_stable is not None and self.until_stable < 1:
+            raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
+        if not 0 < self.confidence < 1 or self.draws < 1:
+            raise UserError(f"--confidence must be in (0, 1) and --draws at least 1, got {self.confidence} and "
+                            f"{self.draws}")
+
+    def check_shape(self, shape: ModelShape, world_size: int = 1) -> None:
+        """What the adaptive sweep needs of the model and the launch."""
+        if self.until_stable is None:
+            return
+        if self.until_stable > shape.num_layers * shape.num_heads:
+            raise UserError(f"--until_stable {self.until_stable} exceeds the model's "
+                            f"{shape.num_layers * shape.num_heads} heads; pass a smaller K")
+        if world_size > 1:
+            raise UserError("--until_stable runs in one process (its rounds wait on every trial so far); drop "
+                            "--world_size / the launcher, or run the full grid sharded without --until_stable")
 
 
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
@@ -55,17 +85,31 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     ``done`` maps trial keys to records of trials that already ran with the same settings
     (a resumed run): they are reused, not run again. ``checked`` is this sweep's ``plan``
     when the caller already made it. ``shard`` = ``(rank, world_size)`` runs only this
-    rank's share of the trials (``sweep.Plan.keys``).
+    rank's share of the trials (``sweep.Plan.keys``). ``settings.until_stable`` = K runs
+    the grid in coarse-to-fine rounds until the top K is stable (``adaptive.sweep``; one
+    process only); the result's ``stats["adaptive"]`` says where it stopped.
     """
     shape, done = ModelShape.of(model), done or {}
     trials = checked or plan(tokenizer, shape, settings)
     check_supported(model)
-    keys = trials.keys(shard)
+    settings.check_shape(shape, shard[1])
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    if settings.until_stable is None:
+        records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
+        return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
+    # the adaptive sweep: rounds of the grid until the top K is stable (adaptive.py)
+    run_round = lambda keys: _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)  # noqa: E731
+    records, summary = adaptive.sweep(trials, settings, run_round)
+    return DetectionResult(shape.num_layers, shape.num_heads, records, dict(scheduler.stats, adaptive=summary))
+
+
+def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, settings: DetectSettings,
+         done: dict, on_trial, progress: bool) -> list[dict]:
+    """The records of ``keys``: reused from ``done``, else run through the scheduler."""
     records = [done[k] for k in keys if k in done]
     if records:
         log.info("resuming: %d of %d trials already done", len(records), len(keys))
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
-    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
     with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
         for row in scheduler.run(jobs, probe=True):  # prompt -> prefill -> decode under the probe
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
@@ -73,7 +117,7 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
             bar.update(1)
             if on_trial is not None:
                 on_trial(record)
-    return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
+    return records
 
 
 def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) -> dict:

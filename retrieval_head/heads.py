@@ -15,6 +15,8 @@ From the shell::
     python -m retrieval_head.heads heatmap head_score/llama-2-7b-80k.json   # llama-2-7b-80k.heads.png
     python -m retrieval_head.heads compare head_score/Qwen1.5-14B.json head_score/Qwen1.5-14B-Chat.json
     python -m retrieval_head.heads export head_score/llama-2-7b-80k.json --to duo --top 30 --out duo/llama-2-7b-80k
+    python -m retrieval_head.heads stability head_score/llama-2-7b-80k.json --top 10   # intervals, P(top-10)
+    python -m retrieval_head.heads convergence head_score/SmolLM2-135M-Instruct.trials.jsonl --top 10
 
 Every command reads any head file ``head_files`` accepts (detected by content): top, heatmap
 and compare in the file's own unit (a column per query head, or per KV head for duo and
@@ -173,8 +175,57 @@ def _cmd_export(args) -> None:
     print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
 
 
+def _cmd_stability(args) -> None:
+    from . import stability  # the bootstrap (issue J): its own module
+
+    t = stability.load_trials(args.file)
+    s = stability.bootstrap(t.scores, args.top, args.draws, args.seed, args.confidence, t.strata(args.by))
+    if args.json:
+        print(stability.dump(s, file=Path(args.file).name, by=args.by), end="")
+    else:
+        print(stability.format_stability(s, args.rows))
+
+
+def _cmd_convergence(args) -> None:
+    from . import convergence, stability
+
+    t = stability.load_trials(args.file)
+    c = convergence.convergence(t.scores, args.top, args.seeds, args.seed)
+    lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
+    stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json").removesuffix(".trials")
+    out = Path(args.out) if args.out else Path(f"{stem}.convergence.png")
+    title = f"{stem}: how fast the top-{args.top} heads settle ({t.scores.shape[0]} counted trials)"
+    print(convergence.write_figure(c, out, title, lengths))
+
+
+def _add_stability_commands(sub, fmt) -> None:
+    """``stability`` and ``convergence``: how sure the top heads are (``stability``, ``convergence``)."""
+    what = "a head_score/*.json (per-trial lists) or a <model>.trials.jsonl"
+    p = sub.add_parser("stability", formatter_class=fmt, help="bootstrap intervals and P(top-K) of every head",
+                       description="Resample the counted trials with replacement: per head the mean, its percentile "
+                                   "interval and P(in the top K; ties at random); the stable top K (P >= confidence) "
+                                   "and how often the whole top-K set comes back.")
+    p.add_argument("file", help=what)
+    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
+    p.add_argument("--draws", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="the resampling's seed (same seed, same output)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level and the stable top-K's threshold")
+    p.add_argument("--by", choices=("needle", "length", "depth"), default=None,
+                   help="trial logs: resample within each needle / length / depth (keeps the grid's balance)")
+    p.add_argument("--rows", type=int, default=None, help="rows of the table; none: K")
+    p.add_argument("--json", action="store_true", help="every head's mean, lo, hi, p_top as JSON")
+    p.set_defaults(func=_cmd_stability)
+    p = sub.add_parser("convergence", formatter_class=fmt, help="PNG: top-K overlap with the final answer vs trials")
+    p.add_argument("file", help=what)
+    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
+    p.add_argument("--seeds", type=int, default=20, help="random trial orders")
+    p.add_argument("--seed", type=int, default=0, help="seed of the orders")
+    p.add_argument("--out", metavar="PNG", default=None, help="none: <stem>.convergence.png in the current folder")
+    p.set_defaults(func=_cmd_convergence)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval_head.heads {top,heatmap,compare,export} ...``."""
+    """``python -m retrieval_head.heads {top,heatmap,compare,export,stability,convergence} ...``."""
     fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
     parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
                                      description="Inspect and convert head-score files: head_score/*.json, "
@@ -221,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_export)
+    _add_stability_commands(sub, fmt)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
