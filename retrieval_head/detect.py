@@ -53,7 +53,7 @@ class DetectSettings(SweepSettings):
                                      choices=METHODS)
     repeat_period: int = option(256, "induction/echo: distinct random tokens per repeat")
     repeat_count: int = option(4, "induction/echo: repeats of the random sequence")
-    repeat_seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "induction/echo: one random sequence per seed (the "
+    repeat_seeds: tuple[int, ...] = option((0, 1, 2), "induction/echo: one random sequence per seed (the "
                                                              "trials of their files)")
 
     def methods(self) -> tuple[str, ...]:

@@ -75,12 +75,16 @@ class AttentionTap:
     rows: long ``[R]`` absolute query positions; lo, hi: long ``[R]``, row i's keys
     ``[lo[i], hi[i])``. Every batch row is tapped at the same positions. ``mean(num_layers)``
     gives float64 ``[layers, batch, heads]`` (NaN for a layer that saw no tapped row).
+    lo, hi ``[R, M]``: M intervals per row from one softmax (``[layers, batch, heads, M]``).
     """
 
     def __init__(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         self.rows, self.lo, self.hi = (torch.as_tensor(x, dtype=torch.long) for x in (rows, lo, hi))
-        if not (self.rows.shape == self.lo.shape == self.hi.shape) or self.rows.ndim != 1:
-            raise ValueError("tap rows, lo and hi must be 1-D tensors of one length")
+        self.several = self.lo.ndim == 2
+        if self.lo.ndim == 1:
+            self.lo, self.hi = self.lo[:, None], self.hi[:, None]
+        if self.rows.ndim != 1 or self.lo.shape != self.hi.shape or self.lo.shape[0] != len(self.rows):
+            raise ValueError("tap rows must be [R], lo and hi [R] or [R, M]")
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
         self.seconds = 0.0  # time spent tapping (the method's cost on top of the forward pass)
@@ -103,9 +107,9 @@ class AttentionTap:
                 probs = torch.softmax(torch.cat([scores, sink.to(scores.device)], dim=-1), dim=-1)[..., :-1]
             else:
                 probs = torch.softmax(scores, dim=-1)
-            j = torch.arange(kv_len, device=probs.device)
-            span = (j[None, :] >= a.to(j.device)[:, None]) & (j[None, :] < z.to(j.device)[:, None])  # [r, T]
-            mass = (probs * span).sum(-1).sum(-1).double().cpu()  # [b, H], summed over rows
+            j = torch.arange(kv_len, device=probs.device)[None, :, None]
+            span = (j >= a.to(j.device)[:, None, :]) & (j < z.to(j.device)[:, None, :])  # [r, T, M]
+            mass = torch.einsum("bhrt,rtm->bhm", probs, span.float()).double().cpu()  # [b, H, M], summed over rows
             self.sums[layer] = self.sums.get(layer, 0) + mass
             self.counts[layer] = self.counts.get(layer, 0) + len(r)
         self.seconds += time.perf_counter() - t0
@@ -118,7 +122,7 @@ class AttentionTap:
         out = torch.full((num_layers, *ref.shape), float("nan"), dtype=torch.float64)
         for layer, s in self.sums.items():
             out[layer] = s / self.counts[layer]
-        return out
+        return out if self.several else out[..., 0]
 
 
 def span_mass(probs: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
