@@ -76,11 +76,17 @@ class JudgeRun(RunOptions):
 GROUPS = [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")]
 
 
-def labelled(files: tuple[str, ...]) -> dict[str, Path]:
-    """Method name -> file (names from ``methods.method_of``; a name used twice is refused)."""
+def labelled(files: tuple[str, ...], model: str) -> dict[str, Path]:
+    """Method name -> file (names from ``methods.method_of``; ``<model>.json`` is retrieval's;
+    a name used twice is refused).
+
+    >>> labelled(("hs/M.json", "hs/M.echo.json", "other/qr.json"), "M")
+    {'retrieval': PosixPath('hs/M.json'), 'echo': PosixPath('hs/M.echo.json'), 'qr': PosixPath('other/qr.json')}
+    """
     out: dict[str, Path] = {}
     for f in files:
         m = method_of(Path(f))
+        m = "retrieval" if m == model else m
         if m in out or m == "random":
             raise UserError(f"two head-score files name the method {m!r} ({out.get(m)} and {f}); pass one per method")
         out[m] = Path(f)
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     guard_outputs(list(paths.values()), run.overwrite)
     started = utc_now()
     opened = open_checked(spec, 1)
-    files = labelled(st.head_scores)
+    files = labelled(st.head_scores, name)
     scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
     conditions = judge_conditions(scores, st.k, st.seeds, st.mask_mode)
     niah = st.niah()

@@ -168,3 +168,73 @@ def test_query_focus_matches_eager_weights_on_tiny(tiny_inputs):
             rows = list(range(a, b))
             want = oracle_mass(att, rows, [prompt.needle_span[0]] * len(rows), [prompt.needle_span[1]] * len(rows))
             assert torch.allclose(torch.tensor(t["query_focus"], dtype=torch.float64), want[:, 0], atol=1e-5)
+
+
+TINY_RUN = ["--context_lengths", "120", "--depth_percents", "50", "--max_new_tokens", "3", "--quiet"]
+
+
+def write_scores(path, grid):
+    path.write_text(json.dumps({f"{l}-{h}": [float(v)] for l, row in enumerate(grid) for h, v in enumerate(row)}))
+    return path
+
+
+def test_one_command_writes_every_method_in_the_original_format(tiny_inputs, tmp_path, capsys):
+    out = tmp_path / "hs"
+    base = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
+            "--rouge_threshold", "-1", "--output_dir", str(out)]
+    with one_thread():
+        assert cli_detect.cli(base + ["--method", *METHODS, "--repeat_period", "16", "--repeat_count", "3"]) == 0
+    for m in METHODS:
+        f = out / ("tiny.json" if m == "retrieval" else f"tiny.{m}.json")
+        assert load_head_scores(f, (2, 4)).shape == (2, 4)
+        assert heads.main(["top", str(f), "-k", "3"]) == 0
+        if m != "retrieval":
+            man = json.loads((out / f"tiny.{m}.manifest.json").read_text())
+            assert man["method"] == m and man["parameters"] and "seconds" in man
+    rep = json.loads((out / "tiny.induction.manifest.json").read_text())["parameters"]
+    assert (rep["period"], rep["repeats"], rep["seeds"]) == (16, 3, [0, 1, 2])
+    assert len(json.loads((out / "tiny.echo.json").read_text())["0-0"]) == 3  # a score per seed
+    capsys.readouterr()
+    # the trial log was made with these methods: resuming with others is refused
+    assert cli_detect.cli(base + ["--resume"]) == 2
+    assert "different settings" in capsys.readouterr().err
+    # an unknown method is refused by the parser, before anything loads
+    with pytest.raises(SystemExit) as e:
+        cli_detect.cli(base + ["--method", "attention-sink"])
+    assert e.value.code == 2 and "invalid choice: 'attention-sink'" in capsys.readouterr().err
+
+
+def test_judge_masks_each_methods_top_k_and_random_k_in_one_run(tiny_inputs, tmp_path, capsys):
+    retrieval = write_scores(tmp_path / "tiny.json", [[0.9, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
+    induction = write_scores(tmp_path / "tiny.induction.json", [[0.0, 0.0, 0.7, 0.0], [0.0, 0.0, 0.0, 0.3]])
+    out = tmp_path / "judge"
+    argv = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
+            "--head_scores", str(retrieval), str(induction), "--k", "1", "2", "--seeds", "0", "1",
+            "--output_dir", str(out)]
+    with one_thread():
+        assert judge.cli(argv) == 0
+    recs = [json.loads(x) for x in (out / "tiny.judge.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 + 2 * 2 + 2 * 2  # none; top-1, top-2 of each method; random-1, random-2 x 2 seeds
+    by = {(r["mask"].get("method"), r["mask"]["k"], r["mask"]["seed"]): r["mask"]["heads"] for r in recs}
+    assert by[("retrieval", 2, None)] == [[0, 0], [1, 1]] and by[("induction", 1, None)] == [[0, 2]]
+    randoms = [h for (m, _, _), h in by.items() if m == "random"]
+    assert len(randoms) == 4 and all([0, 0] not in h and [1, 1] not in h for h in randoms)
+    table = (out / "tiny.judge.md").read_text()
+    assert "| top-K retrieval |" in table and "| top-K induction |" in table and "random-K" in table
+    assert (out / "tiny.judge.png").stat().st_size > 0
+    capsys.readouterr()
+    # a file made for another model shape: one line, before the weights, nothing written
+    other = write_scores(tmp_path / "other.echo.json", [[0.1] * 4] * 3)
+    assert judge.cli(argv[:-1] + [str(tmp_path / "j2"), "--head_scores", str(retrieval), str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 layers" in err[0] and not (tmp_path / "j2").exists()
+
+
+def test_compare_every_pair_of_three_files(tmp_path, capsys):
+    a = write_scores(tmp_path / "m.json", [[3, 2, 1], [0, 0, 0]])
+    b = write_scores(tmp_path / "m.query-focus.json", [[1, 2, 3], [0, 0, 0]])
+    c = write_scores(tmp_path / "m.echo.json", [[3, 2, 1], [0, 0, 0]])
+    png = tmp_path / "cmp.png"
+    assert heads.main(["compare", str(a), str(b), str(c), "-k", "1", "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "| m | - | 0 | 1 |" in text and "| echo | 1.00 | " in text and png.stat().st_size > 0
