@@ -34,7 +34,7 @@ from .methods import HAYSTACK, REPEAT, score_path
 from .models import ModelSpec, model_identity, model_name
 from .options import fingerprint, from_args, option
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
-from .scores_repeat import head_counter as repeat_counter, repeat_scores, token_pool
+from .scores_repeat import head_counter as repeat_counter, repeat_scores, repeated_tokens, token_pool
 from .shard import from_env, shard_suffix
 from .sweep import TrialKey, plan
 
@@ -112,7 +112,8 @@ def method_parameters(method: str, settings: DetectSettings, tokenizer=None, voc
         pool = token_pool(tokenizer, vocab)
         return dict(period=r.period, repeats=r.repeats, seeds=list(r.seeds), tokens="distinct random tokens per "
                     "repeat, drawn from the vocabulary without special tokens", vocabulary_pool=len(pool),
-                    excluded_special_ids=sorted(set(tokenizer.all_special_ids)), bos=tokenizer.bos_token_id,
+                    excluded_special_ids=sorted(set(tokenizer.all_special_ids)),
+                    bos_prepended=repeated_tokens(tokenizer, vocab, r)[1] == 1,
                     target="p - period + 1" if method == "induction" else "p - period")
     common = dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)")
     if method == "query-focus":

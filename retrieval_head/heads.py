@@ -202,6 +202,8 @@ def _cmd_compare_all(args) -> None:
         raise UserError("the files are not all of one unit (per query head / per KV head); compare files of one "
                         "unit (convert with: python -m retrieval_head.heads export)")
     names = [method_of(Path(f)) for f in files]
+    models = {Path(f).name.removesuffix(f".{m}.json") for f, m in zip(files, names)}
+    names = ["retrieval" if n in models else n for n in names]  # <model>.json beside <model>.<method>.json
     if len(set(names)) < len(names):
         names = [Path(f).name for f in files]
     r = compare_all(dict(zip(names, (h.scores for h in read))), args.k)

@@ -238,3 +238,34 @@ def test_compare_every_pair_of_three_files(tmp_path, capsys):
     assert heads.main(["compare", str(a), str(b), str(c), "-k", "1", "--out", str(png)]) == 0
     text = capsys.readouterr().out
     assert "| m | - | 0 | 1 |" in text and "| echo | 1.00 | " in text and png.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_query_focus_and_needle_mass_match_eager_weights_on_smollm2(default_model, tmp_path):
+    """The same trials re-scored from the full eager attention weights (output_attentions=True)."""
+    import dataclasses
+
+    from retrieval_head.haystack import load_needles
+    from retrieval_head.shape import ModelShape
+    from retrieval_head.sweep import plan
+
+    model, tok, _ = default_model
+    needles = tmp_path / "needles.jsonl"  # one needle (Captain Juniper), two depths: two trials
+    n = dataclasses.asdict(load_needles(None)[1])
+    needles.write_text(json.dumps({k: n[k] for k in ("needle", "question", "real_needle")}) + "\n")
+    st = DetectSettings(context_lengths=(500,), depth_percents=(30, 70), method=("query-focus", "needle-mass"),
+                        needles=str(needles), save_prompts=True)
+    with one_thread():
+        result = detect(model, tok, st, progress=False)
+        p = plan(tok, ModelShape.of(model), st)
+        assert len(result.passed()) >= 2
+        for t in result.passed():
+            prompt = p.prompt(type(p.keys()[0]).of(t))
+            (a, b), (s, e) = prompt.question_span, prompt.needle_span
+            att = eager_attentions(model, torch.tensor([t["prompt_ids"] + t["response_ids"][:-1]]))
+            focus = oracle_mass(att, list(range(a, b)), [s] * (b - a), [e] * (b - a))[:, 0]
+            steps = list(range(len(prompt.ids) - 1, len(prompt.ids) - 1 + len(t["response_ids"])))
+            mass = oracle_mass(att, steps, [s] * len(steps), [e] * len(steps))[:, 0]
+            assert torch.allclose(torch.tensor(t["query_focus"], dtype=torch.float64), focus, atol=2e-4)
+            assert torch.allclose(torch.tensor(t["needle_mass"], dtype=torch.float64), mass, atol=2e-4)
+            assert float(focus.max()) > 5 * (e - s) / len(prompt.ids)  # some head looks at the needle (vs uniform)
