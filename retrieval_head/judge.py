@@ -76,6 +76,10 @@ class JudgeRun(RunOptions):
 GROUPS = [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")]
 
 
+def parser():
+    return build_parser("python -m retrieval_head.judge", __doc__, GROUPS)
+
+
 def labelled(files: tuple[str, ...], model: str) -> dict[str, Path]:
     """Method name -> file (names from ``methods.method_of``; ``<model>.json`` is retrieval's;
     a name used twice is refused).
@@ -159,7 +163,7 @@ def figure(s: dict, ks, out_png: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("python -m retrieval_head.judge", __doc__, GROUPS).parse_args(argv)
+    args = parser().parse_args(argv)
     spec, st, run = from_args(ModelSpec, args), from_args(JudgeSettings, args), from_args(JudgeRun, args)
     setup_logging(run.verbose)
     run.check()
