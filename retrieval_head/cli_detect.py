@@ -123,23 +123,18 @@ def method_parameters(method: str, settings: DetectSettings, tokenizer=None, voc
 
 
 def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
-                  methods: tuple[str, ...] = ("retrieval",), extra: dict | None = None) -> list[Path]:
-    """The head-score files of a finished sweep (refusing a sweep where no trial passed
-    when a method needs passing trials); ``extra``: ``method_paths`` of the other methods."""
+                  methods: tuple[str, ...] = ("retrieval",)) -> list[Path]:
+    """The retrieval head-score files of a finished sweep (refusing a sweep where no trial
+    passed when a method needs passing trials)."""
     if not result.passed() and ("retrieval" in methods or "needle-mass" in methods):
         raise UserError(
             f"no trial passed (ROUGE-1 recall > {threshold}): no head scores written; "
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
-    written = []
-    for m in methods:
-        if m in HAYSTACK and m != "retrieval":
-            write_head_scores(extra[m][0], result.head_counter(m))
-            written.append(extra[m][0])
     if "retrieval" not in methods:
-        return written
+        return []
     write_head_scores(paths["scores"], result.head_counter())
-    written.append(paths["scores"])
+    written = [paths["scores"]]
     kv = info["num_kv_heads"]
     if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
         for agg in ("max", "mean"):
@@ -207,10 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_checked(opened)
     config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}
-    if repeats:
+    vocab = model.get_input_embeddings().weight.shape[0]
+
+    def write_method(m: str, counter: dict) -> Path:
+        scores, mpath = extra[m]
+        write_head_scores(scores, counter)
+        write_atomic(mpath, dump_json(dict(build_manifest("retrieval_head_detection", config, info, run.seed, started),
+                                           method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
+                                           scores=str(scores), seconds=dict(seconds))))
+        return scores
+
+    written = []
+    if repeats:  # first: a shard that does not merge the sweep returns early
         rep = repeat_scores(model, opened.tokenizer, settings.repeat())
         seconds["induction+echo"] = round(rep["seconds"], 3)  # one forward pass for both
         seconds["induction+echo tap"] = round(rep["tap_seconds"], 3)
+        written += [write_method(m, repeat_counter(rep[m])) for m in repeats]
     if sweep:
         result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world))
         if result is None:
@@ -219,18 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         if "query-focus" in methods:
             seconds["query-focus tap"] = round(result.stats.get("tap_s", 0.0), 3)
         report(result, run.top)
-        written = write_results(paths, result, info, settings.rouge_threshold, methods, extra)
-    else:
-        written = []
-    if repeats:
-        for m in repeats:
-            write_head_scores(extra[m][0], repeat_counter(rep[m]))
-            written.append(extra[m][0])
-    vocab = model.get_input_embeddings().weight.shape[0]
-    for m, (scores, mpath) in extra.items():
-        write_atomic(mpath, dump_json(dict(build_manifest("retrieval_head_detection", config, info, run.seed, started),
-                                           method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
-                                           scores=str(scores), seconds=seconds)))
+        written += write_results(paths, result, info, settings.rouge_threshold, methods)
+        written += [write_method(m, result.head_counter(m)) for m in methods if m in HAYSTACK and m != "retrieval"]
     print(f"\nwrote {', '.join(map(str, written))}")
     if methods != ("retrieval",):
         print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))

@@ -11,7 +11,6 @@ import torch
 
 from helpers import NEEDLE, make_inputs, one_thread, tiny_model
 from retrieval_head import cli_detect, heads, judge
-from retrieval_head.attention import intervene
 from retrieval_head.detect import DetectSettings, detect
 from retrieval_head.methods import METHODS
 from retrieval_head.scores_io import load_head_scores
