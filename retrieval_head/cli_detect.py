@@ -34,7 +34,7 @@ from .methods import HAYSTACK, REPEAT, score_path
 from .models import ModelSpec, model_identity, model_name
 from .options import fingerprint, from_args, option
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
-from .scores_repeat import head_counter as repeat_counter, repeat_scores, repeated_tokens, token_pool
+from .scores_repeat import check_fits, head_counter as repeat_counter, repeat_scores, repeated_tokens, token_pool
 from .shard import from_env, shard_suffix
 from .sweep import TrialKey, plan
 
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     opened = open_checked(spec, world)
     # every input checked before the weights load
     checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
+    if repeats:
+        check_fits(opened.shape, settings.repeat())
     model, info = load_checked(opened)
     config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}

@@ -49,6 +49,14 @@ class RepeatSettings:
             raise UserError("--repeat_period must be >= 2, --repeat_count >= 2 and --repeat_seeds not empty")
 
 
+def check_fits(shape: ModelShape, st: RepeatSettings) -> None:
+    """Refuse, before any weight loads, repeats longer than the model's positions (BOS counted)."""
+    n = 1 + st.period * st.repeats
+    if shape.max_positions is not None and n > shape.max_positions:
+        raise UserError(f"{st.repeats} x {st.period} repeated tokens (+ BOS) exceed the model's {shape.max_positions} "
+                        "positions; lower --repeat_period or --repeat_count")
+
+
 def repeat_rows(period: int, repeats: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query positions of repeats 2..n and their induction and echo keys."""
     rows = torch.arange(offset + period, offset + period * repeats)
@@ -85,10 +93,8 @@ def repeat_scores(model, tokenizer, st: RepeatSettings = RepeatSettings()) -> di
     st.check()
     shape = ModelShape.of(model)
     t0 = time.perf_counter()
+    check_fits(shape, st)
     ids, offset = repeated_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], st)
-    if shape.max_positions is not None and ids.shape[1] > shape.max_positions:
-        raise UserError(f"{ids.shape[1]} repeated tokens exceed the model's {shape.max_positions} positions; "
-                        "lower --repeat_period or --repeat_count")
     rows, ind, echo = repeat_rows(st.period, st.repeats, offset)
     targets = torch.stack([ind, echo], 1)  # one softmax per row, two keys read from it
     tap = AttentionTap(rows, targets, targets + 1)
