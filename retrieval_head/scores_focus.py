@@ -26,7 +26,7 @@ Worked example (one head, needle span [10, 12), question rows 20..21)::
 
     >>> t = focus_tap(Prompt(ids=[0] * 24, needle_span=(10, 12), insert_at=0, haystack_tokens=0,
     ...                      question_span=(20, 22)))
-    >>> t.rows.tolist(), t.lo.tolist(), t.hi.tolist()
+    >>> t.rows.tolist(), t.lo[:, 0].tolist(), t.hi[:, 0].tolist()
     ([20, 21], [10, 10], [12, 12])
 """
 

@@ -236,7 +236,7 @@ def test_compare_every_pair_of_three_files(tmp_path, capsys):
     png = tmp_path / "cmp.png"
     assert heads.main(["compare", str(a), str(b), str(c), "-k", "1", "--out", str(png)]) == 0
     text = capsys.readouterr().out
-    assert "| m | - | 0 | 1 |" in text and "| echo | 1.00 | " in text and png.stat().st_size > 0
+    assert "| retrieval | - | 0 | 1 |" in text  # m.json beside m.<method>.json and "| echo | 1.00 | " in text and png.stat().st_size > 0
 
 
 @pytest.mark.slow
