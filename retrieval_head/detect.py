@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decode import check_supported, stop_token_mask
+from .errors import UserError
 from .haystack import Needle
 from .methods import METHODS, REPEAT
 from .options import option
@@ -56,6 +57,11 @@ class DetectSettings(SweepSettings):
     repeat_seeds: tuple[int, ...] = option((0, 1, 2), "induction/echo: one random sequence per seed (the "
                                                              "trials of their files)")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.method, str) or not isinstance(self.method, tuple):  # the API: "echo" or a list
+            object.__setattr__(self, "method", (self.method,) if isinstance(self.method, str) else tuple(self.method))
+
     def methods(self) -> tuple[str, ...]:
         """The methods asked for, each once, in ``METHODS`` order."""
         return tuple(m for m in METHODS if m in self.method)
@@ -65,6 +71,10 @@ class DetectSettings(SweepSettings):
 
     def check(self) -> None:
         super().check()
+        unknown = [m for m in self.method if m not in METHODS]
+        if unknown or not self.method:
+            raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown else
+                            "--method needs at least one method")
         if any(m in REPEAT for m in self.method):
             self.repeat().check()
 

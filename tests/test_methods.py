@@ -268,3 +268,17 @@ def test_query_focus_and_needle_mass_match_eager_weights_on_smollm2(default_mode
             assert torch.allclose(torch.tensor(t["query_focus"], dtype=torch.float64), focus, atol=2e-4)
             assert torch.allclose(torch.tensor(t["needle_mass"], dtype=torch.float64), mass, atol=2e-4)
             assert float(focus.max()) > 5 * (e - s) / len(prompt.ids)  # some head looks at the needle (vs uniform)
+
+
+def test_methods_from_the_api_and_the_fingerprint():
+    from retrieval_head.errors import UserError
+
+    assert DetectSettings(method="echo").methods() == ("echo",)
+    assert DetectSettings(method=["echo", "retrieval", "echo"]).methods() == ("retrieval", "echo")
+    with pytest.raises(UserError, match="unknown method 'attention-sink'"):
+        DetectSettings(method=("attention-sink",)).check()
+    needles = []
+    default = cli_detect.settings_fingerprint(DetectSettings(), needles)
+    assert "methods" not in default  # an old run's trial log still resumes
+    assert cli_detect.settings_fingerprint(DetectSettings(method=("retrieval", "needle-mass", "echo")), needles)[
+        "methods"] == ["retrieval", "needle-mass"]  # echo needs no trial: not part of the trials' fingerprint
