@@ -15,6 +15,11 @@ The modules, in pipeline order::
               scoring        the retrieval score of one trial (exact fractions) and the ROUGE check
               detect         experiment 1: detection (prompt -> prefill -> probed decode -> score)
               niah           experiment 2: the needle test with heads masked (top-K, random-K, none)
+  methods     methods        the head-identification methods side by side: names, files, data needed
+              tap            the attention tap: per-head mass of chosen query rows, reduced on the spot
+              scores_focus   query-focus (QRHead-style) and needle-mass (HeadKV-R2-style), from detection's trials
+              scores_repeat  induction and echo, from one pass over repeated random tokens
+              judge          masked NIAH with each method's top-K heads and random-K, in one run
   speed       schedule       the levers beneath both experiments, behind Job -> Decoded:
               prefix           prefix reuse across prompts
               batching         which prompts decode together within a budget of cached tokens

@@ -47,6 +47,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from .errors import UnsupportedModelError
 from .shape import ModelShape
 from .streaming import stream_keys, streamed_prefill
+from .tap import AttentionTap, span_mass
 
 MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
 HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
@@ -111,11 +112,20 @@ class ArgmaxProbe:
     which orders keys exactly as the attention weights do.
     """
 
-    def __init__(self):
+    def __init__(self, spans: torch.Tensor | None = None):
         self.rel: dict[int, torch.Tensor] = {}  # layer_idx -> [batch, heads] long
+        # spans: long [batch, 2], each row's key span (the needle); the probe then also keeps
+        # each head's softmax mass on it (needle-mass), from the same float32 row.
+        self.spans = spans
+        self.mass: dict[int, torch.Tensor] = {}  # layer_idx -> [batch, heads] float
 
     def clear(self) -> None:
         self.rel = {}
+        self.mass = {}
+
+    def masses(self, num_layers: int) -> torch.Tensor:
+        """float ``[layers, batch, heads]``: the last step's mass on each row's span."""
+        return torch.stack([self.mass[i].float().cpu() for i in range(num_layers)])
 
     def positions(self, query_position: int | torch.Tensor, num_layers: int) -> torch.Tensor:
         """Absolute argmax positions ``[layers, batch, heads]`` of the last decode step.
@@ -168,7 +178,7 @@ def _layer_window(module, kwargs: dict) -> int | None:
 
 
 def _probe_attention(module, query, key, value, attention_mask, scaling, softcap, sinks=None, window=None,
-                     drop: tuple[torch.Tensor, torch.Tensor] | None = None):
+                     drop: tuple[torch.Tensor, torch.Tensor] | None = None, spans: torch.Tensor | None = None):
     """One decode step's attention from a single float32 score row per query head.
 
     query [b, H, 1, d]; key/value [b, KV, T, d] (GQA grouped, the cache is not copied
@@ -176,8 +186,10 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
     = a real token, its last T columns are the cached keys), or a 4-D bool/additive mask.
     window: the layer's sliding window (see ``_layer_window``); the query is the last key.
     drop: ``(heads [b or 1, H] bool, keep [T] bool)``: the streamed heads see only ``keep``.
-    Returns output [b, 1, H, d] (the layout backends return) and the argmax relative to
-    the end of the cache [b, H]. Masking is in place on the score row (nothing else of
+    spans: long ``[b, 2]`` key spans (absolute; the cache holds every key): also return each
+    head's float32 softmax mass on its row's span (``tap.span_mass``), else None.
+    Returns output [b, 1, H, d] (the layout backends return), the argmax relative to
+    the end of the cache [b, H], and the span mass. Masking is in place on the score row (nothing else of
     its size is allocated before the softmax).
     """
     b, num_heads, _, d = query.shape
@@ -212,11 +224,12 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, softcap
         # Attention sinks (``s_aux``, GPT-OSS): a per-head logit that takes softmax mass but
         # has no value; it never wins the argmax, which is over keys only.
         sink = sinks.float().reshape(1, kv_heads, group, 1).expand(b, -1, -1, -1)
-        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].to(value.dtype)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     else:
-        probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # [b, KV, g, d]
-    return out.reshape(b, 1, num_heads, value.shape[-1]), argmax
+        probs = torch.softmax(scores, dim=-1)
+    mass = span_mass(probs, spans) if spans is not None else None
+    out = torch.matmul(probs.to(value.dtype), value)  # [b, KV, g, d]
+    return out.reshape(b, 1, num_heads, value.shape[-1]), argmax, mass
 
 
 class Scope:
@@ -236,7 +249,7 @@ class Scope:
 
 
 def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: HeadMask | None, scope: Scope,
-                    name: str | None = None, delegate_name: str | None = None):
+                    name: str | None = None, delegate_name: str | None = None, taps: tuple[AttentionTap, ...] = ()):
     """Build the scope's attention function (a closure: the scope's state lives here only).
 
     name / delegate_name: the scope's registered name and the backend it delegates to; a
@@ -270,11 +283,17 @@ def _make_attention(delegate: Callable | None, probe: ArgmaxProbe | None, mask: 
             drop = None if stream is None else (stream, stream_keys(
                 key.shape[2], mask.sink, mask.recent, None if mask.phase == "all" else prefill_len(layer, key.shape[2]),
                 key.device))
-            out, rel = _probe_attention(module, query, key, value, attention_mask, scaling, kwargs.get("softcap"),
-                                        kwargs.get("s_aux"), window, drop)
+            spans = probe.spans if probe is not None else None
+            out, rel, mass = _probe_attention(module, query, key, value, attention_mask, scaling,
+                                              kwargs.get("softcap"), kwargs.get("s_aux"), window, drop, spans)
             if probe is not None:
                 probe.rel[layer] = rel
+                if mass is not None:
+                    probe.mass[layer] = mass
         else:
+            for tap in taps:  # the tapped rows' mass, from the query the backend gets (masked or not)
+                tap.observe(layer, query, key, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux"),
+                            window)
             out, weights = delegated(module, query, key, value, attention_mask, scaling, dropout, kwargs)
             if stream is not None:  # a phase-all prefill: the streamed heads recomputed as one group
                 out = streamed_prefill(query, key, value, out, stream, mask.sink, mask.recent, window, attention_mask,
@@ -322,8 +341,10 @@ def _configs(model) -> list:
 
 
 @contextlib.contextmanager
-def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None) -> Iterator[Scope]:
-    """Route every attention call of ``model`` through a probe and/or a head mask.
+def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None,
+              tap: AttentionTap | list[AttentionTap] | None = None) -> Iterator[Scope]:
+    """Route every attention call of ``model`` through a probe and/or a head mask, and/or
+    attention taps (``tap.AttentionTap``: rows of the calls that are not probed decode steps).
 
     Active only inside the ``with`` block; the model is left exactly as it was.
     Nesting is refused: pass the probe and the mask to one ``intervene``.
@@ -342,7 +363,9 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     # Both registries must know the name: without the mask entry transformers silently
     # builds no mask at all (sliding windows and padding would be ignored).
     scope = Scope(model)
-    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope, name, delegate_name))
+    AttentionInterface.register(name, _make_attention(delegate, probe, mask, scope, name, delegate_name,
+                                                     tuple(tap) if isinstance(tap, (list, tuple)) else
+                                                     (() if tap is None else (tap,))))
     AttentionMaskInterface.register(name, mask_fn)
     saved = [(cfg, cfg._attn_implementation) for cfg in _configs(model)]
     try:

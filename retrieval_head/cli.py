@@ -4,7 +4,8 @@
     retrieval-head mask ...      # = python needle_in_haystack_with_mask.py ...
     retrieval-head plot DIR ...  # = python -m retrieval_head.plot ...
     retrieval-head compress DIR ...   # = python -m retrieval_head.compress ...
-    retrieval-head heads top|heatmap|compare FILE ...   # = python -m retrieval_head.heads ...
+    retrieval-head heads top|heatmap|compare|export|stability|convergence ...  # = python -m retrieval_head.heads
+    retrieval-head judge --head_scores A B ...   # = python -m retrieval_head.judge ...
 
 Each subcommand takes exactly the options of the script it names (``--help`` lists them
 with their defaults).
@@ -35,6 +36,11 @@ def _compress(argv):
     return main(argv)
 
 
+def _judge(argv):
+    from .judge import cli
+    return cli(argv)
+
+
 def _heads(argv):
     from .heads import main
     return main(argv)
@@ -44,7 +50,8 @@ COMMANDS = {"detect": (_detect, "detect retrieval heads (retrieval_head_detectio
             "mask": (_mask, "the needle test with heads masked (needle_in_haystack_with_mask.py)"),
             "plot": (_plot, "needle-test heatmaps of result folders"),
             "compress": (_compress, "the compression curve (score vs KV cache kept) of streaming result folders"),
-            "heads": (_heads, "inspect head-score files: top, heatmap, compare")}
+            "heads": (_heads, "inspect head-score files: top, heatmap, compare, export, stability, convergence"),
+            "judge": (_judge, "mask each method's top-K heads and random-K in one needle test (judge.py)")}
 
 
 def usage() -> str:

@@ -9,12 +9,17 @@ Outputs in ``--output_dir`` (default ``head_score/``):
                           each needle read (``haystacks``: the original's part{i+1} pairing)
   <model>.kv_max.json, <model>.kv_mean.json   GQA models: per-KV-head scores, same format
                           (each trial's group max / mean, listed per counted trial)
+  <model>.<method>.json   with --method: each other method's scores, same format, and
+  <model>.<method>.manifest.json   its manifest (the method, its parameters, its cost)
+
+    python retrieval_head_detection.py --method retrieval query-focus needle-mass induction echo
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +31,11 @@ from .detect import DetectionResult, DetectSettings, detect
 from .errors import UserError
 from .haystack import Needle
 from .manifest import build_manifest, utc_now
+from .methods import HAYSTACK, REPEAT, score_path
 from .models import ModelSpec, model_identity, model_name
 from .options import fingerprint, from_args, option
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
+from .scores_repeat import check_fits, head_counter as repeat_counter, repeat_scores, repeated_tokens, token_pool
 from .shard import from_env, shard_suffix
 from .sweep import TrialKey, plan
 
@@ -75,6 +82,8 @@ def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dic
     """Everything of the settings that changes a trial's record besides its key (the
     fields marked ``result``), with the needles' content rather than their file's name."""
     fp = fingerprint(settings)
+    if settings.methods() != ("retrieval",):  # the default's fingerprint is as it always was
+        fp["methods"] = [m for m in settings.methods() if m in HAYSTACK]
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in needles]
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
@@ -104,13 +113,39 @@ def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]
     return paths
 
 
-def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float) -> list[Path]:
-    """The head-score files of a finished sweep (refusing a sweep where no trial passed)."""
-    if not result.passed():
+def method_paths(out: Path, name: str, methods: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
+    """Each non-retrieval method's head-score file and manifest."""
+    return {m: (score_path(out, name, m), out / f"{name}.{m}.manifest.json") for m in methods if m != "retrieval"}
+
+
+def method_parameters(method: str, settings: DetectSettings, tokenizer=None, vocab: int | None = None) -> dict:
+    """What defines a method's scores besides the model (recorded in its manifest)."""
+    if method in REPEAT:
+        r = settings.repeat()
+        pool = token_pool(tokenizer, vocab)
+        return dict(period=r.period, repeats=r.repeats, seeds=list(r.seeds), tokens="distinct random tokens per "
+                    "repeat, drawn from the vocabulary without special tokens", vocabulary_pool=len(pool),
+                    excluded_special_ids=sorted(set(tokenizer.all_special_ids)),
+                    bos_prepended=repeated_tokens(tokenizer, vocab, r)[1] == 1,
+                    target="p - period + 1" if method == "induction" else "p - period")
+    common = dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)")
+    if method == "query-focus":
+        return dict(common, rows="the question's tokens, prefill", trials="all")
+    return dict(common, rows="every decode step of the answer", trials=f"passing (ROUGE-1 recall > "
+                                                                      f"{settings.rouge_threshold})")
+
+
+def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
+                  methods: tuple[str, ...] = ("retrieval",)) -> list[Path]:
+    """The retrieval head-score files of a finished sweep (refusing a sweep where no trial
+    passed when a method needs passing trials)."""
+    if not result.passed() and ("retrieval" in methods or "needle-mass" in methods):
         raise UserError(
             f"no trial passed (ROUGE-1 recall > {threshold}): no head scores written; "
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
+    if "retrieval" not in methods:
+        return []
     write_head_scores(paths["scores"], result.head_counter())
     written = [paths["scores"]]
     kv = info["num_kv_heads"]
@@ -165,27 +200,75 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(run.threads)
     name = model_name(spec.model_path, run.model_name_suffix)
     out = Path(run.output_dir)
+    methods = settings.methods()
+    sweep = any(m in HAYSTACK for m in methods)  # needle trials; induction and echo need none
+    repeats = [m for m in methods if m in REPEAT] if rank == 0 else []
     paths = output_paths(out, name, rank, world)
-    guard_outputs(list(paths.values()), run.overwrite or run.resume)
+    extra = method_paths(out, name, tuple(m for m in methods if m in HAYSTACK or m in repeats))
+    guard_outputs((list(paths.values()) if sweep else []) + [p for pair in extra.values() for p in pair],
+                  run.overwrite or run.resume)
     started = utc_now()
     torch.manual_seed(run.seed)
     opened = open_checked(spec, world)
     settings.check_shape(opened.shape, world)
-    checked = plan(opened.tokenizer, opened.shape, settings)  # every input checked before the weights load
+    # every input checked before the weights load
+    checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
+    if repeats:
+        check_fits(opened.shape, settings.repeat())
     model, info = load_checked(opened)
+    config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
+    seconds: dict[str, float] = {}
+    vocab = model.get_input_embeddings().weight.shape[0]
+
+    def write_method(m: str, counter: dict) -> Path:
+        scores, mpath = extra[m]
+        write_head_scores(scores, counter)
+        write_atomic(mpath, dump_json(dict(build_manifest("retrieval_head_detection", config, info, run.seed, started),
+                                           method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
+                                           scores=str(scores), seconds=dict(seconds))))
+        return scores
+
+    written = []
+    if repeats:  # first: a shard that does not merge the sweep returns early
+        rep = repeat_scores(model, opened.tokenizer, settings.repeat())
+        seconds["induction+echo"] = round(rep["seconds"], 3)  # one forward pass for both
+        seconds["induction+echo tap"] = round(rep["tap_seconds"], 3)
+        written += [write_method(m, repeat_counter(rep[m])) for m in repeats]
+    if sweep:
+        result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world))
+        if result is None:
+            return 0
+        seconds["sweep"] = round(result.stats.get("seconds", 0.0), 3)
+        if "query-focus" in methods:
+            seconds["query-focus tap"] = round(result.stats.get("tap_s", 0.0), 3)
+        report(result, run.top)
+        if "adaptive" in result.stats:
+            print(adaptive_summary(result.stats["adaptive"]))
+        written += write_results(paths, result, info, settings.rouge_threshold, methods)
+        written += [write_method(m, result.head_counter(m)) for m in methods if m in HAYSTACK and m != "retrieval"]
+    print(f"\nwrote {', '.join(map(str, written))}")
+    if methods != ("retrieval",):
+        print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
+    return 0
+
+
+def sweep_run(paths, settings, run, checked, model, info, opened, config, started, shard) -> DetectionResult | None:
+    """The needle trials (resumable, sharded): the result, or None on a shard that does not merge."""
+    rank, world = shard
     fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
     done = resumed_trials(paths, fp) if run.resume else {}
     if run.overwrite:
         for p in paths.values():
             p.unlink(missing_ok=True)
-    config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
     manifest = build_manifest("retrieval_head_detection", config, info, run.seed, started)
     manifest.update(fingerprint=fp, status="running", shard=[rank, world], grid=[checked.lengths, checked.depths],
                     haystacks=checked.pairing())
     write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
     log = _Log(paths["trials"])
+    t0 = time.perf_counter()
     result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,
                     checked=checked, shard=(rank, world))
+    result.stats["seconds"] = time.perf_counter() - t0
     # Trials finish in insertion and batch order; the finished log reads in canonical order.
     write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(log.read(), key=TrialKey.of)))
     manifest.update(build_manifest("retrieval_head_detection", config, info, run.seed, started),
@@ -198,14 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         result = merge_shards(paths, manifest, world)
         if result is None:
             print(f"shard {rank} of {world} finished; the last shard to finish writes {paths['scores']}")
-            return 0
+            return None
         write_atomic(paths["merged_manifest"], dump_json(dict(manifest, shard=None, shards=world)))
-    report(result, run.top)
-    if "adaptive" in result.stats:
-        print(adaptive_summary(result.stats["adaptive"]))
-    written = write_results(paths, result, info, settings.rouge_threshold)
-    print(f"\nwrote {', '.join(map(str, written))}")
-    return 0
+    return result
 
 
 def cli(argv: list[str] | None = None) -> int:

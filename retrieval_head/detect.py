@@ -28,8 +28,11 @@ from . import adaptive
 from .decode import check_supported, stop_token_mask
 from .errors import UserError
 from .haystack import Needle
+from .methods import METHODS, REPEAT
 from .options import option
 from .schedule import Decoded, Job, Scheduler
+from .scores_focus import FIELDS, focus_tap, trial_fields
+from .scores_repeat import RepeatSettings
 from .scoring import SCORE_MODES, rouge1_recall, trial_scores
 from .shape import ModelShape
 from .sweep import Plan, SweepSettings, TrialKey, plan
@@ -46,6 +49,14 @@ class DetectSettings(SweepSettings):
                                  "(the paper)", choices=SCORE_MODES, result=True)
     rouge_threshold: float = option(50.0, "a trial counts when ROUGE-1 recall x100 exceeds this", result=True)
     save_prompts: bool = option(False, "store each trial's prompt_ids in the trial log")
+    method: tuple[str, ...] = option(("retrieval",), "head-identification methods (any subset; see methods.py): "
+                                                     "retrieval, query-focus and needle-mass share one sweep of "
+                                                     "needle trials; induction and echo need no haystack",
+                                     choices=METHODS)
+    repeat_period: int = option(256, "induction/echo: distinct random tokens per repeat")
+    repeat_count: int = option(4, "induction/echo: repeats of the random sequence")
+    repeat_seeds: tuple[int, ...] = option((0, 1, 2), "induction/echo: one random sequence per seed (the "
+                                                             "trials of their files)")
     # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
     until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
                                             "stable (see --confidence); none: every trial", metavar="K")
@@ -56,8 +67,26 @@ class DetectSettings(SweepSettings):
                             choices=("kept", "every"))
     draws: int = option(1000, "--until_stable: bootstrap draws after each round")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.method, str) or not isinstance(self.method, tuple):  # the API: "echo" or a list
+            object.__setattr__(self, "method", (self.method,) if isinstance(self.method, str) else tuple(self.method))
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods asked for, each once, in ``METHODS`` order."""
+        return tuple(m for m in METHODS if m in self.method)
+
+    def repeat(self) -> RepeatSettings:
+        return RepeatSettings(self.repeat_period, self.repeat_count, tuple(self.repeat_seeds))
+
     def check(self) -> None:
         super().check()
+        unknown = [m for m in self.method if m not in METHODS]
+        if unknown or not self.method:
+            raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown else
+                            "--method needs at least one method")
+        if any(m in REPEAT for m in self.method):
+            self.repeat().check()
         if self.until_stable is not None and self.until_stable < 1:
             raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
         if not 0 < self.confidence < 1 or self.draws < 1:
@@ -110,8 +139,12 @@ def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, se
     if records:
         log.info("resuming: %d of %d trials already done", len(records), len(keys))
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
+    methods = settings.methods()
+    # query-focus taps the question's rows during the prefill; needle-mass reads the probe's rows
+    taps = dict(tap_for=(lambda job: focus_tap(job.prompt)) if "query-focus" in methods else None,
+                span_mass="needle-mass" in methods)
     with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
-        for row in scheduler.run(jobs, probe=True):  # prompt -> prefill -> decode under the probe
+        for row in scheduler.run(jobs, probe=True, **taps):  # prompt -> prefill -> decode under the probe
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
             records.append(record)
             bar.update(1)
@@ -136,6 +169,7 @@ def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) ->
         "passed": recall > st.rouge_threshold,
         "head_scores": trial_scores(prompt.ids, prompt.needle_span, row.positions, row.ids, st.score).tolist(),
         "duration_s": round(row.seconds, 4),
+        **trial_fields(row, st.methods()),  # the other methods' scores, when asked for
     }
     if st.save_prompts:
         record["prompt_ids"] = prompt.ids
@@ -154,9 +188,12 @@ class DetectionResult:
     def passed(self) -> list[dict]:
         return sorted((t for t in self.trials if t["passed"]), key=TrialKey.of)
 
-    def head_counter(self) -> dict[str, list[float]]:
-        """The original's format: ``{"layer-head": [score of each counted trial]}``."""
-        rows = [t["head_scores"] for t in self.passed()]
+    def head_counter(self, method: str = "retrieval") -> dict[str, list[float]]:
+        """The original's format: ``{"layer-head": [score of each counted trial]}``; for
+        ``query-focus`` every trial counts (it needs no answer), else the passing ones."""
+        field = FIELDS.get(method, "head_scores")
+        trials = sorted(self.trials, key=TrialKey.of) if method == "query-focus" else self.passed()
+        rows = [t[field] for t in trials]
         return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
 
     def kv_head_counter(self, num_kv_heads: int, agg: str) -> dict[str, list[float]]:

@@ -93,6 +93,50 @@ def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
     }
 
 
+def compare_all(grids: dict[str, torch.Tensor], k: int = 20) -> dict:
+    """Every pair of ``grids`` (name -> ``[layers, heads]``): ``{"names", "k", "overlap",
+    "spearman"}``, the last two as ``n x n`` lists (``compare`` of row i with column j; the
+    diagonal is each grid with itself).
+
+    >>> r = compare_all({"a": torch.tensor([[3., 2., 1.]]), "b": torch.tensor([[1., 2., 3.]])}, k=1)
+    >>> r["overlap"], r["spearman"]
+    ([[1, 0], [0, 1]], [[1.0, -1.0], [-1.0, 1.0]])
+    """
+    names = list(grids)
+    pairs = [[compare(grids[a], grids[b], k) for b in names] for a in names]
+    return {"names": names, "k": pairs[0][0]["k"], "overlap": [[p["overlap"] for p in row] for row in pairs],
+            "spearman": [[p["spearman"] for p in row] for row in pairs]}
+
+
+def compare_table(r: dict) -> str:
+    """Markdown: top-k overlap above the diagonal, Spearman below it."""
+    names = r["names"]
+    head = "| top-%d overlap \\ Spearman | " % r["k"] + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n"
+    rows = []
+    for i, a in enumerate(names):
+        cells = [str(r["overlap"][i][j]) if j > i else ("-" if j == i else f"{r['spearman'][i][j]:.2f}")
+                 for j in range(len(names))]
+        rows.append(f"| {a} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def compare_figure(r: dict, out_png: str | Path, title: str | None = None) -> Path:
+    """Two matrices side by side: top-k overlap (counts) and Spearman, a row and column per file."""
+    names, n = r["names"], len(r["names"])
+    fig = Figure(figsize=(3.2 + 1.6 * n, 1.6 + 0.55 * n), layout="constrained")
+    for i, (key, fmt, vmax, vmin, cmap) in enumerate((("overlap", "d", r["k"], 0, "viridis"),
+                                                     ("spearman", ".2f", 1.0, -1.0, "vlag"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        sns.heatmap(r[key], ax=ax, annot=True, fmt=fmt, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
+                    xticklabels=names, yticklabels=names, cbar=False, annot_kws={"fontsize": 8})
+        ax.set_title(f"top-{r['k']} overlap" if key == "overlap" else "Spearman (all heads)", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=8)
+    if title:
+        figure_title(fig, title)
+    return render(fig, out_png)
+
+
 def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
     """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
     ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width."""
@@ -151,7 +195,28 @@ def _cmd_heatmap(args) -> None:
     print(heads_heatmap(scores, out, title))
 
 
+def _cmd_compare_all(args) -> None:
+    from .methods import method_of
+
+    files = [args.a, args.b, *args.more]
+    read = [_read(f) for f in files]
+    if len({h.unit for h in read}) > 1:
+        raise UserError("the files are not all of one unit (per query head / per KV head); compare files of one "
+                        "unit (convert with: python -m retrieval_head.heads export)")
+    names = [method_of(Path(f)) for f in files]
+    models = {Path(f).name.removesuffix(f".{m}.json") for f, m in zip(files, names)}
+    names = ["retrieval" if n in models else n for n in names]  # <model>.json beside <model>.<method>.json
+    if len(set(names)) < len(names):
+        names = [Path(f).name for f in files]
+    r = compare_all(dict(zip(names, (h.scores for h in read))), args.k)
+    print(compare_table(r), end="")
+    out = Path(args.out) if args.out else Path(f"{Path(files[0]).name.split('.')[0]}.compare.png")
+    print(compare_figure(r, out, f"agreement of {len(files)} head rankings (top-{r['k']} overlap, Spearman)"))
+
+
 def _cmd_compare(args) -> None:
+    if args.more:
+        return _cmd_compare_all(args)
     fa, fb = _read(args.a), _read(args.b)
     if fa.unit != fb.unit:
         raise UserError(f"{args.a} is per {'KV head' if fa.unit == 'kv' else 'query head'}, {args.b} per "
@@ -240,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", help="a head file (any accepted format)")
     p.add_argument("--out", metavar="PNG", default=None, help="output PNG; none: <stem>.heads.png in the current folder")
     p.set_defaults(func=_cmd_heatmap)
-    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files", formatter_class=fmt)
+    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files (3+ files: every pair, "
+                                       "as a table and a matrix figure)", formatter_class=fmt)
     p.add_argument("a", help="a head file (any accepted format)")
     p.add_argument("b", help="another, for a model of the same shape")
+    p.add_argument("more", nargs="*", help="more files: every pair is compared")
     p.add_argument("-k", type=int, default=20, help="size of the top sets compared")
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="3+ files: the matrix figure; none: <first file's model>.compare.png in the current folder")
     p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("export", formatter_class=fmt,
                        help="write a head file as duo / razor / qrhead / layers",

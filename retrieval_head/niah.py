@@ -99,9 +99,12 @@ class Condition:
     folder: str = ""
     unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
     kept: torch.Tensor | None = None  # streaming: bool [layers, units], the heads kept at full cache
+    method: str | None = None  # the judge: which method's heads (recorded only when set)
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
+        if self.method is not None:
+            d["method"] = self.method
         d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
         if self.kept is not None:
             d["kept"] = self.kept.nonzero().tolist()

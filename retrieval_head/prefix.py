@@ -43,10 +43,14 @@ class SharedPrefix:
         self.cache = GrowingCache(reserve=reserve)
         self.reused_tokens = 0  # for reports: how many prefill tokens were saved
 
-    def cache_for(self, prompt_ids: list[int]):
-        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops)."""
+    def cache_for(self, prompt_ids: list[int], fresh_from: int | None = None):
+        """A cache holding ``prompt_ids[:-1]`` (decoding extends it; the next call crops).
+        ``fresh_from``: prefill at least the tokens from this position on (an attention tap
+        reads their rows), however much of the last prompt they share."""
         target = prompt_ids[:-1]
         common = common_prefix(self.ids, target)
+        if fresh_from is not None:
+            common = min(common, fresh_from)
         if common < max(self.min_shared, self.min_fraction * len(target)):
             self.cache, common = GrowingCache(reserve=self.reserve), 0
         else:
@@ -71,6 +75,6 @@ class FreshPrefix:
         self.model, self.chunk, self.reserve = model, chunk, reserve
         self.reused_tokens = 0
 
-    def cache_for(self, prompt_ids: list[int]):
+    def cache_for(self, prompt_ids: list[int], fresh_from: int | None = None):
         ids = torch.tensor([prompt_ids[:-1]], device=input_device(self.model))
         return prefill(self.model, ids, self.chunk, cache=GrowingCache(reserve=self.reserve))

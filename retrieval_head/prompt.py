@@ -39,6 +39,7 @@ class Prompt:
     needle_span: tuple[int, int]
     insert_at: int  # index into the trimmed haystack where the needle went
     haystack_tokens: int
+    question_span: tuple[int, int] | None = None  # the question's tokens [s, e) (None: no offsets)
 
 
 def uses_chat_template(tokenizer, mode: str) -> bool:
@@ -79,6 +80,11 @@ class PromptBuilder:
 
     def template(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the context for this question."""
+        before, after, _ = self._template(question)
+        return before, after
+
+    def _template(self, question: str) -> tuple[list[int], list[int], tuple[int, int] | None]:
+        """``template``, and the question's token span within the ids after the context."""
         if self.chat:
             content = PLAIN_TEMPLATE.format(context=CONTEXT_SENTINEL, question=question)
             text = self.tok.apply_chat_template(
@@ -90,7 +96,24 @@ class PromptBuilder:
             before, after = PLAIN_TEMPLATE.format(context=CONTEXT_SENTINEL, question=question).split(CONTEXT_SENTINEL)
             bos = _bos(self.tok)
         enc = lambda s: self.tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return bos + enc(before), enc(after)
+        after_ids = enc(after)
+        return bos + enc(before), after_ids, self._locate(after, after_ids, question)
+
+    def _locate(self, text: str, ids: list[int], question: str) -> tuple[int, int] | None:
+        """The tokens of ``ids`` (``text`` encoded) that overlap the question's characters;
+        None where the tokenizer gives no offsets (or encodes differently with them)."""
+        at = text.find(question.strip())
+        if at < 0 or not question.strip():
+            return None
+        try:
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            return None
+        if list(enc["input_ids"]) != list(ids):
+            return None
+        end = at + len(question.strip())
+        inside = [i for i, (x, y) in enumerate(enc["offset_mapping"]) if y > x and x < end and y > at]
+        return (inside[0], inside[-1] + 1) if inside else None
 
     def needle_tokens(self, needle: Needle) -> tuple[list[int], tuple[int, int]]:
         """The needle's ids (with leading space) and the answer's token span within them."""
@@ -120,7 +143,7 @@ class PromptBuilder:
 
     def build(self, needle: Needle, context_length: int, depth_percent: float) -> Prompt:
         """The prompt of one trial, exactly ``context_length`` tokens long."""
-        before, after = self.template(needle.question)
+        before, after, q = self._template(needle.question)
         nids, (a, b) = self.needle_tokens(needle)
         n = context_length - len(before) - len(after) - len(nids)
         if n < 0:
@@ -137,4 +160,6 @@ class PromptBuilder:
         ctx = self.haystack[:n].tolist()
         ids = before + ctx[:at] + nids + ctx[at:] + after
         s = len(before) + at + a
-        return Prompt(ids=ids, needle_span=(s, s + b - a), insert_at=at, haystack_tokens=n)
+        q0 = len(ids) - len(after)
+        question = (q0 + q[0], q0 + q[1]) if q is not None else None
+        return Prompt(ids=ids, needle_span=(s, s + b - a), insert_at=at, haystack_tokens=n, question_span=question)

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Hashable, Iterator
+from typing import Callable, Hashable, Iterator
 
 import torch
 
@@ -39,6 +39,7 @@ from .kvcache import snapshot, stack_rows
 from .prefix import FreshPrefix, SharedPrefix
 from .prompt import Prompt
 from .shape import ModelShape
+from .tap import AttentionTap
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class Decoded:
     mask: the index of its mask in the ``masks`` given to ``run``.
     positions: the probe's absolute argmax positions, ``[steps, layers, heads]`` (None without it).
     seconds: the row's share of its prompt's prefill and of its batch's decode.
+    tapped: float64 ``[layers, heads]``, the prefill tap's mean mass (``run(tap_for=...)``).
+    span_mass: float64 ``[layers, heads]``, each head's softmax mass on the prompt's needle
+    span, averaged over the row's decode steps (``run(span_mass=True)``).
     """
 
     job: Job
@@ -66,6 +70,8 @@ class Decoded:
     ids: list[int]
     positions: torch.Tensor | None
     seconds: float
+    tapped: torch.Tensor | None = None
+    span_mass: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +116,18 @@ class Scheduler:
         self.stats: dict = {"prefix_reuse": levers.prefix_reuse, "batch_tokens": self.budget, "prompt_tokens": 0,
                             "prefilled_tokens": 0, "decode_batches": []}
         self._reused_tokens = 0
+        self._tap_for: Callable[[Job], AttentionTap] | None = None
+        self._span_mass = False
+        self._tapped: dict[int, torch.Tensor] = {}  # id(job) -> its prefill tap's [layers, heads]
 
-    def run(self, jobs: list[Job], masks: list[HeadMask | None] = (None,), probe: bool = False) -> Iterator[Decoded]:
-        """Every (job, mask) row, as its batch finishes."""
+    def run(self, jobs: list[Job], masks: list[HeadMask | None] = (None,), probe: bool = False,
+            tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False) -> Iterator[Decoded]:
+        """Every (job, mask) row, as its batch finishes.
+
+        tap_for: a job's prefill runs under ``tap_for(job)`` (its rows always prefilled, not
+        reused); span_mass: the probe also measures the mass on each prompt's needle span."""
         masks = list(masks)
+        self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
             jobs = sorted(jobs, key=lambda j: (j.source, j.prompt.insert_at, j.key))
         for p in passes(masks):
@@ -127,9 +141,15 @@ class Scheduler:
         batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=copies)
         for job in jobs:
             t0 = time.perf_counter()
-            # Outside any scope for decode-phase masks: a one-token prefill chunk is no decode step.
-            with intervene(self.model, mask=p.prefill_mask) if p.prefill_mask else contextlib.nullcontext():
-                cache = source.cache_for(job.prompt.ids)
+            tap = self._tap_for(job) if self._tap_for is not None else None
+            # Outside any scope for decode-phase masks: a one-token prefill chunk is no decode step
+            # (inside a tap's scope it is none either: no probe, so the backend computes it).
+            scoped = p.prefill_mask is not None or tap is not None
+            with intervene(self.model, mask=p.prefill_mask, tap=tap) if scoped else contextlib.nullcontext():
+                cache = source.cache_for(job.prompt.ids, None if tap is None else int(tap.rows.min()))
+            if tap is not None:
+                self._tapped[id(job)] = tap.mean(self.shape.num_layers)[:, 0]
+                self.stats["tap_s"] = self.stats.get("tap_s", 0.0) + tap.seconds
             row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
             self.stats["prompt_tokens"] += row.length - 1
             if copies * row.length > self.budget or (copies == 1 and batcher.rows_for(row.length) == 1):
@@ -174,12 +194,22 @@ class Scheduler:
         else:
             mask = row_masks(self.shape, [p.masks[i] for _, i in rows])
         steps: list[list[torch.Tensor]] = [[] for _ in rows]
+        mass: list[list[torch.Tensor]] = [[] for _ in rows]
+        spans = torch.tensor([r.item.prompt.needle_span for r, _ in rows]) if self._span_mass else None
+        the_probe = ArgmaxProbe(spans) if probe else None
+
+        def on_step(row, t, tok, pos):
+            steps[row].append(pos)
+            if spans is not None:
+                mass[row].append(the_probe.masses(self.shape.num_layers)[:, row])
+
         t0 = time.perf_counter()
         outs = decode_rows(self.model, [r.item.prompt.ids[-1] for r, _ in rows], group[0].length - 1, cache,
-                           self.stop, self.max_new_tokens, probe=ArgmaxProbe() if probe else None, mask=mask,
-                           on_step=(lambda row, t, tok, pos: steps[row].append(pos)) if probe else None)
+                           self.stop, self.max_new_tokens, probe=the_probe, mask=mask,
+                           on_step=on_step if probe else None)
         self.stats["decode_batches"].append(len(rows))
         share = (time.perf_counter() - t0) / len(rows)
         for k, ((r, i), ids) in enumerate(zip(rows, outs)):
             pos = torch.cat(steps[k], dim=1).transpose(0, 1) if probe else None  # [steps, layers, heads]
-            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n)
+            m = torch.stack(mass[k]).double().mean(0) if spans is not None else None  # over the row's steps
+            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n, self._tapped.get(id(r.item)), m)
