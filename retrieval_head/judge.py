@@ -39,6 +39,7 @@ from .models import ModelSpec, model_name
 from .niah import Condition, NiahSettings, run_niah, select_random, select_top
 from .options import from_args, option
 from .scores_io import dump_json, load_head_scores, write_atomic
+from .shard import from_env
 from .sweep import SweepSettings, plan
 
 
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     st.check()
     if run.resume:
         raise UserError("the judge does not resume (one run, one table); rerun it, or pass --overwrite")
+    if from_env(run.rank, run.world_size)[1] > 1:
+        raise UserError("the judge runs in one process (its table needs every condition); drop --world_size")
     apply_threads(run.threads)
     name, out = model_name(spec.model_path, run.model_name_suffix), Path(run.output_dir)
     paths = {k: out / f"{name}.judge.{k}" for k in ("jsonl", "md", "png")}
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     config = dict(dataclasses.asdict(st), **dataclasses.asdict(run), model_name=name,
                   files={m: str(p) for m, p in files.items()})
     write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),
+                                                   haystacks=checked.pairing(),
                                                    conditions=[c.describe() for c in conditions],
                                                    summary=s, seconds=round(seconds, 3))))
     print(text)
