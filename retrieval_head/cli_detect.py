@@ -12,6 +12,14 @@ Outputs in ``--output_dir`` (default ``head_score/``):
   <model>.<method>.json   with --method: each other method's scores, same format, and
   <model>.<method>.manifest.json   its manifest (the method, its parameters, its cost)
 
+Whenever the needle sweep runs (any of retrieval, query-focus, needle-mass), the retrieval
+files (<model>.json and, for GQA, the kv files) are written too, whatever --method says:
+every trial's record holds the retrieval scores (the probe runs anyway), and a
+``--method query-focus --overwrite`` that replaces the trial log must not leave an older
+run's retrieval file beside it. Query-focus counts every trial, so its file is written even
+when no trial passed; retrieval and needle-mass need passing trials, and a sweep where none
+passed ends in one line that says which files were written and which were not.
+
     python retrieval_head_detection.py --method retrieval query-focus needle-mass induction echo
 """
 
@@ -136,24 +144,25 @@ def method_parameters(method: str, settings: DetectSettings, tokenizer=None, voc
 
 
 def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
-                  methods: tuple[str, ...] = ("retrieval",)) -> list[Path]:
-    """The retrieval head-score files of a finished sweep (refusing a sweep where no trial
-    passed when a method needs passing trials)."""
-    if not result.passed() and ("retrieval" in methods or "needle-mass" in methods):
+                  written: list[Path] | None = None, unwritten: tuple[str, ...] = ()) -> list[Path]:
+    """The retrieval head-score files of a finished sweep (written whenever the sweep ran,
+    whatever ``--method`` asked for). A sweep where no trial passed is refused in one line
+    that names the files already ``written`` and the methods ``unwritten`` besides retrieval."""
+    if not result.passed():
+        done = ", ".join(map(str, written)) if written else "nothing"
         raise UserError(
-            f"no trial passed (ROUGE-1 recall > {threshold}): no head scores written; "
+            f"no trial passed (ROUGE-1 recall > {threshold}): wrote {done}; not written: "
+            f"{', '.join(('retrieval',) + tuple(unwritten))} (they need passing trials); "
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
-    if "retrieval" not in methods:
-        return []
     write_head_scores(paths["scores"], result.head_counter())
-    written = [paths["scores"]]
+    out = [paths["scores"]]
     kv = info["num_kv_heads"]
     if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
         for agg in ("max", "mean"):
-            written.append(paths[f"kv_{agg}"])
-            write_head_scores(written[-1], result.kv_head_counter(kv, agg))
-    return written
+            out.append(paths[f"kv_{agg}"])
+            write_head_scores(out[-1], result.kv_head_counter(kv, agg))
+    return out
 
 
 def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | None:
@@ -244,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         report(result, run.top)
         if "adaptive" in result.stats:
             print(adaptive_summary(result.stats["adaptive"]))
-        written += write_results(paths, result, info, settings.rouge_threshold, methods)
-        written += [write_method(m, result.head_counter(m)) for m in methods if m in HAYSTACK and m != "retrieval"]
+        # query-focus counts every trial: written before a sweep with no passing trial is refused
+        written += [write_method(m, result.head_counter(m)) for m in methods if m == "query-focus"]
+        written += write_results(paths, result, info, settings.rouge_threshold, written,
+                                 tuple(m for m in methods if m == "needle-mass"))
+        written += [write_method(m, result.head_counter(m)) for m in methods if m == "needle-mass"]
     print(f"\nwrote {', '.join(map(str, written))}")
     if methods != ("retrieval",):
         print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))

@@ -282,3 +282,21 @@ def test_methods_from_the_api_and_the_fingerprint():
     assert "methods" not in default  # an old run's trial log still resumes
     assert cli_detect.settings_fingerprint(DetectSettings(method=("retrieval", "needle-mass", "echo")), needles)[
         "methods"] == ["retrieval", "needle-mass"]  # echo needs no trial: not part of the trials' fingerprint
+
+
+def test_no_passing_trial_writes_query_focus_and_says_what_it_wrote(tiny_inputs, tmp_path, capsys):
+    out = tmp_path / "hs"
+    base = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
+            "--output_dir", str(out), "--repeat_period", "16", "--repeat_count", "3"]
+    with one_thread():
+        assert cli_detect.cli(base + ["--rouge_threshold", "100", "--method", "retrieval", "query-focus",
+                                      "induction"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trial passed" in err[0] and "not written: retrieval" in err[0]
+    assert "tiny.query-focus.json" in err[0] and "tiny.induction.json" in err[0]
+    assert load_head_scores(out / "tiny.query-focus.json", (2, 4)).shape == (2, 4)  # every trial counts
+    assert (out / "tiny.induction.json").exists() and not (out / "tiny.json").exists()
+    # the sweep always writes the retrieval file: --overwrite with query-focus alone replaces it, not loses it
+    with one_thread():
+        assert cli_detect.cli(base + ["--rouge_threshold", "-1", "--method", "query-focus", "--overwrite"]) == 0
+    assert load_head_scores(out / "tiny.json", (2, 4)).shape == (2, 4)
