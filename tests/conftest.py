@@ -7,6 +7,11 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite on several processes (pytest-xdist): one thread each, set before
+    # torch is imported (children inherit it), since two threads per process on 2 shared cores
+    # make every op wait on a descheduled thread.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def default_model_dir():
