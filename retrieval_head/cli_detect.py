@@ -90,8 +90,9 @@ def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dic
     """Everything of the settings that changes a trial's record besides its key (the
     fields marked ``result``), with the needles' content rather than their file's name."""
     fp = fingerprint(settings)
-    if settings.methods() != ("retrieval",):  # the default's fingerprint is as it always was
-        fp["methods"] = [m for m in settings.methods() if m in HAYSTACK]
+    sweep = [m for m in settings.methods() if m in HAYSTACK]  # induction and echo change no trial
+    if sweep != ["retrieval"]:  # the default's fingerprint is as it always was
+        fp["methods"] = sweep
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in needles]
     return json.loads(json.dumps(fp))  # as it reads back from the manifest

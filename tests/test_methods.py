@@ -282,6 +282,8 @@ def test_methods_from_the_api_and_the_fingerprint():
     assert "methods" not in default  # an old run's trial log still resumes
     assert cli_detect.settings_fingerprint(DetectSettings(method=("retrieval", "needle-mass", "echo")), needles)[
         "methods"] == ["retrieval", "needle-mass"]  # echo needs no trial: not part of the trials' fingerprint
+    # a sweep of retrieval alone, beside induction: the default's fingerprint (a killed default run resumes)
+    assert cli_detect.settings_fingerprint(DetectSettings(method=("retrieval", "induction")), needles) == default
 
 
 def test_no_passing_trial_writes_query_focus_and_says_what_it_wrote(tiny_inputs, tmp_path, capsys):
