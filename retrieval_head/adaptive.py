@@ -12,7 +12,10 @@ the cells per needle have grown by at least ``GROWTH``; the last round is the wh
     [12, 6, 9, 21, 12]
 
 After each round, the counted trials so far are bootstrapped (``stability.bootstrap``)
-and the sweep stops when the top K of their means is stable, by one of two rules:
+and the sweep stops when the top K of their means is stable, by one of two rules. The
+retrieval score decides, whatever ``--method`` asks for: its passing trials' ``head_scores``
+(the sweep always writes the retrieval file beside the other methods'). A round after which
+no trial has passed is logged as a warning (nothing to bootstrap; the sweep goes on).
 
 - ``kept`` (the default): a resample's top K keeps on average at least ``confidence`` of
   those K heads (the mean P(top-K) over them; at 0.95 and K = 10, half a head may swap);
@@ -105,6 +108,9 @@ def sweep(trials, settings, run_round: Callable[[list[TrialKey]], list[dict]]) -
         verdicts.append(decide(records, settings.until_stable, settings.confidence, settings.draws,
                                settings.stop_rule))
         log.info("round %d of %d: %s", len(verdicts), len(grid), verdicts[-1])
+        if not verdicts[-1]["counted"]:
+            log.warning("round %d of %d: no trial has passed yet (%d run); the retrieval score decides when to stop, "
+                        "so the sweep goes on", len(verdicts), len(grid), len(records))
         if verdicts[-1]["stable"]:
             break
     total = sum(map(len, grid))

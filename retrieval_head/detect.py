@@ -59,7 +59,8 @@ class DetectSettings(SweepSettings):
                                                              "trials of their files)")
     # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
     until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
-                                            "stable (see --confidence); none: every trial", metavar="K")
+                                            "stable (see --confidence; the retrieval score of the passing trials decides, whatever "
+                                            "--method says); none: every trial", metavar="K")
     confidence: float = option(0.95, "--until_stable: the share of the top K a bootstrap draw must keep on average "
                                      "(--stop_rule kept), or each head's share of draws in the top K (every)")
     stop_rule: str = option("kept", "--until_stable: kept (the top K's mean P(top-K) >= confidence) or every (each "

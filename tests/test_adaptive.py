@@ -99,3 +99,16 @@ def test_adaptive_stops_reruns_identically_and_replays_a_full_log(inputs, stable
     replay, m = _run(root / "replay", args, "--until_stable", "1", "--resume")
     assert replay == a and _log(root / "replay") == _log(root / "full")  # no trial ran again
     assert m["trials"]["total"] == 6
+
+
+def test_a_round_with_no_passing_trial_is_logged(caplog):
+    from types import SimpleNamespace
+
+    from retrieval_head.detect import DetectSettings
+
+    trials = SimpleNamespace(needles=[SimpleNamespace(needle_id=0)], lengths=[100, 200], depths=[0, 100])
+    failed = lambda keys: [dict(k._asdict(), passed=False, head_scores=[[0.0]]) for k in keys]  # noqa: E731
+    with caplog.at_level("WARNING", logger="retrieval_head.adaptive"):
+        records, summary = adaptive.sweep(trials, DetectSettings(until_stable=1, draws=10), failed)
+    assert len(records) == 4 and not summary["stopped"] and summary["rounds"][-1]["counted"] == 0
+    assert "no trial has passed yet (4 run)" in caplog.text
