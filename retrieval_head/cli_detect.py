@@ -42,6 +42,7 @@ from .manifest import build_manifest, utc_now
 from .methods import HAYSTACK, REPEAT, score_path
 from .models import ModelSpec, model_identity, model_name
 from .options import fingerprint, from_args, option
+from .scores_focus import check_question
 from .scores_io import TrialLog, dump_json, format_top_table, write_atomic, write_head_scores
 from .scores_repeat import check_fits, head_counter as repeat_counter, repeat_scores, repeated_tokens, token_pool
 from .shard import from_env, shard_suffix
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
     checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
+    if "query-focus" in methods:  # its question tokens, found by character offsets
+        check_question(checked.prompt(checked.keys()[0]))
     if repeats:
         check_fits(opened.shape, settings.repeat())
     model, info = load_checked(opened)

@@ -42,11 +42,17 @@ from .tap import AttentionTap
 FIELDS = {"query-focus": "query_focus", "needle-mass": "needle_mass"}
 
 
-def focus_tap(prompt: Prompt) -> AttentionTap:
-    """The tap of one trial's prefill: the question's rows, each on the needle span."""
+def check_question(prompt: Prompt) -> None:
+    """Refuse query-focus where the question's tokens cannot be found (the CLI checks one
+    prompt before the weights load)."""
     if prompt.question_span is None:
         raise UserError("query-focus needs the question's tokens, and the tokenizer gives no character offsets "
                         "to find them; use a fast tokenizer or drop query-focus from --method")
+
+
+def focus_tap(prompt: Prompt) -> AttentionTap:
+    """The tap of one trial's prefill: the question's rows, each on the needle span."""
+    check_question(prompt)
     a, b = prompt.question_span
     rows = torch.arange(a, b)
     s, e = prompt.needle_span

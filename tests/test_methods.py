@@ -302,3 +302,19 @@ def test_no_passing_trial_writes_query_focus_and_says_what_it_wrote(tiny_inputs,
     with one_thread():
         assert cli_detect.cli(base + ["--rouge_threshold", "-1", "--method", "query-focus", "--overwrite"]) == 0
     assert load_head_scores(out / "tiny.json", (2, 4)).shape == (2, 4)
+
+
+def test_query_focus_without_question_offsets_is_refused_before_the_weights(tiny_inputs, tmp_path, capsys,
+                                                                            monkeypatch):
+    import dataclasses
+
+    from retrieval_head import sweep
+
+    real = sweep.Plan.prompt
+    monkeypatch.setattr(sweep.Plan, "prompt", lambda self, k: dataclasses.replace(real(self, k), question_span=None))
+    monkeypatch.setattr(cli_detect, "load_checked", lambda *a: pytest.fail("the weights loaded"))
+    argv = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
+            "--method", "query-focus", "--output_dir", str(tmp_path / "hs")]
+    assert cli_detect.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "query-focus needs the question's tokens" in err[0] and not (tmp_path / "hs").exists()
