@@ -233,12 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     vocab = model.get_input_embeddings().weight.shape[0]
 
-    def write_method(m: str, counter: dict) -> Path:
+    def write_method(m: str, counter: dict, **more) -> Path:
         scores, mpath = extra[m]
         write_head_scores(scores, counter)
+        counted = len(next(iter(counter.values()), []))
         write_atomic(mpath, dump_json(dict(build_manifest("retrieval_head_detection", config, info, run.seed, started),
                                            method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
-                                           scores=str(scores), seconds=dict(seconds))))
+                                           scores=str(scores), seconds=dict(seconds),
+                                           **dict(more, trials=dict(more.get("trials", {}), counted=counted)))))
         return scores
 
     written = []
@@ -257,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         report(result, run.top)
         if "adaptive" in result.stats:
             print(adaptive_summary(result.stats["adaptive"]))
+        # what the sweep's methods' manifests record besides the method: its trials and how it stopped
+        more = dict(haystacks=checked.pairing(), trials=dict(total=len(result.trials), passed=len(result.passed())))
+        if "adaptive" in result.stats:
+            more["stopping"] = result.stats["adaptive"]
         # query-focus counts every trial: written before a sweep with no passing trial is refused
-        written += [write_method(m, result.head_counter(m)) for m in methods if m == "query-focus"]
+        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "query-focus"]
         written += write_results(paths, result, info, settings.rouge_threshold, written,
                                  tuple(m for m in methods if m == "needle-mass"))
-        written += [write_method(m, result.head_counter(m)) for m in methods if m == "needle-mass"]
+        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "needle-mass"]
     print(f"\nwrote {', '.join(map(str, written))}")
     if methods != ("retrieval",):
         print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))

@@ -190,6 +190,12 @@ def test_one_command_writes_every_method_in_the_original_format(tiny_inputs, tmp
         if m != "retrieval":
             man = json.loads((out / f"tiny.{m}.manifest.json").read_text())
             assert man["method"] == m and man["parameters"] and "seconds" in man
+    sweep = json.loads((out / "tiny.manifest.json").read_text())
+    for m in ("query-focus", "needle-mass"):  # the sweep's trials, paired with their haystacks, in its manifest
+        man = json.loads((out / f"tiny.{m}.manifest.json").read_text())
+        assert man["haystacks"] == sweep["haystacks"] and "stopping" not in man
+        assert [man["trials"][k] for k in ("total", "passed")] == [sweep["trials"][k] for k in ("total", "passed")]
+        assert man["trials"]["counted"] == man["trials"]["total" if m == "query-focus" else "passed"]
     rep = json.loads((out / "tiny.induction.manifest.json").read_text())["parameters"]
     assert (rep["period"], rep["repeats"], rep["seeds"]) == (16, 3, [0, 1, 2])
     assert len(json.loads((out / "tiny.echo.json").read_text())["0-0"]) == 3  # a score per seed
