@@ -291,8 +291,11 @@ def sweep_run(paths, settings, run, checked, model, info, opened, config, starte
     result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,
                     checked=checked, shard=(rank, world))
     result.stats["seconds"] = time.perf_counter() - t0
-    # Trials finish in insertion and batch order; the finished log reads in canonical order.
-    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(log.read(), key=TrialKey.of)))
+    # Trials finish in insertion and batch order; the finished log reads in canonical order. An adaptive
+    # sweep's log holds exactly the trials its result used (a resumed full log may hold more), so the
+    # trial log and <model>.json describe the same trials.
+    final = result.trials if "adaptive" in result.stats else log.read()
+    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(final, key=TrialKey.of)))
     manifest.update(build_manifest("retrieval_head_detection", config, info, run.seed, started),
                     status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
                                                "resumed": len(done)}, sweep=result.stats)

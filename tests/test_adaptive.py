@@ -97,7 +97,10 @@ def test_adaptive_stops_reruns_identically_and_replays_a_full_log(inputs, stable
     assert len(_log(root / "full")) == 9 and full != a
     shutil.copytree(root / "full", root / "replay")
     replay, m = _run(root / "replay", args, "--until_stable", "1", "--resume")
-    assert replay == a and _log(root / "replay") == _log(root / "full")  # no trial ran again
+    used = {TrialKey.of(json.loads(x)) for x in _log(root / "a")}
+    kept = [x for x in _log(root / "full") if TrialKey.of(json.loads(x)) in used]
+    # no trial ran again, and the log holds exactly the trials the scores used (the full log's lines)
+    assert replay == a and _log(root / "replay") == kept and len(kept) == 6
     assert m["trials"]["total"] == 6
 
 
