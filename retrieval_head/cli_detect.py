@@ -167,8 +167,9 @@ def write_results(paths: dict, result: DetectionResult, info: dict, threshold: f
     return out
 
 
-def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | None:
-    """All shards' trials as one result once every shard has finished (None before that).
+def merge_shards(paths: dict, manifest: dict, world: int, stats: dict | None = None) -> DetectionResult | None:
+    """All shards' trials as one result once every shard has finished (None before that),
+    with ``stats``: how this (the merging) shard's sweep ran.
 
     Built on the files, not a collective: the last shard to finish merges. Shards made with
     other settings are refused.
@@ -186,7 +187,7 @@ def merge_shards(paths: dict, manifest: dict, world: int) -> DetectionResult | N
         records += TrialLog(Path(str(mpath).replace(".manifest.json", ".trials.jsonl"))).read()
     records.sort(key=TrialKey.of)
     write_atomic(paths["merged_trials"], "".join(json.dumps(t) + "\n" for t in records))
-    return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records)
+    return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records, dict(stats or {}))
 
 
 class _Log(TrialLog):
@@ -303,7 +304,7 @@ def sweep_run(paths, settings, run, checked, model, info, opened, config, starte
         manifest["stopping"] = result.stats["adaptive"]
     write_atomic(paths["manifest"], dump_json(manifest))
     if world > 1:
-        result = merge_shards(paths, manifest, world)
+        result = merge_shards(paths, manifest, world, result.stats)
         if result is None:
             print(f"shard {rank} of {world} finished; the last shard to finish writes {paths['scores']}")
             return None

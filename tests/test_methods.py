@@ -324,3 +324,15 @@ def test_query_focus_without_question_offsets_is_refused_before_the_weights(tiny
     assert cli_detect.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "query-focus needs the question's tokens" in err[0] and not (tmp_path / "hs").exists()
+
+
+def test_a_sharded_sweep_records_the_merging_shards_seconds(tiny_inputs, tmp_path):
+    out = tmp_path / "hs"
+    base = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
+            "--depth_percents", "30", "70", "--rouge_threshold", "-1", "--method", "query-focus",
+            "--world_size", "2", "--output_dir", str(out)]
+    with one_thread():
+        assert cli_detect.cli(base + ["--rank", "0"]) == 0 and not (out / "tiny.json").exists()
+        assert cli_detect.cli(base + ["--rank", "1"]) == 0  # the last shard merges
+    man = json.loads((out / "tiny.query-focus.manifest.json").read_text())
+    assert man["seconds"]["sweep"] > 0 and man["trials"]["total"] == 2
