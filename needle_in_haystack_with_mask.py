@@ -2,7 +2,7 @@
 """Needle-in-a-haystack with retrieval heads masked (top-K, random-K or none). See `--help`."""
 import sys
 
-from retrieval_head.cli_niah import cli
+from retrieval_head.cli.mask import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

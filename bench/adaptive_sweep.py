@@ -83,7 +83,7 @@ def main() -> int:
 
 def _adaptive_keys(stop: dict, keys: list) -> list:
     """The trials of the rounds the adaptive run took (``adaptive.rounds`` over the full grid)."""
-    from retrieval_head.adaptive import rounds
+    from retrieval_head.experiments.adaptive import rounds
 
     grid = rounds(sorted({k[0] for k in keys}), sorted({k[1] for k in keys}), sorted({k[2] for k in keys}))
     return [k for r in grid[: len(stop["rounds"])] for k in r]

@@ -59,10 +59,10 @@ MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 def setup(threads, lengths):
     from retrieval_head import ModelSpec, load_model
-    from retrieval_head.decode import stop_token_mask
-    from retrieval_head.haystack import load_needles
-    from retrieval_head.prompt import uses_chat_template
-    from retrieval_head.sweep import Haystacks
+    from retrieval_head.core.decode import stop_token_mask
+    from retrieval_head.experiments.sweep import Haystacks
+    from retrieval_head.inputs.haystack import load_needles
+    from retrieval_head.inputs.prompt import uses_chat_template
 
     if threads:
         torch.set_num_threads(threads)
@@ -78,10 +78,10 @@ def trial(model, tok, prompt, needle, stop, key=None):
     """One detection trial, independent (no prefix reuse, no batch): what the scheduler does
     for one job under the probe, then the trial's record (head scores, ROUGE check).
     ``key``: its ``TrialKey`` (default: needle, prompt length, depth 50)."""
-    from retrieval_head.detect import DetectSettings, trial_record
-    from retrieval_head.schedule import Job, Levers, Scheduler
-    from retrieval_head.shape import ModelShape
-    from retrieval_head.sweep import TrialKey
+    from retrieval_head.engine.scheduler import Job, Levers, Scheduler
+    from retrieval_head.experiments.detect import DetectSettings, trial_record
+    from retrieval_head.experiments.sweep import TrialKey
+    from retrieval_head.models.shape import ModelShape
 
     st = DetectSettings(max_new_tokens=MAX_NEW, rouge_threshold=ROUGE, score=MODE)  # no grid: only the record's
     key = key or TrialKey(needle.needle_id, len(prompt.ids), 50)
@@ -111,7 +111,7 @@ def run(kind, model, tok, prompt, needle, stop, n, grid=None):
 
 
 def kv_cache_mib(model, tokens):
-    from retrieval_head.shape import ModelShape
+    from retrieval_head.models.shape import ModelShape
     return ModelShape.of(model).kv_bytes_per_token(model.dtype.itemsize) * tokens / 2**20
 
 
@@ -121,7 +121,7 @@ def _status_kb(field):
 
 def cpu_peak_child(kind, L, n, threads, q, grid=None):
     """Fresh process: peak RSS increase (MiB) of one measurement."""
-    from retrieval_head.prompt import Prompt
+    from retrieval_head.inputs.prompt import Prompt
     model, tok, _, needle, prompts, stop = setup(threads, [L])
     p = prompts[L]
     short = Prompt(p.ids[:64], (1, 2), 0, 0)  # warm-up of both code paths, tiny tensors

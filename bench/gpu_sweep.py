@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene  # noqa: E402
-from retrieval_head.decode import greedy_decode, prefill  # noqa: E402
-from retrieval_head.scoring import RetrievalScorer  # noqa: E402
-from retrieval_head.shape import ModelShape  # noqa: E402
+from retrieval_head.core.decode import greedy_decode, prefill  # noqa: E402
+from retrieval_head.core.intervene import ArgmaxProbe, HeadMask, intervene  # noqa: E402
+from retrieval_head.core.scoring import RetrievalScorer  # noqa: E402
+from retrieval_head.models.shape import ModelShape  # noqa: E402
 
 SHAPES = {
     "mha": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
 from retrieval_head import ModelSpec, load_model
-from retrieval_head.detect import DetectSettings, detect
-from retrieval_head.scores_repeat import RepeatSettings, repeat_scores
+from retrieval_head.experiments.detect import DetectSettings, detect
+from retrieval_head.methods.repeat import RepeatSettings, repeat_scores
 
 
 def timed(fn):

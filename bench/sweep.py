@@ -95,7 +95,7 @@ def trial_key(t: dict) -> tuple[int, int, int]:
 
 
 def memory_note(model, budget: int) -> str:
-    from retrieval_head.shape import ModelShape
+    from retrieval_head.models.shape import ModelShape
 
     per = ModelShape.of(model).kv_bytes_per_token(next(model.parameters()).element_size())
     return (f"Memory (row 4b): the defaults also hold the prefilled trials that wait for their batch: at most "
@@ -114,7 +114,8 @@ def counted_prefills():
     passes and prompt prefills (``run_niah`` returns no scheduler stats): yields a list that
     gets each scheduler's ``stats`` dict, with ``passes`` and ``prefills`` (prompts prefilled,
     each after prefix reuse only what follows its shared prefix) added."""
-    from retrieval_head import niah, schedule
+    from retrieval_head.engine import scheduler as schedule
+    from retrieval_head.experiments import mask as niah
 
     made: list[dict] = []
 
@@ -167,8 +168,9 @@ def original_trial(model, tok, prompt, n: int):
     ``output_attentions=True`` and a Python loop over layers x heads for the top-1 key.
     Returns (token ids, head scores [[score, tokens]...] per layer/head as the original)."""
     import torch
-    from retrieval_head.decode import cache_kwarg, prefill
-    from retrieval_head.shape import ModelShape
+
+    from retrieval_head.core.decode import cache_kwarg, prefill
+    from retrieval_head.models.shape import ModelShape
 
     cfg = model.config  # only to switch the attention implementation
     layers, heads = ModelShape.of(model).grid
@@ -209,7 +211,7 @@ def decode_steps(model, prompt_ids, steps: int, rounds: int, batch_rows: int = 0
     from transformers import DynamicCache
 
     from retrieval_head import ArgmaxProbe, intervene
-    from retrieval_head.decode import cache_kwarg, prefill
+    from retrieval_head.core.decode import cache_kwarg, prefill
 
     ids = torch.tensor([prompt_ids], device=model.device)
     t = time.perf_counter()
@@ -266,17 +268,18 @@ def main():
     out = args.out if args.out or args.quick else str(BENCH / "RESULTS.md")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
+    import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
     import torch
     import transformers
-    import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
+
     from retrieval_head import DetectSettings, ModelSpec, detect, load_model
-    from retrieval_head.attention import HeadMask
-    from retrieval_head.compress import keep_conditions
-    from retrieval_head.decode import greedy_decode, stop_token_mask
-    from retrieval_head.niah import NiahSettings, make_conditions, run_niah
-    from retrieval_head.prompt import Prompt
-    from retrieval_head.shape import ModelShape
-    from retrieval_head.sweep import plan
+    from retrieval_head.core.decode import greedy_decode, stop_token_mask
+    from retrieval_head.core.intervene import HeadMask
+    from retrieval_head.experiments.compress import keep_conditions
+    from retrieval_head.experiments.mask import NiahSettings, make_conditions, run_niah
+    from retrieval_head.experiments.sweep import plan
+    from retrieval_head.inputs.prompt import Prompt
+    from retrieval_head.models.shape import ModelShape
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()

@@ -37,13 +37,13 @@ The modules, in pipeline order::
               data/needles.jsonl  the default needles (package data: a wheel has them too)
 """
 
-from .attention import ArgmaxProbe, HeadMask, intervene
-from .detect import DetectionResult, DetectSettings, detect
+from .core.intervene import ArgmaxProbe, HeadMask, intervene
 from .errors import UnsupportedModelError, UserError
-from .models import ModelSpec, load_model
-from .niah import NiahSettings, make_conditions, run_niah
-from .scores_io import load_head_scores, top_heads
-from .shape import ModelShape
+from .experiments.detect import DetectionResult, DetectSettings, detect
+from .experiments.mask import NiahSettings, make_conditions, run_niah
+from .headfiles.original import load_head_scores, top_heads
+from .models.loading import ModelSpec, load_model
+from .models.shape import ModelShape
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ least 95 % of 1000 bootstrap draws of its trials), and how many trials, taken in
 order (mean and max over 20 orders), were enough for the top-10 set to equal the whole
 file's from then on, for the top 10 to hold the whole file's stable top-10, and to hold
 its stable top-5
-(``retrieval_head.convergence.summary``)::
+(``retrieval_head.analysis.convergence.summary``)::
 
     .venv/bin/python scripts/stability_table.py ../shared/reference/head_score/*.json
 """
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval_head.convergence import summary
+from retrieval_head.analysis.convergence import summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Runs ``tests/test_families.py`` under pytest, in a subprocess (so the table shows exactly
 what ``make test`` checks), and tabulates each test's outcome per family; the rows' names,
-model classes, features and notes come from ``retrieval_head.families``:
+model classes, features and notes come from ``families``:
 
     .venv/bin/python scripts/support_table.py > table.md
     .venv/bin/python scripts/support_table.py --readme      # also rewrite the README's table
@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from families import FAMILIES, Family, build  # noqa: E402
 
-from retrieval_head.decode import check_supported  # noqa: E402
+from retrieval_head.core.decode import check_supported  # noqa: E402
 from retrieval_head.errors import UnsupportedModelError  # noqa: E402
-from retrieval_head.families import FAMILIES, Family, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILE = "tests/test_families.py"

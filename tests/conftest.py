@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def default_model_dir():
-    from retrieval_head.default_model import default_model_dir as d
+    from retrieval_head.models.embedded import default_model_dir as d
 
     return d()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from retrieval_head.decode import cache_kwarg
+from retrieval_head.core.decode import cache_kwarg
 
 LAYERS, HEADS, KV_HEADS, HIDDEN = 3, 4, 2, 64  # tiny_model's shape
 HEAD_DIM = HIDDEN // HEADS
@@ -82,7 +82,7 @@ def forward(model, ids, cache=None) -> torch.Tensor:
 def eager_rescore(model, trial: dict) -> list:
     """Re-score a saved trial (``--save_prompts``) with plain eager attention weights: one
     forward over prompt + response with ``output_attentions=True``, argmax per head."""
-    from retrieval_head.scoring import RetrievalScorer
+    from retrieval_head.core.scoring import RetrievalScorer
 
     impl = model.config._attn_implementation
     model.config._attn_implementation = "eager"

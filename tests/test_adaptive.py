@@ -7,13 +7,12 @@ import shutil
 
 import pytest
 import torch
-
-from retrieval_head import adaptive
-from retrieval_head.adaptive import decide, rounds
-from retrieval_head.cli_detect import main
-from retrieval_head.sweep import TrialKey
-
 from helpers import NEEDLE, one_thread
+
+from retrieval_head.cli.detect import main
+from retrieval_head.experiments import adaptive
+from retrieval_head.experiments.adaptive import decide, rounds
+from retrieval_head.experiments.sweep import TrialKey
 
 NAME = "tiny"
 
@@ -107,11 +106,11 @@ def test_adaptive_stops_reruns_identically_and_replays_a_full_log(inputs, stable
 def test_a_round_with_no_passing_trial_is_logged(caplog):
     from types import SimpleNamespace
 
-    from retrieval_head.detect import DetectSettings
+    from retrieval_head.experiments.detect import DetectSettings
 
     trials = SimpleNamespace(needles=[SimpleNamespace(needle_id=0)], lengths=[100, 200], depths=[0, 100])
     failed = lambda keys: [dict(k._asdict(), passed=False, head_scores=[[0.0]]) for k in keys]  # noqa: E731
-    with caplog.at_level("WARNING", logger="retrieval_head.adaptive"):
+    with caplog.at_level("WARNING", logger="retrieval_head.experiments.adaptive"):
         records, summary = adaptive.sweep(trials, DetectSettings(until_stable=1, draws=10), failed)
     assert len(records) == 4 and not summary["stopped"] and summary["rounds"][-1]["counted"] == 0
     assert "no trial has passed yet (4 run)" in caplog.text

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import make_inputs
-from retrieval_head import cli_detect, cli_niah
+
+from retrieval_head.cli import detect as cli_detect
+from retrieval_head.cli import mask as cli_niah
 
 # (what is wrong, command, arguments, a phrase the one-line message must hold)
 CASES = [
@@ -170,7 +171,7 @@ def test_existing_outputs_untouched_without_flags(inputs, tmp_path, capsys):
 
 
 def test_disk_full_mid_run_keeps_earlier_results(inputs, tmp_path, capsys, monkeypatch):
-    from retrieval_head.scores_io import TrialLog
+    from retrieval_head.headfiles.original import TrialLog
 
     real, calls = TrialLog.append, []
 
@@ -197,7 +198,7 @@ if __name__ == "__main__":  # the README's table, from what the CLI really print
 
     from transformers import AutoTokenizer
 
-    from retrieval_head.default_model import default_model_dir
+    from retrieval_head.models.embedded import default_model_dir
 
     with tempfile.TemporaryDirectory() as d:
         paths = make_inputs(Path(d), AutoTokenizer.from_pretrained(default_model_dir()))

@@ -4,11 +4,11 @@ the budget) change no response and no score on the default model in fp32, and
 
 import pytest
 import torch
+from helpers import make_inputs
 from transformers import LlamaForCausalLM
 
-from helpers import make_inputs
-from retrieval_head import cli_niah
-from retrieval_head.niah import NiahSettings, make_conditions, run_niah
+from retrieval_head.cli import mask as cli_niah
+from retrieval_head.experiments.mask import NiahSettings, make_conditions, run_niah
 
 
 @pytest.mark.slow

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_head import cli, cli_detect, cli_niah, judge
-from retrieval_head.detect import DetectSettings
-from retrieval_head.models import ModelSpec
-from retrieval_head.niah import NiahSettings
+from retrieval_head.cli import detect as cli_detect
+from retrieval_head.cli import judge
+from retrieval_head.cli import commands as cli
+from retrieval_head.cli import mask as cli_niah
+from retrieval_head.experiments.detect import DetectSettings
+from retrieval_head.experiments.mask import NiahSettings
+from retrieval_head.models.loading import ModelSpec
 from retrieval_head.options import fingerprint, from_args
 
 COMMANDS = {"detect": cli_detect, "mask": cli_niah, "judge": judge}

@@ -5,10 +5,10 @@ curve pooled over runs, and the figure."""
 import json
 
 import pytest
-
 from helpers import make_inputs
-from retrieval_head import cli_niah
-from retrieval_head.compress import curves, table
+
+from retrieval_head.cli import mask as cli_niah
+from retrieval_head.experiments.compress import curves, table
 
 
 def _record(folder, kind, k, seed, score, kept, length=300, depth=50):

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
-from retrieval_head import cli_detect
 from helpers import eager_rescore
+
+from retrieval_head.cli import detect as cli_detect
 
 GRID = ["--context_lengths", "600", "--depth_percents", "20", "80", "--quiet"]
 

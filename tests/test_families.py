@@ -1,6 +1,6 @@
 """The family matrix: every supported architecture, tiny and random, through the same checks.
 
-For each family of ``retrieval_head.families`` (data: a name, a config factory, the
+For each family of ``families`` (data: a name, a config factory, the
 attention features it exercises, how a test finds its modules) a random-weight fp32 model
 is built and:
 
@@ -19,7 +19,7 @@ is built and:
 
 Families whose attention does not reach transformers' AttentionInterface are refused by
 ``check_supported`` with their class name. Expected values are computed without
-``retrieval_head.attention``: hooks, the eager weights and the cache's value vectors.
+``retrieval_head.core.intervene``: hooks, the eager weights and the cache's value vectors.
 
 ``scripts/support_table.py`` runs this file under pytest and tabulates its outcomes by test
 name and family id: renaming a test below means renaming it there too.
@@ -33,13 +33,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from families import REFUSED, SUPPORTED, WINDOW, Family, build
+from helpers import IdsTokenizer, one_thread
 from transformers import DynamicCache
 
-from helpers import IdsTokenizer, one_thread
-from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
-from retrieval_head.decode import cache_kwarg, check_supported, greedy_decode
+from retrieval_head.core.decode import cache_kwarg, check_supported, greedy_decode
+from retrieval_head.core.intervene import ArgmaxProbe, HeadMask, intervene
 from retrieval_head.errors import UnsupportedModelError
-from retrieval_head.families import REFUSED, SUPPORTED, WINDOW, Family, build
 
 PROMPT_LEN, STEPS = 40, 6  # the prompt is longer than every family's sliding window
 PREFILL_CHUNK = 7  # shorter than the window: the sliding cache is filled across chunks
@@ -353,7 +353,7 @@ def _stop_masks_memoised():
     import importlib
     from unittest import mock
 
-    det = importlib.import_module("retrieval_head.detect")  # the package re-exports a function `detect`
+    det = importlib.import_module("retrieval_head.experiments.detect")  # the package re-exports a function `detect`
     real = det.stop_token_mask
 
     def memo(model, tokenizer):
@@ -370,7 +370,7 @@ def _stop_masks_memoised():
 
 def check_detect(fam: Family, tokenizer, folder: Path, model=None) -> str:
     """(c) one trial of ``detect`` runs; the record's head scores are [layers][heads]."""
-    from retrieval_head.detect import DetectionResult, DetectSettings, detect
+    from retrieval_head.experiments.detect import DetectionResult, DetectSettings, detect
 
     model = model or build(fam, vocab=len(tokenizer))
     needles, hay = write_detect_inputs(folder)

@@ -27,15 +27,15 @@ import contextlib
 import pytest
 import torch
 import transformers.modeling_flash_attention_utils as fau
+from families import FAMILIES, WINDOW, build
+from helpers import IdsTokenizer, one_thread
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from helpers import IdsTokenizer, one_thread
-from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
-from retrieval_head.families import FAMILIES, WINDOW, build
-from retrieval_head.decode import cache_kwarg, check_supported, decode_rows, greedy_decode, prefill
-from retrieval_head.kvcache import GrowingCache, snapshot, stack_rows
-from retrieval_head.prefix import SharedPrefix
+from retrieval_head.core.decode import cache_kwarg, check_supported, decode_rows, greedy_decode, prefill
+from retrieval_head.core.intervene import ArgmaxProbe, HeadMask, intervene
+from retrieval_head.core.kvcache import GrowingCache, snapshot, stack_rows
+from retrieval_head.engine.prefix import SharedPrefix
 
 FLASH_CPU = "flash_attention_2_cpu_exact"  # "flash" in the name: transformers' is_flash_attention_requested
 SLIDING = [f for f in FAMILIES if "sliding window" in f.features]

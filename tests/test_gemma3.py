@@ -18,11 +18,11 @@ import json
 
 import pytest
 import torch
-
 from helpers import one_thread
-from retrieval_head import default_model as dm
+
 from retrieval_head.errors import UserError
-from retrieval_head.models import model_name, resolve_source
+from retrieval_head.models import embedded as dm
+from retrieval_head.models.loading import model_name, resolve_source
 
 NAME = "gemma-3-270m"
 LAYERS, HEADS = 18, 4
@@ -49,7 +49,7 @@ def gemma3(single_thread):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, single_thread):
-    from retrieval_head import cli_detect
+    from retrieval_head.cli import detect as cli_detect
 
     out = tmp_path_factory.mktemp("g3hs")
     needles = out / "needles.jsonl"
@@ -93,9 +93,9 @@ def test_saved_prompts_rescore_identically_with_eager(run_dir, gemma3):
 @needs_gemma3
 @pytest.mark.parametrize("n", [120, 600], ids=["short", "beyond_window"])
 def test_probe_argmax_equals_eager_every_step(gemma3, n):
-    from retrieval_head.attention import ArgmaxProbe
-    from retrieval_head.decode import greedy_decode
-    from retrieval_head.haystack import default_haystack_dir, read_haystack
+    from retrieval_head.core.decode import greedy_decode
+    from retrieval_head.core.intervene import ArgmaxProbe
+    from retrieval_head.inputs.haystack import default_haystack_dir, read_haystack
 
     model, tok, info = gemma3
     assert info["attn_implementation"] == "sdpa"  # transformers' pick for Gemma3 (no softcap)

@@ -2,8 +2,8 @@
 
 import torch
 
-from retrieval_head.detect import DetectionResult
-from retrieval_head.niah import make_conditions
+from retrieval_head.experiments.detect import DetectionResult
+from retrieval_head.experiments.mask import make_conditions
 
 
 def test_kv_counter_aggregates_each_trial_then_lists():

@@ -9,16 +9,16 @@ import json
 import shutil
 
 import pytest
+from helpers import save_tiny_llama
 from transformers import AutoConfig
 
-from helpers import save_tiny_llama
-from retrieval_head import cli_detect
-from retrieval_head.default_model import default_model_dir
-from retrieval_head.detect import DetectSettings
-from retrieval_head.haystack import default_haystack_dir, original_layout
-from retrieval_head.niah import NiahSettings
-from retrieval_head.shape import ModelShape
-from retrieval_head.sweep import plan
+from retrieval_head.cli import detect as cli_detect
+from retrieval_head.experiments.detect import DetectSettings
+from retrieval_head.experiments.mask import NiahSettings
+from retrieval_head.experiments.sweep import plan
+from retrieval_head.inputs.haystack import default_haystack_dir, original_layout
+from retrieval_head.models.embedded import default_model_dir
+from retrieval_head.models.shape import ModelShape
 
 NEEDLES = [  # the original's needles.jsonl, key order and quirks kept, the sentences ours
     {"needle": "A new survey of the Orrin valley shows that its rivers run colder every spring.",

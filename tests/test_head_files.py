@@ -1,4 +1,4 @@
-"""Head files in and out (retrieval_head.head_files): each format told apart by content,
+"""Head files in and out (retrieval_head.headfiles.foreign): each format told apart by content,
 read with the right unit, converted between query and KV heads with known answers, exported
 and read back exactly, and `heads export`'s refusals. Malformed files of each format are
 bad-input cases in test_bad_inputs.py."""
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_head import heads
+from retrieval_head.cli import heads
 from retrieval_head.errors import UserError
-from retrieval_head.head_export import export
-from retrieval_head.head_files import (HeadFile, detect_format, fit, read_head_file_any, to_kv, to_query)
-from retrieval_head.scores_io import load_head_scores, top_heads, write_head_scores
-from retrieval_head.shape import ModelShape
+from retrieval_head.headfiles.export import export
+from retrieval_head.headfiles.foreign import HeadFile, detect_format, fit, read_head_file_any, to_kv, to_query
+from retrieval_head.headfiles.original import load_head_scores, top_heads, write_head_scores
+from retrieval_head.models.shape import ModelShape
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "head_score"
 # The known-answer model: 2 layers, 4 query heads, 2 KV heads (group 2)
@@ -127,8 +127,8 @@ def test_keep_sets_name_only_some_heads(tmp_path):
 def test_niah_head_score_reads_every_format(tmp_path, original):
     """--head_score of the mask script goes through load_head_scores: a DuoAttention folder
     drives the query-head ranking of a 2 x 4 (2 KV heads) model."""
-    from retrieval_head.cli_niah import head_scores_for
-    from retrieval_head.niah import NiahSettings
+    from retrieval_head.cli.mask import head_scores_for
+    from retrieval_head.experiments.mask import NiahSettings
 
     folder = duo_folder(tmp_path / "duo", "0.5\t1\n0\t0.25\n")
     st = NiahSettings(mask_top=(2,), head_score=str(folder))

@@ -19,7 +19,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from helpers import save_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]

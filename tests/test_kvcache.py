@@ -3,12 +3,12 @@ and against decoding each prompt alone (tiny random models; Mistral past its win
 
 import pytest
 import torch
+from helpers import LAYERS, IdsTokenizer, forward, ids_of, tiny_model
 from transformers import DynamicCache
 
-from retrieval_head.attention import ArgmaxProbe
-from retrieval_head.decode import decode_rows, greedy_decode, prefill
-from retrieval_head.kvcache import GrowingCache, snapshot, stack_rows
-from helpers import LAYERS, IdsTokenizer, forward, ids_of, tiny_model
+from retrieval_head.core.decode import decode_rows, greedy_decode, prefill
+from retrieval_head.core.intervene import ArgmaxProbe
+from retrieval_head.core.kvcache import GrowingCache, snapshot, stack_rows
 
 
 def test_appends_in_place_and_crops_by_moving_the_length():

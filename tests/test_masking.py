@@ -1,6 +1,6 @@
 """Head masking: known answers on tiny random-weight models, plus one run on the default model.
 
-Every expected value here is computed independently of ``retrieval_head.attention``:
+Every expected value here is computed independently of ``retrieval_head.core.intervene``:
 ``uniform`` masking must equal zeroing the head's slice of ``q_proj``'s output (a zero
 query stays zero under rotary), ``zero`` masking must equal zeroing the head's slice of
 ``o_proj``'s input; both through plain forward hooks on a model run without ``intervene``.
@@ -13,19 +13,26 @@ import statistics
 
 import pytest
 import torch
+from helpers import HEAD_DIM, HEADS, LAYERS, IdsTokenizer, forward, ids_of, one_thread, tiny_model
 from transformers import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
-from helpers import HEAD_DIM, HEADS, LAYERS, IdsTokenizer, forward, ids_of, one_thread, tiny_model
-from retrieval_head.attention import ArgmaxProbe, HeadMask, intervene
-from retrieval_head.decode import greedy_decode, prefill
+from retrieval_head.core.decode import greedy_decode, prefill
+from retrieval_head.core.intervene import ArgmaxProbe, HeadMask, intervene
+from retrieval_head.engine.scheduler import Job, Levers, Scheduler
 from retrieval_head.errors import UserError
-from retrieval_head.haystack import Needle
-from retrieval_head.niah import NiahSettings, make_conditions, random_pool, run_niah, select_random, select_top
-from retrieval_head.prompt import PromptBuilder
-from retrieval_head.schedule import Job, Levers, Scheduler
-from retrieval_head.shape import ModelShape
+from retrieval_head.experiments.mask import (
+    NiahSettings,
+    make_conditions,
+    random_pool,
+    run_niah,
+    select_random,
+    select_top,
+)
+from retrieval_head.inputs.haystack import Needle
+from retrieval_head.inputs.prompt import PromptBuilder
+from retrieval_head.models.shape import ModelShape
 
 PREFIX = "retrieval_head_"
 

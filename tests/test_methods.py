@@ -8,14 +8,15 @@ import json
 
 import pytest
 import torch
-
 from helpers import NEEDLE, make_inputs, one_thread, tiny_model
-from retrieval_head import cli_detect, heads, judge
-from retrieval_head.detect import DetectSettings, detect
-from retrieval_head.methods import METHODS
-from retrieval_head.scores_io import load_head_scores
-from retrieval_head.scores_repeat import RepeatSettings, repeat_rows, repeat_scores, repeated_tokens
-from retrieval_head.tap import AttentionTap
+
+from retrieval_head.cli import detect as cli_detect
+from retrieval_head.cli import heads, judge
+from retrieval_head.core.tap import AttentionTap
+from retrieval_head.experiments.detect import DetectSettings, detect
+from retrieval_head.headfiles.original import load_head_scores
+from retrieval_head.methods.registry import METHODS
+from retrieval_head.methods.repeat import RepeatSettings, repeat_rows, repeat_scores, repeated_tokens
 
 BIG = 60.0  # a score this far above the rest takes all the softmax mass (in float32: exactly 1)
 
@@ -150,8 +151,8 @@ def test_haystack_methods_share_the_sweep_and_change_no_retrieval_score(tiny_inp
 def test_query_focus_matches_eager_weights_on_tiny(tiny_inputs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrieval_head.sweep import plan
-    from retrieval_head.shape import ModelShape
+    from retrieval_head.experiments.sweep import plan
+    from retrieval_head.models.shape import ModelShape
 
     model = AutoModelForCausalLM.from_pretrained(tiny_inputs["tiny"]).eval()
     tok = AutoTokenizer.from_pretrained(tiny_inputs["tiny"])
@@ -250,9 +251,9 @@ def test_query_focus_and_needle_mass_match_eager_weights_on_smollm2(default_mode
     """The same trials re-scored from the full eager attention weights (output_attentions=True)."""
     import dataclasses
 
-    from retrieval_head.haystack import load_needles
-    from retrieval_head.shape import ModelShape
-    from retrieval_head.sweep import plan
+    from retrieval_head.experiments.sweep import plan
+    from retrieval_head.inputs.haystack import load_needles
+    from retrieval_head.models.shape import ModelShape
 
     model, tok, _ = default_model
     needles = tmp_path / "needles.jsonl"  # one needle (Captain Juniper), two depths: two trials
@@ -314,7 +315,7 @@ def test_query_focus_without_question_offsets_is_refused_before_the_weights(tiny
                                                                             monkeypatch):
     import dataclasses
 
-    from retrieval_head import sweep
+    from retrieval_head.experiments import sweep
 
     real = sweep.Plan.prompt
     monkeypatch.setattr(sweep.Plan, "prompt", lambda self, k: dataclasses.replace(real(self, k), question_span=None))

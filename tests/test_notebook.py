@@ -34,7 +34,7 @@ def test_committed_notebooks_are_stripped():
 def test_quickstart_runs_from_a_clean_kernel(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    from retrieval_head.default_model import default_model_dir
+    from retrieval_head.models.embedded import default_model_dir
 
     if not (default_model_dir() / "config.json").is_file():
         pytest.skip("default model not installed (run `make install`)")  # as the other real-model tests

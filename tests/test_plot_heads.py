@@ -9,7 +9,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
-from retrieval_head import heads, plot
+from retrieval_head.cli import heads
+from retrieval_head.plots import niah as plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/head_score"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrieval_head.detect import DetectSettings, detect
+from retrieval_head.experiments.detect import DetectSettings, detect
 
 
 def sweep(model, tok, **levers):
@@ -34,10 +34,10 @@ def test_shared_prefix_crops_back_past_a_sliding_window(family):
     """Prompts sharing ever longer prefixes (as in insertion order) decode exactly as with
     fresh prefills, also when the shared part is longer than the sliding window."""
     import torch
-
-    from retrieval_head.decode import greedy_decode
-    from retrieval_head.prefix import SharedPrefix
     from helpers import IdsTokenizer, ids_of, tiny_model
+
+    from retrieval_head.core.decode import greedy_decode
+    from retrieval_head.engine.prefix import SharedPrefix
 
     model = tiny_model(family=family, max_positions=512)
     base = ids_of(120, seed=5)[0].tolist()

@@ -3,13 +3,13 @@ the scope leaves the model as it was; unsupported models are refused by class na
 
 import pytest
 import torch
+from helpers import IdsTokenizer, tiny_llama
 from transformers import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
-from helpers import IdsTokenizer, tiny_llama
-from retrieval_head.attention import ArgmaxProbe, intervene
-from retrieval_head.decode import greedy_decode
+from retrieval_head.core.decode import greedy_decode
+from retrieval_head.core.intervene import ArgmaxProbe, intervene
 from retrieval_head.errors import UnsupportedModelError
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from retrieval_head.errors import UserError
-from retrieval_head.haystack import Needle, default_haystack_dir, load_needles, read_haystack
-from retrieval_head.prompt import PromptBuilder
+from retrieval_head.inputs.haystack import Needle, default_haystack_dir, load_needles, read_haystack
+from retrieval_head.inputs.prompt import PromptBuilder
 
 
 @pytest.fixture(scope="module")

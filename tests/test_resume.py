@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_head.cli_common import PAUSE_ENV
+from retrieval_head.cli.common import PAUSE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--context_lengths", "300", "400", "--depth_percents", "10", "50", "90", "--quiet"]  # the default levers

@@ -4,13 +4,13 @@ and it never decodes more rows together than the budget of cached tokens allows.
 
 import pytest
 import torch
-
 from helpers import HEADS, LAYERS, IdsTokenizer, ids_of, one_thread, tiny_model
-from retrieval_head.attention import ArgmaxProbe, HeadMask
-from retrieval_head.decode import greedy_decode
-from retrieval_head.prompt import Prompt
-from retrieval_head.schedule import Job, Levers, Scheduler, passes
-from retrieval_head.shape import ModelShape
+
+from retrieval_head.core.decode import greedy_decode
+from retrieval_head.core.intervene import ArgmaxProbe, HeadMask
+from retrieval_head.engine.scheduler import Job, Levers, Scheduler, passes
+from retrieval_head.inputs.prompt import Prompt
+from retrieval_head.models.shape import ModelShape
 
 STEPS = 6
 NEEDLE = [7, 8, 9, 10, 11]

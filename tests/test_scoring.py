@@ -2,7 +2,7 @@
 
 import torch
 
-from retrieval_head.scoring import RetrievalScorer, rouge1_recall
+from retrieval_head.core.scoring import RetrievalScorer, rouge1_recall
 
 
 def test_count_and_set_known_answer():

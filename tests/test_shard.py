@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import make_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval_head.convergence import by_length, convergence, needed, summary
+from retrieval_head.analysis.convergence import by_length, convergence, needed, summary
+from retrieval_head.analysis.stability import bootstrap, load_trials
+from retrieval_head.cli.heads import main as heads_main
 from retrieval_head.errors import UserError
-from retrieval_head.heads import main as heads_main
-from retrieval_head.scores_io import write_head_scores
-from retrieval_head.stability import bootstrap, load_trials
-from retrieval_head.sweep import TrialKey
+from retrieval_head.experiments.sweep import TrialKey
+from retrieval_head.headfiles.original import write_head_scores
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "head_score"
 

@@ -2,7 +2,7 @@
 units, decoded by the scheduler with prefix reuse and batching on, each row's greedy answer
 is what plain eager attention gives under the explicit per-head mask.
 
-The oracle knows nothing of ``retrieval_head.attention``: each greedy step is one full
+The oracle knows nothing of ``retrieval_head.core.intervene``: each greedy step is one full
 forward (no cache) over prompt + answer so far through the modeling file's own eager
 function, with a ``[batch, heads, query, key]`` additive mask built here from positions:
 causal and windowed as the model's mask says, and for a streamed head only keys ``j < sink``
@@ -19,16 +19,16 @@ from fractions import Fraction
 
 import pytest
 import torch
+from families import SUPPORTED, build
+from helpers import one_thread
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
-from helpers import one_thread
-from retrieval_head.attention import HeadMask
-from retrieval_head.families import SUPPORTED, build
-from retrieval_head.prompt import Prompt
-from retrieval_head.schedule import Job, Levers, Scheduler
-from retrieval_head.shape import ModelShape
-from retrieval_head.streaming import full_kv_heads, kv_kept
+from retrieval_head.core.intervene import HeadMask
+from retrieval_head.core.stream import full_kv_heads, kv_kept
+from retrieval_head.engine.scheduler import Job, Levers, Scheduler
+from retrieval_head.inputs.prompt import Prompt
+from retrieval_head.models.shape import ModelShape
 
 SINK, RECENT, STEPS, LENGTH = 4, 8, 4, 300  # sliding layers (window 16): the sink falls outside the window
 AT = (262, 275, 290)  # needle insertion points past SharedPrefix's 256-token minimum: prefixes are reused
@@ -132,7 +132,7 @@ def test_streaming_equals_eager_under_the_explicit_mask(fam, phase, unit):
 
 def test_kv_kept_counts_whole_groups_and_windows():
     """A KV head is compressed only when all its query heads stream; sliding layers hold their window."""
-    from retrieval_head.families import FAMILIES
+    from families import FAMILIES
 
     fam = next(f for f in FAMILIES if f.name == "Gemma3")  # 3 layers (sliding, full, sliding), 4 heads / 2 KV
     shape = ModelShape.from_config(fam.config(128))

@@ -1,0 +1,146 @@
+"""How the top-K converges as trials accumulate, and how many trials were enough.
+
+``convergence`` replays a sweep's counted trials in ``seeds`` seeded random orders; after
+each trial m it takes the top K of the first m trials' means (ties layer-major, as
+``top_heads``) and records its overlap with the top K of all n trials (the final answer).
+``needed`` turns a condition on those prefixes into a number of trials: the smallest m
+from which the condition holds for every later prefix too ("enough, and it stays so").
+
+    >>> x = torch.zeros(6, 1, 3, dtype=torch.float64); x[:, 0, 2] = 1.0; x[0, 0, 1] = 2.0
+    >>> c = convergence(x, k=1, seeds=2)
+    >>> c.final, c.overlap.shape  # 0-2 wins; 0-1 leads (or ties) while trial 0 is among the first two
+    ([(0, 2)], torch.Size([2, 6]))
+    >>> needed(c.overlap == 1.0).tolist()  # trials needed in each order: trial 0 came late, then 2nd
+    [1, 3]
+
+``by_length`` (a trial log): the top K of each context length's trials alone against the
+final answer, with a bootstrap interval -- do short contexts already find the heads that
+long ones do?
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..plots.niah import figure_title, render
+from .stability import (
+    Trials,
+    _flat_top,
+    _resample_weights,
+    _top_sets,
+    bootstrap,
+    load_trials,
+)
+
+
+@dataclass
+class Convergence:
+    k: int
+    final: list[tuple[int, int]]  # the top K of all trials
+    overlap: torch.Tensor         # [seeds, n]: |top-K(first m) & final| / K, m = 1..n
+    contains: torch.Tensor | None = None  # [seeds, n]: the top K of the first m hold every head of ``want``
+
+
+def convergence(trials: torch.Tensor, k: int, seeds: int = 20, seed: int = 0,
+                want: list[tuple[int, int]] | None = None) -> Convergence:
+    """Top-K overlap with the final answer after each trial, in ``seeds`` random orders."""
+    x = torch.as_tensor(trials, dtype=torch.float64)
+    n, L, H = x.shape
+    flat = x.reshape(n, L * H)
+    final = _flat_top(flat.mean(0), k)
+    ref = torch.zeros(L * H, dtype=torch.bool)
+    ref[final] = True
+    wanted = torch.tensor([l * H + h for l, h in want or []], dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.arange(1, n + 1, dtype=torch.float64)[:, None]
+    overlap, contains = torch.zeros(seeds, n), torch.zeros(seeds, n, dtype=torch.bool)
+    for s in range(seeds):
+        prefix = flat[torch.randperm(n, generator=g)].cumsum(0) / counts   # [n, heads]: means of the first m
+        member = torch.zeros(n, L * H, dtype=torch.bool).scatter_(1, _top_sets(prefix, k, None), True)
+        overlap[s] = (member & ref).sum(1).float() / k
+        contains[s] = member[:, wanted].all(1)
+    return Convergence(k, [(i // H, i % H) for i in final], overlap, contains if want else None)
+
+
+def needed(ok: torch.Tensor) -> torch.Tensor:
+    """Per row of ``ok`` (``[seeds, n]``, column m-1 = after m trials): the smallest m from
+    which every later column is True (n + 1 where even the last is False)."""
+    tail = ok.flip(1).long().cumprod(1).sum(1)   # how many columns at the end are all True
+    return ok.shape[1] - tail + 1
+
+
+def summary(path: str | Path, k: int = 10, k_stable: int = 5, seeds: int = 20, draws: int = 1000, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """One row of the README's table: the file's counted trials, its stable top ``k``, and how
+    many trials (random orders; mean and max over ``seeds``) were enough for the top ``k`` to
+    equal the whole file's (``top_equal``), to hold the whole file's stable top ``k``
+    (``stable_top_in_top``) and its stable top ``k_stable`` (``stable_in_top``), each from
+    that trial on."""
+    t = load_trials(path)
+    s, small = bootstrap(t.scores, k, draws, seed, confidence), bootstrap(t.scores, k_stable, draws, seed, confidence)
+    c = convergence(t.scores, k, seeds, seed, want=small.stable_top)
+    eq, inside = needed(c.overlap == 1.0).double(), needed(c.contains).double()
+    held = needed(convergence(t.scores, k, seeds, seed, want=s.stable_top).contains).double()
+    name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
+    return dict(file=Path(path).name, trials=t.scores.shape[0], top=name(s.top), stable_top=name(s.stable_top),
+                set_equal=s.set_equal, stable_small=name(small.stable_top), top_equal=(eq.mean().item(), eq.max().item()),
+                stable_top_in_top=(held.mean().item(), held.max().item()),
+                stable_in_top=(inside.mean().item(), inside.max().item()))
+
+
+def by_length(t: Trials, k: int, draws: int = 1000, seed: int = 0) -> dict[int, tuple[float, float, float]]:
+    """``{length: (overlap, lo, hi)}``: each length's top K (its trials alone) against the top K
+    of all trials, as a fraction of K, with the 95 % bootstrap interval over its trials."""
+    n, L, H = t.scores.shape
+    flat = t.scores.reshape(n, L * H)
+    ref = torch.zeros(L * H, dtype=torch.bool)
+    ref[_flat_top(flat.mean(0), k)] = True
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for length in sorted({key.context_length for key in t.keys}):
+        rows = flat[[i for i, key in enumerate(t.keys) if key.context_length == length]]
+        point = ref[_flat_top(rows.mean(0), k)].sum().item() / k
+        means = (_resample_weights(len(rows), draws, g, None) @ rows) / len(rows)
+        boot = ref[_top_sets(means, k, g)].sum(1).double() / k
+        lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        out[length] = (point, lo, hi)
+    return out
+
+
+def convergence_figure(c: Convergence, title: str, lengths: dict | None = None) -> Figure:
+    """Overlap vs trials (median and the 5-95 % band over the random orders; the mean number
+    of trials needed marked); with ``lengths`` a second panel: overlap per context length."""
+    fig = Figure(figsize=(11 if lengths else 6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 2 if lengths else 1, 1)
+    m = np.arange(1, c.overlap.shape[1] + 1)
+    ov = c.overlap.numpy()
+    ax.fill_between(m, np.percentile(ov, 5, axis=0), np.percentile(ov, 95, axis=0), alpha=0.3,
+                    label=f"5-95 % over {ov.shape[0]} random orders")
+    ax.plot(m, np.median(ov, axis=0), label="median")
+    enough = needed(c.overlap == 1.0).double().mean().item()
+    ax.axvline(enough, color="red", linestyle="--", label=f"top-{c.k} equal from here on: {enough:.0f} trials (mean)")
+    ax.set_xscale("log")  # the top settles early: a log axis shows the first trials
+    ax.set_xlabel("trials (counted, in a random order; log scale)")
+    ax.set_ylabel(f"top-{c.k} overlap with all {ov.shape[1]} trials' top-{c.k}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    if lengths:
+        ax2 = fig.add_subplot(1, 2, 2)
+        xs = list(lengths)
+        pt, lo, hi = (np.array([lengths[x][i] for x in xs]) for i in range(3))
+        ax2.errorbar(xs, pt, yerr=[pt - lo, hi - pt], marker="o", capsize=3)
+        ax2.set_xlabel("context length (tokens): its trials alone")
+        ax2.set_ylabel(f"top-{c.k} overlap with all trials' top-{c.k}")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_title("95 % bootstrap interval over that length's trials", fontsize=9)
+    figure_title(fig, title)
+    return fig
+
+
+def write_figure(c: Convergence, out_png: str | Path, title: str, lengths: dict | None = None) -> Path:
+    return render(convergence_figure(c, title, lengths), out_png)

@@ -1,0 +1,200 @@
+"""How sure is a head score: a trial bootstrap, and how the top-K converges as trials accrue.
+
+A head-score file's lists are aligned by trial (entry i of every head is counted trial
+i), so the trials are the unit to resample. ``bootstrap`` draws ``draws`` resamples of
+the ``n`` trials with replacement (seeded) and reports, per head:
+
+- ``mean``: the head's score over the data (the file's own ranking);
+- ``lo``, ``hi``: the percentile bootstrap interval of that mean (95 % by default:
+  the 2.5th and 97.5th percentiles of the resampled means) -- the spread the score would
+  show if the sweep were rerun on another set of trials like these;
+- ``p_top``: the fraction of draws in which the head is among the top K. Exact ties in
+  a draw are broken at RANDOM (seeded, a fresh order per draw), not layer-major: two
+  heads tied in every trial get ``p_top`` ~ 0.5 each, not 1 and 0.
+
+and for the set: ``top`` (the top K of the means, ties layer-major as ``top_heads``),
+``stable_top`` (the heads with ``p_top >= confidence``, in ``top``'s order),
+``set_equal`` (the fraction of draws whose top-K SET equals ``top``) and ``jaccard`` (the
+mean Jaccard index of a draw's top-K set with ``top``) and ``kept`` (the mean share of
+``top`` a draw's top K keeps: the mean of ``p_top`` over ``top``). The adaptive sweep
+stops on one of two rules: ``stable`` (every head of ``top`` is in ``stable_top``) or
+``kept >= confidence`` (a resample keeps, on average, at least that share of the top K:
+near-tied heads at the K-th place need not be resolved).
+
+``strata`` (a label per trial: its needle, length or depth) resamples within each
+stratum, keeping the grid's balance.
+
+    >>> x = torch.zeros(8, 1, 3, dtype=torch.float64); x[:, 0, 0] = 1.0   # head 0-0 scores 1, always
+    >>> s = bootstrap(x, k=1, draws=200)
+    >>> s.lo[0, 0].item(), s.hi[0, 0].item(), s.p_top[0, 0].item(), s.stable_top, s.stable
+    (1.0, 1.0, 1.0, [(0, 0)], True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..headfiles.original import TrialLog, read_head_file, validate_head_scores
+from ..inputs.grid import TrialKey
+
+_DECIMALS = 12  # means equal to 12 places are ties (matmul rounding differs between columns)
+
+
+@dataclass
+class Trials:
+    """Per-trial head scores ``[n, layers, heads]`` (float64), and each trial's key when known."""
+
+    scores: torch.Tensor
+    keys: list[TrialKey] | None = None
+
+    def strata(self, by: str | None) -> list | None:
+        """Each trial's needle, length or depth (``by``); None for ``by`` None."""
+        if by is None:
+            return None
+        if self.keys is None:
+            raise UserError(f"--by {by} needs a trial log (<model>.trials.jsonl): a head-score file does not say "
+                            "which trial had which needle, length or depth")
+        field = {"needle": "needle_id", "length": "context_length", "depth": "depth_percent"}[by]
+        return [getattr(k, field) for k in self.keys]
+
+
+def load_trials(path: str | Path) -> Trials:
+    """Counted trials of a head-score file (``{"layer-head": [scores]}``) or of a trial log
+    (``<model>.trials.jsonl``: its passed trials, in canonical order, as the file lists them)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise UserError(f"trial log {path} does not exist; pass a <model>.trials.jsonl or a head_score/*.json")
+        records = sorted((r for r in TrialLog(path).read() if r.get("passed")), key=TrialKey.of)
+        if not records:
+            raise UserError(f"trial log {path} has no counted (passed) trial; nothing to resample")
+        return Trials(torch.tensor([r["head_scores"] for r in records], dtype=torch.float64),
+                      [TrialKey.of(r) for r in records])
+    keys = validate_head_scores(read_head_file(path), path)
+    layers, heads = 1 + max(l for l, _ in keys), 1 + max(h for _, h in keys)
+    grid = torch.tensor([keys[(l, h)] for l in range(layers) for h in range(heads)], dtype=torch.float64)
+    if grid.shape[-1] == 0 or grid.dim() != 2:
+        raise UserError(f"head_score file {path} lists no counted trial; nothing to resample")
+    return Trials(grid.T.reshape(-1, layers, heads))
+
+
+@dataclass
+class Stability:
+    k: int
+    draws: int
+    seed: int
+    confidence: float
+    n_trials: int
+    mean: torch.Tensor   # [layers, heads]
+    lo: torch.Tensor
+    hi: torch.Tensor
+    p_top: torch.Tensor
+    top: list[tuple[int, int]]
+    stable_top: list[tuple[int, int]]
+    set_equal: float
+    jaccard: float
+
+    @property
+    def stable(self) -> bool:
+        return len(self.stable_top) == len(self.top)
+
+    @property
+    def kept(self) -> float:
+        return sum(self.p_top[l, h].item() for l, h in self.top) / len(self.top)
+
+    def to_json(self) -> dict:
+        """``{"heads": {"l-h": {mean, lo, hi, p_top}}, "stable_top", ...}``, every head, layer-major."""
+        L, H = self.mean.shape
+        r = lambda x: round(float(x), 6)  # noqa: E731
+        heads = {f"{l}-{h}": dict(mean=r(self.mean[l, h]), lo=r(self.lo[l, h]), hi=r(self.hi[l, h]),
+                                  p_top=r(self.p_top[l, h])) for l in range(L) for h in range(H)}
+        name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
+        return dict(k=self.k, draws=self.draws, seed=self.seed, confidence=self.confidence,
+                    trials=self.n_trials, top=name(self.top), stable_top=name(self.stable_top),
+                    stable=self.stable, kept=r(self.kept), set_equal=r(self.set_equal), jaccard=r(self.jaccard),
+                    heads=heads)
+
+
+def _resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None) -> torch.Tensor:
+    """``[draws, n]``: how often each trial is drawn in each resample (whole numbers)."""
+    groups = [list(range(n))] if strata is None else \
+        [[i for i, s in enumerate(strata) if s == v] for v in sorted(set(strata))]
+    counts = torch.zeros(draws, n, dtype=torch.float64)
+    for members in groups:
+        idx = torch.tensor(members)[torch.randint(len(members), (draws, len(members)), generator=g)]
+        counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+    return counts
+
+
+def _top_sets(means: torch.Tensor, k: int, g: torch.Generator | None) -> torch.Tensor:
+    """``[rows, k]`` flat indices of each row's top k; ties at random (``g``) or layer-major (None)."""
+    m = torch.round(means, decimals=_DECIMALS)
+    if g is None:
+        return torch.sort(-m, dim=1, stable=True).indices[:, :k]
+    perm = torch.argsort(torch.rand(m.shape, generator=g, dtype=torch.float64), dim=1)
+    order = torch.sort(-m.gather(1, perm), dim=1, stable=True).indices[:, :k]
+    return perm.gather(1, order)
+
+
+def _flat_top(mean: torch.Tensor, k: int) -> list[int]:
+    return _top_sets(mean.reshape(1, -1), k, None)[0].tolist()
+
+
+def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, confidence: float = 0.95,
+              strata: list | None = None) -> Stability:
+    """The trial bootstrap of ``trials`` (``[n, layers, heads]``); see the module docstring."""
+    x = torch.as_tensor(trials, dtype=torch.float64)
+    if x.dim() != 3 or x.shape[0] == 0:
+        raise UserError(f"bootstrap needs [trials, layers, heads] scores with at least one trial, got {tuple(x.shape)}")
+    n, L, H = x.shape
+    if not 1 <= k <= L * H:
+        raise UserError(f"--top must be in 1..{L * H} (the heads), got {k}")
+    if draws < 1 or not 0 < confidence < 1:
+        raise UserError(f"--draws must be at least 1 and --confidence in (0, 1), got {draws} and {confidence}")
+    g = torch.Generator().manual_seed(seed)
+    flat = x.reshape(n, L * H)
+    means = (_resample_weights(n, draws, g, strata) @ flat) / n     # [draws, heads]: one matmul (counts: exact sums)
+    mean = flat.mean(0)
+    alpha = (1 - confidence) / 2
+    q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
+    tops = _top_sets(means, k, g)                                    # [draws, k]
+    member = torch.zeros(draws, L * H, dtype=torch.bool).scatter_(1, tops, True)
+    p_top = member.double().mean(0)
+    top = _flat_top(mean, k)
+    ref = torch.zeros(L * H, dtype=torch.bool)
+    ref[top] = True
+    shared = (member & ref).sum(1).double()
+    grid = lambda v: v.reshape(L, H)  # noqa: E731
+    pairs = lambda idx: [(i // H, i % H) for i in idx]  # noqa: E731
+    return Stability(k=k, draws=draws, seed=seed, confidence=confidence, n_trials=n, mean=grid(mean),
+                     lo=grid(q[0]), hi=grid(q[1]), p_top=grid(p_top), top=pairs(top),
+                     stable_top=pairs([i for i in top if p_top[i] >= confidence]),
+                     set_equal=float((shared == k).double().mean()), jaccard=float((shared / (2 * k - shared)).mean()))
+
+
+def format_stability(s: Stability, rows: int | None = None) -> str:
+    """The top heads with their intervals and P(top-K), then the set's stability."""
+    lines = [f"{s.n_trials} trials, {s.draws} bootstrap draws (seed {s.seed}); interval: {s.confidence:.0%} percentile",
+             f"{'rank':>4}  {'head':>7}  {'mean':>6}  {'lo':>6}  {'hi':>6}  {f'P(top-{s.k})':>10}  stable"]
+    order = _flat_top(s.mean, rows or s.k)
+    H = s.mean.shape[1]
+    stable = set(s.stable_top)
+    for r, i in enumerate(order, 1):
+        l, h = i // H, i % H
+        lines.append(f"{r:>4}  {f'{l}-{h}':>7}  {s.mean[l, h]:6.3f}  {s.lo[l, h]:6.3f}  {s.hi[l, h]:6.3f}  "
+                     f"{s.p_top[l, h]:10.3f}  {'yes' if (l, h) in stable else ''}")
+    lines.append(f"stable top-{s.k} (P >= {s.confidence:g}): {len(s.stable_top)} of {s.k}: "
+                 + (" ".join(f"{l}-{h}" for l, h in s.stable_top) or "(none)"))
+    lines.append(f"top-{s.k} set unchanged in {s.set_equal:.1%} of draws; mean Jaccard with it {s.jaccard:.3f}; "
+                 f"a draw keeps {s.kept:.1%} of it on average")
+    return "\n".join(lines)
+
+
+def dump(s: Stability, **extra) -> str:
+    """``to_json`` (with ``extra`` keys first) as the CLI's ``--json`` prints it: same seed, same bytes."""
+    return json.dumps(extra | s.to_json(), indent=1) + "\n"

@@ -1,0 +1,131 @@
+"""What both commands share: run options, the two-step model load, output guards, the
+error boundary.
+
+The CLI prints; the library logs. A ``UserError`` becomes one ``error: ...`` line on
+stderr and exit code 2, never a traceback; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..core.decode import check_supported
+from ..engine.shard import local_device
+from ..errors import UserError
+from ..models.loading import ModelSpec, Opened, load_weights, model_info, open_model
+from ..options import add_options, option
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of a run that are not the experiment's: outputs, logging, scale-out. Each
+    command extends it (its own ``output_dir`` default, its own extras)."""
+
+    output_dir: str = option("out", "where the outputs go")
+    model_name_suffix: str | None = option(None, "appended to output names as _SUFFIX (as the original)")
+    overwrite: bool = option(False, "replace existing outputs of this run")
+    resume: bool = option(False, "continue an interrupted run (same settings; finished results are kept)")
+    quiet: bool = option(False, "no progress bar")
+    verbose: bool = option(False, "log what the library does")
+    rank: int | None = option(None, "this shard; none: $RANK from torchrun, else 0")
+    world_size: int | None = option(None, "shards; none: $WORLD_SIZE, else 1")
+    threads: int | None = option(None, "torch threads for this process (recorded: thread counts can change float bits)")
+
+    def check(self) -> None:
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one")
+
+
+def build_parser(prog: str, doc: str, groups: list[tuple[type, str]]) -> argparse.ArgumentParser:
+    """A command's parser, generated from its option dataclasses (``options.add_options``)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls, title in groups:
+        add_options(p, cls, title)
+    return p
+
+
+def apply_threads(threads: int | None) -> None:
+    """Pin the thread count (thread counts can change float bits; the manifest records it)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def open_checked(spec: ModelSpec, world: int) -> Opened:
+    """The model's config and tokenizer (no weights yet), on this shard's device."""
+    return open_model(dataclasses.replace(spec, device=local_device(spec.device, world)))
+
+
+def load_checked(opened: Opened):
+    """The weights, once every input is checked; refuses a model the probe cannot reach."""
+    model = load_weights(opened)
+    check_supported(model)
+    return model, model_info(opened, model)
+
+
+PAUSE_ENV = "RETRIEVAL_HEAD_TEST_PAUSE_AFTER"
+
+
+def pause_for_tests(written: int) -> None:
+    """Test-only hook: with ``RETRIEVAL_HEAD_TEST_PAUSE_AFTER=N`` the process stops itself
+    (SIGSTOP) right after its N-th result is durably written, so a test can kill or
+    interrupt it at a known point instead of racing it."""
+    at = os.environ.get(PAUSE_ENV)
+    if at and written == int(at):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def guard_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to touch existing outputs unless told; check their folders can be made.
+
+    Creates nothing: a run refused later on leaves no trace.
+    """
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} exists; pass --overwrite to replace it (or --resume to continue that run)")
+    for folder in {p.parent for p in paths}:
+        base = folder
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {folder} ({base} is not a writable folder); "
+                            "pass a writable --output_dir")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "absl", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:  # weight-loading bars would bury the one-line errors and our own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """The error boundary: user errors are one line, Ctrl-C is exit 130."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on device ({e.filename or 'writing results'}); finished results are "
+              "intact: free some space and rerun with --resume", file=sys.stderr)
+        return 28
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the trial log; rerun with --resume to continue",
+              file=sys.stderr)
+        return 130

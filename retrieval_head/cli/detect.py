@@ -1,0 +1,332 @@
+"""``retrieval_head_detection.py``: detect retrieval heads and write ``head_score/<model>.json``.
+
+    python retrieval_head_detection.py --model_path P --s 0 --e 5000
+
+Outputs in ``--output_dir`` (default ``head_score/``):
+  <model>.json            the original's one-line {"layer-head": [trial scores]} file
+  <model>.trials.jsonl    one record per trial, counted or not (appended as trials finish)
+  <model>.manifest.json   resolved config, model, versions, git commit, times, and which haystack
+                          each needle read (``haystacks``: the original's part{i+1} pairing)
+  <model>.kv_max.json, <model>.kv_mean.json   GQA models: per-KV-head scores, same format
+                          (each trial's group max / mean, listed per counted trial)
+  <model>.<method>.json   with --method: each other method's scores, same format, and
+  <model>.<method>.manifest.json   its manifest (the method, its parameters, its cost)
+
+Whenever the needle sweep runs (any of retrieval, query-focus, needle-mass), the retrieval
+files (<model>.json and, for GQA, the kv files) are written too, whatever --method says:
+every trial's record holds the retrieval scores (the probe runs anyway), and a
+``--method query-focus --overwrite`` that replaces the trial log must not leave an older
+run's retrieval file beside it. Query-focus counts every trial, so its file is written even
+when no trial passed; retrieval and needle-mass need passing trials, and a sweep where none
+passed ends in one line that says which files were written and which were not.
+
+    python retrieval_head_detection.py --method retrieval query-focus needle-mass induction echo
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..engine.shard import from_env, shard_suffix
+from ..errors import UserError
+from ..experiments.detect import DetectionResult, DetectSettings, detect
+from ..experiments.sweep import TrialKey, plan
+from ..headfiles.original import (
+    TrialLog,
+    dump_json,
+    format_top_table,
+    write_atomic,
+    write_head_scores,
+)
+from ..inputs.haystack import Needle
+from ..methods.focus import check_question
+from ..methods.registry import HAYSTACK, REPEAT, score_path
+from ..methods.repeat import check_fits, repeat_scores, repeated_tokens, token_pool
+from ..methods.repeat import head_counter as repeat_counter
+from ..models.loading import ModelSpec, model_identity, model_name
+from ..options import fingerprint, from_args, option
+from ..store.manifest import build_manifest, utc_now
+from .common import (
+    RunOptions,
+    apply_threads,
+    build_parser,
+    guard_outputs,
+    load_checked,
+    open_checked,
+    pause_for_tests,
+    run_cli,
+    setup_logging,
+)
+
+PAPER = dict(s=1000, e=50000, num_lengths=20, context_lengths=None, chat_template="off")  # as published
+
+
+@dataclass(frozen=True)
+class DetectRun(RunOptions):
+    output_dir: str = option("head_score", "where the head-score files, trial log and manifest go")
+    preset: str | None = option(None, "paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)",
+                                choices=("paper",))
+    seed: int = option(42, "recorded; decoding is greedy")
+    top: int = option(20, "rows of the printed top-heads table")
+
+
+GROUPS = [(ModelSpec, "model"), (DetectSettings, "sweep"), (DetectRun, "run")]
+
+
+def parser():
+    return build_parser("retrieval_head_detection.py", __doc__, GROUPS)
+
+
+def report(result: DetectionResult, top: int) -> None:
+    n, passed = len(result.trials), len(result.passed())
+    print(f"\n{passed} of {n} trials passed (ROUGE-1 recall above the threshold)")
+    if passed:
+        print(f"top {top} retrieval heads (mean score over passing trials):")
+        print(format_top_table(result.mean_scores(), top))
+
+
+def adaptive_summary(a: dict) -> str:
+    """One line on where an adaptive sweep stopped and what it saved."""
+    last = a["rounds"][-1]
+    how = (f"top-{a['k']} stable (rule {a['stop_rule']}, confidence {a['confidence']:g}, {a['draws']} draws) after "
+           f"round {len(a['rounds'])} of" if a["stopped"] else f"top-{a['k']} not stable (rule {a['stop_rule']}) after all")
+    return (f"adaptive sweep: {how} {a['rounds_planned']} rounds: ran {a['trials_run']} of {a['trials_grid']} trials, "
+            f"saved {a['trials_saved']} ({a['trials_saved'] / a['trials_grid']:.0%}); last round: "
+            f"{last['counted']} counted, a draw keeps {last.get('kept', 0):.1%} of the top {a['k']}, "
+            f"{last.get('stable_top', 0)} of its heads with P(top-{a['k']}) >= {a['confidence']:g} "
+            f"(lowest {last.get('min_p_top', 0):.3f})")
+
+
+def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dict:
+    """Everything of the settings that changes a trial's record besides its key (the
+    fields marked ``result``), with the needles' content rather than their file's name."""
+    fp = fingerprint(settings)
+    sweep = [m for m in settings.methods() if m in HAYSTACK]  # induction and echo change no trial
+    if sweep != ["retrieval"]:  # the default's fingerprint is as it always was
+        fp["methods"] = sweep
+    fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
+                     for n in needles]
+    return json.loads(json.dumps(fp))  # as it reads back from the manifest
+
+
+def resumed_trials(paths: dict, fp: dict) -> dict:
+    """Finished trials of the run being resumed (refusing one made with other settings)."""
+    if not paths["trials"].exists():
+        return {}
+    old = json.loads(paths["manifest"].read_text()) if paths["manifest"].exists() else {}
+    if old.get("fingerprint") != fp:
+        raise UserError(f"{paths['trials']} was made with different settings (model, needles, haystack or "
+                        "decoding/scoring options); rerun with those settings or use --overwrite")
+    records = TrialLog(paths["trials"]).read()
+    write_atomic(paths["trials"], "".join(json.dumps(r) + "\n" for r in records))  # drop a torn last line
+    return {TrialKey.of(r): r for r in records}
+
+
+def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]:
+    """Final outputs, and this shard's trial log and manifest (the same files for one process)."""
+    sfx = shard_suffix(rank, world)
+    paths = {k: out / f"{name}{ext}" for k, ext in (("scores", ".json"), ("kv_max", ".kv_max.json"),
+                                                      ("kv_mean", ".kv_mean.json"))}
+    paths.update(trials=out / f"{name}{sfx}.trials.jsonl", manifest=out / f"{name}{sfx}.manifest.json")
+    if world > 1:
+        paths.update(merged_trials=out / f"{name}.trials.jsonl", merged_manifest=out / f"{name}.manifest.json")
+    return paths
+
+
+def method_paths(out: Path, name: str, methods: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
+    """Each non-retrieval method's head-score file and manifest."""
+    return {m: (score_path(out, name, m), out / f"{name}.{m}.manifest.json") for m in methods if m != "retrieval"}
+
+
+def method_parameters(method: str, settings: DetectSettings, tokenizer=None, vocab: int | None = None) -> dict:
+    """What defines a method's scores besides the model (recorded in its manifest)."""
+    if method in REPEAT:
+        r = settings.repeat()
+        pool = token_pool(tokenizer, vocab)
+        return dict(period=r.period, repeats=r.repeats, seeds=list(r.seeds), tokens="distinct random tokens per "
+                    "repeat, drawn from the vocabulary without special tokens", vocabulary_pool=len(pool),
+                    excluded_special_ids=sorted(set(tokenizer.all_special_ids)),
+                    bos_prepended=repeated_tokens(tokenizer, vocab, r)[1] == 1,
+                    target="p - period + 1" if method == "induction" else "p - period")
+    common = dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)")
+    if method == "query-focus":
+        return dict(common, rows="the question's tokens, prefill", trials="all")
+    return dict(common, rows="every decode step of the answer", trials=f"passing (ROUGE-1 recall > "
+                                                                      f"{settings.rouge_threshold})")
+
+
+def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
+                  written: list[Path] | None = None, unwritten: tuple[str, ...] = ()) -> list[Path]:
+    """The retrieval head-score files of a finished sweep (written whenever the sweep ran,
+    whatever ``--method`` asked for). A sweep where no trial passed is refused in one line
+    that names the files already ``written`` and the methods ``unwritten`` besides retrieval."""
+    if not result.passed():
+        done = ", ".join(map(str, written)) if written else "nothing"
+        raise UserError(
+            f"no trial passed (ROUGE-1 recall > {threshold}): wrote {done}; not written: "
+            f"{', '.join(('retrieval',) + tuple(unwritten))} (they need passing trials); "
+            f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
+        )
+    write_head_scores(paths["scores"], result.head_counter())
+    out = [paths["scores"]]
+    kv = info["num_kv_heads"]
+    if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
+        for agg in ("max", "mean"):
+            out.append(paths[f"kv_{agg}"])
+            write_head_scores(out[-1], result.kv_head_counter(kv, agg))
+    return out
+
+
+def merge_shards(paths: dict, manifest: dict, world: int, stats: dict | None = None) -> DetectionResult | None:
+    """All shards' trials as one result once every shard has finished (None before that),
+    with ``stats``: how this (the merging) shard's sweep ran.
+
+    Built on the files, not a collective: the last shard to finish merges. Shards made with
+    other settings are refused.
+    """
+    records = []
+    for r in range(world):
+        mpath = Path(str(paths["manifest"]).replace(shard_suffix(manifest["shard"][0], world), shard_suffix(r, world)))
+        if not mpath.exists():
+            return None
+        other = json.loads(mpath.read_text())
+        if other.get("fingerprint") != manifest["fingerprint"] or other.get("grid") != manifest["grid"]:
+            raise UserError(f"shard {r} ({mpath}) was made with different settings; rerun it with these")
+        if other.get("status") != "finished":
+            return None
+        records += TrialLog(Path(str(mpath).replace(".manifest.json", ".trials.jsonl"))).read()
+    records.sort(key=TrialKey.of)
+    write_atomic(paths["merged_trials"], "".join(json.dumps(t) + "\n" for t in records))
+    return DetectionResult(manifest["model"]["num_layers"], manifest["model"]["num_heads"], records, dict(stats or {}))
+
+
+class _Log(TrialLog):
+    """The trial log, pausing for tests after the N-th record (``cli_common.pause_for_tests``)."""
+
+    written = 0
+
+    def append(self, record: dict) -> None:
+        super().append(record)
+        self.written += 1
+        pause_for_tests(self.written)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    spec, run = from_args(ModelSpec, args), from_args(DetectRun, args)
+    settings = from_args(DetectSettings, args, **(PAPER if run.preset == "paper" else {}))
+    setup_logging(run.verbose)
+    run.check()
+    settings.check()
+    rank, world = from_env(run.rank, run.world_size)
+    apply_threads(run.threads)
+    name = model_name(spec.model_path, run.model_name_suffix)
+    out = Path(run.output_dir)
+    methods = settings.methods()
+    sweep = any(m in HAYSTACK for m in methods)  # needle trials; induction and echo need none
+    repeats = [m for m in methods if m in REPEAT] if rank == 0 else []
+    paths = output_paths(out, name, rank, world)
+    extra = method_paths(out, name, tuple(m for m in methods if m in HAYSTACK or m in repeats))
+    guard_outputs((list(paths.values()) if sweep else []) + [p for pair in extra.values() for p in pair],
+                  run.overwrite or run.resume)
+    started = utc_now()
+    torch.manual_seed(run.seed)
+    opened = open_checked(spec, world)
+    settings.check_shape(opened.shape, world)
+    # every input checked before the weights load
+    checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
+    if "query-focus" in methods:  # its question tokens, found by character offsets
+        check_question(checked.prompt(checked.keys()[0]))
+    if repeats:
+        check_fits(opened.shape, settings.repeat())
+    model, info = load_checked(opened)
+    config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
+    seconds: dict[str, float] = {}
+    vocab = model.get_input_embeddings().weight.shape[0]
+
+    def write_method(m: str, counter: dict, **more) -> Path:
+        scores, mpath = extra[m]
+        write_head_scores(scores, counter)
+        counted = len(next(iter(counter.values()), []))
+        write_atomic(mpath, dump_json(dict(build_manifest("retrieval_head_detection", config, info, run.seed, started),
+                                           method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
+                                           scores=str(scores), seconds=dict(seconds),
+                                           **dict(more, trials=dict(more.get("trials", {}), counted=counted)))))
+        return scores
+
+    written = []
+    if repeats:  # first: a shard that does not merge the sweep returns early
+        rep = repeat_scores(model, opened.tokenizer, settings.repeat())
+        seconds["induction+echo"] = round(rep["seconds"], 3)  # one forward pass for both
+        seconds["induction+echo tap"] = round(rep["tap_seconds"], 3)
+        written += [write_method(m, repeat_counter(rep[m])) for m in repeats]
+    if sweep:
+        result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world))
+        if result is None:
+            return 0
+        seconds["sweep"] = round(result.stats.get("seconds", 0.0), 3)
+        if "query-focus" in methods:
+            seconds["query-focus tap"] = round(result.stats.get("tap_s", 0.0), 3)
+        report(result, run.top)
+        if "adaptive" in result.stats:
+            print(adaptive_summary(result.stats["adaptive"]))
+        # what the sweep's methods' manifests record besides the method: its trials and how it stopped
+        more = dict(haystacks=checked.pairing(), trials=dict(total=len(result.trials), passed=len(result.passed())))
+        if "adaptive" in result.stats:
+            more["stopping"] = result.stats["adaptive"]
+        # query-focus counts every trial: written before a sweep with no passing trial is refused
+        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "query-focus"]
+        written += write_results(paths, result, info, settings.rouge_threshold, written,
+                                 tuple(m for m in methods if m == "needle-mass"))
+        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "needle-mass"]
+    print(f"\nwrote {', '.join(map(str, written))}")
+    if methods != ("retrieval",):
+        print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
+    return 0
+
+
+def sweep_run(paths, settings, run, checked, model, info, opened, config, started, shard) -> DetectionResult | None:
+    """The needle trials (resumable, sharded): the result, or None on a shard that does not merge."""
+    rank, world = shard
+    fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
+    done = resumed_trials(paths, fp) if run.resume else {}
+    if run.overwrite:
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+    manifest = build_manifest("retrieval_head_detection", config, info, run.seed, started)
+    manifest.update(fingerprint=fp, status="running", shard=[rank, world], grid=[checked.lengths, checked.depths],
+                    haystacks=checked.pairing())
+    write_atomic(paths["manifest"], dump_json(manifest))  # first, so a killed run can be resumed
+    log = _Log(paths["trials"])
+    t0 = time.perf_counter()
+    result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,
+                    checked=checked, shard=(rank, world))
+    result.stats["seconds"] = time.perf_counter() - t0
+    # Trials finish in insertion and batch order; the finished log reads in canonical order. An adaptive
+    # sweep's log holds exactly the trials its result used (a resumed full log may hold more), so the
+    # trial log and <model>.json describe the same trials.
+    final = result.trials if "adaptive" in result.stats else log.read()
+    write_atomic(paths["trials"], "".join(json.dumps(t) + "\n" for t in sorted(final, key=TrialKey.of)))
+    manifest.update(build_manifest("retrieval_head_detection", config, info, run.seed, started),
+                    status="finished", trials={"total": len(result.trials), "passed": len(result.passed()),
+                                               "resumed": len(done)}, sweep=result.stats)
+    if "adaptive" in result.stats:
+        manifest["stopping"] = result.stats["adaptive"]
+    write_atomic(paths["manifest"], dump_json(manifest))
+    if world > 1:
+        result = merge_shards(paths, manifest, world, result.stats)
+        if result is None:
+            print(f"shard {rank} of {world} finished; the last shard to finish writes {paths['scores']}")
+            return None
+        write_atomic(paths["merged_manifest"], dump_json(dict(manifest, shard=None, shards=world)))
+    return result
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)

@@ -1,0 +1,360 @@
+"""Retrieval-head analysis for notebooks and the shell: ranked tables, heatmaps, comparisons.
+
+Worked example: two 2 x 2 score grids that agree on the best head but not the second::
+
+    >>> import torch
+    >>> a = torch.tensor([[0.9, 0.1], [0.5, 0.0]])
+    >>> b = torch.tensor([[0.8, 0.6], [0.2, 0.0]])
+    >>> r = compare(a, b, k=2)
+    >>> r["overlap"], r["jaccard"], r["shared"], round(r["spearman"], 3)
+    (1, 0.333, [(0, 0)], 0.8)
+
+From the shell::
+
+    python -m retrieval_head.heads top head_score/llama-2-7b-80k.json -k 10
+    python -m retrieval_head.heads heatmap head_score/llama-2-7b-80k.json   # llama-2-7b-80k.heads.png
+    python -m retrieval_head.heads compare head_score/Qwen1.5-14B.json head_score/Qwen1.5-14B-Chat.json
+    python -m retrieval_head.heads export head_score/llama-2-7b-80k.json --to duo --top 30 --out duo/llama-2-7b-80k
+    python -m retrieval_head.heads stability head_score/llama-2-7b-80k.json --top 10   # intervals, P(top-10)
+    python -m retrieval_head.heads convergence head_score/SmolLM2-135M-Instruct.trials.jsonl --top 10
+
+Every command reads any head file ``head_files`` accepts (detected by content): top, heatmap
+and compare in the file's own unit (a column per query head, or per KV head for duo and
+razor files); export (``head_export``) converts between formats and units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..errors import UserError
+from ..headfiles import export as head_export
+from ..headfiles import foreign as head_files
+from ..headfiles.original import format_top_table, load_head_scores, top_heads  # noqa: F401 (load_head_scores: the API)
+from ..plots.niah import figure_title, render
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing their average rank.
+
+    >>> average_ranks(np.array([10.0, 20.0, 10.0, 30.0])).tolist()
+    [1.5, 3.0, 1.5, 4.0]
+    """
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)                  # rank of the last member of each tie group
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    ra, rb = average_ranks(np.ravel(a)), average_ranks(np.ravel(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
+    """Agreement of two ``[layers, heads]`` score grids.
+
+    Returns ``{"k", "overlap", "jaccard", "spearman", "shared"}``: the overlap count and
+    Jaccard index (rounded to 3 places) of the two top-``k`` sets (ties broken layer-major,
+    as in ``top_heads``), the Spearman correlation over all heads, and the shared heads as
+    ``(layer, head)`` in ``a``'s rank order. ``k`` is capped at the number of heads.
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.dim() != 2 or b.dim() != 2:
+        raise UserError(f"compare needs two [layers, heads] grids, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape:
+        raise UserError(
+            f"cannot compare a {a.shape[0]} x {a.shape[1]} grid with a {b.shape[0]} x {b.shape[1]} grid; "
+            "pass head scores of models with the same layers and heads"
+        )
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    k = min(k, a.numel())
+    top_a = [(l, h) for l, h, _ in top_heads(a, k)]
+    top_b = {(l, h) for l, h, _ in top_heads(b, k)}
+    shared = [lh for lh in top_a if lh in top_b]
+    union = len(set(top_a) | top_b)
+    return {
+        "k": k,
+        "overlap": len(shared),
+        "jaccard": round(len(shared) / union, 3),
+        "spearman": spearman(a.numpy(), b.numpy()),
+        "shared": shared,
+    }
+
+
+def compare_all(grids: dict[str, torch.Tensor], k: int = 20) -> dict:
+    """Every pair of ``grids`` (name -> ``[layers, heads]``): ``{"names", "k", "overlap",
+    "spearman"}``, the last two as ``n x n`` lists (``compare`` of row i with column j; the
+    diagonal is each grid with itself).
+
+    >>> r = compare_all({"a": torch.tensor([[3., 2., 1.]]), "b": torch.tensor([[1., 2., 3.]])}, k=1)
+    >>> r["overlap"], r["spearman"]
+    ([[1, 0], [0, 1]], [[1.0, -1.0], [-1.0, 1.0]])
+    """
+    names = list(grids)
+    pairs = [[compare(grids[a], grids[b], k) for b in names] for a in names]
+    return {"names": names, "k": pairs[0][0]["k"], "overlap": [[p["overlap"] for p in row] for row in pairs],
+            "spearman": [[p["spearman"] for p in row] for row in pairs]}
+
+
+def compare_table(r: dict) -> str:
+    """Markdown: top-k overlap above the diagonal, Spearman below it."""
+    names = r["names"]
+    head = "| top-%d overlap \\ Spearman | " % r["k"] + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n"
+    rows = []
+    for i, a in enumerate(names):
+        cells = [str(r["overlap"][i][j]) if j > i else ("-" if j == i else f"{r['spearman'][i][j]:.2f}")
+                 for j in range(len(names))]
+        rows.append(f"| {a} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def compare_figure(r: dict, out_png: str | Path, title: str | None = None) -> Path:
+    """Two matrices side by side: top-k overlap (counts) and Spearman, a row and column per file."""
+    names, n = r["names"], len(r["names"])
+    fig = Figure(figsize=(3.2 + 1.6 * n, 1.6 + 0.55 * n), layout="constrained")
+    for i, (key, fmt, vmax, vmin, cmap) in enumerate((("overlap", "d", r["k"], 0, "viridis"),
+                                                     ("spearman", ".2f", 1.0, -1.0, "vlag"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        sns.heatmap(r[key], ax=ax, annot=True, fmt=fmt, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
+                    xticklabels=names, yticklabels=names, cbar=False, annot_kws={"fontsize": 8})
+        ax.set_title(f"top-{r['k']} overlap" if key == "overlap" else "Spearman (all heads)", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=8)
+    if title:
+        figure_title(fig, title)
+    return render(fig, out_png)
+
+
+def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
+    """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
+    ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width."""
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    if s.dim() != 2:
+        raise UserError(f"heads_heatmap needs a [layers, heads] grid, got shape {tuple(s.shape)}")
+    layers, heads = s.shape
+    size = (min(16.0, 3.0 + 0.3 * heads), min(14.0, 1.5 + 0.28 * layers))
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(s.numpy(), ax=ax, cmap="viridis", vmin=0.0, vmax=max(float(s.max()), 1e-9),
+                cbar_kws={"label": "retrieval score (mean over trials)"},
+                xticklabels="auto", yticklabels="auto")
+    for l, h, _ in top_heads(s, min(mark_top, s.numel())):
+        ax.add_patch(Rectangle((h, l), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xlabel("Head")
+    ax.set_ylabel("Layer")
+    ax.tick_params(axis="y", labelrotation=0)
+    if title:
+        figure_title(fig, title)
+    return fig
+
+
+def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
+                  mark_top: int = 5) -> Path:
+    """``heads_figure`` written atomically as a PNG to ``out_png``; returns the path."""
+    return render(heads_figure(scores, title, mark_top), out_png)
+
+
+def _fmt_heads(heads: list[tuple[int, int]]) -> str:
+    return " ".join(f"{l}-{h}" for l, h in heads) or "(none)"
+
+
+def _read(path: str) -> head_files.HeadFile:
+    return head_files.read_head_file_any(Path(path))
+
+
+def _cmd_top(args) -> None:
+    if args.k < 1:
+        raise UserError(f"-k must be at least 1, got {args.k}")
+    hf = _read(args.file)
+    if hf.unit == "kv":
+        print(f"per KV head ({hf.format} file): head = layer-kv_head")
+    print(format_top_table(hf.scores, args.k))
+
+
+def _cmd_heatmap(args) -> None:
+    path = Path(args.file)
+    hf = _read(args.file)
+    scores = hf.scores
+    out = Path(args.out) if args.out else Path(f"{path.stem}.heads.png")
+    layers, n_heads = scores.shape
+    noun = "KV heads" if hf.unit == "kv" else "heads"
+    # the details on a line of their own: figure_title wraps each line only where it must
+    title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} {noun}; top 5 outlined)"
+    print(heads_heatmap(scores, out, title))
+
+
+def _cmd_compare_all(args) -> None:
+    from ..methods.registry import method_of
+
+    files = [args.a, args.b, *args.more]
+    read = [_read(f) for f in files]
+    if len({h.unit for h in read}) > 1:
+        raise UserError("the files are not all of one unit (per query head / per KV head); compare files of one "
+                        "unit (convert with: python -m retrieval_head.heads export)")
+    names = [method_of(Path(f)) for f in files]
+    models = {Path(f).name.removesuffix(f".{m}.json") for f, m in zip(files, names)}
+    names = ["retrieval" if n in models else n for n in names]  # <model>.json beside <model>.<method>.json
+    if len(set(names)) < len(names):
+        names = [Path(f).name for f in files]
+    r = compare_all(dict(zip(names, (h.scores for h in read))), args.k)
+    print(compare_table(r), end="")
+    out = Path(args.out) if args.out else Path(f"{Path(files[0]).name.split('.')[0]}.compare.png")
+    print(compare_figure(r, out, f"agreement of {len(files)} head rankings (top-{r['k']} overlap, Spearman)"))
+
+
+def _cmd_compare(args) -> None:
+    if args.more:
+        return _cmd_compare_all(args)
+    fa, fb = _read(args.a), _read(args.b)
+    if fa.unit != fb.unit:
+        raise UserError(f"{args.a} is per {'KV head' if fa.unit == 'kv' else 'query head'}, {args.b} per "
+                        f"{'KV head' if fb.unit == 'kv' else 'query head'}; compare files of one unit (convert one "
+                        "with: python -m retrieval_head.heads export)")
+    a, b = fa.scores, fb.scores
+    r = compare(a, b, args.k)
+    print(f"A: {args.a} ({a.shape[0]} x {a.shape[1]})")
+    print(f"B: {args.b} ({b.shape[0]} x {b.shape[1]})")
+    print(f"top-{r['k']} overlap: {r['overlap']} / {r['k']}")
+    print(f"Jaccard:        {r['jaccard']:.3f}")
+    print(f"Spearman:       {r['spearman']:.3f}")
+    print(f"shared heads:   {_fmt_heads(r['shared'])}")
+
+
+def _cmd_export(args) -> None:
+    src = head_files.read_head_file_any(Path(args.file), file_unit=args.unit)
+    done = head_export.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
+                              layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, sink=args.sink,
+                              recent=args.recent, overwrite=args.overwrite)
+    print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
+
+
+def _cmd_stability(args) -> None:
+    from ..analysis import stability  # the bootstrap (issue J): its own module
+
+    t = stability.load_trials(args.file)
+    s = stability.bootstrap(t.scores, args.top, args.draws, args.seed, args.confidence, t.strata(args.by))
+    if args.json:
+        print(stability.dump(s, file=Path(args.file).name, by=args.by), end="")
+    else:
+        print(stability.format_stability(s, args.rows))
+
+
+def _cmd_convergence(args) -> None:
+    from ..analysis import convergence, stability
+
+    t = stability.load_trials(args.file)
+    c = convergence.convergence(t.scores, args.top, args.seeds, args.seed)
+    lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
+    stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json").removesuffix(".trials")
+    out = Path(args.out) if args.out else Path(f"{stem}.convergence.png")
+    title = f"{stem}: how fast the top-{args.top} heads settle ({t.scores.shape[0]} counted trials)"
+    print(convergence.write_figure(c, out, title, lengths))
+
+
+def _add_stability_commands(sub, fmt) -> None:
+    """``stability`` and ``convergence``: how sure the top heads are (``stability``, ``convergence``)."""
+    what = "a head_score/*.json (per-trial lists) or a <model>.trials.jsonl"
+    p = sub.add_parser("stability", formatter_class=fmt, help="bootstrap intervals and P(top-K) of every head",
+                       description="Resample the counted trials with replacement: per head the mean, its percentile "
+                                   "interval and P(in the top K; ties at random); the stable top K (P >= confidence) "
+                                   "and how often the whole top-K set comes back.")
+    p.add_argument("file", help=what)
+    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
+    p.add_argument("--draws", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="the resampling's seed (same seed, same output)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level and the stable top-K's threshold")
+    p.add_argument("--by", choices=("needle", "length", "depth"), default=None,
+                   help="trial logs: resample within each needle / length / depth (keeps the grid's balance)")
+    p.add_argument("--rows", type=int, default=None, help="rows of the table; none: K")
+    p.add_argument("--json", action="store_true", help="every head's mean, lo, hi, p_top as JSON")
+    p.set_defaults(func=_cmd_stability)
+    p = sub.add_parser("convergence", formatter_class=fmt, help="PNG: top-K overlap with the final answer vs trials")
+    p.add_argument("file", help=what)
+    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
+    p.add_argument("--seeds", type=int, default=20, help="random trial orders")
+    p.add_argument("--seed", type=int, default=0, help="seed of the orders")
+    p.add_argument("--out", metavar="PNG", default=None, help="none: <stem>.convergence.png in the current folder")
+    p.set_defaults(func=_cmd_convergence)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval_head.heads {top,heatmap,compare,export,stability,convergence} ...``."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
+    parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
+                                     description="Inspect and convert head-score files: head_score/*.json, "
+                                     "DuoAttention pattern folders, RazorAttention / QRHead / per-layer JSON "
+                                     "(told apart by content).", formatter_class=fmt)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("top", help="ranked table of the top heads", formatter_class=fmt)
+    p.add_argument("file", help="a head file (any accepted format)")
+    p.add_argument("-k", type=int, default=20, help="rows")
+    p.set_defaults(func=_cmd_top)
+    p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
+    p.add_argument("file", help="a head file (any accepted format)")
+    p.add_argument("--out", metavar="PNG", default=None, help="output PNG; none: <stem>.heads.png in the current folder")
+    p.set_defaults(func=_cmd_heatmap)
+    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files (3+ files: every pair, "
+                                       "as a table and a matrix figure)", formatter_class=fmt)
+    p.add_argument("a", help="a head file (any accepted format)")
+    p.add_argument("b", help="another, for a model of the same shape")
+    p.add_argument("more", nargs="*", help="more files: every pair is compared")
+    p.add_argument("-k", type=int, default=20, help="size of the top sets compared")
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="3+ files: the matrix figure; none: <first file's model>.compare.png in the current folder")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="write a head file as duo / razor / qrhead / layers",
+                       description="duo (a folder: full_attention_heads.tsv + config.json) and razor are per KV "
+                                   "head, qrhead and layers per query head; per-query-head scores become per-KV-head "
+                                   "ones by each group's max. duo, razor and layers keep a set of heads: pass "
+                                   "--top K or --threshold T; qrhead ranks every head.")
+    p.add_argument("file", help="a head file (any accepted format)")
+    p.add_argument("--to", required=True, choices=("duo", "razor", "qrhead", "layers"), help="the format written")
+    p.add_argument("--out", required=True, metavar="PATH", help="the file written (a folder for duo)")
+    p.add_argument("--top", type=int, metavar="K", default=None,
+                   help="keep the K highest-scoring heads (KV heads for duo/razor); ties layer-major")
+    p.add_argument("--threshold", type=float, metavar="T", default=None, help="keep the heads scoring >= T")
+    p.add_argument("--unit", choices=("query", "kv"), default=None,
+                   help="what FILE's columns are, for the original format only (a <model>.kv_max.json is kv); "
+                        "none: its format's unit (original: query)")
+    p.add_argument("--layers", type=int, metavar="N", default=None,
+                   help="the model's layers, where FILE does not state them (razor, layers: only the ids named)")
+    p.add_argument("--heads", type=int, metavar="N", default=None,
+                   help="the model's query heads, to read a per-KV-head FILE per query head")
+    p.add_argument("--kv_heads", type=int, metavar="N", default=None,
+                   help="the model's KV heads, to read a per-query-head FILE per KV head (duo, razor)")
+    p.add_argument("--sink", type=int, metavar="S", default=None,
+                   help=f"duo: config.json sink_size; none: DuoAttention's default {head_files.DUO_SINK}")
+    p.add_argument("--recent", type=int, metavar="R", default=None,
+                   help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_export)
+    _add_stability_commands(sub, fmt)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the figure: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""``retrieval-head judge``: mask each method's top-K heads and random-K in one needle test
+(the experiment is ``experiments.judge``; this is its command: options, outputs, manifest)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine.shard import from_env
+from ..errors import UserError
+from ..experiments import judge as experiment
+from ..experiments.judge import (
+    JudgeSettings,
+    figure,
+    judge_conditions,
+    labelled,
+    summary,
+    table,
+)
+from ..experiments.mask import run_niah
+from ..experiments.sweep import plan
+from ..headfiles.original import dump_json, load_head_scores, write_atomic
+from ..models.loading import ModelSpec, model_name
+from ..options import from_args, option
+from ..store.manifest import build_manifest, utc_now
+from .common import (
+    RunOptions,
+    apply_threads,
+    build_parser,
+    guard_outputs,
+    load_checked,
+    open_checked,
+    run_cli,
+    setup_logging,
+)
+
+
+@dataclass(frozen=True)
+class JudgeRun(RunOptions):
+    output_dir: str = option("results/judge", "where the records, table, figure and manifest go")
+
+
+GROUPS = [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")]
+
+
+def parser():
+    return build_parser("python -m retrieval_head.judge", experiment.__doc__, GROUPS)
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    spec, st, run = from_args(ModelSpec, args), from_args(JudgeSettings, args), from_args(JudgeRun, args)
+    setup_logging(run.verbose)
+    run.check()
+    st.check()
+    if run.resume:
+        raise UserError("the judge does not resume (one run, one table); rerun it, or pass --overwrite")
+    if from_env(run.rank, run.world_size)[1] > 1:
+        raise UserError("the judge runs in one process (its table needs every condition); drop --world_size")
+    apply_threads(run.threads)
+    name, out = model_name(spec.model_path, run.model_name_suffix), Path(run.output_dir)
+    paths = {k: out / f"{name}.judge.{k}" for k in ("jsonl", "md", "png")}
+    paths["manifest"] = out / f"{name}.judge.manifest.json"
+    guard_outputs(list(paths.values()), run.overwrite)
+    started = utc_now()
+    opened = open_checked(spec, 1)
+    files = labelled(st.head_scores, name)
+    scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
+    conditions = judge_conditions(scores, st.k, st.seeds, st.mask_mode)
+    niah = st.niah()
+    checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()])  # all checked before the weights
+    model, info = load_checked(opened)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = run_niah(model, opened.tokenizer, niah, conditions, model_name=name, progress=not run.quiet,
+                       checked=checked)
+    seconds = time.perf_counter() - t0
+    write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
+    s = summary(conditions, results, st.k)
+    grid = f"{', '.join(map(str, checked.lengths))} tokens x depths {', '.join(map(str, checked.depths))}"
+    text = table(s, st.k)
+    write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
+                              f"needle {st.needle_id}; {len(st.seeds)} random seeds)\n\n{text}")
+    figure(s, st.k, paths["png"], f"{name}: needle score with each method's top-K heads masked\n({grid})")
+    config = dict(dataclasses.asdict(st), **dataclasses.asdict(run), model_name=name,
+                  files={m: str(p) for m, p in files.items()})
+    write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),
+                                                   haystacks=checked.pairing(),
+                                                   conditions=[c.describe() for c in conditions],
+                                                   summary=s, seconds=round(seconds, 3))))
+    print(text)
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({seconds:.0f} s)")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

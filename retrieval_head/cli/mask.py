@@ -1,0 +1,218 @@
+"""``needle_in_haystack_with_mask.py``: the needle test with retrieval heads masked.
+
+    python needle_in_haystack_with_mask.py --mask_top 10 --s 500 --e 2000
+    python needle_in_haystack_with_mask.py --mask_top 0 10 -10 --seeds 0 1 2   # one process, shared prefills
+
+Each condition writes a folder under ``--output_dir`` (default ``results/graph/``):
+``<model>`` (K = 0), ``<model>_block_top{K}``, ``<model>_block_random{K}`` (``_seed{S}``
+with ``--seeds``), plus ``_zero`` / ``_all`` for non-default mask mode / phase. Each holds
+one JSON per (length, depth) in the original's fields plus the mask, a manifest.json and
+heatmap.png; with several conditions, ``<model>_side_by_side.png`` shows them together.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..engine.shard import from_env, shard_suffix
+from ..errors import UserError
+from ..experiments.compress import keep_conditions
+from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
+from ..experiments.sweep import TrialKey, plan
+from ..headfiles.original import dump_json, load_head_scores, write_atomic
+from ..models.loading import ModelSpec, model_identity, model_name
+from ..models.shape import ModelShape
+from ..options import fingerprint, from_args, option
+from ..store.manifest import build_manifest, utc_now
+from .common import (
+    RunOptions,
+    apply_threads,
+    build_parser,
+    guard_outputs,
+    load_checked,
+    open_checked,
+    pause_for_tests,
+    run_cli,
+    setup_logging,
+)
+
+
+@dataclass(frozen=True)
+class NiahRun(RunOptions):
+    output_dir: str = option("results/graph", "where the condition folders go")
+    no_plot: bool = option(False, "skip the heatmaps and the side-by-side figure")
+
+
+GROUPS = [(ModelSpec, "model"), (NiahSettings, "needle test"), (NiahRun, "run")]
+
+
+def parser():
+    return build_parser("needle_in_haystack_with_mask.py", __doc__, GROUPS)
+
+
+def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
+    """The ranking the conditions mask or keep by, per query head or (``--mask_unit kv``) per
+    KV head, from a head file of any accepted format (``head_files``)."""
+    if all(k == 0 for k in st.mask_top) and all(k <= 0 for k in st.keep_full or ()):
+        return None
+    default = f"{name}.kv_max.json" if st.mask_unit == "kv" else f"{name}.json"
+    path = Path(st.head_score or Path("head_score") / default)
+    try:
+        return load_head_scores(path, shape, unit=st.mask_unit)
+    except UserError:
+        if st.mask_unit != "kv" or shape.num_kv_heads == shape.num_heads:
+            raise
+        try:  # the original format with a column per KV head (detection's <model>.kv_max.json)
+            return load_head_scores(path, (shape.num_layers, shape.num_kv_heads))
+        except UserError:
+            pass
+        raise
+
+
+def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> None:
+    print("\nmean score (ROUGE-1 recall x100) per condition:")
+    means = {}
+    for c in conditions:
+        recs = results[c.folder]
+        means[c.folder] = statistics.fmean(r["score"] for r in recs) if recs else float("nan")
+        kept = [r["mask"]["kv_kept"] for r in recs if "kv_kept" in r["mask"]]
+        kv = f"  KV kept {100 * statistics.fmean(kept):5.1f}%" if kept else ""
+        print(f"  {means[c.folder]:6.1f}  {c.label():<55} {c.folder}{kv}")
+    randoms = [means[c.folder] for c in conditions if c.kind == "random"]
+    if len(randoms) > 1:
+        print(f"  random draws: mean {statistics.fmean(randoms):.1f}, sd {statistics.stdev(randoms):.1f} "
+              f"over {len(randoms)} seeds")
+
+
+def record_path(folder: Path, model: str, key: TrialKey) -> Path:
+    """The original's file name for one (length, depth) result."""
+    return folder / f"{model}_len_{key.context_length}_depth_{key.depth_percent * 100}.json"
+
+
+def prepare_folders(out: Path, conditions, manifest: dict, run: NiahRun, mine: list[TrialKey], sfx: str) -> set:
+    """Write each folder's (shard) manifest first; on --resume check it and return this shard's
+    done cells. --overwrite removes the old results of this shard's cells only, so a shard
+    started later never deletes another's fresh results."""
+    name = manifest["config"]["model_name"]
+    done = set(mine)
+    for c in conditions:
+        folder = out / c.folder
+        fp = dict(manifest["fingerprint"], condition=c.describe())
+        old = folder / f"manifest{sfx}.json"
+        if run.resume and old.exists():
+            if json.loads(old.read_text()).get("fingerprint") != json.loads(json.dumps(fp)):
+                raise UserError(f"{folder} was made with different settings (model, needle, mask or decoding); "
+                                "rerun with those settings or use --overwrite")
+        elif run.overwrite:
+            stale = folder.glob(f"{name}_len_*_depth_*.json") if not sfx else \
+                (record_path(folder, name, key) for key in mine)
+            for f in [*stale, folder / "heatmap.png", folder / "manifest.json"]:
+                f.unlink(missing_ok=True)
+        done &= {key for key in mine if record_path(folder, name, key).exists()}
+        write_atomic(old, dump_json(dict(manifest, fingerprint=fp, condition=c.describe())))
+    return done if run.resume else set()
+
+
+def complete(out: Path, conditions, manifest: dict, keys: list[TrialKey]) -> bool:
+    """Whether every cell of every condition is written; refuses shards of other settings."""
+    name, (rank, world) = manifest["config"]["model_name"], manifest["shard"]
+    for c in conditions:
+        mine = json.loads((out / c.folder / f"manifest{shard_suffix(rank, world)}.json").read_text())
+        for r in range(world if world > 1 else 0):
+            m = out / c.folder / f"manifest{shard_suffix(r, world)}.json"
+            if m.exists() and json.loads(m.read_text()).get("fingerprint") != mine["fingerprint"]:
+                raise UserError(f"shard {r} ({m}) was made with different settings; rerun it with these")
+    return all(record_path(out / c.folder, name, key).exists() for c in conditions for key in keys)
+
+
+def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str, plot: bool) -> dict[str, list[dict]]:
+    """Read back every folder's results for this grid, mark it finished, draw its heatmap
+    (and, for several masking conditions, the side-by-side figure; for streaming, the
+    compression curve)."""
+    from ..experiments.compress import compression_figure
+    from ..plots.niah import heatmap, side_by_side
+
+    name, results = manifest["config"]["model_name"], {}
+    for c in conditions:
+        folder = out / c.folder
+        results[c.folder] = [json.loads(record_path(folder, name, key).read_text()) for key in keys]
+        m = json.loads((folder / f"manifest{sfx}.json").read_text())
+        write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
+        if plot:
+            heatmap(folder)
+    masking = [c for c in conditions if c.mask is None or c.mask.mode != "stream"]
+    streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
+    if plot and len(masking) > 1:
+        print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}_side_by_side.png')}")
+    if plot and streaming:
+        m = streaming[0].mask
+        tag = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
+        lengths = sorted({k.context_length for k in keys})
+        title = (f"{name}: needle score vs KV cache kept ({streaming[0].unit} heads, sink {m.sink} + recent "
+                 f"{m.recent}, phase {m.phase}; {', '.join(map(str, lengths))} tokens)")
+        path = compression_figure([out / c.folder for c in masking + streaming], out / f"{name}_compression_{tag}.png",
+                                  title)
+        print(f"compression curve: {path}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    spec, settings, run = from_args(ModelSpec, args), from_args(NiahSettings, args), from_args(NiahRun, args)
+    setup_logging(run.verbose)
+    run.check()
+    settings.check()
+    rank, world = from_env(run.rank, run.world_size)
+    apply_threads(run.threads)
+    needle = settings.the_needle()
+    name = model_name(spec.model_path, run.model_name_suffix)
+    out, sfx = Path(run.output_dir), shard_suffix(rank, world)
+    started = utc_now()
+    opened = open_checked(spec, world)
+    shape = opened.shape
+    scores, seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
+    group = shape.group if settings.mask_unit == "kv" else None
+    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.mask_phase, seeds,
+                                 seed_folders=settings.seeds is not None, group=group)
+    if settings.keep_full:
+        units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
+        conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
+                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
+    guard_outputs([out / c.folder / f"manifest{sfx}.json" for c in conditions], run.overwrite or run.resume)
+    checked = plan(opened.tokenizer, shape, settings, [needle])  # every input checked before the weights load
+    model, info = load_checked(opened)
+    config = dict(settings.__dict__, **run.__dict__, model_name=name, needle=needle.needle,
+                  question=needle.question, real_needle=needle.real_needle)
+    manifest = build_manifest("needle_in_haystack_with_mask", config, info, settings.seed, started)
+    manifest.update(status="running", shard=[rank, world], haystacks=checked.pairing(), fingerprint=dict(
+        fingerprint(settings), needle=[needle.needle, needle.question, needle.real_needle],
+        grid=[checked.lengths, checked.depths], world_size=world, model=model_identity(info)))
+    keys, mine = checked.keys(), checked.keys((rank, world))
+    skip = prepare_folders(out, conditions, manifest, run, mine, sfx) | (set(keys) - set(mine))
+    written = 0
+
+    def save(c: Condition, rec: dict) -> None:
+        nonlocal written
+        write_atomic(record_path(out / c.folder, name, TrialKey(needle.needle_id, rec["context_length"],
+                                                                rec["depth_percent"])), dump_json(rec))
+        written += 1
+        pause_for_tests(written)
+
+    run_niah(model, opened.tokenizer, settings, conditions, model_name=name, on_record=save,
+             progress=not run.quiet, skip=frozenset(skip), checked=checked)
+    if not complete(out, conditions, manifest, keys):
+        print(f"shard {rank} of {world} finished; the last shard to finish writes the manifests and heatmaps")
+        return 0
+    results = finish(out, conditions, manifest, keys, sfx, plot=not run.no_plot)
+    summarize(conditions, results)
+    print(f"\nwrote {', '.join(str(out / c.folder) for c in conditions)}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)

@@ -1,0 +1,215 @@
+"""The speed levers beneath both experiments, behind one typed interface.
+
+The experiments say *what* to decode: ``Job``s (a prompt each) under a list of head masks
+(one row per mask; ``None`` = unmasked), with or without the argmax probe. The
+``Scheduler`` decides *how*, and yields one ``Decoded`` row at a time, each exactly what
+``decode.greedy_decode(model, tok, job.prompt.ids, stop, n, mask=masks[i], probe=...)``
+would give for it (tests/test_prefix.py, tests/test_batched.py):
+
+- **prefix reuse** (``prefix.SharedPrefix``): prompts run in ascending insertion order,
+  each prefilling only what follows the prefix it shares with the last one;
+- **one prefill per prompt** for all decode-phase masks; a phase-``all`` mask changes the
+  prefill, so it gets its own pass over the prompts (its prefill under the mask);
+- **batched decoding** (``batching.RowBatcher``): prompts of one length decode together,
+  a row per (prompt, mask), while their caches hold at most ``batch_tokens`` tokens; a
+  prompt whose rows alone exceed the budget decodes them in chunks that fit, from its one
+  prefill (one row at a time decodes on the prefilled cache itself, no copy);
+- **the in-place cache** (``kvcache.GrowingCache``): every cache keeps every key (sliding
+  layers get their window from the mask), so it can be cropped back and stacked.
+
+    scheduler = Scheduler(model, shape, stop, max_new_tokens=50, levers=Levers())
+    for row in scheduler.run(jobs, masks=[None], probe=True):
+        row.job, row.ids, row.positions          # positions: [steps, layers, heads]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterator
+
+import torch
+
+from ..core.decode import decode_rows, row_masks
+from ..core.intervene import ArgmaxProbe, HeadMask, intervene
+from ..core.kvcache import snapshot, stack_rows
+from ..core.tap import AttentionTap
+from ..inputs.prompt import Prompt
+from ..models.shape import ModelShape
+from .batching import Row, RowBatcher, auto_budget
+from .prefix import FreshPrefix, SharedPrefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt to decode. ``source``: prompts of one source (a haystack) share prefixes."""
+
+    key: Hashable
+    prompt: Prompt
+    source: str = ""
+
+
+@dataclass
+class Decoded:
+    """One (job, mask) row, decoded.
+
+    mask: the index of its mask in the ``masks`` given to ``run``.
+    positions: the probe's absolute argmax positions, ``[steps, layers, heads]`` (None without it).
+    seconds: the row's share of its prompt's prefill and of its batch's decode.
+    tapped: float64 ``[layers, heads]``, the prefill tap's mean mass (``run(tap_for=...)``).
+    span_mass: float64 ``[layers, heads]``, each head's softmax mass on the prompt's needle
+    span, averaged over the row's decode steps (``run(span_mass=True)``).
+    """
+
+    job: Job
+    mask: int
+    ids: list[int]
+    positions: torch.Tensor | None
+    seconds: float
+    tapped: torch.Tensor | None = None
+    span_mass: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Levers:
+    prefix_reuse: bool = True
+    batch_tokens: int | None = None  # None: batching.auto_budget; 0: one row at a time
+    prefill_chunk: int | None = None
+
+
+@dataclass
+class _Pass:
+    """Masks that share one prefill of each prompt: ``prefill_mask`` is None (decode-phase
+    masks, one mode) or the single phase-``all`` mask of the pass."""
+
+    masks: list[HeadMask | None]
+    index: list[int]
+    prefill_mask: HeadMask | None = None
+
+
+def passes(masks: list[HeadMask | None]) -> list[_Pass]:
+    """Decode-phase masks of one kind (mode, sink, recent) and None share a prefill; a
+    phase-all mask prefills alone.
+
+    >>> on = torch.ones(1, 1, dtype=torch.bool)
+    >>> [p.index for p in passes([None, HeadMask(on), HeadMask(on, phase="all"), HeadMask(on, "zero")])]
+    [[0, 1], [3], [2]]
+    """
+    decode = [i for i, m in enumerate(masks) if m is None or m.phase != "all"]
+    kinds = list(dict.fromkeys(masks[i].kind() for i in decode if masks[i] is not None)) or [None]
+    out = []
+    for kind in kinds:  # unmasked rows join the first kind's pass
+        idx = [i for i in decode if (masks[i].kind() if masks[i] is not None else kinds[0]) == kind]
+        out.append(_Pass([masks[i] for i in idx], idx))
+    out += [_Pass([m], [i], prefill_mask=m) for i, m in enumerate(masks) if m is not None and m.phase == "all"]
+    return [p for p in out if p.masks]
+
+
+class Scheduler:
+    def __init__(self, model, shape: ModelShape, stop: torch.Tensor, max_new_tokens: int, levers: Levers = Levers()):
+        self.model, self.shape, self.stop, self.max_new_tokens, self.levers = model, shape, stop, max_new_tokens, levers
+        self.budget = levers.batch_tokens if levers.batch_tokens is not None else auto_budget(model, shape)
+        self.stats: dict = {"prefix_reuse": levers.prefix_reuse, "batch_tokens": self.budget, "prompt_tokens": 0,
+                            "prefilled_tokens": 0, "decode_batches": []}
+        self._reused_tokens = 0
+        self._tap_for: Callable[[Job], AttentionTap] | None = None
+        self._span_mass = False
+        self._tapped: dict[int, torch.Tensor] = {}  # id(job) -> its prefill tap's [layers, heads]
+
+    def run(self, jobs: list[Job], masks: list[HeadMask | None] = (None,), probe: bool = False,
+            tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False) -> Iterator[Decoded]:
+        """Every (job, mask) row, as its batch finishes.
+
+        tap_for: a job's prefill runs under ``tap_for(job)`` (its rows always prefilled, not
+        reused); span_mass: the probe also measures the mass on each prompt's needle span."""
+        masks = list(masks)
+        self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
+        if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
+            jobs = sorted(jobs, key=lambda j: (j.source, j.prompt.insert_at, j.key))
+        for p in passes(masks):
+            yield from self._pass(jobs, p, probe)
+        log.info("prefilled %d of %d prompt tokens; %d decode batches", self.stats["prefilled_tokens"],
+                 self.stats["prompt_tokens"], len(self.stats["decode_batches"]))
+
+    def _pass(self, jobs: list[Job], p: _Pass, probe: bool) -> Iterator[Decoded]:
+        lv, reserve, copies = self.levers, self.max_new_tokens, len(p.masks)
+        source = (SharedPrefix if lv.prefix_reuse else FreshPrefix)(self.model, chunk=lv.prefill_chunk, reserve=reserve)
+        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=copies)
+        for job in jobs:
+            t0 = time.perf_counter()
+            tap = self._tap_for(job) if self._tap_for is not None else None
+            # Outside any scope for decode-phase masks: a one-token prefill chunk is no decode step
+            # (inside a tap's scope it is none either: no probe, so the backend computes it).
+            scoped = p.prefill_mask is not None or tap is not None
+            with intervene(self.model, mask=p.prefill_mask, tap=tap) if scoped else contextlib.nullcontext():
+                cache = source.cache_for(job.prompt.ids, None if tap is None else int(tap.rows.min()))
+            if tap is not None:
+                self._tapped[id(job)] = tap.mean(self.shape.num_layers)[:, 0]
+                self.stats["tap_s"] = self.stats.get("tap_s", 0.0) + tap.seconds
+            row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
+            self.stats["prompt_tokens"] += row.length - 1
+            if copies * row.length > self.budget or (copies == 1 and batcher.rows_for(row.length) == 1):
+                yield from self._on_its_own(row, cache, p, probe)
+                continue
+            row.snapshot = snapshot(cache)
+            for group in batcher.add(row):
+                yield from self._decode(group, self._stack(group, copies), p, probe)
+        for group in batcher.flush():
+            yield from self._decode(group, self._stack(group, copies), p, probe)
+        self._reused_tokens += source.reused_tokens
+        self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
+
+    def _stack(self, group: list[Row[Job]], copies: int):
+        snaps = [r.snapshot for r in group for _ in range(copies)]  # row j * copies + i
+        for r in group:
+            r.snapshot = None  # stack_rows frees each snapshot once copied
+        return stack_rows(snaps, self.max_new_tokens)
+
+    def _on_its_own(self, row: Row[Job], cache, p: _Pass, probe: bool) -> Iterator[Decoded]:
+        """A prompt whose rows do not fit the budget together: chunks of rows that fit, all
+        from its one prefill; a one-row chunk decodes on the cache itself, then crops back."""
+        per = max(1, self.budget // row.length)
+        snap = snapshot(cache) if per > 1 and len(p.masks) > 1 else None
+        for lo in range(0, len(p.masks), per):
+            part = _Pass(p.masks[lo:lo + per], p.index[lo:lo + per], p.prefill_mask)
+            if snap is None:
+                yield from self._decode([row], cache, part, probe)
+                cache.crop(-(cache.get_seq_length() - (row.length - 1)))  # back to the prompt
+            else:
+                yield from self._decode([row], stack_rows([snap] * len(part.masks), self.max_new_tokens), part, probe)
+            row.prefill_s = 0.0  # counted once, in the first chunk
+
+    def _decode(self, group: list[Row[Job]], cache, p: _Pass, probe: bool) -> Iterator[Decoded]:
+        """Decode ``group``'s rows (row j * len(masks) + i: prompt j under mask i) as one batch."""
+        n = len(p.masks)
+        rows = [(r, i) for r in group for i in range(n)]
+        if p.prefill_mask is not None:
+            mask = p.prefill_mask  # phase all: one mask for every row, prefill and decode
+        elif all(m is None for m in p.masks):
+            mask = None
+        else:
+            mask = row_masks(self.shape, [p.masks[i] for _, i in rows])
+        steps: list[list[torch.Tensor]] = [[] for _ in rows]
+        mass: list[list[torch.Tensor]] = [[] for _ in rows]
+        spans = torch.tensor([r.item.prompt.needle_span for r, _ in rows]) if self._span_mass else None
+        the_probe = ArgmaxProbe(spans) if probe else None
+
+        def on_step(row, t, tok, pos):
+            steps[row].append(pos)
+            if spans is not None:
+                mass[row].append(the_probe.masses(self.shape.num_layers)[:, row])
+
+        t0 = time.perf_counter()
+        outs = decode_rows(self.model, [r.item.prompt.ids[-1] for r, _ in rows], group[0].length - 1, cache,
+                           self.stop, self.max_new_tokens, probe=the_probe, mask=mask,
+                           on_step=on_step if probe else None)
+        self.stats["decode_batches"].append(len(rows))
+        share = (time.perf_counter() - t0) / len(rows)
+        for k, ((r, i), ids) in enumerate(zip(rows, outs)):
+            pos = torch.cat(steps[k], dim=1).transpose(0, 1) if probe else None  # [steps, layers, heads]
+            m = torch.stack(mass[k]).double().mean(0) if spans is not None else None  # over the row's steps
+            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n, self._tapped.get(id(r.item)), m)

@@ -1,0 +1,184 @@
+"""The compression experiment: keep some heads' full KV cache, stream every other head, and
+ask the needle test whether retrieval survives (RazorAttention / DuoAttention's question,
+answered with the paper's causal test).
+
+``--keep_full K`` (several values in one run):
+
+  K > 0  keep the top-K heads (by the head-score file) at full cache, stream the rest;
+  K < 0  keep |K| heads drawn at random from all heads (seeded), stream the rest;
+  K = 0  stream every head.
+
+Streamed heads see their first ``--sink`` and last ``--recent`` keys (``streaming``);
+``--mask_phase decode`` compresses the prompt's cache once after the prefill (kvpress),
+``all`` from the first token (DuoAttention). Every result records the heads kept and
+streamed, sink, recent, phase, unit and ``kv_kept``: the fraction of the full KV cache a
+compressed cache would hold (``streaming.kv_kept``).
+
+    >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
+    >>> c = keep_conditions("M", [1, 0], scores, "decode", [0], False, 4, 64)
+    >>> [(x.folder, x.kept.nonzero().tolist(), x.mask.heads.nonzero().tolist()) for x in c]
+    [('M_stream_keep_top1_s4_r64', [[0, 0]], [[0, 1], [1, 0], [1, 1]]), ('M_stream_all_s4_r64', [], [[0, 0], [0, 1], [1, 0], [1, 1]])]
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..core.intervene import HeadMask
+from ..errors import UserError
+from .mask import Condition, select_top
+
+
+def keep_random(shape: tuple[int, int], k: int, seed: int) -> torch.Tensor:
+    """bool ``[layers, units]``: k units drawn uniformly with ``seed`` (the random baseline)."""
+    total = shape[0] * shape[1]
+    if k > total:
+        raise UserError(f"--keep_full -{k} is larger than the model's {total} heads")
+    out = torch.zeros(total, dtype=torch.bool)
+    out[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k]] = True
+    return out.reshape(shape)
+
+
+def keep_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, phase: str, seeds: list[int],
+                    seed_folders: bool, sink: int, recent: int, group: int | None = None,
+                    grid: tuple[int, int] | None = None) -> list[Condition]:
+    """Resolve ``--keep_full`` values into streaming conditions.
+
+    ``scores``: ``[layers, units]`` (None is fine when no K > 0 asks for a ranking; then
+    ``grid`` gives the shape); ``group`` (query heads per KV head) switches to KV units:
+    each unit kept or streamed is a whole KV head with all its query heads.
+    """
+    units = tuple(scores.shape) if scores is not None else grid
+    suffix = f"_s{sink}_r{recent}" + ("" if phase == "decode" else f"_{phase}") + ("_kv" if group else "")
+    unit = "kv" if group else "query"
+
+    def condition(kind: str, k: int, kept: torch.Tensor, seed: int | None, folder: str) -> Condition:
+        streamed = ~kept
+        heads = streamed.repeat_interleave(group, dim=1) if group else streamed
+        return Condition(kind, k, HeadMask(heads, "stream", phase, sink, recent), seed, folder, unit, kept)
+
+    out = []
+    for k in ks:
+        if k == 0:
+            out.append(condition("keep_top", 0, torch.zeros(units, dtype=torch.bool), None,
+                                 f"{model_name}_stream_all{suffix}"))
+        elif k > 0:
+            if scores is None:
+                raise UserError("--keep_full K > 0 needs head scores; pass --head_score FILE or run "
+                                "retrieval_head_detection.py")
+            out.append(condition("keep_top", k, select_top(scores, k, "--keep_full"), None,
+                                 f"{model_name}_stream_keep_top{k}{suffix}"))
+        else:
+            for s in seeds:
+                folder = f"{model_name}_stream_keep_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")
+                out.append(condition("keep_random", -k, keep_random(units, -k, s), s, folder))
+    return out
+
+
+def curves(dirs) -> dict:
+    """The compression curve's points from result folders (of one run or of several, e.g.
+    one per needle: records of the same condition are pooled): ``{"reference": score or
+    None, "top": [(kv_kept, score, k)], "random": [(kv_kept, mean, lo, hi, k, seeds)]}``;
+    a score is the mean over the condition's cells, kv_kept too (it depends on the length);
+    random points pool each seed's cells, then take the mean and range over seeds."""
+    from ..plots.niah import read_trials
+
+    pooled: dict[tuple, list[dict]] = {}
+    for d in dirs:
+        for r in read_trials(Path(d)):
+            m = r.get("mask") or {}
+            if m.get("kind") == "none" or m.get("mode") == "stream":
+                pooled.setdefault((m["kind"], m.get("k", 0), m.get("seed")), []).append(r)
+    mean = lambda recs, f: statistics.fmean(f(r) for r in recs)  # noqa: E731
+    ref = next((mean(v, lambda r: r["score"]) for (kind, _, _), v in pooled.items() if kind == "none"), None)
+    top = sorted((mean(v, lambda r: r["mask"]["kv_kept"]), mean(v, lambda r: r["score"]), k)
+                 for (kind, k, _), v in pooled.items() if kind == "keep_top")
+    by_k: dict[int, list[tuple[float, float]]] = {}
+    for (kind, k, _), v in pooled.items():
+        if kind == "keep_random":
+            by_k.setdefault(k, []).append((mean(v, lambda r: r["mask"]["kv_kept"]), mean(v, lambda r: r["score"])))
+    randoms = [(statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts), min(p[1] for p in pts),
+                max(p[1] for p in pts), k, len(pts)) for k, pts in sorted(by_k.items())]
+    zero = [p for p in top if p[2] == 0]  # streaming every head starts both lines
+    if zero:
+        randoms.insert(0, (zero[0][0], zero[0][1], zero[0][1], zero[0][1], 0, 1))
+    return {"reference": ref, "top": top, "random": randoms}
+
+
+def table(c: dict, heads: int) -> str:
+    """The curve as a markdown table: K, % of heads kept, KV kept and score, both lines."""
+    rand = {k: (x, m, lo, hi) for x, m, lo, hi, k, _ in c["random"]}
+    top = {k: (x, y) for x, y, k in c["top"]}
+    lines = ["| K heads kept full | % of heads | top-K: KV kept | top-K: score | random-K: KV kept | "
+             "random-K: score (min-max) |", "|---|---|---|---|---|---|"]
+    for k in sorted(set(top) | set(rand)):
+        t = f"{100 * top[k][0]:.1f}% | {top[k][1]:.1f}" if k in top else "— | —"
+        r = f"{100 * rand[k][0]:.1f}% | {rand[k][1]:.1f} ({rand[k][2]:.0f}-{rand[k][3]:.0f})" if k in rand else "— | —"
+        lines.append(f"| {k} | {100 * k / heads:.1f}% | {t} | {r} |")
+    if c["reference"] is not None:
+        lines.append(f"| full cache | 100% | 100% | {c['reference']:.1f} | | |")
+    return "\n".join(lines)
+
+
+def compression_figure(dirs, out_png, title: str) -> Path:
+    """NIAH score against the fraction of the KV cache kept: retrieval-ranked heads kept full,
+    random heads kept full (mean over seeds, min-max band), the full cache as a reference."""
+    from matplotlib.figure import Figure
+
+    from ..plots.niah import figure_title, render
+
+    c = curves(dirs)
+    if not c["top"] and not c["random"]:
+        raise UserError("no streaming results in these folders; run the mask script with --keep_full")
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    if c["top"]:
+        x, y, ks = zip(*c["top"])
+        ax.plot([100 * v for v in x], y, "o-", color="#C0392B", label="top-K retrieval heads kept full")
+        for xi, yi, k in zip(x, y, ks):
+            ax.annotate(str(k), (100 * xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if c["random"]:
+        x, m, lo, hi, _, n = zip(*c["random"])
+        seeds = max(n)
+        ax.plot([100 * v for v in x], m, "s--", color="#2E86C1", label=f"K random heads kept full (mean of {seeds} seeds)")
+        ax.fill_between([100 * v for v in x], lo, hi, color="#2E86C1", alpha=0.2, label="random: min-max over seeds")
+    if c["reference"] is not None:
+        ax.axhline(c["reference"], color="grey", linestyle=":", label=f"full cache: {c['reference']:.1f}")
+    ax.set_xlabel("KV cache kept (% of the full cache)")
+    ax.set_ylabel("needle score (ROUGE-1 recall x100)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    figure_title(fig, title)
+    return render(fig, Path(out_png))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval_head.compress DIR [DIR ...] --out PNG``: the curve of result
+    folders (several runs pooled), as a figure and a markdown table."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m retrieval_head.compress", description=main.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
+    ap.add_argument("--out", default="compression.png", help="output PNG")
+    ap.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
+    ap.add_argument("--heads", type=int, default=None, help="the model's heads (units), for the table's share-of-heads column")
+    args = ap.parse_args(argv)
+    try:
+        c = curves(args.dirs)
+        print(compression_figure(args.dirs, args.out, args.title))
+        heads = args.heads or max([k for _, _, k in c["top"]] + [1])
+        print(table(c, heads))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

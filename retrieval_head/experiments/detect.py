@@ -1,0 +1,221 @@
+"""Retrieval-head detection: needle trials scored head by head.
+
+Python API (a notebook)::
+
+    from retrieval_head import load_model, ModelSpec, detect, DetectSettings
+    model, tok, _ = load_model(ModelSpec())           # the embedded SmolLM2
+    result = detect(model, tok, DetectSettings(context_lengths=(800,), depth_percents=(25, 75)))
+    result.mean_scores().shape                        # torch.Size([30, 9]): [layers, heads]
+
+The algorithm (``detect``): for every (needle, length, depth) trial, build the prompt,
+prefill it, greedy-decode the answer under the ``ArgmaxProbe``, score each head's copies
+(``scoring.trial_scores``) and record the trial. A trial counts when the answer's ROUGE-1
+recall exceeds the threshold; a head's score is the mean of its trial scores over counted
+trials. How the prompts are prefilled and decoded (prefix reuse, batches) is the
+``schedule`` layer's business: it changes no score and no response.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.decode import check_supported, stop_token_mask
+from ..core.scoring import SCORE_MODES, rouge1_recall, trial_scores
+from ..engine.scheduler import Decoded, Job, Scheduler
+from ..errors import UserError
+from ..inputs.haystack import Needle
+from ..methods.focus import FIELDS, focus_tap, trial_fields
+from ..methods.registry import METHODS, REPEAT
+from ..methods.repeat import RepeatSettings
+from ..models.shape import ModelShape
+from ..options import option
+from . import adaptive
+from .sweep import Plan, SweepSettings, TrialKey, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectSettings(SweepSettings):
+    """Everything that defines a detection sweep besides the model: the single source of
+    defaults, help and choices for the API and ``retrieval_head_detection.py``."""
+
+    score: str = option("count", "count: every copy counts (the reference); set: each needle position once "
+                                 "(the paper)", choices=SCORE_MODES, result=True)
+    rouge_threshold: float = option(50.0, "a trial counts when ROUGE-1 recall x100 exceeds this", result=True)
+    save_prompts: bool = option(False, "store each trial's prompt_ids in the trial log")
+    method: tuple[str, ...] = option(("retrieval",), "head-identification methods (any subset; see methods.py): "
+                                                     "retrieval, query-focus and needle-mass share one sweep of "
+                                                     "needle trials; induction and echo need no haystack",
+                                     choices=METHODS)
+    repeat_period: int = option(256, "induction/echo: distinct random tokens per repeat")
+    repeat_count: int = option(4, "induction/echo: repeats of the random sequence")
+    repeat_seeds: tuple[int, ...] = option((0, 1, 2), "induction/echo: one random sequence per seed (the "
+                                                             "trials of their files)")
+    # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
+    until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
+                                            "stable (see --confidence; the retrieval score of the passing trials decides, whatever "
+                                            "--method says); none: every trial", metavar="K")
+    confidence: float = option(0.95, "--until_stable: the share of the top K a bootstrap draw must keep on average "
+                                     "(--stop_rule kept), or each head's share of draws in the top K (every)")
+    stop_rule: str = option("kept", "--until_stable: kept (the top K's mean P(top-K) >= confidence) or every (each "
+                                    "top-K head's P(top-K) >= confidence; strict on near ties)",
+                            choices=("kept", "every"))
+    draws: int = option(1000, "--until_stable: bootstrap draws after each round")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.method, str) or not isinstance(self.method, tuple):  # the API: "echo" or a list
+            object.__setattr__(self, "method", (self.method,) if isinstance(self.method, str) else tuple(self.method))
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods asked for, each once, in ``METHODS`` order."""
+        return tuple(m for m in METHODS if m in self.method)
+
+    def repeat(self) -> RepeatSettings:
+        return RepeatSettings(self.repeat_period, self.repeat_count, tuple(self.repeat_seeds))
+
+    def check(self) -> None:
+        super().check()
+        unknown = [m for m in self.method if m not in METHODS]
+        if unknown or not self.method:
+            raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown else
+                            "--method needs at least one method")
+        if any(m in REPEAT for m in self.method):
+            self.repeat().check()
+        if self.until_stable is not None and self.until_stable < 1:
+            raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
+        if not 0 < self.confidence < 1 or self.draws < 1:
+            raise UserError(f"--confidence must be in (0, 1) and --draws at least 1, got {self.confidence} and "
+                            f"{self.draws}")
+
+    def check_shape(self, shape: ModelShape, world_size: int = 1) -> None:
+        """What the adaptive sweep needs of the model and the launch."""
+        if self.until_stable is None:
+            return
+        if self.until_stable > shape.num_layers * shape.num_heads:
+            raise UserError(f"--until_stable {self.until_stable} exceeds the model's "
+                            f"{shape.num_layers * shape.num_heads} heads; pass a smaller K")
+        if world_size > 1:
+            raise UserError("--until_stable runs in one process (its rounds wait on every trial so far); drop "
+                            "--world_size / the launcher, or run the full grid sharded without --until_stable")
+
+
+def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
+           on_trial: Callable[[dict], None] | None = None, progress: bool = True,
+           done: dict[TrialKey, dict] | None = None, checked: Plan | None = None,
+           shard: tuple[int, int] = (0, 1)) -> "DetectionResult":
+    """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
+
+    ``done`` maps trial keys to records of trials that already ran with the same settings
+    (a resumed run): they are reused, not run again. ``checked`` is this sweep's ``plan``
+    when the caller already made it. ``shard`` = ``(rank, world_size)`` runs only this
+    rank's share of the trials (``sweep.Plan.keys``). ``settings.until_stable`` = K runs
+    the grid in coarse-to-fine rounds until the top K is stable (``adaptive.sweep``; one
+    process only); the result's ``stats["adaptive"]`` says where it stopped.
+    """
+    shape, done = ModelShape.of(model), done or {}
+    trials = checked or plan(tokenizer, shape, settings)
+    check_supported(model)
+    settings.check_shape(shape, shard[1])
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    if settings.until_stable is None:
+        records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
+        return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
+    # the adaptive sweep: rounds of the grid until the top K is stable (adaptive.py)
+    run_round = lambda keys: _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)  # noqa: E731
+    records, summary = adaptive.sweep(trials, settings, run_round)
+    return DetectionResult(shape.num_layers, shape.num_heads, records, dict(scheduler.stats, adaptive=summary))
+
+
+def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, settings: DetectSettings,
+         done: dict, on_trial, progress: bool) -> list[dict]:
+    """The records of ``keys``: reused from ``done``, else run through the scheduler."""
+    records = [done[k] for k in keys if k in done]
+    if records:
+        log.info("resuming: %d of %d trials already done", len(records), len(keys))
+    jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
+    methods = settings.methods()
+    # query-focus taps the question's rows during the prefill; needle-mass reads the probe's rows
+    taps = dict(tap_for=(lambda job: focus_tap(job.prompt)) if "query-focus" in methods else None,
+                span_mass="needle-mass" in methods)
+    with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
+        for row in scheduler.run(jobs, probe=True, **taps):  # prompt -> prefill -> decode under the probe
+            record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
+            records.append(record)
+            bar.update(1)
+            if on_trial is not None:
+                on_trial(record)
+    return records
+
+
+def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) -> dict:
+    """One decoded trial: its key, prompt facts, answer, ROUGE check and head scores."""
+    prompt = row.job.prompt
+    text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+    recall = rouge1_recall(text, needle.real_needle)
+    record = {
+        **row.job.key._asdict(),
+        "prompt_length": len(prompt.ids),
+        "needle_span": list(prompt.needle_span),
+        "insert_at": prompt.insert_at,
+        "response": text,
+        "response_ids": row.ids,
+        "rouge1_recall": recall,
+        "passed": recall > st.rouge_threshold,
+        "head_scores": trial_scores(prompt.ids, prompt.needle_span, row.positions, row.ids, st.score).tolist(),
+        "duration_s": round(row.seconds, 4),
+        **trial_fields(row, st.methods()),  # the other methods' scores, when asked for
+    }
+    if st.save_prompts:
+        record["prompt_ids"] = prompt.ids
+    return record
+
+
+@dataclass
+class DetectionResult:
+    """All trial records of a sweep; the head scores are derived from them."""
+
+    num_layers: int
+    num_heads: int
+    trials: list[dict]
+    stats: dict = field(default_factory=dict)  # how the sweep ran (prefill tokens, decode batches)
+
+    def passed(self) -> list[dict]:
+        return sorted((t for t in self.trials if t["passed"]), key=TrialKey.of)
+
+    def head_counter(self, method: str = "retrieval") -> dict[str, list[float]]:
+        """The original's format: ``{"layer-head": [score of each counted trial]}``; for
+        ``query-focus`` every trial counts (it needs no answer), else the passing ones."""
+        field = FIELDS.get(method, "head_scores")
+        trials = sorted(self.trials, key=TrialKey.of) if method == "query-focus" else self.passed()
+        rows = [t[field] for t in trials]
+        return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
+
+    def kv_head_counter(self, num_kv_heads: int, agg: str) -> dict[str, list[float]]:
+        """Per-KV-head scores in the same format (``"layer-kvhead"``): each trial's query-head
+        scores aggregated over the KV head's group (``max`` or ``mean``), then listed per
+        counted trial. Query head h reads KV head ``h // (heads // kv_heads)``.
+
+        >>> r = DetectionResult(1, 4, [dict(needle_id=0, context_length=1, depth_percent=0, passed=True,
+        ...                                 head_scores=[[0.5, 0.1, 0.0, 0.2]])])
+        >>> r.kv_head_counter(2, "max"), r.kv_head_counter(2, "mean")
+        ({'0-0': [0.5], '0-1': [0.2]}, {'0-0': [0.3], '0-1': [0.1]})
+        """
+        group = self.num_heads // num_kv_heads
+        rows = torch.tensor([t["head_scores"] for t in self.passed()], dtype=torch.float64)
+        rows = rows.reshape(len(rows), self.num_layers, num_kv_heads, group)
+        kv = rows.amax(-1) if agg == "max" else rows.mean(-1)  # [trials, layers, kv_heads]
+        return {f"{l}-{k}": kv[:, l, k].tolist() for l in range(self.num_layers) for k in range(num_kv_heads)}
+
+    def mean_scores(self) -> torch.Tensor:
+        """float64 ``[layers, heads]``: mean over counted trials (zeros when none counted)."""
+        rows = [t["head_scores"] for t in self.passed()]
+        if not rows:
+            return torch.zeros(self.num_layers, self.num_heads, dtype=torch.float64)
+        return torch.tensor(rows, dtype=torch.float64).mean(0)

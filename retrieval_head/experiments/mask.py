@@ -1,0 +1,251 @@
+"""Needle-in-a-haystack with heads masked: top-K vs random-K vs none.
+
+Conditions (the original's ``--mask_topk K``):
+  K > 0  mask the K best heads by mean retrieval score (ties in layer-major order);
+  K < 0  mask |K| random heads, drawn with a recorded seed from the heads that are *not*
+         retrieval heads (see ``select_random``);
+  K = 0  mask nothing.
+
+The experiment (``run_niah``): for every (length, depth) cell, build the prompt, prefill
+it once, greedy-decode the answer under each condition's mask, score it (ROUGE-1 recall
+of the answer) and record it. Decode-phase masks (the default, as the original) share the
+cell's prefill; how prompts are prefilled and decoded together is the ``schedule`` layer's
+business and changes no response.
+
+Worked example::
+
+    >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
+    >>> select_top(scores, 2).nonzero().tolist()
+    [[0, 0], [1, 0]]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.decode import check_supported, stop_token_mask
+from ..core.intervene import MASK_MODES, MASK_PHASES, HeadMask
+from ..core.scoring import rouge1_recall
+from ..core.stream import full_kv_heads, kv_kept
+from ..engine.scheduler import Decoded, Job, Scheduler
+from ..errors import UserError
+from ..headfiles.original import top_heads
+from ..inputs.haystack import Needle, original_layout, pair_with_parts
+from ..models.shape import ModelShape
+from ..options import option
+from ..store.manifest import utc_now
+from .sweep import Plan, SweepSettings, TrialKey, plan
+
+log = logging.getLogger(__name__)
+
+RANDOM_EXCLUDE_SCORE = 0.1  # a head scoring this much is a retrieval head: never a random pick
+RANDOM_EXCLUDE_FRACTION = 0.10  # ... and the top max(K, 10%) heads are excluded regardless
+RECORD_VERSION = 1  # the original's "version" field of a result file
+
+
+def select_top(scores: torch.Tensor, k: int, option: str = "--mask_top") -> torch.Tensor:
+    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order);
+    ``option`` names the flag in the error a too-large k gets."""
+    total = scores.numel()
+    if k > total:
+        raise UserError(f"{option} {k} is larger than the model's {total} heads")
+    nonzero = int((scores > 0).sum())
+    if k > nonzero:
+        log.warning("selecting the top %d heads, but only %d heads have a nonzero score (the rest tie at 0, "
+                    "taken in layer-major order)", k, nonzero)
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for l, h, _ in top_heads(scores, k):
+        out[l, h] = True
+    return out
+
+
+def random_pool(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """Heads random draws may use: not scoring >= 0.1 and not in the top max(k, 10%)."""
+    n_top = max(k, math.ceil(RANDOM_EXCLUDE_FRACTION * scores.numel()))
+    excluded = {(l, h) for l, h, _ in top_heads(scores, n_top)}
+    excluded |= {tuple(x) for x in (scores >= RANDOM_EXCLUDE_SCORE).nonzero().tolist()}
+    return [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1]) if (l, h) not in excluded]
+
+
+def select_random(scores: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """bool ``[layers, heads]``: k heads drawn with ``seed`` from ``random_pool``."""
+    pool = random_pool(scores, k)
+    if k > len(pool):
+        raise UserError(
+            f"--mask_top -{k}: only {len(pool)} heads remain after excluding retrieval heads "
+            f"(score >= {RANDOM_EXCLUDE_SCORE} or top max(K, 10%)); use a smaller K"
+        )
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for i in torch.randperm(len(pool), generator=g)[:k].tolist():
+        out[pool[i]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One masking condition of a run, and where its results go."""
+
+    kind: str  # none | top | random (masking); keep_top | keep_random (streaming, compress.py)
+    k: int
+    mask: HeadMask | None
+    seed: int | None = None
+    folder: str = ""
+    unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
+    kept: torch.Tensor | None = None  # streaming: bool [layers, units], the heads kept at full cache
+    method: str | None = None  # the judge: which method's heads (recorded only when set)
+
+    def describe(self) -> dict:
+        d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
+        if self.method is not None:
+            d["method"] = self.method
+        d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
+        if self.kept is not None:
+            d["kept"] = self.kept.nonzero().tolist()
+        return d
+
+    def label(self) -> str:
+        if self.kind == "none":
+            return "no heads masked"
+        seed = f", seed {self.seed}" if self.seed is not None and "random" in self.kind else ""
+        unit = " KV" if self.unit == "kv" else ""
+        m = self.mask
+        if m.mode == "stream":
+            what = "every head streamed" if self.k == 0 else \
+                f"{self.kind.replace('keep_', 'keep ')}-{self.k}{unit} full, rest streamed"
+            return f"{what} ({m.sink}+{m.recent}, {m.phase}{seed})"
+        return f"{self.kind}-{self.k}{unit} heads masked ({m.mode}, {m.phase}{seed})"
+
+
+def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, mode: str, phase: str,
+                    seeds: list[int], seed_folders: bool, group: int | None = None) -> list[Condition]:
+    """Resolve ``--mask_top`` values (and seeds for random draws) into conditions.
+
+    ``group`` (query heads per KV head) switches to KV units: ``scores`` is then
+    ``[layers, kv_heads]`` and each selected KV head masks all the query heads it serves.
+    """
+    suffix = ("" if mode == "uniform" else f"_{mode}") + ("" if phase == "decode" else f"_{phase}")
+    suffix += "_kv" if group else ""
+    unit = "kv" if group else "query"
+
+    def as_mask(sel: torch.Tensor) -> HeadMask:
+        return HeadMask(sel.repeat_interleave(group, dim=1) if group else sel, mode, phase)
+
+    out = []
+    for k in ks:
+        if k == 0:
+            out.append(Condition("none", 0, None, folder=model_name))
+            continue
+        if scores is None:
+            raise UserError("masking needs head scores; pass --head_score FILE or run retrieval_head_detection.py")
+        if k > 0:
+            out.append(Condition("top", k, as_mask(select_top(scores, k)),
+                                 folder=f"{model_name}_block_top{k}{suffix}", unit=unit))
+            continue
+        for s in seeds:
+            folder = f"{model_name}_block_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")
+            out.append(Condition("random", -k, as_mask(select_random(scores, -k, s)), s, folder, unit))
+    return out
+
+
+@dataclass(frozen=True)
+class NiahSettings(SweepSettings):
+    """Everything that defines a masked needle test besides the model: the single source of
+    defaults, help and choices for the API and ``needle_in_haystack_with_mask.py``."""
+
+    s: int = option(1000, "shortest context length", flags=("-s", "--s_len"))
+    mask_top: tuple[int, ...] = option((0,), "K>0: top-K retrieval heads; K<0: |K| random heads; 0: none "
+                                             "(several values allowed)", flags=("--mask_topk",))
+    head_score: str | None = option(None, "head_score JSON; none: head_score/<model>.json "
+                                          "(<model>.kv_max.json with --mask_unit kv)")
+    mask_mode: str = option("uniform", "uniform: zero the query (attend uniformly, the original); zero: zero the "
+                                       "head's output", choices=MASK_MODES)
+    mask_phase: str = option("decode", "decode: mask while decoding only (the original; streaming: the prompt's "
+                                       "cache compressed once after the prefill); all: the prefill too",
+                             choices=MASK_PHASES)
+    mask_unit: str = option("query", "kv: K counts KV heads (GQA groups), ranked by the per-KV-head scores",
+                            choices=("query", "kv"))
+    keep_full: tuple[int, ...] | None = option(None, "streaming heads (KV-cache compression): K>0 keeps the top-K "
+                                                     "heads at full cache and streams every other; K<0 keeps |K| "
+                                                     "random heads; 0 streams every head (several values allowed)")
+    sink: int = option(4, "streamed heads keep the first N keys (attention sinks)")
+    recent: int = option(64, "and the last N keys (the query included)")
+    seed: int = option(0, "seed of the random-head draw")
+    seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
+    needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
+    question: str | None = option(None, "the question asked about it")
+    real_needle: str | None = option(None, "the answer, inside --needle")
+    needle_id: int = option(0, "which needle of --needles (0-based)")
+
+    def check(self) -> None:
+        super().check()
+        if self.sink < 0 or self.recent < 1:
+            raise UserError("--sink must be >= 0 and --recent >= 1 (a streamed head sees at least itself)")
+
+    def the_needle(self) -> Needle:
+        """The needle this test uses: the one given as text, else ``needle_id`` of the sweep's
+        needles (``needle_list``; in the original's layout, with its part folder)."""
+        given = [self.needle, self.question, self.real_needle]
+        if any(given):
+            if not all(given):
+                raise UserError("--needle, --question and --real_needle go together; give all three")
+            n = Needle(0, self.needle.strip(), self.question.strip(), self.real_needle.strip())
+            n.answer_span()
+            layout = original_layout(self.haystack_dir)
+            return pair_with_parts(layout, [n])[0] if layout else n  # the original's layout: part1
+        needles = self.needle_list()
+        if not 0 <= self.needle_id < len(needles):
+            raise UserError(f"--needle_id {self.needle_id}: {self.needles or 'the needles file'} has "
+                            f"{len(needles)} needles")
+        return needles[self.needle_id]
+
+
+def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Condition], *, model_name: str = "",
+             on_record: Callable[[Condition, dict], None] | None = None, progress: bool = True,
+             skip: frozenset = frozenset(), checked: Plan | None = None) -> dict[str, list[dict]]:
+    """Every (length, depth) cell under every condition, but the cells in ``skip`` (trial
+    keys already done); the new records by condition folder, in grid order, each passed to
+    ``on_record`` as it is made. ``checked``: this test's ``plan``, when already made."""
+    shape = ModelShape.of(model)
+    cells = checked or plan(tokenizer, shape, settings, [settings.the_needle()])
+    check_supported(model)
+    needle = cells.needles[0]
+    jobs = [Job(k, cells.prompt(k), cells.source(k)) for k in cells.keys() if k not in skip]
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
+    with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
+        for row in scheduler.run(jobs, masks=[c.mask for c in conditions]):  # prompt -> prefill -> masked decode
+            c = conditions[row.mask]
+            record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
+            out[c.folder].append(record)
+            bar.update(1)
+            if on_record is not None:
+                on_record(c, record)
+    for recs in out.values():  # rows finish in insertion and batch order; report them in grid order
+        recs.sort(key=lambda r: (r["context_length"], r["depth_percent"]))
+    return out
+
+
+def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_name: str,
+                shape: ModelShape | None = None) -> dict:
+    """One condition's answer in one cell, in the original's format plus the intervention
+    (with, for streaming, the fraction of the KV cache a compressed cache keeps) and ids."""
+    key: TrialKey = row.job.key
+    text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+    mask = c.describe()
+    if c.mask is not None and c.mask.mode == "stream" and shape is not None:
+        kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
+        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}")
+    return {
+        "model": model_name, "context_length": key.context_length, "depth_percent": key.depth_percent,
+        "version": RECORD_VERSION, "needle": needle.needle, "model_response": text,
+        "score": rouge1_recall(text, needle.real_needle), "test_duration_seconds": round(row.seconds, 4),
+        "test_timestamp_utc": utc_now(), "question": needle.question, "real_needle": needle.real_needle,
+        "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": mask,
+    }

@@ -1,0 +1,309 @@
+"""Needle-in-a-haystack heatmaps from a results folder, in the original's look.
+
+A results folder holds one JSON file per trial::
+
+    {"model": "SmolLM2-135M-Instruct", "context_length": 2000, "depth_percent": 50.0,
+     "score": 100.0, "mask": {"kind": "top", "k": 10, "mode": "uniform", "phase": "decode", ...}, ...}
+
+Files named ``manifest.json`` and files without ``context_length``, ``depth_percent`` and
+``score`` are ignored. Worked example: a folder with three trials at 1000 tokens scoring
+100 (depth 0), 50 (depth 50) and 0 (depth 50) gives depths ``[0, 50]``, lengths
+``[1000]``, cells ``[[100], [25]]`` (the mean of the trials in each cell) and an overall
+mean of 50 (the mean over trials)::
+
+    >>> grid = load_results("results/SmolLM2_top10")        # doctest: +SKIP
+    >>> grid.scores, grid.mean                               # doctest: +SKIP
+    (array([[100.], [25.]]), 50.0)
+    >>> heatmap("results/SmolLM2_top10")                     # doctest: +SKIP
+    PosixPath('results/SmolLM2_top10/heatmap.png')
+
+From the shell::
+
+    python -m retrieval_head.plot results/SmolLM2_top10                   # its heatmap.png
+    python -m retrieval_head.plot results/SmolLM2_none results/SmolLM2_top10 --out cmp.png
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects and rendered by the Agg canvas,
+so importing this module never changes the pyplot backend of a notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from ..errors import UserError
+from ..headfiles.original import write_atomic
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("context_length", "depth_percent", "score")
+NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
+DEFAULT_SIDE_BY_SIDE = Path("results/graph/side_by_side.png")
+
+
+@dataclass
+class ResultGrid:
+    """Mean score per (depth, length) cell of one results folder; NaN where no trial ran."""
+
+    folder: Path
+    depths: np.ndarray    # sorted unique depth percents (rows)
+    lengths: np.ndarray   # sorted unique context lengths (columns)
+    scores: np.ndarray    # [len(depths), len(lengths)] mean score, NaN where missing
+    mean: float           # mean over all trials
+    n_trials: int
+    model: str
+    mask: str             # e.g. "top-10 heads masked (uniform, decode)"
+    baseline: bool        # True when no heads are masked
+
+    def title(self) -> str:
+        return f"{self.model}, {self.mask}: mean {self.mean:.1f}"
+
+
+def describe_mask(mask: dict | None) -> str:
+    """A short human description of a trial's ``mask`` field.
+
+    >>> describe_mask({"kind": "top", "k": 10, "mode": "uniform", "phase": "decode"})
+    'top-10 heads masked (uniform, decode)'
+    >>> describe_mask({"kind": "none", "k": 0})
+    'no heads masked'
+    """
+    if is_unmasked(mask):
+        return "no heads masked"
+    k = mask.get("k", len(mask.get("heads") or []))
+    extra = [str(mask[key]) for key in ("mode", "phase") if mask.get(key) is not None]
+    if mask.get("kind") == "random" and mask.get("seed") is not None:
+        extra.append(f"seed {mask['seed']}")
+    suffix = f" ({', '.join(extra)})" if extra else ""
+    return f"{mask.get('kind', 'masked')}-{k} heads masked{suffix}"
+
+
+def is_unmasked(mask: dict | None) -> bool:
+    """No mask, kind ``none`` or ``k == 0``: the baseline run."""
+    return not mask or mask.get("kind") == "none" or mask.get("k") == 0
+
+
+def read_trials(folder: Path) -> list[dict]:
+    """Every trial record in ``folder`` (sorted by file name)."""
+    trials = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "manifest.json":
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("skipping %s: not JSON", path)
+            continue
+        if not isinstance(rec, dict) or not all(key in rec for key in REQUIRED_KEYS):
+            continue
+        if not all(isinstance(rec[key], (int, float)) for key in REQUIRED_KEYS):
+            log.warning("skipping %s: context_length, depth_percent or score is not a number", path)
+            continue
+        trials.append(rec)
+    return trials
+
+
+def _joined(values: list[str], what: str, folder: Path) -> str:
+    unique = sorted(set(values))
+    if len(unique) > 1:
+        log.warning("%s mixes %d %ss: %s", folder, len(unique), what, "; ".join(unique))
+    return " + ".join(unique)
+
+
+def load_results(folder: str | Path) -> ResultGrid:
+    """The depth x length grid of mean scores of one results folder (see module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist; pass a folder of trial JSON files")
+    trials = read_trials(folder)
+    if not trials:
+        raise UserError(
+            f"results folder {folder} holds no trial files (JSON with context_length, depth_percent, score)"
+        )
+    depths = np.array(sorted({float(t["depth_percent"]) for t in trials}))
+    lengths = np.array(sorted({int(t["context_length"]) for t in trials}))
+    total = np.zeros((len(depths), len(lengths)))
+    count = np.zeros_like(total)
+    for t in trials:
+        r = np.searchsorted(depths, float(t["depth_percent"]))
+        c = np.searchsorted(lengths, int(t["context_length"]))
+        total[r, c] += t["score"]
+        count[r, c] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(count > 0, total / count, np.nan)
+    return ResultGrid(
+        folder=folder, depths=depths, lengths=lengths, scores=scores,
+        mean=float(np.mean([t["score"] for t in trials])), n_trials=len(trials),
+        model=_joined([str(t.get("model", "unknown model")) for t in trials], "model", folder),
+        mask=_joined([describe_mask(t.get("mask")) for t in trials], "mask", folder),
+        baseline=all(is_unmasked(t.get("mask")) for t in trials),
+    )
+
+
+def _fmt_depth(d: float) -> str:
+    return f"{round(d, 1):g}"
+
+
+def _draw(ax, scores, depths, lengths, cmap, vmin, vmax, cbar=True):
+    """One seaborn heatmap panel in the original's style; cells with no trial are hatched."""
+    ax.set_facecolor("white")
+    ax.patch.set_hatch("///")
+    ax.patch.set_edgecolor("lightgrey")
+    sns.heatmap(
+        scores, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, cbar=cbar,
+        cbar_kws={"label": "Score"} if cbar else None, linewidths=0.5, linecolor="grey",
+        xticklabels=[str(int(n)) for n in lengths], yticklabels=[_fmt_depth(d) for d in depths],
+    )
+    ax.set_xlabel("Token Limit")
+    ax.set_ylabel("Depth Percent")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.tick_params(axis="y", labelrotation=0)
+
+
+def render(fig: Figure, out_png: str | Path) -> Path:
+    """PNG bytes of ``fig`` (100 dpi, Agg canvas) written atomically to ``out_png``; returns
+    the path. Every figure of the package is written here (``heads`` too)."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_atomic(Path(out_png), buf.getvalue())
+    log.info("wrote %s", out_png)
+    return Path(out_png)
+
+
+def figure_title(fig: Figure, text: str, margin: float = 0.95) -> Text:
+    """``fig.suptitle(text)``, wrapped at spaces until every line fits in ``margin`` of the
+    figure's width, measured by the Agg renderer at the figure's dpi; returns the title.
+
+    Centred on the figure, not on the axes: beside a colour bar the axes sit left of centre,
+    so even an axes title as wide as the figure would run off its left edge. Hyphens do not
+    break lines ("SmolLM2-135M-Instruct" stays whole unless it alone is too wide).
+
+    >>> fig = Figure(figsize=(4, 3))
+    >>> print(figure_title(fig, "a title too long for a figure four inches wide wraps at spaces").get_text())
+    a title too long for a figure four inches wide
+    wraps at spaces
+    """
+    FigureCanvasAgg(fig)  # measure with the renderer that will draw it
+    title = fig.suptitle(text)
+    renderer = fig.canvas.get_renderer()
+    room = margin * fig.bbox.width
+    lines = text.splitlines() or [""]
+    chars = max(len(line) for line in lines)
+    while chars > 1 and title.get_window_extent(renderer).width > room:
+        chars -= 1
+        title.set_text("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in lines))
+    return title
+
+
+def _panel_size(n_depths: int, n_lengths: int) -> tuple[float, float]:
+    """Inches for one panel: grows with the grid, capped at the original's 17.5 x 8."""
+    return max(5.0, min(17.5, 2.5 + 0.5 * n_lengths)), max(3.5, min(8.0, 1.8 + 0.5 * n_depths))
+
+
+def _wrap(text: str, width: int = 32) -> str:
+    """Panel titles side by side must not run into each other."""
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def heatmap_figure(grid: ResultGrid, title: str | None = None) -> Figure:
+    """One results grid's NIAH heatmap; the title defaults to ``grid.title()``."""
+    fig = Figure(figsize=_panel_size(len(grid.depths), len(grid.lengths)), layout="constrained")
+    ax = fig.add_subplot()
+    _draw(ax, grid.scores, grid.depths, grid.lengths, NIAH_CMAP, 0, 100)
+    figure_title(fig, title if title is not None else grid.title())
+    return fig
+
+
+def heatmap(folder: str | Path, out_png: str | Path | None = None, title: str | None = None) -> Path:
+    """Draw one folder's NIAH heatmap; default output ``<folder>/heatmap.png``. Returns the path."""
+    grid = load_results(folder)
+    out = Path(out_png) if out_png is not None else grid.folder / "heatmap.png"
+    return render(heatmap_figure(grid, title), out)
+
+
+def _aligned(grid: ResultGrid, depths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``grid.scores`` placed on the (depths, lengths) axes, NaN where the grid has no cell."""
+    out = np.full((len(depths), len(lengths)), np.nan)
+    rows = np.searchsorted(depths, grid.depths)
+    cols = np.searchsorted(lengths, grid.lengths)
+    out[np.ix_(rows, cols)] = grid.scores
+    return out
+
+
+def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
+    """Several folders in one figure; with a no-mask baseline, a second row of differences."""
+    grids = [load_results(d) for d in dirs]
+    base = next((g for g in grids if g.baseline), None)
+    if sum(g.baseline for g in grids) > 1:
+        log.warning("several no-mask folders; differences are taken against %s", base.folder)
+    diff_row = base is not None and any(g is not base for g in grids)
+    depths = np.array(sorted({d for g in grids for d in g.depths}))
+    lengths = np.array(sorted({n for g in grids for n in g.lengths}))
+    w, h = _panel_size(len(depths), len(lengths))
+    nrows, ncols = 1 + diff_row, len(grids)
+    fig = Figure(figsize=(w * ncols * 0.8, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, g in enumerate(grids):
+        _draw(axes[0, i], _aligned(g, depths, lengths), depths, lengths, NIAH_CMAP, 0, 100, cbar=False)
+        axes[0, i].set_title(f"{g.model}\n{_wrap(g.mask)}\nmean {g.mean:.1f}")
+    fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), label="Score")
+    if diff_row:
+        base_scores = _aligned(base, depths, lengths)
+        for i, g in enumerate(grids):
+            ax = axes[1, i]
+            if g is base:
+                ax.axis("off")
+                continue
+            diff = _aligned(g, depths, lengths) - base_scores
+            # vmin/vmax symmetric about 0 centre RdBu's white at 0 (seaborn's center= only
+            # resamples the colormap to the same result, with a deprecation warning)
+            _draw(ax, diff, depths, lengths, "RdBu", -100, 100, cbar=False)
+            cell_mean = float(np.nanmean(diff)) if np.isfinite(diff).any() else float("nan")
+            ax.set_title(f"{_wrap(g.mask + ' minus no mask')}\nmean cell difference {cell_mean:+.1f}")
+        diff_axes = [axes[1, i] for i, g in enumerate(grids) if g is not base]
+        fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label="Score difference")
+    return render(fig, Path(out_png))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval_head.plot DIR [DIR ...] [--out PNG]``."""
+    parser = argparse.ArgumentParser(prog="python -m retrieval_head.plot", description=(
+        "Draw NIAH heatmaps. One DIR: its heatmap.png (or --out). Several: one side-by-side "
+        f"figure (default {DEFAULT_SIDE_BY_SIDE}), with difference maps against a no-mask folder."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) of trial JSON files")
+    parser.add_argument("--out", metavar="PNG", default=None,
+                        help=f"output PNG; none: DIR/heatmap.png for one DIR, {DEFAULT_SIDE_BY_SIDE} for several")
+    parser.add_argument("--title", default=None, help="title of a single heatmap; none: model, mask, mean score")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if len(args.dirs) == 1:
+            path = heatmap(args.dirs[0], args.out, args.title)
+        else:
+            path = side_by_side(args.dirs, args.out or DEFAULT_SIDE_BY_SIDE)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the figure: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
