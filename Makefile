@@ -59,7 +59,7 @@ STAMP := $(VENV)/.installed
 GEMMA3_STAMP    := $(VENV)/.installed-gemma3
 MODEL_DEPS      := $(if $(MODEL_PATH),,$(if $(filter gemma3,$(MODEL)),install-gemma3,))
 
-.PHONY: install install-gemma3 setup demo experiment test rtx4090 a100 custom clean-venv
+.PHONY: install install-gemma3 setup demo experiment test test-fast lint rtx4090 a100 custom clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -104,8 +104,19 @@ experiment: install $(MODEL_DEPS)
 # the suite takes ~13 minutes instead of ~26 CPU-minutes (worksteal evens out the slow tail).
 # TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# The everyday tier: tiny models of the representative families, no real model, no notebook,
+# no wheel build (markers `slow` and `full`, pyproject.toml).
+test-fast: install
+	$(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not full"
+
+# The house's contracts: the layers (import-linter, pyproject.toml) and ruff.
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 # The original's two presets. a100 needs a long-context MODEL_PATH (SmolLM2 has 8K positions).
 rtx4090: install

@@ -179,6 +179,17 @@ FAMILIES: list[Family] = [
 
 SUPPORTED = [f for f in FAMILIES if not f.refused]
 REFUSED = [f for f in FAMILIES if f.refused]
+# The fast tier (`make test-fast`) checks these, one per feature of the matrix: plain MHA,
+# GQA, sliding window, softcap, q/k norm, attention sinks, MoE, learned positions.
+REPRESENTATIVE = ("Llama (GQA)", "Mistral", "Gemma2", "Gemma3", "GPT-OSS", "GPT-2")
+
+
+def matrix(families: list[Family]) -> list:
+    """pytest parameters of ``families``, named by family; all but the representative ones
+    are marked ``full`` (run by `make test`, skipped by `make test-fast`)."""
+    import pytest
+
+    return [pytest.param(f, id=f.name, marks=() if f.name in REPRESENTATIVE else pytest.mark.full) for f in families]
 
 
 def build(fam: Family, vocab: int = 128, seed: int = 0):

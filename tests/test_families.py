@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import REFUSED, SUPPORTED, WINDOW, Family, build
+from families import REFUSED, SUPPORTED, WINDOW, Family, build, matrix
 from helpers import IdsTokenizer, one_thread
 from transformers import DynamicCache
 
@@ -429,7 +429,7 @@ def tiny_models():
     return get
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_declared_features_are_real(fam, tiny_models):
     model = tiny_models(fam)
     assert type(model).__name__ == fam.model_class
@@ -438,27 +438,27 @@ def test_declared_features_are_real(fam, tiny_models):
         assert present == (feat in fam.features), f"{fam.name}: {feat} declared {feat in fam.features}, is {present}"
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_probe_argmax_equals_eager(fam, tiny_models):
     check_probe(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_probe_output_equals_backend(fam, tiny_models):
     check_probe_output(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_uniform_mask(fam, tiny_models):
     check_uniform(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_zero_mask(fam, tiny_models):
     check_zero(fam, tiny_models(fam))
 
 
-@pytest.mark.parametrize("fam", SUPPORTED, ids=_ids(SUPPORTED))
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_detection_runs(fam, default_tokenizer, tmp_path):
     check_detect(fam, default_tokenizer, tmp_path)
 

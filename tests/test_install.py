@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from helpers import save_tiny_llama
 
+pytestmark = pytest.mark.full  # builds and installs a wheel: `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "retrieval_head")  # what the build reads
 

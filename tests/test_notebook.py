@@ -13,6 +13,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
+pytestmark = pytest.mark.full  # the notebook runs in a kernel (~100 s): `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300  # a cell that runs longer is stuck: the quickstart's longest takes ~10 s on one core

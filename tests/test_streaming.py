@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from families import SUPPORTED, build
+from families import SUPPORTED, build, matrix
 from helpers import one_thread
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
@@ -109,7 +109,7 @@ def oracle_answer(model, ids: list[int], streamed, phase: str) -> tuple[list[int
 
 @pytest.mark.parametrize("unit", ["query", "kv"])
 @pytest.mark.parametrize("phase", ["all", "decode"])
-@pytest.mark.parametrize("fam", SUPPORTED, ids=[f.name for f in SUPPORTED])
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_streaming_equals_eager_under_the_explicit_mask(fam, phase, unit):
     model = build(fam)
     shape = ModelShape.of(model)
