@@ -41,7 +41,8 @@ from .core.intervene import ArgmaxProbe, HeadMask, intervene
 from .errors import UnsupportedModelError, UserError
 from .experiments.detect import DetectionResult, DetectSettings, detect
 from .experiments.mask import NiahSettings, make_conditions, run_niah
-from .headfiles.original import load_head_scores, top_heads
+from .headfiles.load import load_head_scores
+from .headfiles.ranking import top_heads
 from .models.loading import ModelSpec, load_model
 from .models.shape import ModelShape
 

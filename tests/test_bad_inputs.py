@@ -38,7 +38,8 @@ CASES = [
      "needle 0 has no part1 folder"),
     ("original layout: a part folder without text", "detect", ["--haystack_dir", "{orig_empty_part}"],
      "part1 has no .txt files"),
-    ("haystack too short", "detect", ["--haystack_dir", "{short_hay}", "--context_lengths", "500"], "tokens, too short"),
+    ("haystack too short", "detect", ["--haystack_dir", "{short_hay}", "--context_lengths", "500"],
+     "tokens, too short"),
     ("needles file missing", "detect", ["--needles", "{root}/none.jsonl"], "does not exist"),
     ("needles path is a folder", "detect", ["--needles", "{empty_hay}"], "is a folder, not a file"),
     ("needles not UTF-8", "detect", ["--needles", "{needles_latin1}"], "not UTF-8"),
@@ -171,7 +172,7 @@ def test_existing_outputs_untouched_without_flags(inputs, tmp_path, capsys):
 
 
 def test_disk_full_mid_run_keeps_earlier_results(inputs, tmp_path, capsys, monkeypatch):
-    from retrieval_head.headfiles.original import TrialLog
+    from retrieval_head.store.trials import TrialLog
 
     real, calls = TrialLog.append, []
 

@@ -16,7 +16,9 @@ from retrieval_head.cli import heads
 from retrieval_head.errors import UserError
 from retrieval_head.headfiles.export import export
 from retrieval_head.headfiles.foreign import HeadFile, detect_format, fit, read_head_file_any, to_kv, to_query
-from retrieval_head.headfiles.original import load_head_scores, top_heads, write_head_scores
+from retrieval_head.headfiles.load import load_head_scores
+from retrieval_head.headfiles.original import write_head_scores
+from retrieval_head.headfiles.ranking import top_heads
 from retrieval_head.models.shape import ModelShape
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "head_score"

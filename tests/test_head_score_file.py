@@ -13,7 +13,8 @@ import torch
 
 from retrieval_head.cli import heads
 from retrieval_head.errors import UserError
-from retrieval_head.headfiles.original import load_head_scores, read_head_file, validate_head_scores, write_head_scores
+from retrieval_head.headfiles.load import load_head_scores
+from retrieval_head.headfiles.original import read_head_file, validate_head_scores, write_head_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT.parent / "shared" / "reference" / "head_score"

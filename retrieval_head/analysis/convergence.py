@@ -1,8 +1,8 @@
 """How the top-K converges as trials accumulate, and how many trials were enough.
 
 ``convergence`` replays a sweep's counted trials in ``seeds`` seeded random orders; after
-each trial m it takes the top K of the first m trials' means (ties layer-major, as
-``top_heads``) and records its overlap with the top K of all n trials (the final answer).
+each trial m it takes the top K of the first m trials' means (``headfiles.ranking``'s rule:
+ties layer-major, as ``top_heads``) and records its overlap with the top K of all n trials (the final answer).
 ``needed`` turns a condition on those prefixes into a number of trials: the smallest m
 from which the condition holds for every later prefix too ("enough, and it stays so").
 
@@ -27,15 +27,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..headfiles.ranking import top_indices, top_order
 from ..plots.niah import figure_title, render
-from .stability import (
-    Trials,
-    _flat_top,
-    _resample_weights,
-    _top_sets,
-    bootstrap,
-    load_trials,
-)
+from .stability import Trials, bootstrap, load_trials, resample_weights
 
 
 @dataclass
@@ -52,7 +46,7 @@ def convergence(trials: torch.Tensor, k: int, seeds: int = 20, seed: int = 0,
     x = torch.as_tensor(trials, dtype=torch.float64)
     n, L, H = x.shape
     flat = x.reshape(n, L * H)
-    final = _flat_top(flat.mean(0), k)
+    final = top_order(flat.mean(0), k)
     ref = torch.zeros(L * H, dtype=torch.bool)
     ref[final] = True
     wanted = torch.tensor([l * H + h for l, h in want or []], dtype=torch.long)
@@ -61,7 +55,7 @@ def convergence(trials: torch.Tensor, k: int, seeds: int = 20, seed: int = 0,
     overlap, contains = torch.zeros(seeds, n), torch.zeros(seeds, n, dtype=torch.bool)
     for s in range(seeds):
         prefix = flat[torch.randperm(n, generator=g)].cumsum(0) / counts   # [n, heads]: means of the first m
-        member = torch.zeros(n, L * H, dtype=torch.bool).scatter_(1, _top_sets(prefix, k, None), True)
+        member = torch.zeros(n, L * H, dtype=torch.bool).scatter_(1, top_indices(prefix, k), True)
         overlap[s] = (member & ref).sum(1).float() / k
         contains[s] = member[:, wanted].all(1)
     return Convergence(k, [(i // H, i % H) for i in final], overlap, contains if want else None)
@@ -88,7 +82,8 @@ def summary(path: str | Path, k: int = 10, k_stable: int = 5, seeds: int = 20, d
     held = needed(convergence(t.scores, k, seeds, seed, want=s.stable_top).contains).double()
     name = lambda hs: [f"{l}-{h}" for l, h in hs]  # noqa: E731
     return dict(file=Path(path).name, trials=t.scores.shape[0], top=name(s.top), stable_top=name(s.stable_top),
-                set_equal=s.set_equal, stable_small=name(small.stable_top), top_equal=(eq.mean().item(), eq.max().item()),
+                set_equal=s.set_equal, stable_small=name(small.stable_top),
+                top_equal=(eq.mean().item(), eq.max().item()),
                 stable_top_in_top=(held.mean().item(), held.max().item()),
                 stable_in_top=(inside.mean().item(), inside.max().item()))
 
@@ -99,14 +94,14 @@ def by_length(t: Trials, k: int, draws: int = 1000, seed: int = 0) -> dict[int, 
     n, L, H = t.scores.shape
     flat = t.scores.reshape(n, L * H)
     ref = torch.zeros(L * H, dtype=torch.bool)
-    ref[_flat_top(flat.mean(0), k)] = True
+    ref[top_order(flat.mean(0), k)] = True
     g = torch.Generator().manual_seed(seed)
     out = {}
     for length in sorted({key.context_length for key in t.keys}):
         rows = flat[[i for i, key in enumerate(t.keys) if key.context_length == length]]
-        point = ref[_flat_top(rows.mean(0), k)].sum().item() / k
-        means = (_resample_weights(len(rows), draws, g, None) @ rows) / len(rows)
-        boot = ref[_top_sets(means, k, g)].sum(1).double() / k
+        point = ref[top_order(rows.mean(0), k)].sum().item() / k
+        means = (resample_weights(len(rows), draws, g, None) @ rows) / len(rows)
+        boot = ref[top_indices(means, k, g)].sum(1).double() / k
         lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         out[length] = (point, lo, hi)
     return out

@@ -8,11 +8,13 @@ the ``n`` trials with replacement (seeded) and reports, per head:
 - ``lo``, ``hi``: the percentile bootstrap interval of that mean (95 % by default:
   the 2.5th and 97.5th percentiles of the resampled means) -- the spread the score would
   show if the sweep were rerun on another set of trials like these;
-- ``p_top``: the fraction of draws in which the head is among the top K. Exact ties in
-  a draw are broken at RANDOM (seeded, a fresh order per draw), not layer-major: two
-  heads tied in every trial get ``p_top`` ~ 0.5 each, not 1 and 0.
+- ``p_top``: the fraction of draws in which the head is among the top K. A draw ranks
+  by the one top-K rule (``headfiles.ranking``: means rounded to 12 decimals), but its
+  ties are broken at RANDOM (seeded, a fresh order per draw), not layer-major: two heads
+  tied in every trial get ``p_top`` ~ 0.5 each, not 1 and 0.
 
-and for the set: ``top`` (the top K of the means, ties layer-major as ``top_heads``),
+and for the set: ``top`` (the top K of the means by that rule, ties layer-major: the
+heads ``heads top`` and the masking's top-K name),
 ``stable_top`` (the heads with ``p_top >= confidence``, in ``top``'s order),
 ``set_equal`` (the fraction of draws whose top-K SET equals ``top``) and ``jaccard`` (the
 mean Jaccard index of a draw's top-K set with ``top``) and ``kept`` (the mean share of
@@ -39,10 +41,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..headfiles.original import TrialLog, read_head_file, validate_head_scores
+from ..headfiles.original import read_head_file, validate_head_scores
+from ..headfiles.ranking import top_indices, top_order
 from ..inputs.grid import TrialKey
-
-_DECIMALS = 12  # means equal to 12 places are ties (matmul rounding differs between columns)
+from ..store.trials import TrialLog
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Stability:
                     heads=heads)
 
 
-def _resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None) -> torch.Tensor:
+def resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None) -> torch.Tensor:
     """``[draws, n]``: how often each trial is drawn in each resample (whole numbers)."""
     groups = [list(range(n))] if strata is None else \
         [[i for i, s in enumerate(strata) if s == v] for v in sorted(set(strata))]
@@ -129,20 +131,6 @@ def _resample_weights(n: int, draws: int, g: torch.Generator, strata: list | Non
         idx = torch.tensor(members)[torch.randint(len(members), (draws, len(members)), generator=g)]
         counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
     return counts
-
-
-def _top_sets(means: torch.Tensor, k: int, g: torch.Generator | None) -> torch.Tensor:
-    """``[rows, k]`` flat indices of each row's top k; ties at random (``g``) or layer-major (None)."""
-    m = torch.round(means, decimals=_DECIMALS)
-    if g is None:
-        return torch.sort(-m, dim=1, stable=True).indices[:, :k]
-    perm = torch.argsort(torch.rand(m.shape, generator=g, dtype=torch.float64), dim=1)
-    order = torch.sort(-m.gather(1, perm), dim=1, stable=True).indices[:, :k]
-    return perm.gather(1, order)
-
-
-def _flat_top(mean: torch.Tensor, k: int) -> list[int]:
-    return _top_sets(mean.reshape(1, -1), k, None)[0].tolist()
 
 
 def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, confidence: float = 0.95,
@@ -158,14 +146,14 @@ def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, co
         raise UserError(f"--draws must be at least 1 and --confidence in (0, 1), got {draws} and {confidence}")
     g = torch.Generator().manual_seed(seed)
     flat = x.reshape(n, L * H)
-    means = (_resample_weights(n, draws, g, strata) @ flat) / n     # [draws, heads]: one matmul (counts: exact sums)
+    means = (resample_weights(n, draws, g, strata) @ flat) / n     # [draws, heads]: one matmul (counts: exact sums)
     mean = flat.mean(0)
     alpha = (1 - confidence) / 2
     q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
-    tops = _top_sets(means, k, g)                                    # [draws, k]
+    tops = top_indices(means, k, g)                                    # [draws, k]
     member = torch.zeros(draws, L * H, dtype=torch.bool).scatter_(1, tops, True)
     p_top = member.double().mean(0)
-    top = _flat_top(mean, k)
+    top = top_order(mean, k)
     ref = torch.zeros(L * H, dtype=torch.bool)
     ref[top] = True
     shared = (member & ref).sum(1).double()
@@ -181,7 +169,7 @@ def format_stability(s: Stability, rows: int | None = None) -> str:
     """The top heads with their intervals and P(top-K), then the set's stability."""
     lines = [f"{s.n_trials} trials, {s.draws} bootstrap draws (seed {s.seed}); interval: {s.confidence:.0%} percentile",
              f"{'rank':>4}  {'head':>7}  {'mean':>6}  {'lo':>6}  {'hi':>6}  {f'P(top-{s.k})':>10}  stable"]
-    order = _flat_top(s.mean, rows or s.k)
+    order = top_order(s.mean, rows or s.k)
     H = s.mean.shape[1]
     stable = set(s.stable_top)
     for r, i in enumerate(order, 1):

@@ -37,21 +37,18 @@ from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.detect import DetectionResult, DetectSettings, detect
 from ..experiments.sweep import TrialKey, plan
-from ..headfiles.original import (
-    TrialLog,
-    dump_json,
-    format_top_table,
-    write_atomic,
-    write_head_scores,
-)
+from ..headfiles.original import write_head_scores
+from ..headfiles.ranking import format_top_table
 from ..inputs.haystack import Needle
 from ..methods.focus import check_question
-from ..methods.registry import HAYSTACK, REPEAT, score_path
+from ..methods.registry import ALL, METHODS, NEEDLE, PASSING, REPEAT, RETRIEVAL, of_data, score_path
 from ..methods.repeat import check_fits, repeat_scores, repeated_tokens, token_pool
 from ..methods.repeat import head_counter as repeat_counter
 from ..models.loading import ModelSpec, model_identity, model_name
 from ..options import fingerprint, from_args, option
+from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..store.trials import TrialLog
 from .common import (
     RunOptions,
     apply_threads,
@@ -95,7 +92,8 @@ def adaptive_summary(a: dict) -> str:
     """One line on where an adaptive sweep stopped and what it saved."""
     last = a["rounds"][-1]
     how = (f"top-{a['k']} stable (rule {a['stop_rule']}, confidence {a['confidence']:g}, {a['draws']} draws) after "
-           f"round {len(a['rounds'])} of" if a["stopped"] else f"top-{a['k']} not stable (rule {a['stop_rule']}) after all")
+           f"round {len(a['rounds'])} of" if a["stopped"] else
+           f"top-{a['k']} not stable (rule {a['stop_rule']}) after all")
     return (f"adaptive sweep: {how} {a['rounds_planned']} rounds: ran {a['trials_run']} of {a['trials_grid']} trials, "
             f"saved {a['trials_saved']} ({a['trials_saved'] / a['trials_grid']:.0%}); last round: "
             f"{last['counted']} counted, a draw keeps {last.get('kept', 0):.1%} of the top {a['k']}, "
@@ -107,8 +105,8 @@ def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dic
     """Everything of the settings that changes a trial's record besides its key (the
     fields marked ``result``), with the needles' content rather than their file's name."""
     fp = fingerprint(settings)
-    sweep = [m for m in settings.methods() if m in HAYSTACK]  # induction and echo change no trial
-    if sweep != ["retrieval"]:  # the default's fingerprint is as it always was
+    sweep = list(of_data(settings.methods(), NEEDLE))  # induction and echo change no trial
+    if sweep != [RETRIEVAL]:  # the default's fingerprint is as it always was
         fp["methods"] = sweep
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in needles]
@@ -140,25 +138,24 @@ def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]
 
 
 def method_paths(out: Path, name: str, methods: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
-    """Each non-retrieval method's head-score file and manifest."""
-    return {m: (score_path(out, name, m), out / f"{name}.{m}.manifest.json") for m in methods if m != "retrieval"}
+    """Each non-retrieval method's head-score file and manifest (retrieval's are the sweep's)."""
+    return {m: (score_path(out, name, m), out / f"{name}.{m}.manifest.json") for m in methods if m != RETRIEVAL}
 
 
 def method_parameters(method: str, settings: DetectSettings, tokenizer=None, vocab: int | None = None) -> dict:
     """What defines a method's scores besides the model (recorded in its manifest)."""
-    if method in REPEAT:
+    spec = METHODS[method]
+    if spec.data == REPEAT:
         r = settings.repeat()
         pool = token_pool(tokenizer, vocab)
         return dict(period=r.period, repeats=r.repeats, seeds=list(r.seeds), tokens="distinct random tokens per "
                     "repeat, drawn from the vocabulary without special tokens", vocabulary_pool=len(pool),
                     excluded_special_ids=sorted(set(tokenizer.all_special_ids)),
                     bos_prepended=repeated_tokens(tokenizer, vocab, r)[1] == 1,
-                    target="p - period + 1" if method == "induction" else "p - period")
-    common = dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)")
-    if method == "query-focus":
-        return dict(common, rows="the question's tokens, prefill", trials="all")
-    return dict(common, rows="every decode step of the answer", trials=f"passing (ROUGE-1 recall > "
-                                                                      f"{settings.rouge_threshold})")
+                    target=spec.reads)
+    trials = "all" if spec.counts == ALL else f"passing (ROUGE-1 recall > {settings.rouge_threshold})"
+    return dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)",
+                rows=spec.reads, trials=trials)
 
 
 def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
@@ -229,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     name = model_name(spec.model_path, run.model_name_suffix)
     out = Path(run.output_dir)
     methods = settings.methods()
-    sweep = any(m in HAYSTACK for m in methods)  # needle trials; induction and echo need none
-    repeats = [m for m in methods if m in REPEAT] if rank == 0 else []
+    sweep = bool(of_data(methods, NEEDLE))  # needle trials; induction and echo need none
+    repeats = of_data(methods, REPEAT) if rank == 0 else ()  # one forward pass, on the first process only
     paths = output_paths(out, name, rank, world)
-    extra = method_paths(out, name, tuple(m for m in methods if m in HAYSTACK or m in repeats))
+    extra = method_paths(out, name, of_data(methods, NEEDLE) + repeats)
     guard_outputs((list(paths.values()) if sweep else []) + [p for pair in extra.values() for p in pair],
                   run.overwrite or run.resume)
     started = utc_now()
@@ -241,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
     checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
-    if "query-focus" in methods:  # its question tokens, found by character offsets
+    if any(METHODS[m].question for m in methods):  # query-focus: its question tokens, found by character offsets
         check_question(checked.prompt(checked.keys()[0]))
     if repeats:
         check_fits(opened.shape, settings.repeat())
@@ -271,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             return 0
         seconds["sweep"] = round(result.stats.get("seconds", 0.0), 3)
-        if "query-focus" in methods:
-            seconds["query-focus tap"] = round(result.stats.get("tap_s", 0.0), 3)
+        for m in (m for m in methods if METHODS[m].question):  # the prefill tap of the question's rows
+            seconds[f"{m} tap"] = round(result.stats.get("tap_s", 0.0), 3)
         report(result, run.top)
         if "adaptive" in result.stats:
             print(adaptive_summary(result.stats["adaptive"]))
@@ -280,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         more = dict(haystacks=checked.pairing(), trials=dict(total=len(result.trials), passed=len(result.passed())))
         if "adaptive" in result.stats:
             more["stopping"] = result.stats["adaptive"]
-        # query-focus counts every trial: written before a sweep with no passing trial is refused
-        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "query-focus"]
-        written += write_results(paths, result, info, settings.rouge_threshold, written,
-                                 tuple(m for m in methods if m == "needle-mass"))
-        written += [write_method(m, result.head_counter(m), **more) for m in methods if m == "needle-mass"]
+        # the methods that count every trial (query-focus) first: written before a sweep with no passing trial
+        # is refused; then retrieval's files and the other methods that need passing trials (needle-mass)
+        needle = of_data(methods, NEEDLE)
+        passing = tuple(m for m in needle if METHODS[m].counts == PASSING and m != RETRIEVAL)
+        written += [write_method(m, result.head_counter(m), **more) for m in needle if METHODS[m].counts == ALL]
+        written += write_results(paths, result, info, settings.rouge_threshold, written, passing)
+        written += [write_method(m, result.head_counter(m), **more) for m in passing]
     print(f"\nwrote {', '.join(map(str, written))}")
-    if methods != ("retrieval",):
+    if methods != (RETRIEVAL,):
         print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     return 0
 

@@ -39,7 +39,8 @@ from matplotlib.patches import Rectangle
 from ..errors import UserError
 from ..headfiles import export as head_export
 from ..headfiles import foreign as head_files
-from ..headfiles.original import format_top_table, load_head_scores, top_heads  # noqa: F401 (load_head_scores: the API)
+from ..headfiles.load import load_head_scores  # noqa: F401 (load_head_scores: the API)
+from ..headfiles.ranking import format_top_table, top_heads
 from ..plots.niah import figure_title, render
 
 
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_top)
     p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
     p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("--out", metavar="PNG", default=None, help="output PNG; none: <stem>.heads.png in the current folder")
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="output PNG; none: <stem>.heads.png in the current folder")
     p.set_defaults(func=_cmd_heatmap)
     p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files (3+ files: every pair, "
                                        "as a table and a matrix figure)", formatter_class=fmt)

@@ -23,9 +23,10 @@ from ..experiments.judge import (
 )
 from ..experiments.mask import run_niah
 from ..experiments.sweep import plan
-from ..headfiles.original import dump_json, load_head_scores, write_atomic
+from ..headfiles.load import load_head_scores
 from ..models.loading import ModelSpec, model_name
 from ..options import from_args, option
+from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
 from .common import (
     RunOptions,

@@ -24,10 +24,11 @@ from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
 from ..experiments.sweep import TrialKey, plan
-from ..headfiles.original import dump_json, load_head_scores, write_atomic
+from ..headfiles.load import load_head_scores
 from ..models.loading import ModelSpec, model_identity, model_name
 from ..models.shape import ModelShape
 from ..options import fingerprint, from_args, option
+from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
 from .common import (
     RunOptions,

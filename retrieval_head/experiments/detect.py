@@ -29,8 +29,8 @@ from ..core.scoring import SCORE_MODES, rouge1_recall, trial_scores
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..inputs.haystack import Needle
-from ..methods.focus import FIELDS, focus_tap, trial_fields
-from ..methods.registry import METHODS, REPEAT
+from ..methods.focus import scheduler_options, trial_fields
+from ..methods.registry import ALL, METHODS, NEEDLE, REPEAT, RETRIEVAL
 from ..methods.repeat import RepeatSettings
 from ..models.shape import ModelShape
 from ..options import option
@@ -49,18 +49,18 @@ class DetectSettings(SweepSettings):
                                  "(the paper)", choices=SCORE_MODES, result=True)
     rouge_threshold: float = option(50.0, "a trial counts when ROUGE-1 recall x100 exceeds this", result=True)
     save_prompts: bool = option(False, "store each trial's prompt_ids in the trial log")
-    method: tuple[str, ...] = option(("retrieval",), "head-identification methods (any subset; see methods.py): "
-                                                     "retrieval, query-focus and needle-mass share one sweep of "
-                                                     "needle trials; induction and echo need no haystack",
-                                     choices=METHODS)
+    method: tuple[str, ...] = option((RETRIEVAL,), "head-identification methods (any subset; see "
+                                                     "methods/registry.py): retrieval, query-focus and needle-mass "
+                                                     "share one sweep of needle trials; induction and echo need no "
+                                                     "haystack", choices=tuple(METHODS))
     repeat_period: int = option(256, "induction/echo: distinct random tokens per repeat")
     repeat_count: int = option(4, "induction/echo: repeats of the random sequence")
     repeat_seeds: tuple[int, ...] = option((0, 1, 2), "induction/echo: one random sequence per seed (the "
                                                              "trials of their files)")
     # The adaptive sweep: which trials run, not what any trial gives (so not in the resume fingerprint).
     until_stable: int | None = option(None, "run the grid in coarse-to-fine rounds and stop once the top K heads are "
-                                            "stable (see --confidence; the retrieval score of the passing trials decides, whatever "
-                                            "--method says); none: every trial", metavar="K")
+                                            "stable (see --confidence; the retrieval score of the passing trials "
+                                            "decides, whatever --method says); none: every trial", metavar="K")
     confidence: float = option(0.95, "--until_stable: the share of the top K a bootstrap draw must keep on average "
                                      "(--stop_rule kept), or each head's share of draws in the top K (every)")
     stop_rule: str = option("kept", "--until_stable: kept (the top K's mean P(top-K) >= confidence) or every (each "
@@ -86,7 +86,7 @@ class DetectSettings(SweepSettings):
         if unknown or not self.method:
             raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown else
                             "--method needs at least one method")
-        if any(m in REPEAT for m in self.method):
+        if any(METHODS[m].data == REPEAT for m in self.method):
             self.repeat().check()
         if self.until_stable is not None and self.until_stable < 1:
             raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
@@ -140,10 +140,8 @@ def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, se
     if records:
         log.info("resuming: %d of %d trials already done", len(records), len(keys))
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
-    methods = settings.methods()
-    # query-focus taps the question's rows during the prefill; needle-mass reads the probe's rows
-    taps = dict(tap_for=(lambda job: focus_tap(job.prompt)) if "query-focus" in methods else None,
-                span_mass="needle-mass" in methods)
+    # the other needle methods' records besides the probe (query-focus: the prefill tap; needle-mass: span mass)
+    taps = scheduler_options(settings.methods())
     with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
         for row in scheduler.run(jobs, probe=True, **taps):  # prompt -> prefill -> decode under the probe
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
@@ -189,12 +187,16 @@ class DetectionResult:
     def passed(self) -> list[dict]:
         return sorted((t for t in self.trials if t["passed"]), key=TrialKey.of)
 
-    def head_counter(self, method: str = "retrieval") -> dict[str, list[float]]:
-        """The original's format: ``{"layer-head": [score of each counted trial]}``; for
-        ``query-focus`` every trial counts (it needs no answer), else the passing ones."""
-        field = FIELDS.get(method, "head_scores")
-        trials = sorted(self.trials, key=TrialKey.of) if method == "query-focus" else self.passed()
-        rows = [t[field] for t in trials]
+    def head_counter(self, method: str = RETRIEVAL) -> dict[str, list[float]]:
+        """The original's format: ``{"layer-head": [score of each counted trial]}`` of a
+        needle method (``methods.registry``): for ``query-focus`` every trial counts (it
+        needs no answer), else the passing ones."""
+        spec = METHODS.get(method)
+        if spec is None or spec.data != NEEDLE:
+            raise ValueError(f"{method!r} is not a method of the needle trials; choose from "
+                             f"{', '.join(m for m in METHODS if METHODS[m].data == NEEDLE)}")
+        trials = sorted(self.trials, key=TrialKey.of) if spec.counts == ALL else self.passed()
+        rows = [t[spec.field] for t in trials]
         return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
 
     def kv_head_counter(self, num_kv_heads: int, agg: str) -> dict[str, list[float]]:

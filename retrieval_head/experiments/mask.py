@@ -35,7 +35,7 @@ from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
-from ..headfiles.original import top_heads
+from ..headfiles.ranking import top_heads
 from ..inputs.haystack import Needle, original_layout, pair_with_parts
 from ..models.shape import ModelShape
 from ..options import option

@@ -2,7 +2,7 @@
 retrieval_head.heads export``). Holds ``keep_set`` (the top-K / threshold 0/1 grid),
 ``format_tsv`` (DuoAttention's TSV, as numpy writes it), ``render`` (the file text of each
 format) and ``export`` (fit to the target's unit, select, render, write atomically);
-reading head files, the formats and ``fit`` are ``head_files``.
+reading head files, the formats and ``fit`` are ``foreign``.
 
 duo (a folder: ``full_attention_heads.tsv`` + ``config.json``) and razor are per KV head,
 qrhead and layers per query head; query-head scores go to KV heads by each group's max
@@ -13,7 +13,7 @@ Worked example: a 2-layer model with 4 query heads and 2 KV heads (group 2), its
 query head, exported as RazorAttention's two best KV heads and read back::
 
     >>> import tempfile
-    >>> from retrieval_head.head_files import read_head_file_any
+    >>> from retrieval_head.headfiles.foreign import read_head_file_any
     >>> d = Path(tempfile.mkdtemp())
     >>> src = HeadFile(torch.tensor([[0.1, 0.7, 0.2, 0.0], [0.0, 0.3, 0.9, 0.4]], dtype=torch.float64),
     ...                "query", "original")
@@ -38,23 +38,16 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .foreign import (
-    CONFIG_NAME,
-    DUO_RECENT,
-    DUO_SINK,
-    FORMATS,
-    TSV_NAME,
-    HeadFile,
-    _noun,
-    fit,
-)
-from .original import _finite_number, dump_json, top_heads, write_atomic
+from ..store.files import dump_json, write_atomic
+from .foreign import CONFIG_NAME, DUO_RECENT, DUO_SINK, FORMATS, TSV_NAME, HeadFile, fit, unit_noun
+from .ranking import top_heads
+from .validate import finite_number
 
 
 def keep_set(scores: torch.Tensor, top: int | None = None, threshold: float | None = None,
              noun: str = "heads") -> torch.Tensor:
-    """A float64 0/1 grid: the ``top`` highest-scoring units (ties layer-major, as
-    ``scores_io.top_heads`` and the masking's top-K), or those scoring ``>= threshold``.
+    """A float64 0/1 grid: the ``top`` highest-scoring units (``ranking``'s rule: ties
+    layer-major, as ``heads top`` and the masking's top-K), or those scoring ``>= threshold``.
 
     >>> s = torch.tensor([[0.2, 0.9], [0.9, 0.1]], dtype=torch.float64)
     >>> keep_set(s, top=2).tolist(), keep_set(s, threshold=0.2).tolist()
@@ -72,7 +65,7 @@ def keep_set(scores: torch.Tensor, top: int | None = None, threshold: float | No
         for l, h, _ in top_heads(scores, top):
             keep[l, h] = 1.0
         return keep
-    if not _finite_number(threshold):
+    if not finite_number(threshold):
         raise UserError(f"--threshold {threshold} is not a finite number; pass one such as 0.1")
     keep[scores >= threshold] = 1.0
     if not keep.any():
@@ -144,7 +137,7 @@ def export(src: HeadFile, to: str, out: Path | str, top: int | None = None, thre
     _check_options(to, layers, heads, kv_heads, sink, recent)
     unit = FORMATS[to][1]
     grid = fit(src, unit, layers, heads, kv_heads, hint="pass --layers/--heads/--kv_heads N for the model it is for")
-    noun = _noun(unit)
+    noun = unit_noun(unit)
     if to == "qrhead":
         if top is not None or threshold is not None:
             raise UserError("--to qrhead writes every head ranked by its score; --top/--threshold are for the "

@@ -2,7 +2,8 @@
 content, read into one typed result (``HeadFile``) and fitted to a model, converted between
 query heads and KV heads. Holds ``detect_format``, ``read_head_file_any`` and the
 per-format readers, ``to_query`` / ``to_kv`` and ``fit``; writing them back out
-(``python -m retrieval_head.heads export``) is ``head_export``.
+(``python -m retrieval_head.heads export``) is ``export``; ``load.load_head_scores`` reads
+a head file and fits it in one call.
 
 ==========  =====================================================  ======  ========================
 format      content                                                unit    scores
@@ -38,7 +39,7 @@ Worked example: a 2-layer model with 4 query heads and 2 KV heads (group 2); Raz
 kept KV head 1 of layer 0 and nothing in layer 1::
 
     >>> import tempfile
-    >>> from retrieval_head.shape import ModelShape
+    >>> from retrieval_head.models.shape import ModelShape
     >>> d = Path(tempfile.mkdtemp())
     >>> _ = (d / "razor.json").write_text('{"0": [1], "1": []}')
     >>> hf = read_head_file_any(d / "razor.json")
@@ -63,16 +64,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .original import (
-    _KEY,
-    _REGENERATE,
-    FORMAT,
-    _describe,
-    _DuplicateKey,
-    _finite_number,
-    _no_duplicate_keys,
-    validate_head_scores,
-)
+from .original import FORMAT, validate_head_scores
+from .validate import HEAD_KEY, REGENERATE, DuplicateKey, describe, finite_number, no_duplicate_keys
 
 UNITS = ("query", "kv")
 KEEP_SETS = ("razor", "layers")
@@ -99,7 +92,7 @@ NOT_JSON = "is not one line of JSON; expected " + FORMAT + " (or " + OTHERS + ")
 _DIGITS = re.compile(r"[0-9]+")
 _LAYER_KEY = re.compile(r"layer_([0-9]+)")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_KEY_KINDS = (("original", _KEY, "'0-1'"), ("razor", _DIGITS, "'0'"), ("layers", _LAYER_KEY, "'layer_0'"))
+_KEY_KINDS = (("original", HEAD_KEY, "'0-1'"), ("razor", _DIGITS, "'0'"), ("layers", _LAYER_KEY, "'layer_0'"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +125,12 @@ class HeadFile:
         return f"head_score file {self.path}"
 
 
-def _noun(unit: str, n: int = 2) -> str:
+def unit_noun(unit: str, n: int = 2) -> str:
+    """What a column of a grid in ``unit`` is called, plural unless ``n`` is 1.
+
+    >>> unit_noun("kv"), unit_noun("query", 1)
+    ('KV heads', 'head')
+    """
     return ("KV head" if unit == "kv" else "head") + ("s" if n != 1 else "")
 
 
@@ -185,12 +183,12 @@ def _parse_json(text: str, path: Path):
     lines = text.splitlines()
     for attempt in (lines[0] if lines else "", text):
         try:
-            return json.loads(attempt, object_pairs_hook=_no_duplicate_keys)
+            return json.loads(attempt, object_pairs_hook=no_duplicate_keys)
         except json.JSONDecodeError:
             continue
-        except _DuplicateKey as e:
+        except DuplicateKey as e:
             raise UserError(f"head_score file {path} names key {e.args[0]!r} twice; a merged or hand-edited file? "
-                            f"{_REGENERATE}") from None
+                            f"{REGENERATE}") from None
     raise UserError(f"head_score file {path} {NOT_JSON}")
 
 
@@ -203,7 +201,7 @@ def _json_format(data, path: Path) -> str:
                             f"expected {ACCEPTED}")
         return "qrhead"
     if not isinstance(data, dict):
-        raise UserError(f"{where} holds no heads (it is {_describe(data)}); expected {ACCEPTED}")
+        raise UserError(f"{where} holds no heads (it is {describe(data)}); expected {ACCEPTED}")
     if not data:
         raise UserError(f"{where} holds no heads ({{}} is empty: no format and no head can be told from it); "
                         f"expected {ACCEPTED}")
@@ -275,7 +273,7 @@ def read_head_file_any(path: Path | str, file_unit: str | None = None,
             else:
                 hf = _read_keep_lists(data, path, fmt)
     if file_unit is not None and file_unit != hf.unit:
-        raise UserError(f"{hf.where} is {FORMATS[hf.format][0]}, per {_noun(hf.unit, 1)} by its format; "
+        raise UserError(f"{hf.where} is {FORMATS[hf.format][0]}, per {unit_noun(hf.unit, 1)} by its format; "
                         f"--unit {file_unit} contradicts it (--unit is for the original format only)")
     return hf
 
@@ -287,7 +285,7 @@ def _read_original(data: dict, path: Path, unit: str, grid) -> HeadFile:
     for (l, h), v in keys.items():
         mean = sum(v) / len(v) if v else 0.0
         if not math.isfinite(mean):
-            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {_REGENERATE}")
+            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {REGENERATE}")
         out[l, h] = mean
     return HeadFile(out, unit, "original", {"trials": len(next(iter(keys.values())))}, True, path)
 
@@ -298,19 +296,19 @@ def _read_qrhead(data: list, path: Path) -> HeadFile:
     scores: dict[tuple[int, int], float] = {}
     for i, e in enumerate(data):
         if not isinstance(e, list) or len(e) != 2:
-            what = f"a list of {len(e)}" if isinstance(e, list) else _describe(e)
+            what = f"a list of {len(e)}" if isinstance(e, list) else describe(e)
             raise UserError(f"{where}: entry {i} is {what}, not a [\"layer-head\", score] pair; expected {fmt}")
         k, s = e
-        m = _KEY.fullmatch(k) if isinstance(k, str) else None
+        m = HEAD_KEY.fullmatch(k) if isinstance(k, str) else None
         if m is None:
-            raise UserError(f"{where}: entry {i} names {_describe(k)}, not 'layer-head' (two non-negative integers, "
+            raise UserError(f"{where}: entry {i} names {describe(k)}, not 'layer-head' (two non-negative integers, "
                             f"e.g. '0-3'); expected {fmt}")
         lh = (int(m[1]), int(m[2]))
         if lh in seen:
             raise UserError(f"{where} names head {lh[0]}-{lh[1]} twice (entries {seen[lh]} and {i}); a merged or "
                             "hand-edited file? pass the list QRHead wrote")
-        if not _finite_number(s):
-            raise UserError(f"{where}: entry {i} ({k}) scores {_describe(s)}; every score must be a finite number")
+        if not finite_number(s):
+            raise UserError(f"{where}: entry {i} ({k}) scores {describe(s)}; every score must be a finite number")
         seen[lh], scores[lh] = i, float(s)
     layers, heads = (1 + max(x) for x in zip(*scores))
     out = torch.zeros(layers, heads, dtype=torch.float64)
@@ -323,7 +321,7 @@ def _read_keep_lists(data: dict, path: Path, fmt: str) -> HeadFile:
     """razor ``{"<layer>": [KV heads]}`` or layers ``{"layer_<i>": [heads]}``: a keep-set."""
     where, spelled, unit = f"head_score file {path}", FORMATS[fmt][0], FORMATS[fmt][1]
     pattern, key_is = (_DIGITS, "a layer number") if fmt == "razor" else (_LAYER_KEY, "'layer_<i>'")
-    noun = _noun(unit, 1)
+    noun = unit_noun(unit, 1)
     kept: dict[int, list[int]] = {}
     named: dict[int, str] = {}
     for k, v in data.items():
@@ -335,10 +333,10 @@ def _read_keep_lists(data: dict, path: Path, fmt: str) -> HeadFile:
             raise UserError(f"{where} names layer {layer} twice ({named[layer]!r} and {k!r}); a merged or "
                             "hand-edited file? pass one list per layer")
         if not isinstance(v, list):
-            raise UserError(f"{where}: layer {k!r} is {_describe(v)}, not a list of {noun} ids; expected {spelled}")
+            raise UserError(f"{where}: layer {k!r} is {describe(v)}, not a list of {noun} ids; expected {spelled}")
         for x in v:
             if type(x) is not int or x < 0:  # bool is an int subclass; 1.0 is not an id
-                raise UserError(f"{where}: layer {k!r} lists {_describe(x)}, not a {noun} id (a non-negative "
+                raise UserError(f"{where}: layer {k!r} lists {describe(x)}, not a {noun} id (a non-negative "
                                 f"integer); expected {spelled}")
         dup = next((x for i, x in enumerate(v) if x in v[:i]), None)
         if dup is not None:
@@ -400,7 +398,7 @@ def _read_duo_config(tsv: Path, where: str) -> dict:
         raise UserError(f"{cfg_where} is not JSON; DuoAttention's pattern folder holds a {CONFIG_NAME} with "
                         "sink_size and recent_size") from None
     if not isinstance(cfg, dict):
-        raise UserError(f"{cfg_where} is {_describe(cfg)}, not an object with sink_size and recent_size")
+        raise UserError(f"{cfg_where} is {describe(cfg)}, not an object with sink_size and recent_size")
     extra = {}
     for key in ("sink_size", "recent_size"):
         if key not in cfg:
@@ -408,7 +406,7 @@ def _read_duo_config(tsv: Path, where: str) -> dict:
                             "(tokens a streaming head keeps at the start and at the end)")
         v = cfg[key]
         if type(v) is not int or v < 0:
-            raise UserError(f"{cfg_where}: {key} is {_describe(v)}, not a number of tokens (a non-negative integer)")
+            raise UserError(f"{cfg_where}: {key} is {describe(v)}, not a number of tokens (a non-negative integer)")
         extra[key] = v
     return extra
 
@@ -453,7 +451,7 @@ def fit(hf: HeadFile, unit: str = "query", layers: int | None = None, heads: int
     model_units = heads if hf.unit == "query" else kv_heads  # the model's count in the file's unit
     if model_units is None and hf.complete:
         model_units = file_units
-    noun = _noun(hf.unit)
+    noun = unit_noun(hf.unit)
     if hf.complete:
         if (layers is not None and file_layers != layers) or file_units != model_units:
             raise UserError(f"{where} is for {file_layers} layers x {file_units} {noun}, the model has "
@@ -464,7 +462,7 @@ def fit(hf: HeadFile, unit: str = "query", layers: int | None = None, heads: int
             raise UserError(f"{where} names layer {file_layers - 1}, the model has {layers} layers; pass the file "
                             "made for this model")
         if model_units is not None and file_units > model_units:
-            raise UserError(f"{where} names {_noun(hf.unit, 1)} {file_units - 1}, the model has {model_units} "
+            raise UserError(f"{where} names {unit_noun(hf.unit, 1)} {file_units - 1}, the model has {model_units} "
                             f"{noun} per layer; pass the file made for this model")
         pad_l = (layers if layers is not None else file_layers) - file_layers
         pad_u = (model_units if model_units is not None else file_units) - file_units
@@ -479,8 +477,8 @@ def _convert(hf: HeadFile, s: torch.Tensor, unit: str, model_units: int | None, 
     """``fit``'s last step: ``s`` (``hf``'s grid, fitted) from ``hf.unit`` to the other unit."""
     where = hf.where
     if model_units is None:
-        raise UserError(f"{where} is per {_noun(hf.unit, 1)} and names only some, so how many the model has per "
-                        f"layer is unknown and it cannot be read per {_noun(unit, 1)}; {hint}")
+        raise UserError(f"{where} is per {unit_noun(hf.unit, 1)} and names only some, so how many the model has per "
+                        f"layer is unknown and it cannot be read per {unit_noun(unit, 1)}; {hint}")
     if hf.unit == "kv":
         if heads is None:
             raise UserError(f"{where} is per KV head; reading it per query head needs the model's number of query "

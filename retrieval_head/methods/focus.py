@@ -37,9 +37,7 @@ import torch
 from ..core.tap import AttentionTap
 from ..errors import UserError
 from ..inputs.prompt import Prompt
-
-# trial-record fields of the per-trial [layers, heads] scores
-FIELDS = {"query-focus": "query_focus", "needle-mass": "needle_mass"}
+from .registry import METHODS
 
 
 def check_question(prompt: Prompt) -> None:
@@ -59,11 +57,16 @@ def focus_tap(prompt: Prompt) -> AttentionTap:
     return AttentionTap(rows, torch.full_like(rows, s), torch.full_like(rows, e))
 
 
+def scheduler_options(methods: tuple[str, ...]) -> dict:
+    """What the scheduler must record for ``methods`` besides the probe: the prefill tap of
+    the question's rows (``tap_for``, query-focus) and the needle-span mass of the decode
+    rows (``span_mass``, needle-mass); the ``Scheduler.run`` keywords."""
+    rows = {METHODS[m].row for m in methods}
+    return dict(tap_for=(lambda job: focus_tap(job.prompt)) if "tapped" in rows else None,
+                span_mass="span_mass" in rows)
+
+
 def trial_fields(row, methods: tuple[str, ...]) -> dict:
-    """The per-trial scores of the methods asked for, as trial-record fields ([layers][heads])."""
-    out = {}
-    if "query-focus" in methods:
-        out[FIELDS["query-focus"]] = row.tapped.tolist()
-    if "needle-mass" in methods:
-        out[FIELDS["needle-mass"]] = row.span_mass.tolist()
-    return out
+    """The per-trial scores of the methods asked for that a scheduler row carries, as
+    trial-record fields (``[layers][heads]``), in ``methods``' order."""
+    return {METHODS[m].field: getattr(row, METHODS[m].row).tolist() for m in methods if METHODS[m].row}

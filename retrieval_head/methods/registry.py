@@ -1,24 +1,35 @@
-"""The head-identification methods, side by side: names, files, and what each needs.
+"""The head-identification methods, side by side: what each needs, how it counts, its file.
 
 Every method writes the original's format, ``{"layer-head": [per-trial score]}``, so every
 reader of head-score files (``heads top|heatmap|compare``, ``--head_score``, masking, the
 judge) takes any of them unchanged; the manifest beside it names the method and its
-parameters.
+parameters. ``METHODS`` is the one table the commands read: which methods exist (and their
+order), which data each needs, which trials count, where a trial keeps its scores and which
+file it writes. A new method is a new ``Method`` row here and the module that computes it.
 
-=============  ==================================================  =================  ================
-method         score of head (l, h) in one trial                   data               module
-=============  ==================================================  =================  ================
-retrieval      copies of needle tokens by its argmax while          needle trials      scoring
+=============  ==================================================  =================  ==============
+method         score of head (l, h) in one trial                   data (counted)     module
+=============  ==================================================  =================  ==============
+retrieval      copies of needle tokens by its argmax while          needle trials      core.scoring
                decoding (Wu et al. 2024, arXiv 2404.15574)          (passing)
-query-focus    question rows' softmax mass on the needle span       needle trials      scores_focus
+query-focus    question rows' softmax mass on the needle span       needle trials      methods.focus
                in the prefill (QRHead-style)                        (all)
-needle-mass    softmax mass on the needle span per decode step      needle trials      scores_focus
+needle-mass    softmax mass on the needle span per decode step      needle trials      methods.focus
                of the answer (HeadKV-R2-style)                      (passing)
-induction      mass on the token after the previous occurrence      none (random       scores_repeat
-               (RazorAttention, TransformerLens)                    repeated tokens)
-echo           mass on the previous occurrence itself               none               scores_repeat
-=============  ==================================================  =================  ================
+induction      mass on the token after the previous occurrence      repeated random    methods.repeat
+               (RazorAttention, TransformerLens)                    tokens (seeds)
+echo           mass on the previous occurrence itself               repeated random    methods.repeat
+                                                                    tokens (seeds)
+=============  ==================================================  =================  ==============
 
+One sweep of needle trials gives retrieval, query-focus and needle-mass together (the
+probe runs in every trial, so the retrieval file is written whenever the sweep runs); one
+forward pass over repeated random tokens gives induction and echo.
+
+    >>> list(METHODS), [m for m in METHODS if METHODS[m].data == NEEDLE]
+    (['retrieval', 'query-focus', 'needle-mass', 'induction', 'echo'], ['retrieval', 'query-focus', 'needle-mass'])
+    >>> METHODS["query-focus"].counts, METHODS["query-focus"].field, METHODS["echo"].field
+    ('all', 'query_focus', None)
     >>> score_path(Path("head_score"), "M", "retrieval"), score_path(Path("head_score"), "M", "echo")
     (PosixPath('head_score/M.json'), PosixPath('head_score/M.echo.json'))
     >>> method_of(Path("head_score/Llama-3.1-8B.query-focus.json")), method_of(Path("x/Llama-3.1-8B.json"))
@@ -27,16 +38,72 @@ echo           mass on the previous occurrence itself               none        
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-METHODS = ("retrieval", "query-focus", "needle-mass", "induction", "echo")
-HAYSTACK = ("retrieval", "query-focus", "needle-mass")  # one sweep of needle trials gives these
-REPEAT = ("induction", "echo")  # one forward pass over repeated random tokens gives these
+NEEDLE, REPEAT = "needle", "repeat"  # the data a method needs: the detection sweep's trials, or repeated tokens
+PASSING, ALL = "passing", "all"      # which needle trials count: those whose answer passes the ROUGE check, or all
+RETRIEVAL = "retrieval"              # the default method: its file is <model>.json, its manifest the sweep's
+
+
+@dataclass(frozen=True)
+class Method:
+    """One head-identification method.
+
+    name:     as ``--method`` spells it, and in its file name (``<model>.<name>.json``).
+    data:     ``NEEDLE`` (the detection sweep's needle trials) or ``REPEAT`` (repeated
+              random tokens, no haystack).
+    counts:   needle methods: ``PASSING`` or ``ALL`` trials count; repeat methods: ``ALL``
+              (each seed is a trial).
+    field:    needle methods: the trial record's field of its per-trial ``[layers][heads]``
+              scores; None for repeat methods (they keep no trial log).
+    row:      needle methods other than retrieval: the scheduler row's (``Decoded``)
+              attribute the trial's scores come from; None where none.
+    question: it reads the question's tokens (found by the tokenizer's character offsets,
+              checked before the weights load).
+    reads:    the query rows (needle) or key (repeat) its mass is read at, as its manifest
+              records it.
+    module:   where its score is computed.
+    """
+
+    name: str
+    data: str
+    counts: str
+    field: str | None
+    row: str | None
+    question: bool
+    reads: str
+    module: str
+
+    def file_name(self, model: str) -> str:
+        """``<model>.json`` for retrieval (as ever), ``<model>.<method>.json`` for the others."""
+        return f"{model}.json" if self.name == RETRIEVAL else f"{model}.{self.name}.json"
+
+
+METHODS = MappingProxyType({m.name: m for m in (
+    Method(RETRIEVAL, NEEDLE, PASSING, "head_scores", None, False, "every decode step's argmax", "core.scoring"),
+    Method("query-focus", NEEDLE, ALL, "query_focus", "tapped", True, "the question's tokens, prefill",
+           "methods.focus"),
+    Method("needle-mass", NEEDLE, PASSING, "needle_mass", "span_mass", False, "every decode step of the answer",
+           "methods.focus"),
+    Method("induction", REPEAT, ALL, None, None, False, "p - period + 1", "methods.repeat"),
+    Method("echo", REPEAT, ALL, None, None, False, "p - period", "methods.repeat"),
+)})
+
+
+def of_data(methods: tuple[str, ...], data: str) -> tuple[str, ...]:
+    """The methods of ``methods`` that need ``data`` (``NEEDLE`` or ``REPEAT``), in their order.
+
+    >>> of_data(("retrieval", "echo", "needle-mass"), NEEDLE), of_data(("retrieval", "echo"), REPEAT)
+    (('retrieval', 'needle-mass'), ('echo',))
+    """
+    return tuple(m for m in methods if METHODS[m].data == data)
 
 
 def score_path(out: Path, name: str, method: str) -> Path:
-    """``<model>.json`` for retrieval (as ever), ``<model>.<method>.json`` for the others."""
-    return out / (f"{name}.json" if method == "retrieval" else f"{name}.{method}.json")
+    """Where ``method``'s head-score file for model ``name`` goes in ``out``."""
+    return out / METHODS[method].file_name(name)
 
 
 def method_of(path: Path) -> str:

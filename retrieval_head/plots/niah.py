@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from ..errors import UserError
-from ..headfiles.original import write_atomic
+from ..store.files import write_atomic
 
 log = logging.getLogger(__name__)
 
