@@ -54,7 +54,7 @@ def test_stacked_rows_decode_as_each_prompt_alone(family):
     for p in prompts:
         probe, seen = ArgmaxProbe(), []
         alone.append(greedy_decode(model, IdsTokenizer(), p, stop, 9, probe=probe,
-                                   on_step=lambda t, tok, pos: seen.append(pos.clone())).ids)
+                                   on_step=lambda t, tok, pos, seen=seen: seen.append(pos.clone())).ids)
         alone_pos.append(torch.stack(seen))  # [steps, layers, 1, heads]
     rows = [snapshot(prefill(model, torch.tensor([p[:-1]]), cache=GrowingCache())) for p in prompts]
     cache = stack_rows(rows, reserve=9)

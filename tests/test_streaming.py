@@ -167,7 +167,7 @@ def test_the_probe_sees_what_streamed_heads_see(name, phase):
             w = a[0, :, q, : q + 1].float()  # [H, q + 1]
             picked = w.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
             torch.testing.assert_close(picked, w.max(1).values, atol=1e-5, rtol=0,
-                                       msg=lambda m: f"step {t} layer {layer}: {m}")
+                                       msg=lambda m, t=t, layer=layer: f"step {t} layer {layer}: {m}")
             assert (w[streamed[layer]].gather(1, pos[layer][streamed[layer]].unsqueeze(1)) > 0).all()
 
 

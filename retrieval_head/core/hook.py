@@ -83,3 +83,9 @@ class OnDevice:
         if k not in self.copies:
             self.copies[k] = self.make(key, device)
         return self.copies[k]
+
+
+def check_heads(heads: torch.Tensor, shape: ModelShape) -> None:
+    """Refuse per-head settings (bool ``[..., layers, heads]``) made for another model."""
+    if tuple(heads.shape[-2:]) != shape.grid:
+        raise ValueError(f"mask is {tuple(heads.shape)}, model has [layers, heads] = {shape.grid}")

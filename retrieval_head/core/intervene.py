@@ -149,14 +149,22 @@ def _configs(model) -> list:
     return cfgs
 
 
-def thin_hooks(probe: ArgmaxProbe | None, mask: HeadMask | None,
-               tap: AttentionTap | list[AttentionTap] | None) -> list[Hook]:
-    """``intervene``'s keyword form as hooks (the probe first: it sees the masked query)."""
-    if mask is not None and mask.needs_prefill_length():
+def as_hook(h: Hook | HeadMask) -> Hook:
+    """A hook; a ``HeadMask`` stands for its ``hook()`` (a decode-phase stream mask cannot:
+    it must be told each prompt's prefill length)."""
+    if not isinstance(h, HeadMask):
+        return h
+    if h.needs_prefill_length():
         raise ValueError("a decode-phase stream mask compresses each prompt's cache after its prefill, so it must be "
                          "told the prefill length: intervene(model, hooks=[mask.hook(prefill_length)])")
+    return h.hook()
+
+
+def thin_hooks(probe: ArgmaxProbe | None, mask: HeadMask | None,
+               tap: AttentionTap | list[AttentionTap] | None) -> list[Hook]:
+    """``intervene``'s keyword form as hooks (the mask first: the probe sees the query it leaves)."""
     taps = list(tap) if isinstance(tap, (list, tuple)) else ([] if tap is None else [tap])
-    return [h for h in (mask.hook() if mask is not None else None, probe) if h is not None] + taps
+    return [as_hook(h) for h in (mask, probe) if h is not None] + taps
 
 
 @contextlib.contextmanager
@@ -170,8 +178,7 @@ def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = N
     Active only inside the ``with`` block; the model is left exactly as it was.
     Nesting is refused: pass every hook to one ``intervene``.
     """
-    hooks = tuple(thin_hooks(None, h, None)[0] if isinstance(h, HeadMask) else h for h in hooks)
-    hooks += tuple(thin_hooks(probe, mask, tap))
+    hooks = tuple(as_hook(h) for h in hooks) + tuple(thin_hooks(probe, mask, tap))
     checks = [h for h in hooks if type(h).check is not Hook.check]  # the model's shape read only when needed
     if checks:
         shape = ModelShape.from_config(model.config)

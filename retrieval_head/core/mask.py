@@ -21,7 +21,7 @@ import torch
 
 from ..models.shape import ModelShape
 from .attend import Call
-from .hook import Hook, OnDevice
+from .hook import Hook, OnDevice, check_heads
 from .stream import StreamHeads
 
 MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
@@ -102,8 +102,7 @@ class HeadAblation(Hook):
         self.on_device = OnDevice(lambda layer, dev: heads[..., layer, :].reshape(-1, heads.shape[-1]).to(dev))
 
     def check(self, shape: ModelShape) -> None:
-        if tuple(self.heads.shape[-2:]) != shape.grid:
-            raise ValueError(f"mask is {tuple(self.heads.shape)}, model has [layers, heads] = {shape.grid}")
+        check_heads(self.heads, shape)
 
     def _ablated(self, call: Call) -> torch.Tensor | None:
         if self.decode_only and not call.is_decode:

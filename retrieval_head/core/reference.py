@@ -74,7 +74,7 @@ def masked_trial(model, prompt_ids: list[int], stop: torch.Tensor, max_new_token
     ids = torch.tensor([prompt_ids], device=input_device(model))
     prefill_length = len(prompt_ids) - 1  # decode-phase streaming compresses these keys once
     hooks = [] if mask is None else [mask.hook(prefill_length)]
-    with intervene(model, hooks=hooks if mask is not None and mask.phase == "all" else []):
+    with intervene(model, hooks=hooks if mask is not None and mask.phase == "all" else []):  # the prefill: phase all
         model(input_ids=ids[:, :-1], logits_to_keep=1, **kw)
     token, answer = ids[:, -1:], []
     with intervene(model, hooks=hooks):

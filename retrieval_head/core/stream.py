@@ -30,7 +30,7 @@ import torch
 
 from ..models.shape import ModelShape
 from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position
-from .hook import Hook, OnDevice
+from .hook import Hook, OnDevice, check_heads
 
 
 def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
@@ -75,8 +75,7 @@ class StreamHeads(Hook):
         self.at_on = OnDevice(lambda _, dev: self.at.to(dev))
 
     def check(self, shape: ModelShape) -> None:
-        if tuple(self.heads.shape[-2:]) != shape.grid:
-            raise ValueError(f"mask is {tuple(self.heads.shape)}, model has [layers, heads] = {shape.grid}")
+        check_heads(self.heads, shape)
 
     def _keep(self, call: Call, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
         if self.at is None and self.decode_only:

@@ -3,12 +3,13 @@
 A head-identification method that is not the retrieval score asks "how much softmax mass
 does query row ``p`` put on keys ``[lo, hi)``?" for a few rows of a prefill (query-focus:
 the question's rows on the needle; induction / echo: the repeated tokens' rows on one
-earlier key). ``AttentionTap`` answers that inside ``intervene(model, hooks=[tap])`` (a ``hook.Hook``):
-for every attention call it picks the tapped rows that call computes (absolute positions,
-so chunked prefills and prefix reuse are fine), recomputes their float32 score rows
-honouring what the backend does (``attend.masked_scores``: causal order, the layer's
-sliding window, the mask the implementation built, softcap; attention sinks), takes the softmax and keeps only the
-per-head mass on each row's interval. No ``[T, T]`` matrix is kept: at most
+earlier key). ``AttentionTap`` is the hook (``hook.Hook``) that answers it inside
+``intervene(model, hooks=[tap])``: for every call the backend computes it picks the tapped
+rows that call computes (absolute positions, so chunked prefills and prefix reuse are
+fine), recomputes their float32 score rows as the backend masks them
+(``attend.masked_scores``: causal order, the layer's sliding window, the mask the
+implementation built, softcap), takes the softmax (with sink logits, ``attend.probabilities``)
+and keeps only the per-head mass on each row's interval. No ``[T, T]`` matrix is kept: at most
 ``ROW_CHUNK`` rows' scores exist at a time. The backend's own output is untouched.
 
 Positions assume the cache holds every key from position 0 (``kvcache.GrowingCache``,
