@@ -203,3 +203,21 @@ def test_one_scope_serves_prompts_of_different_lengths(name):
     with torch.no_grad(), oracle(model, streamed, "decode", len(long) - 1):  # the first prompt's point, remembered
         remembered = model(input_ids=torch.tensor([short]), use_cache=False).logits[0, -1]
     assert float((remembered - right[1][1]).abs().max()) > 1e-3
+
+
+def test_a_decode_phase_stream_mask_must_be_told_the_prefill_length():
+    """Without each prompt's compression point a decode-phase stream mask is refused before
+    the scope opens (the model untouched), and a hook never told one refuses its first step."""
+    from retrieval_head.core.intervene import intervene
+
+    model = build(next(f for f in SUPPORTED if f.name == "Llama (GQA)"))
+    mask = HeadMask(stream_sets(ModelShape.of(model), "query")[0], "stream", "decode", SINK, RECENT)
+    before = model.config._attn_implementation
+    with pytest.raises(ValueError, match="prefill length"):
+        with intervene(model, mask=mask):
+            pass
+    assert model.config._attn_implementation == before
+    with torch.no_grad(), pytest.raises(RuntimeError, match="compression point"):
+        with intervene(model, hooks=[mask.hook()]):
+            model(input_ids=torch.tensor([[1]]), use_cache=False)
+    assert model.config._attn_implementation == before

@@ -57,7 +57,7 @@ class Call:
     layer: int
     query: torch.Tensor
     key: torch.Tensor
-    value: torch.Tensor
+    value: torch.Tensor | None  # None where only scores are asked for (``tap.AttentionTap.observe``)
     mask: torch.Tensor | None
     scaling: float | None
     softcap: float | None = None

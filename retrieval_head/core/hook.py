@@ -18,8 +18,8 @@ asks every hook, in the order given:
 
 ``check(shape)`` runs once, before the scope opens: a hook that does not fit the model
 (a head mask of another shape) refuses it there. Every method's default leaves the call
-alone, so a hook overrides only what it changes. Worked example, a hook that counts the
-decode steps of each layer and changes nothing::
+alone, so a hook overrides only what it changes. Worked example, a hook that counts, per
+layer, the decode steps the backend computes, and changes nothing::
 
     class CountSteps(Hook):
         def __init__(self):
