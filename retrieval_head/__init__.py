@@ -37,7 +37,9 @@ The modules, in pipeline order::
               data/needles.jsonl  the default needles (package data: a wheel has them too)
 """
 
-from .core.intervene import ArgmaxProbe, HeadMask, intervene
+from .core.intervene import intervene
+from .core.mask import HeadMask
+from .core.probe import ArgmaxProbe
 from .errors import UnsupportedModelError, UserError
 from .experiments.detect import DetectionResult, DetectSettings, detect
 from .experiments.mask import NiahSettings, make_conditions, run_niah

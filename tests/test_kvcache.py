@@ -54,7 +54,7 @@ def test_stacked_rows_decode_as_each_prompt_alone(family):
     for p in prompts:
         probe, seen = ArgmaxProbe(), []
         alone.append(greedy_decode(model, IdsTokenizer(), p, stop, 9, probe=probe,
-                                   on_step=lambda t, tok, pos: seen.append(pos.clone())).ids)
+                                   on_step=lambda t, tok, pos, seen=seen: seen.append(pos.clone())).ids)
         alone_pos.append(torch.stack(seen))  # [steps, layers, 1, heads]
     rows = [snapshot(prefill(model, torch.tensor([p[:-1]]), cache=GrowingCache())) for p in prompts]
     cache = stack_rows(rows, reserve=9)
@@ -73,3 +73,31 @@ def test_stacking_refuses_unequal_lengths():
     a, b = (snapshot(prefill(model, ids_of(n), cache=GrowingCache())) for n in (20, 21))
     with pytest.raises(ValueError, match="same length"):
         stack_rows([a, b], reserve=4)
+
+
+def test_dropped_caches_are_freed_without_the_cycle_collector(monkeypatch):
+    """API code that decodes prompts in a loop holds at most one cache at a time: a dropped
+    cache is freed by its reference count, not left for the cycle collector."""
+    import gc
+    import weakref
+
+    model = tiny_model()
+    live, most = weakref.WeakSet(), [0]
+    made = GrowingCache.__init__
+
+    def counted(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        live.add(self)
+        most[0] = max(most[0], len(live))
+
+    monkeypatch.setattr(GrowingCache, "__init__", counted)
+    stop = torch.zeros(128, dtype=torch.bool)
+    gc.collect()
+    gc.disable()
+    try:
+        for seed in range(10):
+            greedy_decode(model, IdsTokenizer(), ids_of(40, seed=seed)[0].tolist(), stop, 4, probe=ArgmaxProbe())
+            assert len(live) == 0, f"prompt {seed}: {len(live)} caches still alive"
+    finally:
+        gc.enable()
+    assert most[0] == 1

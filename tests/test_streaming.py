@@ -167,5 +167,57 @@ def test_the_probe_sees_what_streamed_heads_see(name, phase):
             w = a[0, :, q, : q + 1].float()  # [H, q + 1]
             picked = w.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
             torch.testing.assert_close(picked, w.max(1).values, atol=1e-5, rtol=0,
-                                       msg=lambda m: f"step {t} layer {layer}: {m}")
+                                       msg=lambda m, t=t, layer=layer: f"step {t} layer {layer}: {m}")
             assert (w[streamed[layer]].gather(1, pos[layer][streamed[layer]].unsqueeze(1)) > 0).all()
+
+
+@pytest.mark.parametrize("name", ["Llama (GQA)", "Mistral"])
+def test_one_scope_serves_prompts_of_different_lengths(name):
+    """A decode-phase stream hook is told each prompt's compression point (its prefill
+    length), so one scope decodes a long and then a shorter prompt each as the eager oracle
+    does under the explicit mask; a point remembered from the first prompt would be wrong
+    for the second (its logits move, checked below)."""
+    from retrieval_head.core.decode import cache_kwarg
+    from retrieval_head.core.intervene import intervene
+    from retrieval_head.core.kvcache import GrowingCache
+
+    model = build(next(f for f in SUPPORTED if f.name == name))
+    shape = ModelShape.of(model)
+    streamed = stream_sets(shape, "query")[0]
+    long = prompts(model.get_output_embeddings().weight.shape[0])[0].prompt.ids
+    short = long[:200]
+    hook = HeadMask(streamed, "stream", "decode", SINK, RECENT).hook()  # told each prompt's point below
+    got = []
+    with torch.no_grad(), intervene(model, hooks=[hook]):
+        for ids in (long, short):
+            kw = {cache_kwarg(model): GrowingCache(reserve=STEPS), "use_cache": True}
+            model(input_ids=torch.tensor([ids[:-1]]), **kw)  # a multi-token call: a decode-phase hook leaves it
+            hook.compress(len(ids) - 1)
+            out, token = [], ids[-1]
+            for _ in range(STEPS):
+                token = int(model(input_ids=torch.tensor([[token]]), **kw).logits[0, -1].argmax())
+                out.append(token)
+            got.append(out)
+    right = [oracle_answer(model, ids, streamed, "decode") for ids in (long, short)]
+    assert got == [ids for ids, _ in right]
+    with torch.no_grad(), oracle(model, streamed, "decode", len(long) - 1):  # the first prompt's point, remembered
+        remembered = model(input_ids=torch.tensor([short]), use_cache=False).logits[0, -1]
+    assert float((remembered - right[1][1]).abs().max()) > 1e-3
+
+
+def test_a_decode_phase_stream_mask_must_be_told_the_prefill_length():
+    """Without each prompt's compression point a decode-phase stream mask is refused before
+    the scope opens (the model untouched), and a hook never told one refuses its first step."""
+    from retrieval_head.core.intervene import intervene
+
+    model = build(next(f for f in SUPPORTED if f.name == "Llama (GQA)"))
+    mask = HeadMask(stream_sets(ModelShape.of(model), "query")[0], "stream", "decode", SINK, RECENT)
+    before = model.config._attn_implementation
+    with pytest.raises(ValueError, match="prefill length"):
+        with intervene(model, mask=mask):
+            pass
+    assert model.config._attn_implementation == before
+    with torch.no_grad(), pytest.raises(RuntimeError, match="compression point"):
+        with intervene(model, hooks=[mask.hook()]):
+            model(input_ids=torch.tensor([[1]]), use_cache=False)
+    assert model.config._attn_implementation == before

@@ -15,8 +15,10 @@ from typing import Callable
 import torch
 
 from ..models.shape import ModelShape
-from .intervene import ArgmaxProbe, HeadMask, intervene
+from .intervene import intervene
 from .kvcache import GrowingCache
+from .mask import HeadMask
+from .probe import ArgmaxProbe
 
 
 @dataclass
@@ -99,7 +101,9 @@ def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mas
     inp = torch.tensor(last_ids, device=dev)[:, None]
     outs: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
-    with intervene(model, probe=probe, mask=mask) as scope:
+    # the mask first: the probe sees the query it leaves; rows' prompts were prefilled up to query_position
+    hooks = [h for h in (mask.hook(query_position) if mask is not None else None, probe) if h is not None]
+    with intervene(model, hooks=hooks) as scope:
         for t in range(max_new_tokens):
             if probe is not None:
                 probe.clear()

@@ -21,18 +21,33 @@ step for all rows, which is what a CPU (memory-bound) decode step costs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 
+@dataclass
+class Growth:
+    """How a cache's buffers grow, shared by the cache and its layers (a layer holds this,
+    not its cache: a reference back to the cache would make every dropped cache a cycle,
+    freed only when the cycle collector runs).
+
+    reserve: spare tokens allocated on each growth (the decode steps to come);
+    expected: the length the cache will reach (a prefill about to run in chunks)."""
+
+    reserve: int = 64
+    expected: int = 0
+
+
 class GrowingLayer(DynamicLayer):
-    """A full-attention layer whose keys/values live in a buffer with ``owner.reserve``
+    """A full-attention layer whose keys/values live in a buffer with ``growth.reserve``
     tokens of spare room; appending writes in place, cropping only moves the length."""
 
-    def __init__(self, owner: "GrowingCache"):
+    def __init__(self, growth: Growth):
         super().__init__()
-        self.owner = owner
+        self.growth = growth
         self._k = self._v = None  # [b, kv_heads, capacity, d]
         self._n = 0
 
@@ -43,9 +58,9 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
 
     def _grow(self, k: torch.Tensor, v: torch.Tensor, need: int) -> None:
-        # One allocation for everything announced (``owner.expect``) plus the reserve, so a
+        # One allocation for everything announced (``GrowingCache.expect``) plus the reserve, so a
         # chunked prefill and the decode steps after it do not reallocate.
-        cap = max(need, self.owner.expected) + self.owner.reserve
+        cap = max(need, self.growth.expected) + self.growth.reserve
         kb = k.new_empty(*k.shape[:-2], cap, k.shape[-1])
         vb = v.new_empty(*v.shape[:-2], cap, v.shape[-1])
         if self._n:
@@ -106,16 +121,21 @@ class GrowingCache(DynamicCache):
     """
 
     def __init__(self, config=None, reserve: int = 64):
-        self.reserve, self.expected = reserve, 0
+        self.growth = Growth(reserve)
+        growth = self.growth  # the layer factory holds the growth, not the cache (no cycle)
         if config is None:
-            Cache.__init__(self, layer_class_to_replicate=lambda: GrowingLayer(self))
+            Cache.__init__(self, layer_class_to_replicate=lambda: GrowingLayer(growth))
         else:
             super().__init__(config=config)
-            self.layers = [GrowingLayer(self) if type(layer) is DynamicLayer else layer for layer in self.layers]
+            self.layers = [GrowingLayer(growth) if type(layer) is DynamicLayer else layer for layer in self.layers]
+
+    @property
+    def reserve(self) -> int:
+        return self.growth.reserve
 
     def expect(self, total_tokens: int) -> None:
         """Announce the length the cache will reach (a prefill about to run in chunks)."""
-        self.expected = total_tokens
+        self.growth.expected = total_tokens
 
 
 def snapshot(cache) -> torch.Tensor:
@@ -156,7 +176,7 @@ def stack_rows(rows: list[torch.Tensor], reserve: int) -> GrowingCache:
         rows[i] = None
     cache = GrowingCache(reserve=reserve)
     for li in range(num_layers):
-        layer = GrowingLayer(cache)
+        layer = GrowingLayer(cache.growth)
         layer.device, layer.is_initialized = block.device, True
         layer._k, layer._v, layer._n = block[li, 0], block[li, 1], length
         layer._view()

@@ -2,15 +2,22 @@
 keys (DuoAttention's streaming heads, StreamingLLM's sink + window), and how much of the
 KV cache that saves.
 
-``attention.HeadMask(heads, mode="stream", phase, sink, recent)`` selects the heads; the
-scoped attention function uses the two functions here:
+``StreamHeads`` is the hook (``hook.Hook``; ``mask.HeadMask(heads, mode="stream", ...)``
+builds it) and ``stream_keep`` its rule: which keys a streamed query row sees, from the
+rows' and keys' positions and, per batch row, where that row's cache was compressed:
 
-- ``stream_keys``: at a decode step, the keys a streamed head sees;
-- ``streamed_prefill``: a phase-``all`` prefill, where the streamed heads are recomputed as
-  one group under one shared ``[query, key]`` mask (causal, sink + recent, the layer's
-  window), never a per-head mask over the whole prompt (a chunked prefill bounds it).
+- compressed at every step (``at`` None; DuoAttention, a phase-``all`` mask): row ``p``
+  sees keys ``j < sink`` and ``p - recent < j <= p``;
+- compressed once at ``C`` (``at``; a phase-``decode`` mask compresses the prompt's cache
+  after its prefill, as kvpress's presses do, ``C`` being the prefill's length): a row
+  ``p >= C`` sees keys ``j < sink``, ``C - recent <= j < C`` and every key from ``C`` on;
+  rows before ``C`` were computed before the compression and see every key.
 
-Both are exact: the same as eager attention under the explicit per-head mask
+A decode step of a streamed head is computed whole (``attend.decode_step``, the keys it
+may not see hidden); a multi-token call (phase ``all``'s prefill) recomputes only the
+streamed heads as one group under one shared ``[query, key]`` mask
+(``attend.attend_heads``), never a per-head mask over the whole prompt (a chunked prefill
+bounds it). Both are exact: the same as eager attention under the explicit per-head mask
 (tests/test_streaming.py). The cache itself is not cut (kvpress's DuoAttentionPress also
 masks): ``kv_kept`` says exactly what a compressed cache would hold.
 """
@@ -20,78 +27,90 @@ from __future__ import annotations
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 
 from ..models.shape import ModelShape
+from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position
+from .hook import Hook, OnDevice, check_heads
 
 
-def stream_keys(kv_len: int, sink: int, recent: int, prefill_len: int | None, device=None) -> torch.Tensor:
-    """bool ``[kv_len]``: the keys a streamed head sees at a decode step (the query is the
-    last key). ``prefill_len`` None (phase ``all``): the first ``sink`` and the last
-    ``recent`` keys. Else (phase ``decode``): the prompt's cache was compressed to its
-    first ``sink`` and last ``recent`` of ``prefill_len`` keys; every key since is kept.
+def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+    """bool: the keys ``kpos [T]`` a streamed query row at ``qpos [r]`` sees, ``[r, T]``
+    (compressed at every step, ``at`` None) or ``[b, 1, r, T]`` (``at``: long ``[b]``, where
+    each batch row's cache was compressed once). Causal order and the layer's window are
+    not in it (``attend.blocked_by_position``).
 
-    >>> stream_keys(10, 2, 3, None).nonzero().flatten().tolist()
+    >>> stream_keep(torch.tensor([9]), torch.arange(10), 2, 3).nonzero()[:, 1].tolist()
     [0, 1, 7, 8, 9]
-    >>> stream_keys(10, 2, 3, 6).nonzero().flatten().tolist()
+    >>> stream_keep(torch.tensor([9]), torch.arange(10), 2, 3, torch.tensor([6]))[0, 0].nonzero()[:, 1].tolist()
     [0, 1, 3, 4, 5, 6, 7, 8, 9]
     """
-    j = torch.arange(kv_len, device=device)
-    tail = kv_len - recent if prefill_len is None else prefill_len - recent
-    return (j < sink) | (j >= tail)
+    q, k = qpos[:, None], kpos[None, :]
+    if at is None:
+        return (k < sink) | (k > q - recent)
+    at = at.reshape(-1, 1, 1, 1)
+    return (k < sink) | (k >= at - recent) | (q < at)
 
 
-def _as_bool(attention_mask: torch.Tensor, q: int, kv_len: int) -> torch.Tensor:
-    """The backend's mask as bool ``[b or 1, 1, q, kv_len]`` (True = may attend)."""
-    if attention_mask.ndim == 2:  # flash: [b, kv] padding, nonzero = a real token
-        return attention_mask[:, -kv_len:].bool()[:, None, None, :]
-    m = attention_mask[..., -q:, -kv_len:]
-    return m if m.dtype == torch.bool else m == 0  # additive masks: 0 where allowed
+class StreamHeads(Hook):
+    """The streamed heads of each layer see only their sink and recent keys (``stream_keep``).
 
-
-def streamed_prefill(query, key, value, out, stream, sink: int, recent: int, window: int | None, attention_mask,
-                     scaling, softcap=None, sinks=None) -> torch.Tensor:
-    """``out`` [b, q, H, d] (the backend's output of all heads) with the streamed heads'
-    rows replaced by their sink + recent attention.
-
-    query [b, H, q, d]; key/value [b, KV, T, d] (the query's keys are the last q);
-    stream bool [b or 1, H]. Only the streamed heads are computed, as one group.
+    heads: bool ``[layers, heads]``, or ``[batch, layers, heads]`` (each row its own heads).
+    at: per batch row (long ``[b]``, or an int for all), where its cache was compressed
+        once; None: compressed at every step. ``compress(at)`` tells a new one (the next
+        prompt decoded in the same scope).
+    decode_only: act only on decode steps (a phase-``decode`` mask: the prefill is left
+        whole, and compressed at ``at`` once it is done).
     """
-    idx = stream.any(0).nonzero().flatten()
-    if len(idx) == 0:
+
+    def __init__(self, heads: torch.Tensor, sink: int, recent: int, at: torch.Tensor | int | None = None,
+                 decode_only: bool = False):
+        self.heads, self.sink, self.recent, self.decode_only = heads, sink, recent, decode_only
+        self.on_device = OnDevice(lambda layer, dev: heads[..., layer, :].reshape(-1, heads.shape[-1]).to(dev))
+        self.compress(at)
+
+    def compress(self, at: torch.Tensor | int | None) -> None:
+        """Where each batch row's cache is compressed from now on (None: at every step)."""
+        self.at = None if at is None else torch.as_tensor(at, dtype=torch.long).reshape(-1)
+        self.at_on = OnDevice(lambda _, dev: self.at.to(dev))
+
+    def check(self, shape: ModelShape) -> None:
+        check_heads(self.heads, shape)
+
+    def _keep(self, call: Call, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+        if self.at is None and self.decode_only:
+            raise RuntimeError("a decode-phase stream hook needs each row's compression point (the prompt's "
+                               "prefill length): pass at=..., or call compress(at) before decoding")
+        at = None if self.at is None else self.at_on.get(None, kpos.device)
+        return stream_keep(qpos, kpos, self.sink, self.recent, at)
+
+    def computes(self, call: Call) -> bool:
+        return call.is_decode
+
+    def hides(self, call: Call) -> torch.Tensor:
+        heads = self.on_device.get(call.layer, call.query.device)  # [b or 1, H]
+        keep = self._keep(call, call.qpos(), call.kpos())  # [1, T] or [b, 1, 1, T]
+        return heads[:, :, None, None] & ~keep.reshape(-1, 1, 1, keep.shape[-1])
+
+    def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
+        """A multi-token call (not decode-only): the streamed heads recomputed as one group."""
+        if call.is_decode or self.decode_only:
+            return out  # a decode step was computed whole, its hidden keys hidden
+        heads = self.on_device.get(call.layer, call.query.device)
+        idx = heads.any(0).nonzero().flatten()
+        qpos, kpos = call.qpos(), call.kpos()
+        if len(idx) == 0 or (self.at is not None and bool((qpos[-1] < self.at_on.get(None, qpos.device)).all())):
+            return out  # nothing streamed here, or every row precedes the compression
+        allowed = ~blocked_by_position(qpos, kpos, call.window) & self._keep(call, qpos, kpos)
+        allowed = allowed[None, None] if allowed.ndim == 2 else allowed  # [b or 1, 1, q, T], shared by the group
+        m = backend_mask(call.mask, slice(-len(qpos), None), len(kpos))
+        if m is not None:
+            allowed = allowed & as_allowed(m)
+        o = attend_heads(call, idx, allowed).to(out.dtype)  # [b, q, n, d]
+        sel = heads[:, idx].reshape(heads.shape[0], 1, len(idx), 1)
+        out = out.clone()
+        out[:, :, idx] = torch.where(sel, o, out[:, :, idx])
         return out
-    b, num_heads, q, d = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    qpos = torch.arange(kv_len - q, kv_len, device=query.device)[:, None]
-    kpos = torch.arange(kv_len, device=query.device)[None, :]
-    # [q, T] bool, shared by the group; compared against [q, 1] bounds, so no [q, T] integer temporary
-    allowed = (kpos <= qpos) & ((kpos < sink) | (kpos > qpos - recent))
-    if window is not None:
-        allowed &= kpos > qpos - window
-    allowed = allowed[None, None]
-    if attention_mask is not None:
-        allowed = allowed & _as_bool(attention_mask, q, kv_len)
-    kv_idx = idx // (num_heads // kv_heads)
-    qs, ks, vs = query[:, idx], key[:, kv_idx], value[:, kv_idx]  # [b, n, q or T, d]
-    scale = scaling if scaling is not None else d**-0.5
-    if softcap is None and sinks is None:
-        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed, scale=scale)
-    else:  # what sdpa cannot do: logit softcap (Gemma2), sink logits (GPT-OSS)
-        sc = torch.matmul(qs.float(), ks.float().transpose(-1, -2)) * scale
-        if softcap is not None:
-            sc = torch.tanh(sc / softcap) * softcap
-        sc = sc.masked_fill(~allowed, float("-inf"))
-        if sinks is not None:
-            s = sinks[idx].float().reshape(1, -1, 1, 1).expand(sc.shape[0], -1, q, 1)
-            probs = torch.softmax(torch.cat([sc, s], dim=-1), dim=-1)[..., :-1]
-        else:
-            probs = torch.softmax(sc, dim=-1)
-        o = torch.matmul(probs.to(vs.dtype), vs)
-    o = o.transpose(1, 2).to(out.dtype)  # [b, q, n, d]
-    sel = stream[:, idx].reshape(stream.shape[0], 1, len(idx), 1)
-    out = out.clone()
-    out[:, :, idx] = torch.where(sel, o, out[:, :, idx])
-    return out
 
 
 def full_kv_heads(shape: ModelShape, kept: torch.Tensor) -> torch.Tensor:

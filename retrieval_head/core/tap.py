@@ -3,12 +3,13 @@
 A head-identification method that is not the retrieval score asks "how much softmax mass
 does query row ``p`` put on keys ``[lo, hi)``?" for a few rows of a prefill (query-focus:
 the question's rows on the needle; induction / echo: the repeated tokens' rows on one
-earlier key). ``AttentionTap`` answers that inside ``attention.intervene(model, tap=...)``:
-for every attention call it picks the tapped rows that call computes (absolute positions,
-so chunked prefills and prefix reuse are fine), recomputes their float32 score rows
-honouring what the backend does (causal order, the layer's sliding window, the mask the
-implementation built, softcap, attention sinks), takes the softmax and keeps only the
-per-head mass on each row's interval. No ``[T, T]`` matrix is kept: at most
+earlier key). ``AttentionTap`` is the hook (``hook.Hook``) that answers it inside
+``intervene(model, hooks=[tap])``: for every call the backend computes it picks the tapped
+rows that call computes (absolute positions, so chunked prefills and prefix reuse are
+fine), recomputes their float32 score rows as the backend masks them
+(``attend.masked_scores``: causal order, the layer's sliding window, the mask the
+implementation built, softcap), takes the softmax (with sink logits, ``attend.probabilities``)
+and keeps only the per-head mass on each row's interval. No ``[T, T]`` matrix is kept: at most
 ``ROW_CHUNK`` rows' scores exist at a time. The backend's own output is untouched.
 
 Positions assume the cache holds every key from position 0 (``kvcache.GrowingCache``,
@@ -35,41 +36,13 @@ import time
 
 import torch
 
+from .attend import Call, backend_mask, masked_scores, probabilities
+from .hook import Hook
+
 ROW_CHUNK = 256  # tapped rows scored at once (bounds the float32 score block)
 
 
-def _masked_scores(query, key, attention_mask, scaling, softcap, window, abs_rows, local_rows):
-    """float32 scores ``[b, H, r, T]`` of the rows ``local_rows`` of this call (absolute
-    positions ``abs_rows``), masked as the backend masks them."""
-    b, num_heads, _, d = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    group = num_heads // kv_heads
-    r = len(local_rows)
-    q = query[:, :, local_rows, :].float().reshape(b, kv_heads, group * r, d)
-    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(b, num_heads, r, kv_len)
-    scores.mul_(scaling if scaling is not None else d**-0.5)
-    if softcap is not None:
-        scores.div_(softcap).tanh_().mul_(softcap)
-    j = torch.arange(kv_len, device=scores.device)
-    p = abs_rows.to(scores.device)[:, None]
-    blocked = j[None, :] > p  # causal: never a later key
-    if window is not None:
-        blocked |= (p - j[None, :]) >= window  # transformers' q - kv < window
-    scores.masked_fill_(blocked, float("-inf"))
-    if attention_mask is not None:
-        if attention_mask.ndim == 2:  # flash: a [b, >= T] padding mask, nonzero = a real token
-            keep = attention_mask[:, -kv_len:].bool().reshape(-1, 1, 1, kv_len)
-            scores.masked_fill_(~keep, float("-inf"))
-        else:  # [b or 1, 1, q_len, >= T]: the rows of this call
-            m = attention_mask[:, :, local_rows.to(attention_mask.device), -kv_len:].to(scores.device)
-            if m.dtype == torch.bool:
-                scores.masked_fill_(~m, float("-inf"))
-            else:
-                scores.add_(m.float())
-    return scores
-
-
-class AttentionTap:
+class AttentionTap(Hook):
     """Mean attention mass of tapped query rows on their key intervals, per layer and head.
 
     rows: long ``[R]`` absolute query positions; lo, hi: long ``[R]``, row i's keys
@@ -92,26 +65,30 @@ class AttentionTap:
     def observe(self, layer: int, query, key, attention_mask, scaling, softcap=None, sinks=None,
                 window: int | None = None) -> None:
         """Add the mass of the tapped rows this call computes (query [b, H, q, d], key [b, KV, T, d])."""
+        self.delegated(Call(layer, query, key, None, attention_mask, scaling, softcap, sinks, window))
+
+    def delegated(self, call: Call) -> None:
+        """The hook: every call the backend computes (prefill chunks), with the query it gets."""
         t0 = time.perf_counter()
-        q_len, kv_len = query.shape[2], key.shape[2]
+        q_len, kv_len = call.query.shape[2], call.key.shape[2]
         start = kv_len - q_len
         inside = (self.rows >= start) & (self.rows < kv_len)
         if not inside.any():
             return
         rows, lo, hi = self.rows[inside], self.lo[inside], self.hi[inside]
+        device = call.query.device
         for c in range(0, len(rows), ROW_CHUNK):
             r, a, z = rows[c:c + ROW_CHUNK], lo[c:c + ROW_CHUNK], hi[c:c + ROW_CHUNK]
-            scores = _masked_scores(query, key, attention_mask, scaling, softcap, window, r, r - start)
-            if sinks is not None:  # a per-head logit that takes mass and has no key
-                sink = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
-                probs = torch.softmax(torch.cat([scores, sink.to(scores.device)], dim=-1), dim=-1)[..., :-1]
-            else:
-                probs = torch.softmax(scores, dim=-1)
+            local = r - start  # the rows of this call
+            scores = masked_scores(call.query[:, :, local.to(device), :], call.key, call.scale, call.softcap,
+                                   qpos=r.to(device), kpos=torch.arange(kv_len, device=device), window=call.window,
+                                   mask=backend_mask(call.mask, local, kv_len), upcast=True)  # [b, H, r, T]
+            probs = probabilities(scores, call.sinks)
             j = torch.arange(kv_len, device=probs.device)[None, :, None]
             span = (j >= a.to(j.device)[:, None, :]) & (j < z.to(j.device)[:, None, :])  # [r, T, M]
             mass = torch.einsum("bhrt,rtm->bhm", probs, span.float()).double().cpu()  # [b, H, M], summed over rows
-            self.sums[layer] = self.sums.get(layer, 0) + mass
-            self.counts[layer] = self.counts.get(layer, 0) + len(r)
+            self.sums[call.layer] = self.sums.get(call.layer, 0) + mass
+            self.counts[call.layer] = self.counts.get(call.layer, 0) + len(r)
         self.seconds += time.perf_counter() - t0
 
     def mean(self, num_layers: int) -> torch.Tensor:
@@ -123,18 +100,3 @@ class AttentionTap:
         for layer, s in self.sums.items():
             out[layer] = s / self.counts[layer]
         return out if self.several else out[..., 0]
-
-
-def span_mass(probs: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-    """Decode step: float ``[b, H]`` mass of fp32 ``probs [b, KV, g, T]`` on each batch row's
-    key span ``spans [b, 2]`` (absolute positions; the cache holds every key).
-
-    >>> p = torch.tensor([0.1, 0.2, 0.3, 0.4]).reshape(1, 1, 1, 4)
-    >>> span_mass(p, torch.tensor([[1, 3]])).tolist()
-    [[0.5]]
-    """
-    b, T = probs.shape[0], probs.shape[-1]
-    j = torch.arange(T, device=probs.device)
-    s = spans.to(probs.device)
-    keep = (j[None, :] >= s[:, :1]) & (j[None, :] < s[:, 1:])  # [b, T]
-    return (probs * keep[:, None, None, :]).sum(-1).reshape(b, -1)

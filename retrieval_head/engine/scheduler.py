@@ -33,8 +33,10 @@ from typing import Callable, Hashable, Iterator
 import torch
 
 from ..core.decode import decode_rows, row_masks
-from ..core.intervene import ArgmaxProbe, HeadMask, intervene
+from ..core.intervene import intervene
 from ..core.kvcache import snapshot, stack_rows
+from ..core.mask import HeadMask
+from ..core.probe import ArgmaxProbe
 from ..core.tap import AttentionTap
 from ..inputs.prompt import Prompt
 from ..models.shape import ModelShape

@@ -26,7 +26,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.intervene import MASK_MODES, HeadMask
+from ..core.mask import MASK_MODES, HeadMask
 from ..errors import UserError
 from ..methods.registry import method_of
 from ..options import option

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.decode import check_supported, stop_token_mask
-from ..core.intervene import MASK_MODES, MASK_PHASES, HeadMask
+from ..core.mask import MASK_MODES, MASK_PHASES, HeadMask
 from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
 from ..engine.scheduler import Decoded, Job, Scheduler

@@ -1,0 +1,118 @@
+"""Head masks: which query heads to ablate (or stream), how, and in which calls.
+
+``HeadMask`` is the description an experiment records and batches by (heads, mode,
+phase, sink, recent); ``HeadMask.hook`` turns it into the intervention
+(``hook.Hook``) a scope runs: ``HeadAblation`` for the ablations, ``stream.StreamHeads``
+for streaming. Worked example (a notebook)::
+
+    heads = torch.zeros(L, H, dtype=torch.bool); heads[12, 3] = True
+    with intervene(model, hooks=[HeadMask(heads, mode="uniform", phase="decode")]):
+        model.generate(...)
+
+A *decode step* is an attention call whose query is a single token: phase ``decode``
+masks act only there (the original's masking), phase ``all`` on the prefill too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.shape import ModelShape
+from .attend import Call
+from .hook import Hook, OnDevice, check_heads
+from .stream import StreamHeads
+
+MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
+HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
+MASK_PHASES = ("decode", "all")
+
+
+@dataclass(frozen=True)
+class HeadMask:
+    """Which query heads to ablate (or stream), and how.
+
+    heads: bool ``[layers, heads]``; True = ablated. ``[batch, layers, heads]`` gives each
+           batch row its own heads (several conditions decoded as one batch).
+    mode:  ``uniform`` zeroes the head's query, so it attends uniformly over the (causal,
+           windowed) prefix and outputs the mean of the values (the original's ablation);
+           ``zero`` zeroes the head's output before ``o_proj``;
+           ``stream`` lets the head attend only to the first ``sink`` and the last
+           ``recent`` keys (DuoAttention's streaming heads; see ``stream.stream_keep``).
+    phase: ``decode`` acts only on single-token (decode) calls, as the original (for
+           ``stream``: the prompt's cache compressed once after the prefill, as kvpress's
+           presses do); ``all`` acts on the prefill too (``stream``: as if the head's cache
+           had been compressed from the first token, DuoAttention).
+    """
+
+    heads: torch.Tensor
+    mode: str = "uniform"
+    phase: str = "decode"
+    sink: int = 0  # stream: the first keys every streamed head keeps
+    recent: int = 0  # stream: and the last ones (the query itself included)
+
+    def __post_init__(self):
+        if self.mode not in HEAD_MODES:
+            raise ValueError(f"mask mode must be one of {HEAD_MODES}, got {self.mode!r}")
+        if self.phase not in MASK_PHASES:
+            raise ValueError(f"mask phase must be one of {MASK_PHASES}, got {self.phase!r}")
+        if self.heads.dtype != torch.bool or self.heads.ndim not in (2, 3):
+            raise ValueError("HeadMask.heads must be a bool [layers, heads] (or [batch, layers, heads]) tensor")
+        if self.mode == "stream" and (self.sink < 0 or self.recent < 1):
+            raise ValueError("streaming needs sink >= 0 and recent >= 1 (the query sees itself)")
+
+    def describe(self) -> dict:
+        """JSON-ready record of the intervention (heads as [layer, head] pairs)."""
+        d = {"heads": self.heads.nonzero().tolist(), "mode": self.mode, "phase": self.phase}
+        if self.mode == "stream":
+            d.update(sink=self.sink, recent=self.recent)
+        return d
+
+    def kind(self) -> tuple:
+        """What rows must share to be decoded as one batch (their heads may differ)."""
+        return (self.mode, self.phase, self.sink, self.recent)
+
+    def needs_prefill_length(self) -> bool:
+        """A decode-phase stream mask compresses the prompt's cache once, after its prefill:
+        its hook must be told where (``hook(prefill_length)``)."""
+        return self.mode == "stream" and self.phase == "decode"
+
+    def hook(self, prefill_length: torch.Tensor | int | None = None) -> Hook:
+        """The intervention, for one scope. prefill_length: per batch row (long ``[b]`` or an
+        int), the keys its prompt's prefill cached (used by decode-phase streaming only)."""
+        decode_only = self.phase == "decode"
+        if self.mode == "stream":
+            return StreamHeads(self.heads, self.sink, self.recent, prefill_length if decode_only else None,
+                               decode_only)
+        return HeadAblation(self.heads, self.mode, decode_only)
+
+
+class HeadAblation(Hook):
+    """Ablated heads: ``uniform`` zeroes their query (uniform attention over the keys they
+    may see, the mean of the values), ``zero`` their output.
+
+    heads: bool ``[layers, heads]`` or ``[batch, layers, heads]``; decode_only: act only on
+    decode steps."""
+
+    def __init__(self, heads: torch.Tensor, mode: str, decode_only: bool):
+        if mode not in MASK_MODES:
+            raise ValueError(f"an ablation's mode must be one of {MASK_MODES}, got {mode!r}")
+        self.heads, self.mode, self.decode_only = heads, mode, decode_only
+        self.on_device = OnDevice(lambda layer, dev: heads[..., layer, :].reshape(-1, heads.shape[-1]).to(dev))
+
+    def check(self, shape: ModelShape) -> None:
+        check_heads(self.heads, shape)
+
+    def _ablated(self, call: Call) -> torch.Tensor | None:
+        if self.decode_only and not call.is_decode:
+            return None
+        return self.on_device.get(call.layer, call.query.device)  # [b or 1, H]
+
+    def query(self, call: Call) -> torch.Tensor:
+        ablated = self._ablated(call) if self.mode == "uniform" else None
+        return call.query if ablated is None else call.query.masked_fill(ablated[:, :, None, None], 0.0)
+
+    def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
+        ablated = self._ablated(call) if self.mode == "zero" else None
+        return out if ablated is None else out.masked_fill(ablated[:, None, :, None], 0.0)  # out: [b, q, H, d]
