@@ -36,7 +36,8 @@ def test_help_lists_every_option_with_its_default(command, capsys):
         cli.main([command, "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert text == mod.parser().format_help()  # the console command is the script's parser
+    assert text == mod.parser(f"retrieval-head {command}").format_help()  # the script's parser, named as typed
+    assert text.startswith(f"usage: retrieval-head {command} ")
     fields = {f.name for cls, _ in mod.GROUPS for f in dataclasses.fields(cls)}
     options = [a for a in mod.parser()._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} == fields
