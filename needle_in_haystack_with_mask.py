@@ -5,4 +5,4 @@ import sys
 from retrieval_head.cli.mask import cli
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(prog="needle_in_haystack_with_mask.py"))

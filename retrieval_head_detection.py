@@ -5,4 +5,4 @@ import sys
 from retrieval_head.cli.detect import cli
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(prog="retrieval_head_detection.py"))

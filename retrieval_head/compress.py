@@ -1,9 +1,9 @@
 """``python -m retrieval_head.compress`` = ``retrieval-head compress`` (kept for scripts written before the
-subpackages; the command lives in ``retrieval_head.experiments.compress``)."""
+subpackages; the command lives in ``retrieval_head.cli.compress``)."""
 
 import sys
 
-from .experiments.compress import main
+from .cli.compress import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(prog="python -m retrieval_head.compress"))

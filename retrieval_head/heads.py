@@ -6,4 +6,4 @@ import sys
 from .cli.heads import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m retrieval_head.heads"))

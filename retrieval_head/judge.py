@@ -6,4 +6,4 @@ import sys
 from .cli.judge import cli
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(prog="python -m retrieval_head.judge"))

@@ -108,3 +108,4 @@ def fingerprint(obj) -> dict:
     """The fields that change a result, as they read back from JSON."""
     out = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.metadata.get("result")}
     return json.loads(json.dumps(out))
+

@@ -4,7 +4,7 @@ ours (``--method induction``). Not a dependency: run it in a throwaway venv that
 
     python -m venv /tmp/tl && /tmp/tl/bin/pip install transformer-lens
     HF_HUB_OFFLINE=1 /tmp/tl/bin/python scripts/transformer_lens_check.py HAYSTACK.txt OUT.json
-    python -m retrieval_head.cli.heads compare head_score/SmolLM2-135M-Instruct.induction.json OUT.json -k 11
+    python -m retrieval_head.cli.heads compare head_score/SmolLM2-135M-Instruct.induction.json OUT.json --top 11
 
 It boots the converted folder offline (``TransformerBridge.boot_transformers``), runs
 ``detect_head(..., "induction_head", exclude_bos=True, error_measure="mul")`` on three texts of

@@ -192,4 +192,16 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
         p[k].write_text(json.dumps(d, indent=2) + "\n")  # indented, as RazorAttention and QRHead write
     p["a_file"] = root / "a_file"
     p["a_file"].write_text("x")
-    return p
+    return dict(p, **trial_logs(root))
+
+
+def trial_logs(root: Path) -> dict[str, Path]:
+    """A good trial log of the tiny Llama's 2 x 4 heads, and bad ones."""
+    rec = lambda d, **kw: json.dumps(dict(dict(needle_id=0, context_length=300, depth_percent=d, passed=True,  # noqa: E731
+                                               head_scores=[[0.1, 0.2, 0.3, 0.0], [0.5, 0.0, 0.1, 0.9]]), **kw))
+    logs = {"trials": [rec(d) for d in (0, 50, 100)], "trials_broken": ["{not json", rec(0)],
+            "trials_nokeys": [json.dumps(dict(passed=True, head_scores=[[0.0]]))],
+            "trials_ragged": [rec(0), rec(50, head_scores=[[0.0]])], "trials_nopass": [rec(0, passed=False)]}
+    for k, lines in logs.items():
+        (root / f"{k}.trials.jsonl").write_text("".join(line + "\n" for line in lines))
+    return {k: root / f"{k}.trials.jsonl" for k in logs}

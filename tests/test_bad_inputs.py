@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import make_inputs
 
-from retrieval_head.cli import detect as cli_detect
-from retrieval_head.cli import mask as cli_niah
+from retrieval_head.cli import commands
 
 # (what is wrong, command, arguments, a phrase the one-line message must hold)
 CASES = [
@@ -117,19 +116,126 @@ CASES = [
      "does not exist"),
     ("negative --sink", "niah", ["--keep_full", "0", "--sink", "-1"], "--sink must be >= 0"),
     ("--recent 0", "niah", ["--keep_full", "0", "--recent", "0"], "--recent >= 1"),
+    ("--sink + --recent cover the model's positions", "niah", ["--keep_full", "0", "--recent", "1024"],
+     "cover the model's 1024 positions"),
+    ("--mask_phase unknown", "niah", ["--keep_full", "0", "--mask_phase", "prefill"],
+     "argument --mask_phase: invalid choice: 'prefill'"),
+    ("--keep_full value twice", "niah", ["--keep_full", "0", "0"], "--keep_full lists 0 twice"),
+    ("--mask_top value twice", "niah", ["--mask_top", "2", "2", "--head_score", "{hs_tiny}"],
+     "--mask_top lists 2 twice"),
+    ("--seed beyond a seed", "niah", ["--keep_full", "-1", "--seed", "99999999999999999999999"], "is not a seed"),
+    ("--seeds listed twice", "niah", ["--keep_full", "-1", "--seeds", "1", "1"], "--seeds lists 1 twice"),
+    ("--sink not a number", "niah", ["--keep_full", "0", "--sink", "four"], "argument --sink: invalid int value"),
+    ("--until_stable negative", "detect", ["--until_stable", "-3"], "--until_stable must be at least 1"),
+    ("--confidence 0", "detect", ["--until_stable", "2", "--confidence", "0"], "--confidence 0 is not in (0, 1]"),
+    ("--confidence above 1", "detect", ["--until_stable", "2", "--confidence", "1.5"], "not in (0, 1]"),
+    ("--confidence NaN", "detect", ["--until_stable", "2", "--confidence", "nan"], "not in (0, 1]"),
+    ("--draws 0", "detect", ["--until_stable", "2", "--draws", "0"], "--draws 0 is not in 1..100000"),
+    ("--draws huge", "detect", ["--until_stable", "2", "--draws", "1000000000"], "is not in 1..100000"),
+    ("--stop_rule unknown", "detect", ["--until_stable", "2", "--stop_rule", "sometimes"],
+     "argument --stop_rule: invalid choice: 'sometimes'"),
+    ("adaptive option without --until_stable", "detect", ["--confidence", "0.5"], "add --until_stable K"),
+    ("detect --seed beyond a seed", "detect", ["--seed", "99999999999999999999999"], "is not a seed"),
+    ("unknown option", "detect", ["--until-stable", "5"], "unrecognized arguments: --until-stable"),
+    ("heads top --top 0", "heads", ["top", "{hs_tiny}", "--top", "0"], "--top 0 is not a count"),
+    ("heads top of a missing file", "heads", ["top", "{root}/none.json"], "does not exist"),
+    ("heads top of a folder", "heads", ["top", "{empty_hay}"], "is a folder, not a file"),
+    ("heads compare of two shapes", "heads", ["compare", "{hs_tiny}", "{hs_other}"], "cannot compare a 2 x 4 grid"),
+    ("heads heatmap --out a folder", "heads", ["heatmap", "{hs_tiny}", "--out", "{empty_hay}"],
+     "is a folder; pass the PNG file"),
+    ("heads heatmap --out under a file", "heads", ["heatmap", "{hs_tiny}", "--out", "{a_file}/x.png"],
+     "not a writable folder"),
+    ("export to an existing file", "heads",
+     ["export", "{hs_tiny}", "--to", "layers", "--out", "{hs_tiny}", "--top", "1"],
+     "exists; pass --overwrite"),
+    ("export without the model's KV heads", "heads", ["export", "{hs_tiny}", "--to", "duo", "--out", "{out}", "--top",
+                                                       "1"], "needs the model's number of KV heads"),
+    ("export --top larger than the heads", "heads",
+     ["export", "{hs_tiny}", "--to", "razor", "--out", "{out}/r.json", "--top", "9", "--kv_heads", "2"],
+     "--top 9 is not 1..4"),
+    ("export --top and --threshold", "heads", ["export", "{hs_tiny}", "--to", "layers", "--out", "{out}/l.json",
+                                               "--top", "1", "--threshold", "0.1"], "pass only one"),
+    ("export --threshold NaN", "heads", ["export", "{hs_tiny}", "--to", "layers", "--out", "{out}/l.json",
+                                        "--threshold", "nan"], "is not a finite number"),
+    ("export --kv_heads 0", "heads", ["export", "{hs_tiny}", "--to", "razor", "--out", "{out}/r.json", "--top", "1",
+                                      "--kv_heads", "0"], "--kv_heads 0 is not a count"),
+    ("export --to duo over a file", "heads", ["export", "{hs_tiny}", "--to", "duo", "--out", "{a_file}", "--top", "1",
+                                              "--kv_heads", "2"], "is a file; --to duo writes a folder"),
+    ("export --to an unknown format", "heads", ["export", "{hs_tiny}", "--to", "original", "--out", "{out}/o.json"],
+     "argument --to: invalid choice: 'original'"),
+    ("export of a foreign file out of range", "heads", ["export", "{hs_duo_range}", "--to", "razor", "--out",
+                                                        "{out}/r.json", "--top", "1"], "outside [0, 1]"),
+    ("stability --top larger than the heads", "heads", ["stability", "{trials}", "--top", "99"],
+     "--top 99 is more than 8"),
+    ("stability --draws 0", "heads", ["stability", "{trials}", "--top", "2", "--draws", "0"],
+     "--draws 0 is not a count"),
+    ("stability --draws huge", "heads", ["stability", "{trials}", "--top", "2", "--draws", "1000000000"],
+     "is more than 100000"),
+    ("stability --confidence 0", "heads", ["stability", "{trials}", "--top", "2", "--confidence", "0"],
+     "--confidence 0 is not in (0, 1]"),
+    ("stability --confidence above 1", "heads", ["stability", "{trials}", "--top", "2", "--confidence", "1.01"],
+     "is not in (0, 1]"),
+    ("stability --rows 0", "heads", ["stability", "{trials}", "--top", "2", "--rows", "0"], "--rows 0 is not a count"),
+    ("stability --by of a head-score file", "heads", ["stability", "{hs_tiny}", "--top", "2", "--by", "length"],
+     "needs a trial log"),
+    ("stability of a missing trial log", "heads", ["stability", "{root}/none.trials.jsonl"], "does not exist"),
+    ("stability of a folder", "heads", ["stability", "{empty_hay}"], "is a folder"),
+    ("trial log line not JSON", "heads", ["stability", "{trials_broken}"], "line 1 is not JSON"),
+    ("trial log line not a trial", "heads", ["stability", "{trials_nokeys}"], "line 1 is not a trial record"),
+    ("trial log grids of two shapes", "heads", ["stability", "{trials_ragged}"], "not finite [layers][heads] grids"),
+    ("trial log without a passed trial", "heads", ["stability", "{trials_nopass}"], "has no counted (passed) trial"),
+    ("convergence --top 0", "heads", ["convergence", "{trials}", "--top", "0"], "--top 0 is not a count"),
+    ("convergence --top larger than the heads", "heads", ["convergence", "{trials}", "--top", "9"],
+     "--top 9 is more than 8"),
+    ("convergence --orders 0", "heads", ["convergence", "{trials}", "--top", "2", "--orders", "0"],
+     "--orders 0 is not a count"),
+    ("convergence --orders huge", "heads", ["convergence", "{trials}", "--top", "2", "--orders", "100000000"],
+     "is more than 100000"),
+    ("convergence --out a folder", "heads", ["convergence", "{trials}", "--top", "2", "--out", "{empty_hay}"],
+     "is a folder; pass the PNG file"),
+    ("convergence --out under a file", "heads", ["convergence", "{trials}", "--top", "2", "--out", "{a_file}/c.png"],
+     "not a writable folder"),
+    ("plot of a file", "plot", ["{a_file}"], "is a file, not a folder"),
+    ("plot of a folder without trials", "plot", ["{empty_hay}"], "holds no trial files"),
+    ("compress --heads 0", "compress", ["{empty_hay}", "--heads", "0"], "--heads 0 is not a count"),
+    ("compress of folders without streaming", "compress", ["{empty_hay}", "--out", "{out}/c.png"],
+     "no streaming results"),
+    ("judge without head files", "judge", [], "needs head-score files"),
+    ("judge head file missing", "judge", ["--head_scores", "{root}/none.json"], "does not exist"),
+    ("judge head file of another model", "judge", ["--head_scores", "{hs_other}"], "32 layers x 32 heads"),
+    ("judge foreign head file malformed", "judge", ["--head_scores", "{hs_razor_str}"], "(a string), not a KV head id"),
+    ("judge --k 0", "judge", ["--head_scores", "{hs_tiny}", "--k", "0"], "--k values must be positive"),
+    ("judge K larger than the heads", "judge", ["--head_scores", "{hs_tiny}", "--k", "9"], "larger than the model's 8"),
+    ("judge K listed twice", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "1"], "--k lists 1 twice"),
+    ("judge --seeds listed twice", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "--seeds", "2", "2"],
+     "--seeds lists 2 twice"),
+    ("judge one method twice", "judge", ["--head_scores", "{hs_tiny}", "{hs_tiny}", "--k", "1"],
+     "name the method 'retrieval'"),
+    ("judge --resume", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "--resume"], "does not resume"),
+    ("judge output folder not writable", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "--output_dir",
+                                                    "{a_file}/sub"], "not a writable folder"),
 ]
 # The weights are what these cases are about (the refusal by class name runs the model).
 NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
 GRID = ["--s", "300", "--e", "300", "--num_lengths", "1", "--depth_percents", "50", "--quiet"]
-DEFAULTS = {"detect": GRID, "niah": GRID + ["--no_plot"]}
-TINY = {"detect": ["--model_path", "{tiny}", "--needles", "{needles_ok}"],
-        "niah": ["--model_path", "{tiny}", "--needles", "{needles_ok}"]}
+MODEL = ["--model_path", "{tiny}", "--needles", "{needles_ok}"]
+# the options every case of a command shares: the model run ones write under --output_dir, the
+# others name their outputs in the case ({out}: the folder that must stay uncreated)
+DEFAULTS = {"detect": MODEL + GRID + ["--output_dir", "{out}"],
+            "niah": MODEL + GRID + ["--no_plot", "--output_dir", "{out}"],
+            "judge": MODEL + GRID + ["--output_dir", "{out}"], "heads": [], "plot": [], "compress": []}
+COMMAND = {"detect": "detect", "niah": "mask", "judge": "judge", "heads": "heads", "plot": "plot",
+           "compress": "compress"}
 
 
 def run_case(cmd: str, args: list[str], paths: dict, out: Path) -> int:
-    fill = lambda a: a.format(root=out.parent, **paths)  # noqa: E731
-    argv = [fill(a) for a in TINY[cmd] + DEFAULTS[cmd] + ["--output_dir", str(out)] + args]
-    return (cli_detect if cmd == "detect" else cli_niah).cli(argv)
+    """One case through the console command (``retrieval-head``), as a user types it."""
+    fill = lambda a: a.format(root=out.parent, out=out, **{k: v for k, v in paths.items() if k != "out"})  # noqa: E731
+    head, rest = (args[:1], args[1:]) if cmd == "heads" else ([], args)  # the subcommand comes first
+    try:
+        return commands.main([COMMAND[cmd]] + [fill(a) for a in head + DEFAULTS[cmd] + rest])
+    except SystemExit as e:  # a command line argparse refuses: its one line is printed, the process exits
+        return e.code
 
 
 @pytest.fixture(scope="module")

@@ -272,3 +272,41 @@ def test_heads_compare_refuses_mixed_units(original, tmp_path, capsys):
 def test_headfile_is_typed():
     hf = HeadFile(f64([[1.0]]), "kv", "razor", complete=False)
     assert hf.keep_set and hf.where == "head_score file <data>"
+
+
+def test_export_reads_the_model_shape_from_the_manifest_beside_the_file(original, tmp_path, capsys):
+    """<model>.manifest.json (detection's) says 2 layers x 4 heads, 2 KV heads: --to duo needs no
+    --kv_heads; a flag still wins over the manifest; a manifest of another shape is named."""
+    manifest = original.with_name("model.manifest.json")
+    manifest.write_text(json.dumps({"model": {"num_layers": 2, "num_heads": 4, "num_kv_heads": 2}}))
+    code, stdout, err = run(["export", str(original), "--to", "duo", "--out", str(tmp_path / "d"), "--top", "2"],
+                            capsys)
+    assert code == 0 and err == "" and "kept 2 of 4 KV heads (2 layers x 2)" in stdout
+    by_flag = tmp_path / "flag"
+    assert run(["export", str(original), "--to", "duo", "--out", str(by_flag), "--top", "2", "--kv_heads", "2"],
+               capsys)[0] == 0
+    assert (tmp_path / "d" / "full_attention_heads.tsv").read_text() == (by_flag / "full_attention_heads.tsv").read_text()
+    # the flag wins: 1 KV head per layer (every query head one group) whatever the manifest says
+    code, stdout, _ = run(["export", str(original), "--to", "razor", "--out", str(tmp_path / "r.json"), "--top", "1",
+                           "--kv_heads", "1"], capsys)
+    assert code == 0 and "kept 1 of 2 KV heads (2 layers x 1)" in stdout
+    manifest.write_text(json.dumps({"model": {"num_layers": 3, "num_heads": 4, "num_kv_heads": 2}}))
+    code, _, err = run(["export", str(original), "--to", "duo", "--out", str(tmp_path / "d3"), "--top", "2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "model.manifest.json" in err and "--layers" in err
+    assert not (tmp_path / "d3").exists()
+    manifest.write_text("not a manifest")  # unreadable: as if there were none
+    code, _, err = run(["export", str(original), "--to", "duo", "--out", str(tmp_path / "d4"), "--top", "2"], capsys)
+    assert code == 2 and "needs the model's number of KV heads" in err
+
+
+def test_a_kv_file_shares_its_models_manifest(tmp_path):
+    from retrieval_head.store.manifest import shape_beside
+
+    (tmp_path / "M.manifest.json").write_text(json.dumps({"model": {"num_layers": 30, "num_heads": 9,
+                                                                    "num_kv_heads": 3}}))
+    (tmp_path / "M.echo.manifest.json").write_text(json.dumps({"model": {"num_layers": 30, "num_heads": 9,
+                                                                         "num_kv_heads": 3}, "method": "echo"}))
+    want = {"layers": 30, "heads": 9, "kv_heads": 3}
+    for name, manifest in (("M.json", "M"), ("M.kv_max.json", "M"), ("M.kv_mean.json", "M"), ("M.echo.json", "M.echo")):
+        assert shape_beside(tmp_path / name) == (tmp_path / f"{manifest}.manifest.json", want), name
+    assert shape_beside(tmp_path / "N.json") is None and shape_beside(tmp_path / "M.manifest.json") is None

@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from retrieval_head.cli import heads
+from retrieval_head.cli import plot as plot_cli
 from retrieval_head.plots import niah as plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -97,15 +98,15 @@ def test_side_by_side_writes_png(folders, tmp_path):
 
 def test_plot_cli(folders, tmp_path, capsys):
     masked, base = folders
-    assert plot.main([str(tmp_path / "missing")]) == 2
+    assert plot_cli.cli([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing" in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert plot.main([str(empty)]) == 2
+    assert plot_cli.cli([str(empty)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     out = tmp_path / "cli.png"
-    assert plot.main([str(base), str(masked), "--out", str(out)]) == 0
+    assert plot_cli.cli([str(base), str(masked), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_bytes()[:8] == PNG_MAGIC
 

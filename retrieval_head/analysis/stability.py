@@ -44,7 +44,8 @@ from ..errors import UserError
 from ..headfiles.original import read_head_file, validate_head_scores
 from ..headfiles.ranking import top_indices, top_order
 from ..inputs.grid import TrialKey
-from ..store.trials import TrialLog
+
+MAX_DRAWS = 100_000  # the commands' cap on --draws: intervals settle long before; more only costs memory
 
 
 @dataclass
@@ -72,17 +73,69 @@ def load_trials(path: str | Path) -> Trials:
     if path.suffix == ".jsonl":
         if not path.is_file():
             raise UserError(f"trial log {path} does not exist; pass a <model>.trials.jsonl or a head_score/*.json")
-        records = sorted((r for r in TrialLog(path).read() if r.get("passed")), key=TrialKey.of)
+        records = sorted((r for r in read_trial_log(path) if r.get("passed")), key=TrialKey.of)
         if not records:
             raise UserError(f"trial log {path} has no counted (passed) trial; nothing to resample")
-        return Trials(torch.tensor([r["head_scores"] for r in records], dtype=torch.float64),
-                      [TrialKey.of(r) for r in records])
+        return Trials(_score_grid(records, path), [TrialKey.of(r) for r in records])
     keys = validate_head_scores(read_head_file(path), path)
     layers, heads = 1 + max(l for l, _ in keys), 1 + max(h for _, h in keys)
     grid = torch.tensor([keys[(l, h)] for l in range(layers) for h in range(heads)], dtype=torch.float64)
     if grid.shape[-1] == 0 or grid.dim() != 2:
         raise UserError(f"head_score file {path} lists no counted trial; nothing to resample")
     return Trials(grid.T.reshape(-1, layers, heads))
+
+
+LOG_HINT = "pass a <model>.trials.jsonl as retrieval_head_detection.py writes it"
+
+
+def read_trial_log(path: Path) -> list[dict]:
+    """A trial log's records, each checked to be a trial (its key, ``passed``); a torn last
+    line (a run killed mid-write) is dropped, as ``TrialLog.read`` does, any other line that
+    is not a record refused in one line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"trial log {path} is not UTF-8 text; {LOG_HINT}") from None
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise UserError(f"trial log {path}: line {i} is not JSON; {LOG_HINT}") from None
+        if not isinstance(r, dict) or any(k not in r for k in ("needle_id", "context_length", "depth_percent",
+                                                               "passed")):
+            raise UserError(f"trial log {path}: line {i} is not a trial record (needle_id, context_length, "
+                            f"depth_percent, passed, head_scores); {LOG_HINT}")
+        records.append(r)
+    return records
+
+
+def _score_grid(records: list[dict], path: Path) -> torch.Tensor:
+    """``[n, layers, heads]`` float64 of the records' ``head_scores``, refused in one line
+    unless every one is a finite [layers][heads] grid of the same shape."""
+    first = TrialKey.of(records[0])
+    try:
+        x = torch.tensor([r["head_scores"] for r in records], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError):
+        x = None
+    if x is None or x.dim() != 3 or not torch.isfinite(x).all() or 0 in x.shape:
+        raise UserError(f"trial log {path}: the passed trials' head_scores are not finite [layers][heads] grids "
+                        f"of one shape (the first, {first}, has {_shape_of(records[0].get('head_scores'))}); "
+                        f"{LOG_HINT}")
+    return x
+
+
+def _shape_of(v) -> str:
+    """How a ``head_scores`` value looks, for the message.
+
+    >>> _shape_of([[0.5, 1], [0, 0]]), _shape_of(None), _shape_of([[1], [1, 2]])
+    ('a 2 x 2 grid', 'none', 'ragged rows')
+    """
+    if not isinstance(v, list) or not all(isinstance(row, list) for row in v):
+        return "none" if v is None else f"a {type(v).__name__}"
+    return f"a {len(v)} x {len(v[0])} grid" if v and len({len(row) for row in v}) == 1 else "ragged rows"
 
 
 @dataclass
@@ -142,8 +195,8 @@ def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, co
     n, L, H = x.shape
     if not 1 <= k <= L * H:
         raise UserError(f"--top must be in 1..{L * H} (the heads), got {k}")
-    if draws < 1 or not 0 < confidence < 1:
-        raise UserError(f"--draws must be at least 1 and --confidence in (0, 1), got {draws} and {confidence}")
+    if draws < 1 or not 0 < confidence <= 1:
+        raise UserError(f"--draws must be at least 1 and --confidence in (0, 1], got {draws} and {confidence}")
     g = torch.Generator().manual_seed(seed)
     flat = x.reshape(n, L * H)
     means = (resample_weights(n, draws, g, strata) @ flat) / n     # [draws, heads]: one matmul (counts: exact sums)

@@ -7,67 +7,45 @@
     retrieval-head heads top|heatmap|compare|export|stability|convergence ...  # = python -m retrieval_head.heads
     retrieval-head judge --head_scores A B ...   # = python -m retrieval_head.judge ...
 
-Each subcommand takes exactly the options of the script it names (``--help`` lists them
-with their defaults).
+``python -m retrieval_head ...`` is the same command. Each subcommand takes exactly the
+options of the script it names (``--help`` lists them with their defaults), runs behind the
+same error boundary (``common.run_cli``: one ``error: ...`` line and exit 2 for a bad input,
+exit 28 on a full disk, 130 on Ctrl-C), and its usage line names what the user typed:
+``retrieval-head heads top --help`` shows ``usage: retrieval-head heads top ...``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-
-def _detect(argv):
-    from .detect import cli
-    return cli(argv)
-
-
-def _mask(argv):
-    from .mask import cli
-    return cli(argv)
+# name -> (the module under retrieval_head.cli whose ``cli(argv, prog)`` runs it, the one-line help)
+COMMANDS = {"detect": ("detect", "detect retrieval heads (retrieval_head_detection.py)"),
+            "mask": ("mask", "the needle test with heads masked (needle_in_haystack_with_mask.py)"),
+            "plot": ("plot", "needle-test heatmaps of result folders"),
+            "compress": ("compress", "the compression curve (score vs KV cache kept) of streaming result folders"),
+            "heads": ("heads", "inspect head-score files: top, heatmap, compare, export, stability, convergence"),
+            "judge": ("judge", "mask each method's top-K heads and random-K in one needle test (judge.py)")}
 
 
-def _plot(argv):
-    from ..plots.niah import main
-    return main(argv)
+def usage(prog: str = "retrieval-head") -> str:
+    rows = "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+    return (f"usage: {prog} {{{','.join(COMMANDS)}}} [options]\n\n{rows}\n\n"
+            f"`{prog} COMMAND --help` lists a command's options.")
 
 
-def _compress(argv):
-    from ..experiments.compress import main
-    return main(argv)
-
-
-def _judge(argv):
-    from .judge import cli
-    return cli(argv)
-
-
-def _heads(argv):
-    from .heads import main
-    return main(argv)
-
-
-COMMANDS = {"detect": (_detect, "detect retrieval heads (retrieval_head_detection.py)"),
-            "mask": (_mask, "the needle test with heads masked (needle_in_haystack_with_mask.py)"),
-            "plot": (_plot, "needle-test heatmaps of result folders"),
-            "compress": (_compress, "the compression curve (score vs KV cache kept) of streaming result folders"),
-            "heads": (_heads, "inspect head-score files: top, heatmap, compare, export, stability, convergence"),
-            "judge": (_judge, "mask each method's top-K heads and random-K in one needle test (judge.py)")}
-
-
-def usage() -> str:
-    rows = "\n".join(f"  {name:<7} {text}" for name, (_, text) in COMMANDS.items())
-    return f"usage: retrieval-head {{{','.join(COMMANDS)}}} [options]\n\n{rows}\n\n`retrieval-head COMMAND --help` lists a command's options."
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "retrieval-head") -> int:
+    """Run ``argv[0]``'s command on the rest; ``prog`` is how the user called this one."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(prog))
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        print(f"error: unknown command {argv[0]!r}; pass one of {', '.join(COMMANDS)}\n\n{usage(prog)}",
+              file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]][0](argv[1:])
+    module = importlib.import_module(f"{__package__}.{COMMANDS[argv[0]][0]}")  # only the command run is imported
+    return module.cli(argv[1:], prog=f"{prog} {argv[0]}")
 
 
 if __name__ == "__main__":

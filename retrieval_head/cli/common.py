@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,9 +48,25 @@ class RunOptions:
             raise UserError("--resume and --overwrite contradict each other; pass one")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error: ...`` line (what is wrong, where to
+    look) and exit 2, as every other bad input; argparse's own prints the usage block first.
+
+    >>> p = Parser(prog="retrieval-head heads top")
+    >>> _ = p.add_argument("--top", type=int)
+    >>> p.parse_args(["--top", "x"])       # stderr: error: argument --top: invalid int value: 'x'; see ...
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser(prog: str, doc: str, groups: list[tuple[type, str]]) -> argparse.ArgumentParser:
     """A command's parser, generated from its option dataclasses (``options.add_options``)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls, title in groups:
         add_options(p, cls, title)
     return p
@@ -93,17 +110,12 @@ def guard_outputs(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]} exists; pass --overwrite to replace it (or --resume to continue that run)")
-    for folder in {p.parent for p in paths}:
-        base = folder
-        while not base.exists() and base != base.parent:
-            base = base.parent
-        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write to {folder} ({base} is not a writable folder); "
-                            "pass a writable --output_dir")
+    check_writable(paths)
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "absl", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:  # weight-loading bars would bury the one-line errors and our own progress
@@ -112,8 +124,28 @@ def setup_logging(verbose: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """The error boundary: user errors are one line, Ctrl-C is exit 130."""
+def check_writable(paths: list[Path], flag: str = "--output_dir") -> None:
+    """Refuse outputs whose folder cannot be made or written; creates nothing. ``flag``: the
+    option that names the output, for the hint."""
+    for folder in {Path(p).parent for p in paths}:
+        base = folder
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {folder} ({base} is not a writable folder); pass a writable {flag}")
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None, resumable: bool = True) -> int:
+    """The error boundary of every command: a ``UserError`` is one ``error: ...`` line and
+    exit 2, a full disk one line and exit 28, Ctrl-C one line and exit 130; never a traceback.
+
+    ``resumable``: the command has ``--resume`` (detect, mask), so the lines say to use it.
+
+        >>> def main(argv):
+        ...     raise UserError("--top 0 is not a count; pass a positive integer")
+        >>> run_cli(main, [])            # prints: error: --top 0 is not a count; pass a positive integer
+        2
+    """
     try:
         return main(argv)
     except UserError as e:
@@ -122,10 +154,26 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        print(f"error: no space left on device ({e.filename or 'writing results'}); finished results are "
-              "intact: free some space and rerun with --resume", file=sys.stderr)
+        kept = "finished results are intact" if resumable else "outputs are written whole or not at all"
+        again = "rerun with --resume" if resumable else "rerun the command"
+        print(f"error: no space left on device ({e.filename or 'writing results'}); {kept}: free some space and "
+              f"{again}", file=sys.stderr)
         return 28
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the trial log; rerun with --resume to continue",
-              file=sys.stderr)
+        kept = "finished trials are kept in the trial log" if resumable else "no output was left half-written"
+        again = "rerun with --resume to continue" if resumable else "rerun the command"
+        print(f"interrupted: {kept}; {again}", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def writing(what: str, flag: str = "--out"):
+    """An ``OSError`` while writing ``what`` as one line (a full disk passes on to ``run_cli``,
+    which says so). The commands check their output folders first (``check_writable``); this
+    catches what that cannot foresee (a read-only file in the way, a quota)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        raise UserError(f"cannot write {what}: {e.strerror or e}; pass a writable {flag}") from None

@@ -9,14 +9,19 @@ Worked example: two 2 x 2 score grids that agree on the best head but not the se
     >>> r["overlap"], r["jaccard"], r["shared"], round(r["spearman"], 3)
     (1, 0.333, [(0, 0)], 0.8)
 
-From the shell::
+From the shell (``retrieval-head heads`` = ``python -m retrieval_head.heads``)::
 
-    python -m retrieval_head.heads top head_score/llama-2-7b-80k.json -k 10
+    python -m retrieval_head.heads top head_score/llama-2-7b-80k.json --top 10
     python -m retrieval_head.heads heatmap head_score/llama-2-7b-80k.json   # llama-2-7b-80k.heads.png
     python -m retrieval_head.heads compare head_score/Qwen1.5-14B.json head_score/Qwen1.5-14B-Chat.json
     python -m retrieval_head.heads export head_score/llama-2-7b-80k.json --to duo --top 30 --out duo/llama-2-7b-80k
     python -m retrieval_head.heads stability head_score/llama-2-7b-80k.json --top 10   # intervals, P(top-10)
     python -m retrieval_head.heads convergence head_score/SmolLM2-135M-Instruct.trials.jsonl --top 10
+
+``--top K`` means the K highest-scoring heads in every command (the rows of ``top``, the
+sets ``compare`` and ``stability`` compare, the heads ``export`` keeps); the old ``-k``
+still works. ``export`` reads the model's shape from the detection manifest beside a
+``<model>.json`` when the file alone does not say it (``--layers/--heads/--kv_heads`` win).
 
 Every command reads any head file ``head_files`` accepts (detected by content): top, heatmap
 and compare in the file's own unit (a column per query head, or per KV head for duo and
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,11 @@ from ..headfiles import foreign as head_files
 from ..headfiles.load import load_head_scores  # noqa: F401 (load_head_scores: the API)
 from ..headfiles.ranking import format_top_table, top_heads
 from ..plots.niah import figure_title, render
+from ..store.manifest import shape_beside
+from .common import Parser, check_writable, run_cli, writing
+from .stability import add_stability_commands, check_count, hidden_alias
+
+PROG = "python -m retrieval_head.heads"
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -80,7 +91,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
             "pass head scores of models with the same layers and heads"
         )
     if k < 1:
-        raise UserError(f"-k must be at least 1, got {k}")
+        raise UserError(f"--top must be at least 1, got {k}")
     k = min(k, a.numel())
     top_a = [(l, h) for l, h, _ in top_heads(a, k)]
     top_b = {(l, h) for l, h, _ in top_heads(b, k)}
@@ -176,25 +187,35 @@ def _read(path: str) -> head_files.HeadFile:
     return head_files.read_head_file_any(Path(path))
 
 
+def _png_out(out: str | None, default: str) -> Path:
+    """The figure's path (``--out`` or ``default`` in the current folder), refused in one
+    line when it cannot be written."""
+    path = Path(out) if out else Path(default)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; pass the PNG file to write")
+    check_writable([path], "--out")
+    return path
+
+
 def _cmd_top(args) -> None:
-    if args.k < 1:
-        raise UserError(f"-k must be at least 1, got {args.k}")
+    check_count("--top", args.top)
     hf = _read(args.file)
     if hf.unit == "kv":
         print(f"per KV head ({hf.format} file): head = layer-kv_head")
-    print(format_top_table(hf.scores, args.k))
+    print(format_top_table(hf.scores, args.top))
 
 
 def _cmd_heatmap(args) -> None:
     path = Path(args.file)
     hf = _read(args.file)
+    out = _png_out(args.out, f"{path.stem}.heads.png")
     scores = hf.scores
-    out = Path(args.out) if args.out else Path(f"{path.stem}.heads.png")
     layers, n_heads = scores.shape
     noun = "KV heads" if hf.unit == "kv" else "heads"
     # the details on a line of their own: figure_title wraps each line only where it must
     title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} {noun}; top 5 outlined)"
-    print(heads_heatmap(scores, out, title))
+    with writing(out):
+        print(heads_heatmap(scores, out, title))
 
 
 def _cmd_compare_all(args) -> None:
@@ -210,13 +231,15 @@ def _cmd_compare_all(args) -> None:
     names = ["retrieval" if n in models else n for n in names]  # <model>.json beside <model>.<method>.json
     if len(set(names)) < len(names):
         names = [Path(f).name for f in files]
-    r = compare_all(dict(zip(names, (h.scores for h in read))), args.k)
+    out = _png_out(args.out, f"{Path(files[0]).name.split('.')[0]}.compare.png")
+    r = compare_all(dict(zip(names, (h.scores for h in read))), args.top)
     print(compare_table(r), end="")
-    out = Path(args.out) if args.out else Path(f"{Path(files[0]).name.split('.')[0]}.compare.png")
-    print(compare_figure(r, out, f"agreement of {len(files)} head rankings (top-{r['k']} overlap, Spearman)"))
+    with writing(out):
+        print(compare_figure(r, out, f"agreement of {len(files)} head rankings (top-{r['k']} overlap, Spearman)"))
 
 
 def _cmd_compare(args) -> None:
+    check_count("--top", args.top)
     if args.more:
         return _cmd_compare_all(args)
     fa, fb = _read(args.a), _read(args.b)
@@ -225,7 +248,7 @@ def _cmd_compare(args) -> None:
                         f"{'KV head' if fb.unit == 'kv' else 'query head'}; compare files of one unit (convert one "
                         "with: python -m retrieval_head.heads export)")
     a, b = fa.scores, fb.scores
-    r = compare(a, b, args.k)
+    r = compare(a, b, args.top)
     print(f"A: {args.a} ({a.shape[0]} x {a.shape[1]})")
     print(f"B: {args.b} ({b.shape[0]} x {b.shape[1]})")
     print(f"top-{r['k']} overlap: {r['overlap']} / {r['k']}")
@@ -236,72 +259,67 @@ def _cmd_compare(args) -> None:
 
 def _cmd_export(args) -> None:
     src = head_files.read_head_file_any(Path(args.file), file_unit=args.unit)
-    done = head_export.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
-                              layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, sink=args.sink,
-                              recent=args.recent, overwrite=args.overwrite)
+    given = dict(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads)
+    found = shape_beside(Path(args.file)) if None in given.values() else None
+    shape = {k: v if v is not None or found is None else found[1][k] for k, v in given.items()}
+    try:
+        done = head_export.export(src, args.to, Path(args.out), top=args.top, threshold=args.threshold,
+                                  sink=args.sink, recent=args.recent, overwrite=args.overwrite, **shape)
+    except UserError as e:
+        if found is None or shape == given:
+            raise
+        raise UserError(f"{e} (the model's shape is from {found[0]}; pass --layers/--heads/--kv_heads to "
+                        "override it)") from None
     print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
 
 
-def _cmd_stability(args) -> None:
-    from ..analysis import stability  # the bootstrap (issue J): its own module
-
-    t = stability.load_trials(args.file)
-    s = stability.bootstrap(t.scores, args.top, args.draws, args.seed, args.confidence, t.strata(args.by))
-    if args.json:
-        print(stability.dump(s, file=Path(args.file).name, by=args.by), end="")
-    else:
-        print(stability.format_stability(s, args.rows))
-
-
-def _cmd_convergence(args) -> None:
-    from ..analysis import convergence, stability
-
-    t = stability.load_trials(args.file)
-    c = convergence.convergence(t.scores, args.top, args.seeds, args.seed)
-    lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
-    stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json").removesuffix(".trials")
-    out = Path(args.out) if args.out else Path(f"{stem}.convergence.png")
-    title = f"{stem}: how fast the top-{args.top} heads settle ({t.scores.shape[0]} counted trials)"
-    print(convergence.write_figure(c, out, title, lengths))
-
-
-def _add_stability_commands(sub, fmt) -> None:
-    """``stability`` and ``convergence``: how sure the top heads are (``stability``, ``convergence``)."""
-    what = "a head_score/*.json (per-trial lists) or a <model>.trials.jsonl"
-    p = sub.add_parser("stability", formatter_class=fmt, help="bootstrap intervals and P(top-K) of every head",
-                       description="Resample the counted trials with replacement: per head the mean, its percentile "
-                                   "interval and P(in the top K; ties at random); the stable top K (P >= confidence) "
-                                   "and how often the whole top-K set comes back.")
-    p.add_argument("file", help=what)
-    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
-    p.add_argument("--draws", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="the resampling's seed (same seed, same output)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level and the stable top-K's threshold")
-    p.add_argument("--by", choices=("needle", "length", "depth"), default=None,
-                   help="trial logs: resample within each needle / length / depth (keeps the grid's balance)")
-    p.add_argument("--rows", type=int, default=None, help="rows of the table; none: K")
-    p.add_argument("--json", action="store_true", help="every head's mean, lo, hi, p_top as JSON")
-    p.set_defaults(func=_cmd_stability)
-    p = sub.add_parser("convergence", formatter_class=fmt, help="PNG: top-K overlap with the final answer vs trials")
-    p.add_argument("file", help=what)
-    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
-    p.add_argument("--seeds", type=int, default=20, help="random trial orders")
-    p.add_argument("--seed", type=int, default=0, help="seed of the orders")
-    p.add_argument("--out", metavar="PNG", default=None, help="none: <stem>.convergence.png in the current folder")
-    p.set_defaults(func=_cmd_convergence)
+def _add_export(sub, fmt) -> None:
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="write a head file as duo / razor / qrhead / layers",
+                       description="duo (a folder: full_attention_heads.tsv + config.json) and razor are per KV "
+                                   "head, qrhead and layers per query head; per-query-head scores become per-KV-head "
+                                   "ones by each group's max. duo, razor and layers keep a set of heads: pass "
+                                   "--top K or --threshold T; qrhead ranks every head. The model's layers, heads "
+                                   "and KV heads come from the flags, else from the detection manifest beside "
+                                   "FILE (<model>.manifest.json), else from FILE.")
+    p.add_argument("file", help="a head file (any accepted format)")
+    p.add_argument("--to", required=True, choices=("duo", "razor", "qrhead", "layers"), help="the format written")
+    p.add_argument("--out", required=True, metavar="PATH", help="the file written (a folder for duo)")
+    p.add_argument("--top", type=int, metavar="K", default=None,
+                   help="keep the K highest-scoring heads (KV heads for duo/razor); ties layer-major")
+    p.add_argument("--threshold", type=float, metavar="T", default=None, help="keep the heads scoring >= T")
+    p.add_argument("--unit", choices=("query", "kv"), default=None,
+                   help="what FILE's columns are, for the original format only (a <model>.kv_max.json is kv); "
+                        "none: its format's unit (original: query)")
+    p.add_argument("--layers", type=int, metavar="N", default=None,
+                   help="the model's layers, where FILE does not state them (razor, layers: only the ids named); "
+                        "none: from the manifest beside FILE")
+    p.add_argument("--heads", type=int, metavar="N", default=None,
+                   help="the model's query heads, to read a per-KV-head FILE per query head; none: from the "
+                        "manifest beside FILE")
+    p.add_argument("--kv_heads", type=int, metavar="N", default=None,
+                   help="the model's KV heads, to read a per-query-head FILE per KV head (duo, razor); none: from "
+                        "the manifest beside FILE")
+    p.add_argument("--sink", type=int, metavar="S", default=None,
+                   help=f"duo: config.json sink_size; none: DuoAttention's default {head_files.DUO_SINK}")
+    p.add_argument("--recent", type=int, metavar="R", default=None,
+                   help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_export)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval_head.heads {top,heatmap,compare,export,stability,convergence} ...``."""
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The ``heads`` command's parser; each subcommand's usage line starts with ``prog``."""
     fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
-    parser = argparse.ArgumentParser(prog="python -m retrieval_head.heads",
+    parser = Parser(prog=prog,
                                      description="Inspect and convert head-score files: head_score/*.json, "
                                      "DuoAttention pattern folders, RazorAttention / QRHead / per-layer JSON "
                                      "(told apart by content).", formatter_class=fmt)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("top", help="ranked table of the top heads", formatter_class=fmt)
     p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("-k", type=int, default=20, help="rows")
+    p.add_argument("--top", type=int, metavar="K", default=20, help="rows: the K highest-scoring heads")
+    hidden_alias(p, "-k", "top")
     p.set_defaults(func=_cmd_top)
     p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
     p.add_argument("file", help="a head file (any accepted format)")
@@ -313,49 +331,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="a head file (any accepted format)")
     p.add_argument("b", help="another, for a model of the same shape")
     p.add_argument("more", nargs="*", help="more files: every pair is compared")
-    p.add_argument("-k", type=int, default=20, help="size of the top sets compared")
+    p.add_argument("--top", type=int, metavar="K", default=20, help="size of the top sets compared")
+    hidden_alias(p, "-k", "top")
     p.add_argument("--out", metavar="PNG", default=None,
                    help="3+ files: the matrix figure; none: <first file's model>.compare.png in the current folder")
     p.set_defaults(func=_cmd_compare)
-    p = sub.add_parser("export", formatter_class=fmt,
-                       help="write a head file as duo / razor / qrhead / layers",
-                       description="duo (a folder: full_attention_heads.tsv + config.json) and razor are per KV "
-                                   "head, qrhead and layers per query head; per-query-head scores become per-KV-head "
-                                   "ones by each group's max. duo, razor and layers keep a set of heads: pass "
-                                   "--top K or --threshold T; qrhead ranks every head.")
-    p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("--to", required=True, choices=("duo", "razor", "qrhead", "layers"), help="the format written")
-    p.add_argument("--out", required=True, metavar="PATH", help="the file written (a folder for duo)")
-    p.add_argument("--top", type=int, metavar="K", default=None,
-                   help="keep the K highest-scoring heads (KV heads for duo/razor); ties layer-major")
-    p.add_argument("--threshold", type=float, metavar="T", default=None, help="keep the heads scoring >= T")
-    p.add_argument("--unit", choices=("query", "kv"), default=None,
-                   help="what FILE's columns are, for the original format only (a <model>.kv_max.json is kv); "
-                        "none: its format's unit (original: query)")
-    p.add_argument("--layers", type=int, metavar="N", default=None,
-                   help="the model's layers, where FILE does not state them (razor, layers: only the ids named)")
-    p.add_argument("--heads", type=int, metavar="N", default=None,
-                   help="the model's query heads, to read a per-KV-head FILE per query head")
-    p.add_argument("--kv_heads", type=int, metavar="N", default=None,
-                   help="the model's KV heads, to read a per-query-head FILE per KV head (duo, razor)")
-    p.add_argument("--sink", type=int, metavar="S", default=None,
-                   help=f"duo: config.json sink_size; none: DuoAttention's default {head_files.DUO_SINK}")
-    p.add_argument("--recent", type=int, metavar="R", default=None,
-                   help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(func=_cmd_export)
-    _add_stability_commands(sub, fmt)
-    args = parser.parse_args(argv)
+    _add_export(sub, fmt)
+    add_stability_commands(sub, fmt, _png_out)
+    return parser
+
+
+def run(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The ``heads`` command; a user's error raises ``UserError`` (``main`` prints it)."""
+    args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write the figure: {e}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``python -m retrieval_head.heads {top,heatmap,compare,export,stability,convergence} ...``
+    behind the error boundary (``run_cli``): 0, or 2 after one ``error: ...`` line."""
+    return run_cli(partial(run, prog=prog), argv, resumable=False)
+
+
+cli = main  # every command module's entry point is ``cli``
 
 
 if __name__ == "__main__":

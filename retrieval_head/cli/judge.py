@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..engine.shard import from_env
@@ -48,13 +49,16 @@ class JudgeRun(RunOptions):
 GROUPS = [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")]
 
 
-def parser():
-    return build_parser("python -m retrieval_head.judge", experiment.__doc__, GROUPS)
+PROG = "python -m retrieval_head.judge"  # the usage line's name when the entry point names none
+
+
+def parser(prog: str = PROG):
+    return build_parser(prog, experiment.__doc__, GROUPS)
 
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = parser(prog).parse_args(argv)
     spec, st, run = from_args(ModelSpec, args), from_args(JudgeSettings, args), from_args(JudgeRun, args)
     setup_logging(run.verbose)
     run.check()
@@ -99,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv)
+def cli(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``main`` behind the error boundary (``common.run_cli``); ``prog``: the command the user typed."""
+    return run_cli(partial(main, prog=prog), argv, resumable=False)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,8 +53,11 @@ class NiahRun(RunOptions):
 GROUPS = [(ModelSpec, "model"), (NiahSettings, "needle test"), (NiahRun, "run")]
 
 
-def parser():
-    return build_parser("needle_in_haystack_with_mask.py", __doc__, GROUPS)
+PROG = "needle_in_haystack_with_mask.py"  # the usage line's name when the entry point names none
+
+
+def parser(prog: str = PROG):
+    return build_parser(prog, __doc__, GROUPS)
 
 
 def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
@@ -162,8 +166,8 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = parser(prog).parse_args(argv)
     spec, settings, run = from_args(ModelSpec, args), from_args(NiahSettings, args), from_args(NiahRun, args)
     setup_logging(run.verbose)
     run.check()
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     opened = open_checked(spec, world)
     shape = opened.shape
+    settings.check_stream(shape)
     scores, seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
     group = shape.group if settings.mask_unit == "kv" else None
     conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.mask_phase, seeds,
@@ -215,5 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv)
+def cli(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``main`` behind the error boundary (``common.run_cli``); ``prog``: the command the user typed."""
+    return run_cli(partial(main, prog=prog), argv)

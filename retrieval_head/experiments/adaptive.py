@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FIRST = 1 / 8   # round 1's share of the grid (at least 2 x 2 cells per needle where the grid has them)
 GROWTH = 1.5    # each round's cells per needle over the last's, at least
-SEED = 0        # the bootstrap's seed (recorded in the manifest)
+SEED = 0        # the bootstrap's default seed (DetectSettings.seed; recorded in the manifest)
 RULES = {
     "kept": "stop after the first round where the top K of the counted trials' means keeps, on average over `draws` "
             "bootstrap resamples of those trials, at least `confidence` of its heads in the resample's top K "
@@ -83,14 +83,14 @@ def rounds(needles: list[int], lengths: list[int], depths: list[int]) -> list[li
         target = math.ceil(GROWTH * a * b)
 
 
-def decide(records: list[dict], k: int, confidence: float, draws: int, rule: str = "kept") -> dict:
-    """One round's verdict from all records so far: the bootstrap of the counted ones."""
+def decide(records: list[dict], k: int, confidence: float, draws: int, rule: str = "kept", seed: int = SEED) -> dict:
+    """One round's verdict from all records so far: the bootstrap (seeded with ``seed``) of the counted ones."""
     import torch
 
     counted = sorted((r for r in records if r["passed"]), key=TrialKey.of)
     verdict = dict(trials=len(records), counted=len(counted), stable=False)
     if counted:
-        s = bootstrap(torch.tensor([r["head_scores"] for r in counted], dtype=torch.float64), k, draws, SEED,
+        s = bootstrap(torch.tensor([r["head_scores"] for r in counted], dtype=torch.float64), k, draws, seed,
                       confidence)
         verdict.update(stable=s.stable if rule == "every" else s.kept >= confidence, kept=round(s.kept, 4),
                        stable_top=len(s.stable_top), min_p_top=round(min(s.p_top[l, h].item() for l, h in s.top), 4),
@@ -106,7 +106,7 @@ def sweep(trials, settings, run_round: Callable[[list[TrialKey]], list[dict]]) -
     for keys in grid:
         records += run_round(keys)
         verdicts.append(decide(records, settings.until_stable, settings.confidence, settings.draws,
-                               settings.stop_rule))
+                               settings.stop_rule, settings.seed))
         log.info("round %d of %d: %s", len(verdicts), len(grid), verdicts[-1])
         if not verdicts[-1]["counted"]:
             log.warning("round %d of %d: no trial has passed yet (%d run); the retrieval score decides when to stop, "
@@ -114,7 +114,8 @@ def sweep(trials, settings, run_round: Callable[[list[TrialKey]], list[dict]]) -
         if verdicts[-1]["stable"]:
             break
     total = sum(map(len, grid))
-    return records, dict(stop_rule=settings.stop_rule, rule=RULES[settings.stop_rule].format(seed=SEED),
-                         k=settings.until_stable, confidence=settings.confidence, draws=settings.draws, seed=SEED,
+    return records, dict(stop_rule=settings.stop_rule, rule=RULES[settings.stop_rule].format(seed=settings.seed),
+                         k=settings.until_stable, confidence=settings.confidence, draws=settings.draws,
+                         seed=settings.seed,
                          rounds=verdicts, rounds_planned=len(grid), stopped=verdicts[-1]["stable"],
                          trials_run=len(records), trials_grid=total, trials_saved=total - len(records))

@@ -154,31 +154,3 @@ def compression_figure(dirs, out_png, title: str) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     figure_title(fig, title)
     return render(fig, Path(out_png))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval_head.compress DIR [DIR ...] --out PNG``: the curve of result
-    folders (several runs pooled), as a figure and a markdown table."""
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser(prog="python -m retrieval_head.compress", description=main.__doc__,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
-    ap.add_argument("--out", default="compression.png", help="output PNG")
-    ap.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
-    ap.add_argument("--heads", type=int, default=None, help="the model's heads (units), for the table's share-of-heads column")
-    args = ap.parse_args(argv)
-    try:
-        c = curves(args.dirs)
-        print(compression_figure(args.dirs, args.out, args.title))
-        heads = args.heads or max([k for _, _, k in c["top"]] + [1])
-        print(table(c, heads))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,6 +17,7 @@ trials. How the prompts are prefilled and decoded (prefix reuse, batches) is the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.stability import MAX_DRAWS
 from ..core.decode import check_supported, stop_token_mask
 from ..core.scoring import SCORE_MODES, rouge1_recall, trial_scores
 from ..engine.scheduler import Decoded, Job, Scheduler
@@ -35,7 +37,7 @@ from ..methods.repeat import RepeatSettings
 from ..models.shape import ModelShape
 from ..options import option
 from . import adaptive
-from .sweep import Plan, SweepSettings, TrialKey, plan
+from .sweep import Plan, SweepSettings, TrialKey, check_seeds, plan
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class DetectSettings(SweepSettings):
                                     "top-K head's P(top-K) >= confidence; strict on near ties)",
                             choices=("kept", "every"))
     draws: int = option(1000, "--until_stable: bootstrap draws after each round")
+    seed: int = option(0, "--until_stable: the bootstrap's seed (its resamples and its tie-breaks); decoding is greedy")
 
     def __post_init__(self):
         super().__post_init__()
@@ -90,9 +93,25 @@ class DetectSettings(SweepSettings):
             self.repeat().check()
         if self.until_stable is not None and self.until_stable < 1:
             raise UserError(f"--until_stable must be at least 1 (the size of the top set), got {self.until_stable}")
-        if not 0 < self.confidence < 1 or self.draws < 1:
-            raise UserError(f"--confidence must be in (0, 1) and --draws at least 1, got {self.confidence} and "
-                            f"{self.draws}")
+        if not 0 < self.confidence <= 1:
+            raise UserError(f"--confidence {self.confidence:g} is not in (0, 1]; pass a level such as 0.95")
+        if not 1 <= self.draws <= MAX_DRAWS:
+            raise UserError(f"--draws {self.draws} is not in 1..{MAX_DRAWS} (bootstrap resamples); pass a count "
+                            "such as 1000")
+        check_seeds("--seed", self.seed)
+        check_seeds("--repeat_seeds", *self.repeat_seeds)
+        if self.until_stable is None:
+            self.check_not_adaptive()
+
+    def check_not_adaptive(self) -> None:
+        """The adaptive sweep's options, given without ``--until_stable``, would do nothing."""
+        for name in ("confidence", "stop_rule", "draws"):
+            if getattr(self, name) != ADAPTIVE_DEFAULTS[name]:
+                raise UserError(f"--{name} {getattr(self, name)} is an option of the adaptive sweep; add "
+                                "--until_stable K (or drop it)")
+        if self.seed != ADAPTIVE_DEFAULTS["seed"]:
+            log.warning("--seed %d seeds the --until_stable bootstrap; a full sweep draws nothing at random "
+                        "(decoding is greedy), so it changes nothing here", self.seed)
 
     def check_shape(self, shape: ModelShape, world_size: int = 1) -> None:
         """What the adaptive sweep needs of the model and the launch."""
@@ -104,6 +123,10 @@ class DetectSettings(SweepSettings):
         if world_size > 1:
             raise UserError("--until_stable runs in one process (its rounds wait on every trial so far); drop "
                             "--world_size / the launcher, or run the full grid sharded without --until_stable")
+
+
+ADAPTIVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DetectSettings)
+                     if f.name in ("confidence", "stop_rule", "draws", "seed")}
 
 
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,

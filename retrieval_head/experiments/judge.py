@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..methods.registry import method_of
 from ..options import option
 from .mask import Condition, NiahSettings, select_random, select_top
-from .sweep import SweepSettings
+from .sweep import SweepSettings, check_distinct, check_seeds
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class JudgeSettings(SweepSettings):
             raise UserError("--k values must be positive (random-K is drawn for each K anyway)")
         if not self.seeds:
             raise UserError("--seeds needs at least one seed")
+        check_seeds("--seeds", *self.seeds)
+        check_distinct("--k", self.k)
+        check_distinct("--seeds", self.seeds)
 
     def niah(self) -> NiahSettings:
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(SweepSettings)}

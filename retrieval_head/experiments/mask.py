@@ -40,7 +40,7 @@ from ..inputs.haystack import Needle, original_layout, pair_with_parts
 from ..models.shape import ModelShape
 from ..options import option
 from ..store.manifest import utc_now
-from .sweep import Plan, SweepSettings, TrialKey, plan
+from .sweep import Plan, SweepSettings, TrialKey, check_distinct, check_seeds, plan
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,16 @@ class NiahSettings(SweepSettings):
         super().check()
         if self.sink < 0 or self.recent < 1:
             raise UserError("--sink must be >= 0 and --recent >= 1 (a streamed head sees at least itself)")
+        check_seeds("--seed", self.seed)
+        check_seeds("--seeds", *(self.seeds or ()))
+        for flag, values in (("--mask_top", self.mask_top), ("--keep_full", self.keep_full), ("--seeds", self.seeds)):
+            check_distinct(flag, values)  # a value twice would write one condition's folder twice
+
+    def check_stream(self, shape: ModelShape) -> None:
+        """Streaming (``--keep_full``) that would stream something on this model."""
+        if self.keep_full and shape.max_positions and self.sink + self.recent >= shape.max_positions:
+            raise UserError(f"--sink {self.sink} + --recent {self.recent} cover the model's {shape.max_positions} "
+                            "positions: no key would ever be streamed; pass smaller values")
 
     def the_needle(self) -> Needle:
         """The needle this test uses: the one given as text, else ``needle_id`` of the sweep's

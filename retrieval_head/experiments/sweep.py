@@ -190,3 +190,35 @@ def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Ne
         raise UserError(f"context length {lengths[-1]} + {st.max_new_tokens} new tokens exceeds the model's "
                         f"{shape.max_positions} positions; lower --e or use a long-context --model_path")
     return Plan(needles, lengths, st.depths(), hay, st.max_new_tokens)
+
+
+SEEDS = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def check_seeds(flag: str, *seeds: int) -> None:
+    """Refuse a seed ``torch.Generator.manual_seed`` cannot take, naming the option.
+
+    >>> check_seeds("--seed", 0, -1, 2 ** 64 - 1)
+    >>> check_seeds("--seeds", 3, 2 ** 64)
+    Traceback (most recent call last):
+    ...
+    retrieval_head.errors.UserError: --seeds 18446744073709551616 is not a seed; pass an integer in -2**63..2**64-1
+    """
+    for s in seeds:
+        if not SEEDS[0] <= s <= SEEDS[1]:
+            raise UserError(f"{flag} {s} is not a seed; pass an integer in -2**63..2**64-1")
+
+
+def check_distinct(flag: str, values) -> None:
+    """Refuse a value listed twice (each value of a several-valued option is a condition of its own).
+
+    >>> check_distinct("--keep_full", (0, 4, 0))
+    Traceback (most recent call last):
+    ...
+    retrieval_head.errors.UserError: --keep_full lists 0 twice; pass each value once
+    """
+    seen = set()
+    for v in values or ():
+        if v in seen:
+            raise UserError(f"{flag} lists {v} twice; pass each value once")
+        seen.add(v)

@@ -17,10 +17,10 @@ mean of 50 (the mean over trials)::
     >>> heatmap("results/SmolLM2_top10")                     # doctest: +SKIP
     PosixPath('results/SmolLM2_top10/heatmap.png')
 
-From the shell::
+From the shell (the command is ``cli.plot``)::
 
-    python -m retrieval_head.plot results/SmolLM2_top10                   # its heatmap.png
-    python -m retrieval_head.plot results/SmolLM2_none results/SmolLM2_top10 --out cmp.png
+    retrieval-head plot results/SmolLM2_top10                   # its heatmap.png
+    retrieval-head plot results/SmolLM2_none results/SmolLM2_top10 --out cmp.png
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects and rendered by the Agg canvas,
 so importing this module never changes the pyplot backend of a notebook.
@@ -28,11 +28,9 @@ so importing this module never changes the pyplot backend of a notebook.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
-import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,34 +274,3 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
         diff_axes = [axes[1, i] for i, g in enumerate(grids) if g is not base]
         fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label="Score difference")
     return render(fig, Path(out_png))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval_head.plot DIR [DIR ...] [--out PNG]``."""
-    parser = argparse.ArgumentParser(prog="python -m retrieval_head.plot", description=(
-        "Draw NIAH heatmaps. One DIR: its heatmap.png (or --out). Several: one side-by-side "
-        f"figure (default {DEFAULT_SIDE_BY_SIDE}), with difference maps against a no-mask folder."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) of trial JSON files")
-    parser.add_argument("--out", metavar="PNG", default=None,
-                        help=f"output PNG; none: DIR/heatmap.png for one DIR, {DEFAULT_SIDE_BY_SIDE} for several")
-    parser.add_argument("--title", default=None, help="title of a single heatmap; none: model, mask, mean score")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        if len(args.dirs) == 1:
-            path = heatmap(args.dirs[0], args.out, args.title)
-        else:
-            path = side_by_side(args.dirs, args.out or DEFAULT_SIDE_BY_SIDE)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write the figure: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,3 +74,36 @@ def build_manifest(command: str, config: dict, model_info: dict, seed: int | Non
         "started_utc": started,
         "finished_utc": utc_now(),
     }
+
+
+SHAPE_KEYS = {"layers": "num_layers", "heads": "num_heads", "kv_heads": "num_kv_heads"}
+
+
+def shape_beside(head_file: Path) -> tuple[Path, dict[str, int]] | None:
+    """The model shape (``layers``, ``heads``, ``kv_heads``) the detection manifest beside a
+    head file records, with the manifest's path; None when there is none (or it records no
+    shape). ``<model>.json``, ``<model>.kv_max.json`` and ``<model>.kv_mean.json`` share
+    ``<model>.manifest.json``; ``<model>.<method>.json`` has ``<model>.<method>.manifest.json``.
+
+        >>> import json, tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "M.manifest.json").write_text(json.dumps({"model": {"num_layers": 30, "num_heads": 9,
+        ...                                                              "num_kv_heads": 3}}))
+        >>> shape_beside(d / "M.kv_max.json")[1], shape_beside(d / "other.json")
+        ({'layers': 30, 'heads': 9, 'kv_heads': 3}, None)
+    """
+    import json
+
+    head_file = Path(head_file)
+    if head_file.suffix != ".json" or head_file.name.endswith(".manifest.json"):
+        return None
+    stem = head_file.name.removesuffix(".json").removesuffix(".kv_max").removesuffix(".kv_mean")
+    path = head_file.with_name(f"{stem}.manifest.json")
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
+        shape = {k: model[v] for k, v in SHAPE_KEYS.items()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None  # no manifest, or not a detection manifest: the flags and the file must do
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
+        return None
+    return path, shape
