@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import transformers
 
-SECTION = "## Detection trial vs plain generate (issue A)"
+SECTION = "## Detection trial vs plain generate"
 MAX_NEW, ROUGE, MODE = 50, 50, "count"
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -198,7 +198,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mem-repeats", type=int, default=2, help="fresh processes per CPU memory measurement")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results.md"))
     args = ap.parse_args()
     load0 = os.getloadavg()
     model, tok, info, needle, prompts, stop = setup(args.threads, args.lengths)

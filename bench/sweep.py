@@ -1,4 +1,4 @@
-"""Whole sweeps vs the naive floor (issue C): detection, masked NIAH, probe step, memory, original, streaming.
+"""Whole sweeps vs the naive floor: detection, masked NIAH, probe step, memory, original, streaming.
 
 On the default model (SmolLM2-135M-Instruct) at CPU-sized lengths, one run measures, on the
 same machine and in the same process (memory: fresh child processes):
@@ -45,7 +45,7 @@ same machine and in the same process (memory: fresh child processes):
 
 Times are wall seconds (process CPU seconds in an extra column: less sensitive to other jobs
 on a shared machine). A profile (prefill vs decode share, per-condition decode cost) follows
-the table. The section "## Sweeps vs the naive floor (issue C)" of ``--out`` is replaced
+the table. The section "## Sweeps vs the naive floor" of ``--out`` is replaced
 (the other sections are kept); ``--quick`` runs a tiny grid and writes only with ``--out``.
 
 Run (from the repo root; one heavy process at a time on a small shared machine)::
@@ -72,7 +72,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-SECTION = "## Sweeps vs the naive floor (issue C)"
+SECTION = "## Sweeps vs the naive floor"
 VARIANTS = {"default": {}, "independent": dict(prefix_reuse=False, batch_tokens=0),
             "reuse": dict(prefix_reuse=True, batch_tokens=0), "batches": dict(prefix_reuse=False, batch_tokens=None)}
 NIAH_VARIANTS = VARIANTS  # the masked NIAH has the same scheduler and levers as detection
@@ -252,7 +252,7 @@ def main():
     ap.add_argument("--lengths", nargs="+", default=["1000 2000"], help='context lengths: "1000 2000" or 1000 2000')
     ap.add_argument("--depths", nargs="+", default=["10 50 90"], help='depth percents: "10 50 90" or 10 50 90')
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared machine)")
-    ap.add_argument("--out", default=None, help="results file (default bench/RESULTS.md; --quick: none)")
+    ap.add_argument("--out", default=None, help="results file (default docs/results.md; --quick: none)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: one length, one depth, few steps")
     ap.add_argument("--steps", type=int, default=40, help="decode steps per run for item 3")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved runs per kind for item 3")
@@ -265,7 +265,7 @@ def main():
         if "--depths" not in " ".join(sys.argv):
             args.depths = [50]
         args.steps, args.rounds, args.mem_repeats = 8, 2, 1
-    out = args.out if args.out or args.quick else str(BENCH / "RESULTS.md")
+    out = args.out if args.out or args.quick else str(BENCH.parent / "docs" / "results.md")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
