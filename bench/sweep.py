@@ -1,4 +1,4 @@
-"""Whole sweeps vs the naive floor (issue C): detection, masked NIAH, probe step, memory, original, streaming.
+"""Whole sweeps vs the naive floor: detection, masked NIAH, probe step, memory, original, streaming.
 
 On the default model (SmolLM2-135M-Instruct) at CPU-sized lengths, one run measures, on the
 same machine and in the same process (memory: fresh child processes):
@@ -45,7 +45,7 @@ same machine and in the same process (memory: fresh child processes):
 
 Times are wall seconds (process CPU seconds in an extra column: less sensitive to other jobs
 on a shared machine). A profile (prefill vs decode share, per-condition decode cost) follows
-the table. The section "## Sweeps vs the naive floor (issue C)" of ``--out`` is replaced
+the table. The section "## Sweeps vs the naive floor" of ``--out`` is replaced
 (the other sections are kept); ``--quick`` runs a tiny grid and writes only with ``--out``.
 
 Run (from the repo root; one heavy process at a time on a small shared machine)::
@@ -72,7 +72,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-SECTION = "## Sweeps vs the naive floor (issue C)"
+SECTION = "## Sweeps vs the naive floor"
 VARIANTS = {"default": {}, "independent": dict(prefix_reuse=False, batch_tokens=0),
             "reuse": dict(prefix_reuse=True, batch_tokens=0), "batches": dict(prefix_reuse=False, batch_tokens=None)}
 NIAH_VARIANTS = VARIANTS  # the masked NIAH has the same scheduler and levers as detection
@@ -82,8 +82,9 @@ NIAH_TEXT = {"default": "**defaults: prefix reuse + batched decoding (cells shar
              "reuse": "prefix reuse only: cells share prefixes, conditions one by one (lever row)",
              "batches": "batched decoding only: one prefill per cell, one length's cells x conditions decoded "
                         "together (lever row)"}
-VARIANT_TEXT = {"default": "**defaults: prefix reuse + batched decoding**", "independent": "independent trials (lever row)",
-                "reuse": "prefix reuse only (lever row)", "batches": "batched decoding only (lever row)"}
+VARIANT_TEXT = {"default": "**defaults: prefix reuse + batched decoding**",
+                "independent": "independent trials (lever row)", "reuse": "prefix reuse only (lever row)",
+                "batches": "batched decoding only (lever row)"}
 K_HEADS = 10
 K_KEEP, SINK, RECENT = 27, 4, 64  # item 6: heads kept at full cache; every other head sees sink + recent keys
 STREAM_PHASES = ("decode", "all")
@@ -99,13 +100,13 @@ def memory_note(model, budget: int) -> str:
 
     per = ModelShape.of(model).kv_bytes_per_token(next(model.parameters()).element_size())
     return (f"Memory (row 4b): the defaults also hold the prefilled trials that wait for their batch: at most "
-            f"`batch_tokens` = {budget} cached tokens ({per / 1024:.0f} KiB per token here = {budget * per / 2**20:.0f} "
-            f"MiB), plus the batch being decoded. That budget is the default only while a quarter of the free "
-            f"memory (RAM, or the GPU's) holds it, and a prompt longer than half the budget is decoded alone on "
-            f"its own cache: at long contexts, where memory binds, a sweep holds that prompt's cache (as plain "
-            f"generation does) plus at most the budget of shorter trials. `--batch_tokens 0` turns batching off. "
-            f"Both sweeps' peaks include loading and tokenizing the haystack (row 4's single trial starts "
-            f"after that).")
+            f"`batch_tokens` = {budget} cached tokens ({per / 1024:.0f} KiB per token here = "
+            f"{budget * per / 2**20:.0f} MiB), plus the batch being decoded. That budget is the default only "
+            f"while a quarter of the free memory (RAM, or the GPU's) holds it, and a prompt longer than half the "
+            f"budget is decoded alone on its own cache: at long contexts, where memory binds, a sweep holds that "
+            f"prompt's cache (as plain generation does) plus at most the budget of shorter trials. "
+            f"`--batch_tokens 0` turns batching off. Both sweeps' peaks include loading and tokenizing the "
+            f"haystack (row 4's single trial starts after that).")
 
 
 @contextlib.contextmanager
@@ -195,7 +196,7 @@ def original_trial(model, tok, prompt, n: int):
                 for layer_idx in range(layers):  # the original's retrieval_calculate, topk=1
                     for head_idx in range(heads):
                         values, idx = attention_maxtrix[layer_idx][0][head_idx][-1].topk(1)
-                        for v, i in zip(values, idx):
+                        for _v, i in zip(values, idx):
                             if s <= i < e and inp.item() == prompt_ids[i].item():
                                 retrieval_score[layer_idx][head_idx][0] += 1 / (e - s)
                                 retrieval_score[layer_idx][head_idx][1] += step_token
@@ -239,7 +240,7 @@ def decode_steps(model, prompt_ids, steps: int, rounds: int, batch_rows: int = 0
         cache.batch_repeat_interleave(batch_rows)
         inp, bt = tok_id.expand(batch_rows, 1).contiguous(), []
         with torch.no_grad():
-            for i in range(steps + 2):
+            for _ in range(steps + 2):
                 t0 = time.perf_counter()
                 model(input_ids=inp, use_cache=True, **{key: cache})
                 bt.append(time.perf_counter() - t0)
@@ -252,7 +253,7 @@ def main():
     ap.add_argument("--lengths", nargs="+", default=["1000 2000"], help='context lengths: "1000 2000" or 1000 2000')
     ap.add_argument("--depths", nargs="+", default=["10 50 90"], help='depth percents: "10 50 90" or 10 50 90')
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared machine)")
-    ap.add_argument("--out", default=None, help="results file (default bench/RESULTS.md; --quick: none)")
+    ap.add_argument("--out", default=None, help="results file (default docs/results.md; --quick: none)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: one length, one depth, few steps")
     ap.add_argument("--steps", type=int, default=40, help="decode steps per run for item 3")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved runs per kind for item 3")
@@ -265,7 +266,7 @@ def main():
         if "--depths" not in " ".join(sys.argv):
             args.depths = [50]
         args.steps, args.rounds, args.mem_repeats = 8, 2, 1
-    out = args.out if args.out or args.quick else str(BENCH / "RESULTS.md")
+    out = args.out if args.out or args.quick else str(BENCH.parent / "docs" / "results.md")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import detection_overhead as dov  # noqa: E402  (bench/ helpers: generate, trial, cpu_peak, write_section)
@@ -432,12 +433,12 @@ def main():
         return ratio
 
     T = len(result.trials)
-    for name, (c, r) in dets.items():
+    for name, (c, _r) in dets.items():
         row(f"1. detection sweep ({T} trials: {len(p.needles)} needles x {len(lengths)} lengths x "
             f"{len(depths)} depths), {VARIANT_TEXT[name]}", c.wall, det_floor.wall,
             TARGETS["detect"] if name == "default" else None, c.cpu, det_floor.cpu, note="lever")
 
-    for b, (c, fl, cells) in niah.items():
+    for b, (c, fl, _cells) in niah.items():
         row(f"2. masked NIAH sweep (none/top-{K_HEADS}/random-{K_HEADS} x {len(lengths) * len(depths)} "
             f"cells), {NIAH_TEXT[b]}", c.wall, fl.wall, TARGETS["niah"] if b == "default" else None, c.cpu, fl.cpu,
             note="lever")
@@ -501,7 +502,6 @@ def main():
         f"{det_decode_est / sum(Ns) * 1e3:.0f} ms per probed step). Its greedy tokens equal ours in "
         f"{agree[0]} of {agree[1]} trials. Ours / original = {det.wall / orig.wall:.3f}.",
     ]
-    ncell = len(lengths) * len(depths)
     niah_prefill = sum(pre[L] for L in lengths for _ in depths)
     fl_wall = next(iter(niah.values()))[1].wall
     prof_lines.append(
@@ -546,11 +546,13 @@ def main():
         f"inside vs outside `intervene(model, probe=ArgmaxProbe())` on a prefilled `DynamicCache` cropped "
         f"back after each run. Item 4: peak RSS increase of one detection trial (`detection_overhead.trial`: one "
         f"`Job` through the `Scheduler` with no levers, then `detect.trial_record`) vs one generate in fresh processes "
-        f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). Item 6: "
+        f"(`detection_overhead.cpu_peak`, glibc's mmap threshold pinned at 64 KiB so the peak follows live memory). "
+        f"Item 6: "
         f"`run_niah` with the defaults under none / keep-top-{K_KEEP} / keep-random-{K_KEEP} (seed 0; "
         f"`compress.keep_conditions`, every head not kept streamed with sink {SINK} + recent {RECENT}), its "
-        f"\"floor\" column being item 2's defaults row (the masked sweep on the same grid, same run). Ratio (CPU time) = process CPU "
-        f"seconds, less sensitive to the other jobs.\n\n{table}\n\n### Where the time goes\n\n{profile}\n\n"
+        f"\"floor\" column being item 2's defaults row (the masked sweep on the same grid, same run). "
+        f"Ratio (CPU time) = process CPU seconds, less sensitive to the other jobs.\n\n{table}\n\n"
+        f"### Where the time goes\n\n{profile}\n\n"
         f"{memory_note(model, result.stats['batch_tokens'])}\n\n"
         f"Reproduce: `{cmd.strip()}` ({total / 60:.0f} min here; the levers' identity is also tested in "
         f"`tests/test_prefix.py` and `tests/test_batched.py`)\n")

@@ -1,16 +1,16 @@
-"""Print the architecture support table (markdown) that the README embeds.
+"""Print the architecture support table (markdown) that docs/models.md embeds.
 
 Runs ``tests/test_families.py`` under pytest, in a subprocess (so the table shows exactly
 what ``make test`` checks), and tabulates each test's outcome per family; the rows' names,
 model classes, features and notes come from ``families``:
 
     .venv/bin/python scripts/support_table.py > table.md
-    .venv/bin/python scripts/support_table.py --readme      # also rewrite the README's table
+    .venv/bin/python scripts/support_table.py --docs        # also rewrite the table in docs/models.md
 
 A cell is ✓ when its test passed and "✗ <first line of the failure>" otherwise, e.g. a
 Mistral row whose zero-mask check fails::
 
-    | Mistral | `MistralForCausalLM` | GQA, sliding window | ✓ | ✓ | ✓ | ✗ zero mode left the head's output non-zero | ✓ | window 16 on every layer |
+    | Mistral | ... | GQA, sliding window | ✓ | ✓ | ✓ | ✗ zero mode left the head's output non-zero | ✓ | ... |
 
 A refused family's notes give the library's refusal (``check_supported`` on its tiny model).
 Exit status 1 when any check fails or does not run (pytest's own report goes to stderr).
@@ -125,7 +125,7 @@ START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the table; with ``--readme`` also replace it between the README's markers."""
+    """Print the table; with ``--docs`` also replace it between the markers of ``docs/models.md``."""
     argv = sys.argv[1:] if argv is None else argv
     table, ok = rows(run_tests())
     head = ["family", "model class", "attention features", *COLUMNS, "notes"]
@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["| " + " | ".join(r) + " |" for r in table]
     text = "\n".join(lines)
     print(text)
-    if "--readme" in argv:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
+    if "--docs" in argv:
+        page = ROOT / "docs" / "models.md"
+        s = page.read_text()
         a, b = s.index(START) + len(START), s.index(END)
-        readme.write_text(s[:a] + "\n" + text + "\n" + s[b:])
+        page.write_text(s[:a] + "\n" + text + "\n" + s[b:])
     return 0 if ok else 1
 
 

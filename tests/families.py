@@ -10,12 +10,12 @@ marked ``refused``: the library must refuse it by class name.
 
 ``tests/test_families.py`` runs every supported family through the probe, mask and
 detection checks (and checks that the declared features are really in the built model);
-``scripts/support_table.py`` turns those results into the README's support table.
+``scripts/support_table.py`` turns those results into the support table of ``docs/models.md``.
 
 Adding a family: append a ``Family`` to ``FAMILIES`` (a config through ``_cfg`` when the
 architecture takes Llama-style kwargs, a lambda otherwise), list in ``features`` exactly
 the features its built model has, give the module names where they differ from Llama's,
-then run ``tests/test_families.py`` and ``scripts/support_table.py --readme``.
+then run ``tests/test_families.py`` and ``scripts/support_table.py --docs``.
 
     >>> len(SUPPORTED), len(REFUSED)
     (24, 3)

@@ -1,6 +1,6 @@
 """Every bad input: one line saying what is wrong and how to fix it, a non-zero exit, no
 traceback, and no output file created or changed. `python tests/test_bad_inputs.py`
-prints the README's table from the same cases."""
+prints the table of docs/troubleshooting.md from the same cases (`--docs`: rewrites it there)."""
 
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ def test_disk_full_mid_run_keeps_earlier_results(inputs, tmp_path, capsys, monke
     assert json.loads((out / "tiny.manifest.json").read_text())["status"] == "running"
 
 
-if __name__ == "__main__":  # the README's table, from what the CLI really prints
+if __name__ == "__main__":  # docs/troubleshooting.md's table, from what the CLI really prints
     import contextlib
     import io
     import tempfile
@@ -307,13 +307,21 @@ if __name__ == "__main__":  # the README's table, from what the CLI really print
 
     from retrieval_head.models.embedded import default_model_dir
 
+    lines = ["| bad input | what the user sees (exit 2) |", "|---|---|"]
     with tempfile.TemporaryDirectory() as d:
         paths = make_inputs(Path(d), AutoTokenizer.from_pretrained(default_model_dir()))
-        print("| bad input | what the user sees (exit 2) |\n|---|---|")
         for what, cmd, args, _ in CASES:
             buf = io.StringIO()
             with contextlib.redirect_stderr(buf):
                 run_case(cmd, args, paths, Path(d) / "results")
             msg = buf.getvalue().strip().replace(d, "…").replace("|", "\\|")
-            print(f"| {what} | `{msg}` |")
+            lines.append(f"| {what} | `{msg}` |")
+    table = "\n".join(lines)
+    print(table)
+    if "--docs" in sys.argv[1:]:  # replace the table between the page's markers
+        page = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+        text = page.read_text()
+        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+        a, b = text.index(start) + len(start), text.index(end)
+        page.write_text(text[:a] + "\n" + table + "\n" + text[b:])
     sys.exit(0)

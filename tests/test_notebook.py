@@ -33,6 +33,7 @@ def test_committed_notebooks_are_stripped():
 
 
 @pytest.mark.slow
+@pytest.mark.full  # runs the whole notebook in a fresh kernel: `make test` only
 def test_quickstart_runs_from_a_clean_kernel(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
