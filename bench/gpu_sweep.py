@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ def stream_rows(model, ids, new_tokens, chunk) -> dict:
     if cache is not None:
         decode_mask = HeadMask(heads, "stream", "decode", SINK, RECENT)
         for name, mask in (("plain_decode", None), ("stream_decode", decode_mask)):
-            run(name, lambda: greedy_decode(model, _Tok(), ids, stop, new_tokens, mask=mask, cache=cache))
+            run(name, lambda mask=mask: greedy_decode(model, _Tok(), ids, stop, new_tokens, mask=mask, cache=cache))
             cache.crop(-(cache.get_seq_length() - (len(ids) - 1)))
         cache = None
         if torch.cuda.is_available():
@@ -178,8 +179,9 @@ def main(argv=None) -> int:
         for n in args.lengths:
             ids = torch.randint(0, model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
             row = {"shape": shape, "tokens": n, "device": device, "new_tokens": args.new_tokens}
-            for name, fn in (("detect", lambda: detection_trial(model, ids, args.new_tokens, args.prefill_chunk)),
-                             ("niah3", lambda: niah_cell(model, ids, args.new_tokens, args.prefill_chunk))):
+            new, chunk = args.new_tokens, args.prefill_chunk
+            for name, fn in (("detect", partial(detection_trial, model, ids, new, chunk)),
+                             ("niah3", partial(niah_cell, model, ids, new, chunk))):
                 if name not in args.rows:
                     continue
                 try:

@@ -98,7 +98,7 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
 def from_args(cls, args: argparse.Namespace, **overrides):
     """The dataclass from parsed arguments (lists become tuples), with ``overrides``."""
     values = {}
-    for f, annotation in _fields(cls):
+    for f, _annotation in _fields(cls):
         v = getattr(args, f.name)
         values[f.name] = tuple(v) if isinstance(v, list) else v
     return cls(**(values | overrides))

@@ -59,7 +59,8 @@ def inputs(tmp_path_factory, default_tokenizer):
     needles, hay = root / "needles.jsonl", root / "haystack"
     needles.write_text(json.dumps(NEEDLE) + "\n")
     hay.mkdir()
-    (hay / "essay.txt").write_text(" ".join(f"The mill near road {i} was quiet that winter." for i in range(300)) + "\n")
+    text = " ".join(f"The mill near road {i} was quiet that winter." for i in range(300))
+    (hay / "essay.txt").write_text(text + "\n")
     return root, ["--model_path", str(root / NAME), "--needles", str(needles), "--haystack_dir", str(hay),
                   "--chat_template", "off", "--max_new_tokens", "4", "--context_lengths", "160", "200", "240",
                   "--depth_percents", "0", "50", "100", "--rouge_threshold", "-1", "--threads", "1", "--quiet"]

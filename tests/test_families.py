@@ -186,7 +186,7 @@ def check_probe(fam: Family, model=None) -> str:
             picked = row.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
             top2 = row.topk(2, dim=1).values
             torch.testing.assert_close(picked, top2[:, 0], atol=TIE_ATOL, rtol=0,
-                                       msg=lambda m: f"step {t} layer {layer} ({fam.name}): {m}")
+                                       msg=lambda m, t=t, layer=layer: f"step {t} layer {layer} ({fam.name}): {m}")
             rows += row.shape[0]
             unique += int((top2[:, 0] - top2[:, 1] > TIE_ATOL).sum())
     assert unique >= rows // 2, f"only {unique}/{rows} rows have a unique max: the check is near-vacuous"
@@ -272,11 +272,11 @@ def check_uniform(fam: Family, model=None) -> str:
         x = got[0][0, :, head * d:(head + 1) * d]  # [T, d]
         want = torch.stack([_expected_uniform(fam, model, values, layer, head, q) for q in range(T)])
         torch.testing.assert_close(x, want, atol=1e-5, rtol=1e-5,
-                                   msg=lambda m: f"layer {layer} o-proj input != mean of values: {m}")
+                                   msg=lambda m, layer=layer: f"layer {layer} o-proj input != mean of values: {m}")
         with zero_query_hook(fam, model, layer, head):
             hooked = _forward(model, ids)
         torch.testing.assert_close(masked, hooked, atol=1e-4, rtol=1e-5,
-                                   msg=lambda m: f"layer {layer}: uniform != zeroed query: {m}")
+                                   msg=lambda m, layer=layer: f"layer {layer}: uniform != zeroed query: {m}")
         assert (masked - plain).abs().max() > 1e-3, f"layer {layer}: masking changed nothing (vacuous)"
         # phase decode: plain prefill, one masked decode step
         cache = DynamicCache(config=cfg)
@@ -285,7 +285,7 @@ def check_uniform(fam: Family, model=None) -> str:
             _forward(model, ids[:, -1:], cache)
         torch.testing.assert_close(got[0][0, -1, head * d:(head + 1) * d],
                                    _expected_uniform(fam, model, values, layer, head, T - 1), atol=1e-5, rtol=1e-5,
-                                   msg=lambda m: f"layer {layer} decode step: {m}")
+                                   msg=lambda m, layer=layer: f"layer {layer} decode step: {m}")
     return f"{cfg.num_hidden_layers} layers, head {head}, all + decode"
 
 

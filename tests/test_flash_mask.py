@@ -268,7 +268,7 @@ def test_prefix_reuse_probe_equals_eager(fam, models):
                 seen = []
                 gen = greedy_decode(model, IdsTokenizer(), p, _stop(model), STEPS, probe=ArgmaxProbe(),
                                     cache=shared.cache_for(p),
-                                    on_step=lambda t, tok, pos: seen.append(pos[:, 0].clone()))
+                                    on_step=lambda t, tok, pos, seen=seen: seen.append(pos[:, 0].clone()))
                 runs.append((gen.ids, seen))
             assert shared.reused_tokens > 0
         return runs

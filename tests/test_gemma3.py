@@ -123,7 +123,7 @@ def test_probe_argmax_equals_eager_every_step(gemma3, n):
             row = a[0, :, q, : q + 1]
             picked = row.gather(1, pos[layer].unsqueeze(1)).squeeze(1)
             torch.testing.assert_close(picked, row.max(dim=1).values, atol=1e-6, rtol=0,
-                                       msg=lambda m: f"step {t} layer {layer}: {m}")
+                                       msg=lambda m, t=t, layer=layer: f"step {t} layer {layer}: {m}")
             if model.config.layer_types[layer] == "sliding_attention" and q >= window:
                 assert (pos[layer] > q - window).all(), f"layer {layer} picked outside its window"
 

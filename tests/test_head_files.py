@@ -285,7 +285,8 @@ def test_export_reads_the_model_shape_from_the_manifest_beside_the_file(original
     by_flag = tmp_path / "flag"
     assert run(["export", str(original), "--to", "duo", "--out", str(by_flag), "--top", "2", "--kv_heads", "2"],
                capsys)[0] == 0
-    assert (tmp_path / "d" / "full_attention_heads.tsv").read_text() == (by_flag / "full_attention_heads.tsv").read_text()
+    tsv = "full_attention_heads.tsv"
+    assert (tmp_path / "d" / tsv).read_text() == (by_flag / tsv).read_text()
     # the flag wins: 1 KV head per layer (every query head one group) whatever the manifest says
     code, stdout, _ = run(["export", str(original), "--to", "razor", "--out", str(tmp_path / "r.json"), "--top", "1",
                            "--kv_heads", "1"], capsys)

@@ -389,7 +389,8 @@ def test_make_conditions_folders_and_masks():
     assert [c.folder for c in zero_all] == ["M", "M_block_top10_zero_all", "M_block_random10_zero_all_seed0",
                                             "M_block_random10_zero_all_seed1"]
     assert all((c.mask.mode, c.mask.phase) == ("zero", "all") for c in zero_all[1:])
-    assert [c.folder for c in make_conditions("M", [10], scores, "zero", "decode", [0], False)] == ["M_block_top10_zero"]
+    conditions = make_conditions("M", [10], scores, "zero", "decode", [0], False)
+    assert [c.folder for c in conditions] == ["M_block_top10_zero"]
     assert [c.folder for c in make_conditions("M", [-10], scores, "uniform", "all", [3], False)] == \
         ["M_block_random10_all"]
     assert [c.folder for c in make_conditions("M", [0], None, "uniform", "decode", [0], False)] == ["M"]

@@ -33,9 +33,9 @@ def jobs(length=60, at=(10, 25, 40)):
     """Three prompts of one length: a needle at three insertion points of one text."""
     base = ids_of(length - len(NEEDLE), seed=5)[0].tolist()
     out = []
-    for at in at:
-        ids = base[:at] + NEEDLE + base[at:]
-        out.append(Job(("cell", at), Prompt(ids, (at, at + len(NEEDLE)), at, len(base))))
+    for a in at:
+        ids = base[:a] + NEEDLE + base[a:]
+        out.append(Job(("cell", a), Prompt(ids, (a, a + len(NEEDLE)), a, len(base))))
     return out
 
 

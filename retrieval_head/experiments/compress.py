@@ -16,8 +16,10 @@ compressed cache would hold (``streaming.kv_kept``).
 
     >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
     >>> c = keep_conditions("M", [1, 0], scores, "decode", [0], False, 4, 64)
-    >>> [(x.folder, x.kept.nonzero().tolist(), x.mask.heads.nonzero().tolist()) for x in c]
-    [('M_stream_keep_top1_s4_r64', [[0, 0]], [[0, 1], [1, 0], [1, 1]]), ('M_stream_all_s4_r64', [], [[0, 0], [0, 1], [1, 0], [1, 1]])]
+    >>> for x in c:
+    ...     print(x.folder, x.kept.nonzero().tolist(), x.mask.heads.nonzero().tolist())
+    M_stream_keep_top1_s4_r64 [[0, 0]] [[0, 1], [1, 0], [1, 1]]
+    M_stream_all_s4_r64 [] [[0, 0], [0, 1], [1, 0], [1, 1]]
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def compression_figure(dirs, out_png, title: str) -> Path:
     if c["random"]:
         x, m, lo, hi, _, n = zip(*c["random"])
         seeds = max(n)
-        ax.plot([100 * v for v in x], m, "s--", color="#2E86C1", label=f"K random heads kept full (mean of {seeds} seeds)")
+        ax.plot([100 * v for v in x], m, "s--", color="#2E86C1",
+                label=f"K random heads kept full (mean of {seeds} seeds)")
         ax.fill_between([100 * v for v in x], lo, hi, color="#2E86C1", alpha=0.2, label="random: min-max over seeds")
     if c["reference"] is not None:
         ax.axhline(c["reference"], color="grey", linestyle=":", label=f"full cache: {c['reference']:.1f}")

@@ -154,7 +154,8 @@ def load_needles(path: Path | None = None) -> list[Needle]:
     """Read and check a needles JSON-lines file (default: the project's own needles)."""
     path = Path(path or DEFAULT_NEEDLES).expanduser()
     if path.is_dir():
-        raise UserError(f"needles path {path} is a folder, not a file; pass --needles FILE (JSON lines, one needle a line)")
+        raise UserError(f"needles path {path} is a folder, not a file; "
+                        "pass --needles FILE (JSON lines, one needle a line)")
     if not path.is_file():
         raise UserError(f"needles file {path} does not exist; pass --needles FILE (JSON lines)")
     try:
@@ -172,10 +173,13 @@ def load_needles(path: Path | None = None) -> list[Needle]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno} is not JSON ({e.msg}); one JSON object per line") from None
         if not isinstance(rec, dict):
-            raise UserError(f"{path}:{lineno} is not a JSON object; write {{\"needle\", \"question\", \"real_needle\"}}")
-        wrong = [f"{k} is {_kind(rec[k])}" for k in REQUIRED_FIELDS if rec.get(k) is not None and not isinstance(rec[k], str)]
+            raise UserError(f"{path}:{lineno} is not a JSON object; "
+                            'write {"needle", "question", "real_needle"}')
+        wrong = [f"{k} is {_kind(rec[k])}" for k in REQUIRED_FIELDS
+                 if rec.get(k) is not None and not isinstance(rec[k], str)]
         if wrong:
-            what = f"{wrong[0]}, not a string" if len(wrong) == 1 else f"{', '.join(wrong[:-1])} and {wrong[-1]}, not strings"
+            what = (f"{wrong[0]}, not a string" if len(wrong) == 1
+                    else f"{', '.join(wrong[:-1])} and {wrong[-1]}, not strings")
             raise UserError(f"{path}:{lineno}: {what}; write {', '.join(REQUIRED_FIELDS)} as JSON strings")
         missing = [k for k in REQUIRED_FIELDS if not isinstance(rec.get(k), str) or not rec[k].strip()]
         if missing:

@@ -152,8 +152,9 @@ def open_model(spec: ModelSpec) -> Opened:
         config = AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached and it is not "
-                "in the local cache" if common.get("local_files_only") else "check the id, the revision and the network")
+        hint = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline
+                else "the hub cannot be reached and it is not in the local cache" if common.get("local_files_only")
+                else "check the id, the revision and the network")
         raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]} ({hint})") from None
     if type(config) not in AutoModelForCausalLM._model_mapping and not spec.trust_remote_code:
         raise UserError(f"{source!r} is a {config.model_type} model ({type(config).__name__}), not a causal LM; "
