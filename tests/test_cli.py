@@ -45,6 +45,7 @@ def test_help_lists_every_option_with_its_default(command, capsys):
     assert all("(default: " in a.help for a in options)
 
 
+@pytest.mark.full  # spawns the installed console command (~60 s): `make test` only
 def test_the_installed_console_command_runs_the_scripts():
     exe = Path(sys.executable).with_name("retrieval-head")
     if not exe.exists():
@@ -82,6 +83,7 @@ def _run(*argv, cwd=ROOT):
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+@pytest.mark.full  # one subprocess per entry point (~170 s): `make test` only
 def test_usage_lines_name_the_command_the_user_typed():
     """``python -m retrieval_head`` is the console command; each entry point passes its own name
     down to the subcommand's usage line."""

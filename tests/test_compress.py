@@ -35,6 +35,7 @@ def test_curves_pool_runs_and_spread_over_seeds(tmp_path):
     assert "| 2 | 25.0% | 50.0% | 75.0 | 65.0% | 30.0 (20-40) |" in table(c, heads=8)
 
 
+@pytest.mark.full  # the compression experiment end to end (~20 s): `make test` only
 def test_keep_full_runs_records_and_draws(tmp_path, default_tokenizer):
     p = make_inputs(tmp_path, default_tokenizer)
     out = tmp_path / "out"

@@ -9,6 +9,8 @@ from helpers import eager_rescore
 
 from retrieval_head.cli import detect as cli_detect
 
+pytestmark = pytest.mark.full  # the detection script end to end on SmolLM2 (~130 s): `make test` only
+
 GRID = ["--context_lengths", "600", "--depth_percents", "20", "80", "--quiet"]
 
 

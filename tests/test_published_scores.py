@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.full  # a script run driven by published head files in a subprocess: `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

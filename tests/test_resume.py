@@ -75,6 +75,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, default_model):
     assert a == b
 
 
+@pytest.mark.full  # two runs of the script in subprocesses (~80 s): `make test` only
 def test_resume_refuses_other_settings(tmp_path, default_model):
     assert _run(tmp_path, "--depth_percents", "50", "--context_lengths", "300").returncode == 0
     r = _run(tmp_path, "--resume", "--max_new_tokens", "20")
@@ -120,6 +121,7 @@ def test_niah_kill_9_then_resume_matches_uninterrupted(tmp_path, default_model):
     assert _results(killed) == _results(full) and len(_results(full)) == 18
 
 
+@pytest.mark.full  # runs, interrupts and resumes the script (~85 s): `make test` only
 def test_ctrl_c_keeps_trials_and_says_how_to_resume(tmp_path, default_model):
     proc = _run(tmp_path, pause_after=2)
     log = tmp_path / f"{NAME}.trials.jsonl"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import make_inputs
 
+pytestmark = pytest.mark.full  # torchrun and sharded runs in subprocesses (~300 s in all): `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
