@@ -247,4 +247,7 @@ def attend_heads(call: Call, heads: torch.Tensor, allowed: torch.Tensor) -> torc
         return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed, scale=call.scale).transpose(1, 2)
     scores = logits(qs, ks, call.scale, call.softcap, upcast=True)
     scores.masked_fill_(~allowed, NEG_INF)
-    return output(probabilities(scores, None if call.sinks is None else call.sinks[heads]), vs)
+    probs = probabilities(scores, None if call.sinks is None else call.sinks[heads])
+    # A row that may see no key (a left pad) outputs 0, as sdpa does: a NaN there would reach
+    # the pads' keys and values of the next layer, and 0 * NaN every row that hides them.
+    return output(probs.nan_to_num_(0.0), vs)
