@@ -50,7 +50,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from ..errors import UserError
 from ..models.shape import ModelShape
 from .keep import KEEP_PHASES, check_keep, stored_positions
-from .kvcache import Growth, GrowingLayer
+from .kvcache import GrowingLayer, Growth
 
 
 @dataclass

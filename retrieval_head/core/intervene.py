@@ -160,7 +160,8 @@ def as_hook(h: Hook | HeadMask) -> Hook:
         return h
     if h.needs_prefill_length():
         raise ValueError(f"a {h.phase}-phase stream mask compresses the cache once (after the prefill, at the "
-                         "context's end), so it must be told where (the prefill length, or the context's length): intervene(model, hooks=[mask.hook(length)])")
+                         "context's end), so it must be told where (the prefill length, or the context's length): "
+                         "intervene(model, hooks=[mask.hook(length)])")
     return h.hook()
 
 
