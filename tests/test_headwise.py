@@ -7,11 +7,15 @@ bytes equal ``keep.cache_bytes`` exactly. What it cannot do is refused before an
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from families import FAMILIES, SUPPORTED, build, matrix
-from helpers import one_thread
+from helpers import one_thread, save_tiny_llama
+from transformers import AutoModelForCausalLM
 
+from retrieval_head.cli import commands
 from retrieval_head.core.headwise import HeadwiseCache
 from retrieval_head.core.headwise_attend import HeadwiseAttention, generate
 from retrieval_head.core.intervene import HeadMask, intervene
@@ -167,3 +171,29 @@ def test_a_compressed_cache_refuses_what_needs_the_dropped_keys():
         HeadwiseCache(shape, torch.ones(2, 2, dtype=torch.bool), SINK, RECENT)
     with pytest.raises(UserError, match="context_length"):
         HeadwiseCache(shape, mixed_keep(shape), SINK, RECENT, "context")
+
+
+def test_the_generate_command_answers_and_reports_the_memory(tmp_path, capsys, default_tokenizer):
+    """On a tiny saved Llama (2 layers x 2 KV heads): the answer is the library's, and the
+    memory line gives the cache's bytes (``keep.cache_bytes``) against a full cache's."""
+    tiny = save_tiny_llama(tmp_path / "tiny", default_tokenizer)
+    scores = {f"{layer}-{h}": [0.1 * (4 * layer + h)] for layer in range(2) for h in range(4)}
+    (tmp_path / "hs.json").write_text(json.dumps(scores) + "\n")
+    (tmp_path / "p.txt").write_text("The code word is heron. " * 6 + "What is the code word?")
+    argv = ["generate", str(tmp_path / "p.txt"), "--model_path", str(tiny), "--head_score", str(tmp_path / "hs.json"),
+            "--keep_full", "1", "--sink", "2", "--recent", "4", "--max_new_tokens", "3"]
+    assert commands.main(argv) == 0
+    answer, memory = capsys.readouterr().out.rstrip("\n").rsplit("\n", 1)
+    assert memory.startswith("memory: KV cache ") and "1/4 KV heads full" in memory and "peak RSS" in memory
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    shape = ModelShape.of(model)
+    keep = keep_top(torch.tensor([[0.0, 0.1, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]]), shape.group, k=1)
+    assert keep.tolist() == [[False, False], [False, True]]
+    ids = default_tokenizer((tmp_path / "p.txt").read_text(), return_tensors="pt")["input_ids"]
+    cache = HeadwiseCache(shape, keep, 2, 4, "decode")
+    with torch.no_grad():
+        out = generate(model, cache, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                       do_sample=False, pad_token_id=default_tokenizer.eos_token_id)
+    assert answer == default_tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    full = cache_bytes(shape, None, 1, cache.get_seq_length(), 4)
+    assert f"{cache.nbytes() / 2**20:.2f} MiB compressed vs {full / 2**20:.2f} MiB full" in memory
