@@ -4,7 +4,7 @@ A ``headwise.HeadwiseCache`` layer with streamed heads hands the attention funct
 ``SplitKV``: the full KV heads' keys ``[b, n_full, T, d]`` and the streamed heads' ``[b,
 n_stream, S, d]`` at positions ``pos``. No backend takes that, so ``HeadwiseAttention`` (a
 ``hook.Hook`` whose ``attends`` computes the whole call) does, inside an ``intervene`` scope:
-each group once, with ``attend.attend_heads`` (sdpa, or the float32 path under a softcap or
+each group once, with ``attend.attend_grouped`` (sdpa, or the float32 path under a softcap or
 sink logits), the outputs written back in query-head order. One mask is built for the
 layer's logical length (``HeadwiseLayer.get_mask_sizes``); the full group reads it whole,
 the streamed group the columns of the positions it holds, and-ed with causal order, the
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position
+from .attend import Call, as_allowed, attend_grouped, backend_mask, blocked_by_position
 from .headwise import HeadwiseCache, SplitKV
 from .hook import Hook
 from .intervene import intervene
@@ -41,11 +41,12 @@ def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
 
 def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  allowed: torch.Tensor) -> torch.Tensor:
-    """``[b, q, n, d]``: query heads ``heads`` against their group's own keys ``[b, kv, S, d]``
-    under ``allowed`` (bool ``[b or 1, 1, q, S]``), via ``attend.attend_heads``."""
+    """``[b, q, n, d]``: query heads ``heads`` (whole groups, in order) against their group's
+    own keys ``[b, kv, S, d]`` under ``allowed`` (bool ``[b or 1, 1, q, S]``), by
+    ``attend.attend_grouped`` (the keys are never copied per query head)."""
     sub = call.replace(query=call.query[:, heads], key=key, value=value,
                        sinks=None if call.sinks is None else call.sinks[heads.to(call.sinks.device)])
-    return attend_heads(sub, torch.arange(len(heads), device=key.device), allowed)
+    return attend_grouped(sub, allowed)
 
 
 class HeadwiseAttention(Hook):

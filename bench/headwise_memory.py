@@ -1,0 +1,146 @@
+"""The head-wise KV cache against the in-place and transformers' caches: bytes and decode step time.
+
+For each length x batch, one prefix of random keys and values (a decode step's cost depends
+on the cache's shapes, not its contents) fills three caches: transformers' ``DynamicCache``
+(copies the layer at every step), the project's in-place ``GrowingCache``, and for each
+fraction of KV heads kept full a ``HeadwiseCache`` (phase decode: compressed as the prefix
+arrives, exactly what a prefill does; the kept KV heads ranked by ``--head_score``). Then
+greedy decode steps of the real model through each: the median step time, and each cache's
+tensor bytes against the keep set's prediction (``keep.cache_bytes``). Prints markdown rows.
+
+``--peak KIND`` runs one configuration in this process and prints its peak RSS (run it in a
+fresh process, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to the system).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/headwise_memory.py --head_score HS.json \\
+        --lengths 2048 4096 8192 --batches 1 4 --fractions 0.1 0.25
+    MALLOC_MMAP_THRESHOLD_=65536 .venv/bin/python bench/headwise_memory.py --peak headwise --lengths 8192 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, whatever is installed
+
+import torch  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+from retrieval_head.core.headwise import HeadwiseCache  # noqa: E402
+from retrieval_head.core.headwise_attend import HeadwiseAttention  # noqa: E402
+from retrieval_head.core.intervene import intervene  # noqa: E402
+from retrieval_head.core.keep import cache_bytes, keep_top  # noqa: E402
+from retrieval_head.core.kvcache import GrowingCache  # noqa: E402
+from retrieval_head.headfiles.load import load_head_scores  # noqa: E402
+from retrieval_head.models.loading import ModelSpec, load_model  # noqa: E402
+from retrieval_head.models.shape import ModelShape  # noqa: E402
+
+SINK, RECENT = 4, 64
+
+
+def fill(cache, shape: ModelShape, batch: int, length: int, dtype) -> None:
+    """Every layer's prefix: one update of ``length`` random keys and values (as a prefill)."""
+    g = torch.Generator().manual_seed(0)
+    for layer in range(shape.num_layers):
+        k = torch.randn(batch, shape.num_kv_heads, length, shape.head_dim, generator=g).to(dtype)
+        cache.update(k, torch.randn(k.shape, generator=g).to(dtype), layer)
+
+
+def held_bytes(cache) -> int:
+    """Bytes of keys and values a plain cache holds (the filled part of in-place buffers)."""
+    if isinstance(cache, HeadwiseCache):
+        return cache.nbytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+@torch.no_grad()
+def steps(model, cache, batch: int, n: int, headwise: bool) -> list[float]:
+    """Seconds of each of ``n`` greedy decode steps (after one warm-up step)."""
+    tok = torch.ones(batch, 1, dtype=torch.long)
+    times = []
+    scope = intervene(model, hooks=[HeadwiseAttention()]) if headwise else None
+    if scope is not None:
+        scope.__enter__()
+    try:
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            out = model(input_ids=tok, cache=cache, use_cache=True)
+            tok = out.logits[:, -1:].argmax(-1)
+            if i:
+                times.append(time.perf_counter() - t0)
+    finally:
+        if scope is not None:
+            scope.__exit__(None, None, None)
+    return times
+
+
+def make(kind: str, shape, keep, reserve: int):
+    if kind == "dynamic":
+        return DynamicCache()
+    if kind == "growing":
+        return GrowingCache(reserve=reserve)
+    return HeadwiseCache(shape, keep, SINK, RECENT, "decode", reserve=reserve)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--head_score", default=None, help="ranks the KV heads kept full (none: a seeded random order)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--steps", type=int, default=8, help="timed decode steps per cache")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--peak", choices=("growing", "dynamic", "headwise"), default=None,
+                   help="one configuration (first length, batch, fraction); print its peak RSS")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _, _ = load_model(ModelSpec())
+    shape, dtype = ModelShape.of(model), next(model.parameters()).dtype
+    itemsize = next(model.parameters()).element_size()
+    scores = (load_head_scores(Path(args.head_score), shape, unit="kv") if args.head_score
+              else torch.rand(shape.num_layers, shape.num_kv_heads, generator=torch.Generator().manual_seed(0)))
+    reserve = args.steps + 2
+    if args.peak:
+        length, batch, frac = args.lengths[0], args.batches[0], args.fractions[0]
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cache = make(args.peak, shape, keep_top(scores, 1, fraction=frac), reserve)
+        fill(cache, shape, batch, length, dtype)
+        steps(model, cache, batch, args.steps, args.peak == "headwise")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"| {args.peak} | {length} | {batch} | {frac if args.peak == 'headwise' else '-'} | "
+              f"{held_bytes(cache) / 2**20:.1f} | {base:.0f} | {peak:.0f} |")
+        return 0
+    print("| tokens | batch | kept full | bytes compressed / in-place | = predicted | DynamicCache bytes / in-place "
+          "| step ms in-place | step ms DynamicCache | step ms head-wise | head-wise / in-place |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for length in args.lengths:
+        for batch in args.batches:
+            ref = {}
+            for kind in ("growing", "dynamic"):
+                cache = make(kind, shape, None, reserve)
+                fill(cache, shape, batch, length, dtype)
+                ref[kind] = (held_bytes(cache), statistics.median(steps(model, cache, batch, args.steps, False)))
+                del cache
+            for frac in args.fractions:
+                keep = keep_top(scores, 1, fraction=frac)
+                cache = make("headwise", shape, keep, reserve)
+                fill(cache, shape, batch, length, dtype)
+                t = statistics.median(steps(model, cache, batch, args.steps, True))
+                held, n = cache.nbytes(), cache.get_seq_length()
+                predicted = cache_bytes(shape, keep, batch, n, itemsize, SINK, RECENT, at=length)
+                full_now = cache_bytes(shape, None, batch, n, itemsize)
+                del cache
+                print(f"| {length} | {batch} | {int(keep.sum())}/{keep.numel()} ({frac:.0%}) | "
+                      f"{held / full_now:.3f} | {held == predicted} | {ref['dynamic'][0] / ref['growing'][0]:.3f} | "
+                      f"{ref['growing'][1] * 1e3:.1f} | {ref['dynamic'][1] * 1e3:.1f} | {t * 1e3:.1f} | "
+                      f"{t / ref['growing'][1]:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
