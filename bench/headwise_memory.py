@@ -5,8 +5,11 @@ on the cache's shapes, not its contents) fills three caches: transformers' ``Dyn
 (copies the layer at every step), the project's in-place ``GrowingCache``, and for each
 fraction of KV heads kept full a ``HeadwiseCache`` (phase decode: compressed as the prefix
 arrives, exactly what a prefill does; the kept KV heads ranked by ``--head_score``). Then
-greedy decode steps of the real model through each: the median step time, and each cache's
-tensor bytes against the keep set's prediction (``keep.cache_bytes``). Prints markdown rows.
+greedy decode steps of the real model through each, the caches taking turns step by step
+(whatever else runs on the machine slows them alike): the median step time, the median of
+the per-step ratios head-wise / in-place, and each cache's tensor bytes against the keep
+set's prediction (``keep.cache_bytes``; the in-place and DynamicCache hold the same bytes, the
+DynamicCache copies them at every step). Prints markdown rows.
 
 ``--peak KIND`` runs one configuration in this process and prints its peak RSS (run it in a
 fresh process, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to the system).
@@ -19,6 +22,7 @@ fresh process, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
 import sys
@@ -58,24 +62,35 @@ def held_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
-@torch.no_grad()
-def steps(model, cache, batch: int, n: int, headwise: bool) -> list[float]:
-    """Seconds of each of ``n`` greedy decode steps (after one warm-up step)."""
-    tok = torch.ones(batch, 1, dtype=torch.long)
-    times = []
-    scope = intervene(model, hooks=[HeadwiseAttention()]) if headwise else None
-    if scope is not None:
-        scope.__enter__()
-    try:
-        for i in range(n + 1):
+class Stepper:
+    """Greedy decode steps of the model through one cache (the head-wise one inside its scope)."""
+
+    def __init__(self, model, cache, batch: int):
+        self.model, self.cache = model, cache
+        self.tok = torch.ones(batch, 1, dtype=torch.long)
+        self.headwise = isinstance(cache, HeadwiseCache)
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """Seconds of one step."""
+        scope = intervene(self.model, hooks=[HeadwiseAttention()]) if self.headwise else contextlib.nullcontext()
+        with scope:
             t0 = time.perf_counter()
-            out = model(input_ids=tok, cache=cache, use_cache=True)
-            tok = out.logits[:, -1:].argmax(-1)
+            out = self.model(input_ids=self.tok, cache=self.cache, use_cache=True)
+            elapsed = time.perf_counter() - t0
+        self.tok = out.logits[:, -1:].argmax(-1)
+        return elapsed
+
+
+def interleaved(steppers: dict, n: int) -> dict:
+    """Each stepper's step times, the caches taking turns step by step (one warm-up round), so
+    that whatever else runs on the machine slows them alike."""
+    times = {k: [] for k in steppers}
+    for i in range(n + 1):
+        for k, s in steppers.items():
+            t = s.step()
             if i:
-                times.append(time.perf_counter() - t0)
-    finally:
-        if scope is not None:
-            scope.__exit__(None, None, None)
+                times[k].append(t)
     return times
 
 
@@ -110,35 +125,34 @@ def main() -> int:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cache = make(args.peak, shape, keep_top(scores, 1, fraction=frac), reserve)
         fill(cache, shape, batch, length, dtype)
-        steps(model, cache, batch, args.steps, args.peak == "headwise")
+        interleaved({args.peak: Stepper(model, cache, batch)}, args.steps)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"| {args.peak} | {length} | {batch} | {frac if args.peak == 'headwise' else '-'} | "
               f"{held_bytes(cache) / 2**20:.1f} | {base:.0f} | {peak:.0f} |")
         return 0
-    print("| tokens | batch | kept full | bytes compressed / in-place | = predicted | DynamicCache bytes / in-place "
-          "| step ms in-place | step ms DynamicCache | step ms head-wise | head-wise / in-place |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| tokens | batch | KV heads full | bytes head-wise / in-place | = predicted | step ms in-place "
+          "| step ms DynamicCache | step ms head-wise | head-wise / in-place (median of step pairs) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for length in args.lengths:
         for batch in args.batches:
-            ref = {}
-            for kind in ("growing", "dynamic"):
-                cache = make(kind, shape, None, reserve)
-                fill(cache, shape, batch, length, dtype)
-                ref[kind] = (held_bytes(cache), statistics.median(steps(model, cache, batch, args.steps, False)))
-                del cache
-            for frac in args.fractions:
-                keep = keep_top(scores, 1, fraction=frac)
-                cache = make("headwise", shape, keep, reserve)
-                fill(cache, shape, batch, length, dtype)
-                t = statistics.median(steps(model, cache, batch, args.steps, True))
-                held, n = cache.nbytes(), cache.get_seq_length()
-                predicted = cache_bytes(shape, keep, batch, n, itemsize, SINK, RECENT, at=length)
-                full_now = cache_bytes(shape, None, batch, n, itemsize)
-                del cache
-                print(f"| {length} | {batch} | {int(keep.sum())}/{keep.numel()} ({frac:.0%}) | "
-                      f"{held / full_now:.3f} | {held == predicted} | {ref['dynamic'][0] / ref['growing'][0]:.3f} | "
-                      f"{ref['growing'][1] * 1e3:.1f} | {ref['dynamic'][1] * 1e3:.1f} | {t * 1e3:.1f} | "
-                      f"{t / ref['growing'][1]:.2f} |", flush=True)
+            keeps = {f: keep_top(scores, 1, fraction=f) for f in args.fractions}
+            caches = {k: make(k, shape, None, reserve) for k in ("growing", "dynamic")}
+            caches.update({f: make("headwise", shape, keeps[f], reserve) for f in args.fractions})
+            for c in caches.values():
+                fill(c, shape, batch, length, dtype)
+            times = interleaved({k: Stepper(model, c, batch) for k, c in caches.items()}, args.steps)
+            med = {k: statistics.median(t) for k, t in times.items()}
+            n = caches["growing"].get_seq_length()
+            full_now = cache_bytes(shape, None, batch, n, itemsize)
+            assert held_bytes(caches["growing"]) == held_bytes(caches["dynamic"]) == full_now
+            for f in args.fractions:
+                held = caches[f].nbytes()
+                predicted = cache_bytes(shape, keeps[f], batch, n, itemsize, SINK, RECENT, at=length)
+                ratio = statistics.median(h / g for h, g in zip(times[f], times["growing"]))  # step by step
+                print(f"| {length} | {batch} | {int(keeps[f].sum())}/{keeps[f].numel()} ({f:.0%}) | "
+                      f"{held / full_now:.3f} | {held == predicted} | {med['growing'] * 1e3:.0f} | "
+                      f"{med['dynamic'] * 1e3:.0f} | {med[f] * 1e3:.0f} | {ratio:.2f} |", flush=True)
+            del caches
     return 0
 
 

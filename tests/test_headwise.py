@@ -131,6 +131,23 @@ def test_phase_all_never_holds_more_than_sink_and_recent_in_a_chunked_prefill():
     torch.testing.assert_close(out.logits[:, -1], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("phase", ["decode", "all", "context"])
+def test_a_chunked_prefill_compresses_where_the_phase_says(phase):
+    """generate's prefill_chunk_size: decode still compresses after the whole prompt."""
+    model = build(next(f for f in FAMILIES if f.name == "Mistral"))
+    shape = ModelShape.of(model)
+    inputs = batch(model.get_output_embeddings().weight.shape[0])
+    keep = mixed_keep(shape)
+    cache = HeadwiseCache(shape, keep, SINK, RECENT, phase, CONTEXT if phase == "context" else None)
+    with torch.no_grad():
+        got = generate(model, cache, prefill_chunk_size=8, **inputs)
+    streamed = (~keep).repeat_interleave(shape.group, dim=1)
+    want = plain(model, inputs, HeadMask(streamed, "stream", phase, SINK, RECENT), AT[phase])
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(logits(got), logits(want), rtol=1e-4, atol=1e-4)
+    assert cache.nbytes() == cache_bytes(shape, keep, 2, cache.get_seq_length(), 4, SINK, RECENT, AT[phase])
+
+
 def test_keep_top_ranks_kv_heads_by_their_best_query_head():
     scores = torch.tensor([[0.1, 0.9, 0.0, 0.2], [0.3, 0.0, 0.0, 0.25]])
     assert keep_top(scores, 2, k=2).tolist() == [[True, False], [True, False]]

@@ -9,7 +9,8 @@ positions ``[S]``. The streamed keys are dropped as each update arrives, so thei
 really freed; the phases say when:
 
 - ``decode`` (a kvpress press): the prompt's cache is compressed once, at the end of the
-  first call (the prefill); every key generated afterwards is kept. Each layer is
+  prefill (``compress_at(prompt length)``, which ``headwise_attend.generate`` tells it; untold,
+  at the end of the first call); every key generated afterwards is kept. Each layer is
   compressed as its prefill update arrives, so only one layer's uncompressed prompt exists
   at a time (the call's own keys, handed to attention and dropped after it);
 - ``all`` (DuoAttention): a streamed head never holds more than sink + recent keys (plus
@@ -66,6 +67,8 @@ class SplitKV:
     pos: torch.Tensor
     full_idx: torch.Tensor
     stream_idx: torch.Tensor
+    full_q: torch.Tensor  # the query heads each part serves, grouped per KV head
+    stream_q: torch.Tensor
     length: int
     sink: int
     recent: int
@@ -74,6 +77,15 @@ class SplitKV:
     @property
     def kv_heads(self) -> int:
         return len(self.full_idx) + len(self.stream_idx)
+
+
+def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
+    """The query heads (long) served by KV heads ``kv_idx``, grouped per KV head.
+
+    >>> query_heads(torch.tensor([0, 2]), 2).tolist()
+    [0, 1, 4, 5]
+    """
+    return (kv_idx[:, None] * group + torch.arange(group, device=kv_idx.device)).flatten()
 
 
 def refuse(what: str) -> UserError:
@@ -90,10 +102,11 @@ class HeadwiseLayer(CacheLayerMixin):
     is_croppable = False
 
     def __init__(self, keep_row: torch.Tensor, window: int | None, sink: int, recent: int, phase: str,
-                 context_length: int | None, growth: Growth):
+                 context_length: int | None, growth: Growth, group: int = 1):
         super().__init__()
         self.full_idx = keep_row.nonzero().flatten()
         self.stream_idx = (~keep_row).nonzero().flatten()
+        self.full_q, self.stream_q = query_heads(self.full_idx, group), query_heads(self.stream_idx, group)
         self.window, self.sink, self.recent, self.phase = window, sink, recent, phase
         self.at = context_length if phase == "context" else None  # decode: set by the first update
         self.full = GrowingLayer(growth) if len(self.full_idx) else None
@@ -124,15 +137,19 @@ class HeadwiseLayer(CacheLayerMixin):
             sk, sv = torch.cat([self.stream_keys, sk], dim=-2), torch.cat([self.stream_values, sv], dim=-2)
             pos = torch.cat([self.stream_pos, pos])
         # Held from now on: what the next query may see. The call itself sees sk (dropped after it).
-        keep = stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at)
-        if bool(keep.all()):
+        # Once compressed (decode, context) a full-attention layer keeps every new key: no rule to run.
+        settled = self.at is not None and n >= self.at and self.window is None
+        keep = None if settled else stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at)
+        if keep is None or bool(keep.all()):
             self.stream_keys, self.stream_values, self.stream_pos = sk, sv, pos
         else:
             idx = keep.nonzero().flatten()
             self.stream_keys = sk.index_select(-2, idx).contiguous()
             self.stream_values = sv.index_select(-2, idx).contiguous()
             self.stream_pos = pos[idx]
-        rule = (pos, self.full_idx, self.stream_idx, self.length, self.sink, self.recent, self.at)
+        dev = key_states.device
+        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.length,
+                self.sink, self.recent, self.at)
         return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -192,12 +209,20 @@ class HeadwiseCache(Cache):
             raise UserError("streaming needs sink >= 0 and recent >= 1 (the query sees itself)")
         self.shape, self.keep, self.sink, self.recent, self.phase = shape, keep, sink, recent, phase
         self.growth = Growth(reserve)
-        layers = [HeadwiseLayer(keep[i], shape.windows[i], sink, recent, phase, context_length, self.growth)
-                  for i in range(shape.num_layers)]
+        layers = [HeadwiseLayer(keep[i], shape.windows[i], sink, recent, phase, context_length, self.growth,
+                                shape.group) for i in range(shape.num_layers)]
         super().__init__(layers=layers)
 
     def offload(self, layer_idx: int, only_non_sliding: bool = True):
         raise refuse("be offloaded")
+
+    def compress_at(self, at: int) -> None:
+        """Phase decode: where the prompt's cache is compressed (its length), told before the
+        prefill (a prefill in chunks); untold, at the end of the first call."""
+        if self.phase != "decode" or self.get_seq_length():
+            raise UserError("compress_at is for a fresh phase-decode cache (before its prefill)")
+        for layer in self.layers:
+            layer.at = at
 
     def nbytes(self) -> int:
         """Bytes of the keys and values held (the full heads' filled part; ``allocated``

@@ -24,23 +24,14 @@ import torch
 
 from ..errors import UserError
 from .attend import Call, as_allowed, attend_grouped, backend_mask, blocked_by_position
-from .headwise import HeadwiseCache, SplitKV
+from .headwise import HeadwiseCache, SplitKV, query_heads  # noqa: F401 (query_heads: the API)
 from .hook import Hook
 from .intervene import intervene
 from .stream import stream_keep
 
 
-def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
-    """The query heads (long) served by KV heads ``kv_idx``, grouped per KV head.
-
-    >>> query_heads(torch.tensor([0, 2]), 2).tolist()
-    [0, 1, 4, 5]
-    """
-    return (kv_idx[:, None] * group + torch.arange(group, device=kv_idx.device)).flatten()
-
-
 def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 allowed: torch.Tensor) -> torch.Tensor:
+                 allowed: torch.Tensor | None) -> torch.Tensor:
     """``[b, q, n, d]``: query heads ``heads`` (whole groups, in order) against their group's
     own keys ``[b, kv, S, d]`` under ``allowed`` (bool ``[b or 1, 1, q, S]``), by
     ``attend.attend_grouped`` (the keys are never copied per query head)."""
@@ -58,22 +49,25 @@ class HeadwiseAttention(Hook):
             return None
         query = call.query
         b, num_heads, q, d = query.shape
-        group = num_heads // split.kv_heads
         length, dev = split.length, query.device
         qpos = torch.arange(length - q, length, device=dev)
-        allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
         m = backend_mask(call.mask, slice(-q, None), length)  # [b or 1, 1, q or 1, length]
-        if m is not None:
-            allowed = allowed & as_allowed(m).to(dev)
+        m = None if m is None else as_allowed(m).to(dev)
         out = query.new_empty(b, q, num_heads, values.stream.shape[-1])
         if split.full is not None:
-            heads = query_heads(split.full_idx.to(dev), group)
+            allowed = None  # a decode step of a full-attention layer without padding sees every key
+            if m is not None or q > 1 or call.window is not None:
+                allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
+                allowed = allowed if m is None else allowed & m
+            heads = split.full_q
             out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed).to(out.dtype)
         at = None if split.at is None else torch.tensor([split.at], device=dev)
         keep = stream_keep(qpos, split.pos, split.sink, split.recent, at)
-        keep = keep[None, None] if keep.ndim == 2 else keep  # [1, 1, q, S]
-        heads = query_heads(split.stream_idx.to(dev), group)
-        sees = allowed.index_select(-1, split.pos) & keep
+        sees = ~blocked_by_position(qpos, split.pos, call.window) & keep  # [q, S] or [1, 1, q, S]
+        sees = sees[None, None] if sees.ndim == 2 else sees
+        if m is not None:
+            sees = sees & m.index_select(-1, split.pos)
+        heads = split.stream_q
         out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
         return out
 
@@ -106,5 +100,8 @@ def generate(model, cache: HeadwiseCache, **kwargs):
     if not isinstance(cache, HeadwiseCache):
         raise UserError("generate() here takes a HeadwiseCache")
     check_generate(model, kwargs)
+    prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    if cache.phase == "decode" and prompt is not None and not cache.get_seq_length():
+        cache.compress_at(prompt.shape[1])  # after the whole prefill, chunked or not
     with intervene(model, hooks=[HeadwiseAttention()]):
         return model.generate(cache=cache, **kwargs)
