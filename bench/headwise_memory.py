@@ -12,7 +12,8 @@ set's prediction (``keep.cache_bytes``; the in-place and DynamicCache hold the s
 DynamicCache copies them at every step). Prints markdown rows.
 
 ``--peak KIND`` runs one configuration in this process and prints its peak RSS (run it in a
-fresh process, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to the system).
+fresh process, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to the system);
+``--prefill`` fills the cache by the model's own prefill of random tokens.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/headwise_memory.py --head_score HS.json \\
         --lengths 2048 4096 8192 --batches 1 4 --fractions 0.1 0.25
@@ -112,6 +113,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--peak", choices=("growing", "dynamic", "headwise"), default=None,
                    help="one configuration (first length, batch, fraction); print its peak RSS")
+    p.add_argument("--prefill", action="store_true", help="--peak: fill the cache by the model's prefill of random "
+                                                          "tokens (else random keys)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, _, _ = load_model(ModelSpec())
@@ -124,7 +127,13 @@ def main() -> int:
         length, batch, frac = args.lengths[0], args.batches[0], args.fractions[0]
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cache = make(args.peak, shape, keep_top(scores, 1, fraction=frac), reserve)
-        fill(cache, shape, batch, length, dtype)
+        if args.prefill:  # the model's own prefill (a phase-decode cache compresses each layer as it arrives)
+            ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+            hooks = [HeadwiseAttention()] if args.peak == "headwise" else []
+            with torch.no_grad(), intervene(model, hooks=hooks):
+                model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        else:
+            fill(cache, shape, batch, length, dtype)
         interleaved({args.peak: Stepper(model, cache, batch)}, args.steps)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"| {args.peak} | {length} | {batch} | {frac if args.peak == 'headwise' else '-'} | "
