@@ -31,13 +31,13 @@ from .stream import stream_keep
 
 
 def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 allowed: torch.Tensor | None) -> torch.Tensor:
+                 allowed: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
     """``[b, q, n, d]``: query heads ``heads`` (whole groups, in order) against their group's
     own keys ``[b, kv, S, d]`` under ``allowed`` (bool ``[b or 1, 1, q, S]``), by
     ``attend.attend_grouped`` (the keys are never copied per query head)."""
     sub = call.replace(query=call.query[:, heads], key=key, value=value,
                        sinks=None if call.sinks is None else call.sinks[heads.to(call.sinks.device)])
-    return attend_grouped(sub, allowed)
+    return attend_grouped(sub, allowed, causal)
 
 
 class HeadwiseAttention(Hook):
@@ -55,12 +55,14 @@ class HeadwiseAttention(Hook):
         m = None if m is None else as_allowed(m).to(dev)
         out = query.new_empty(b, q, num_heads, values.stream.shape[-1])
         if split.full is not None:
-            allowed = None  # a decode step of a full-attention layer without padding sees every key
-            if m is not None or q > 1 or call.window is not None:
+            # Without padding or window, a decode step sees every key and a fresh prefill is causal: no mask
+            plain = m is None and call.window is None and q in (1, length)
+            allowed = None
+            if not plain:
                 allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
                 allowed = allowed if m is None else allowed & m
             heads = split.full_q
-            out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed).to(out.dtype)
+            out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
         at = None if split.at is None else torch.tensor([split.at], device=dev)
         keep = stream_keep(qpos, split.pos, split.sink, split.recent, at)
         sees = ~blocked_by_position(qpos, split.pos, call.window) & keep  # [q, S] or [1, 1, q, S]
