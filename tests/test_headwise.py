@@ -175,6 +175,14 @@ def test_unsupported_generation_is_refused_before_any_work(kwargs, match):
     assert cache.get_seq_length() == 0  # nothing ran
 
 
+def test_a_headwise_cache_outside_its_scope_says_how_to_run_it():
+    model = build(next(f for f in FAMILIES if f.name == "Llama (GQA)"))
+    shape = ModelShape.of(model)
+    cache = HeadwiseCache(shape, mixed_keep(shape), SINK, RECENT)
+    with torch.no_grad(), pytest.raises(UserError, match="HeadwiseAttention"):
+        model(input_ids=torch.tensor([[1, 2, 3]]), cache=cache, use_cache=True)
+
+
 def test_a_compressed_cache_refuses_what_needs_the_dropped_keys():
     model = build(next(f for f in FAMILIES if f.name == "Llama (GQA)"))
     shape = ModelShape.of(model)

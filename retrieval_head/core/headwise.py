@@ -78,6 +78,12 @@ class SplitKV:
     def kv_heads(self) -> int:
         return len(self.full_idx) + len(self.stream_idx)
 
+    @property
+    def shape(self):
+        """What a backend reads first: refused, with the fix (only the head-wise attention reads these)."""
+        raise UserError("a head-wise cache's keys are read only by its attention: run the model through "
+                        "headwise_attend.generate, or inside intervene(model, hooks=[HeadwiseAttention()])")
+
 
 def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
     """The query heads (long) served by KV heads ``kv_idx``, grouped per KV head.
@@ -90,7 +96,7 @@ def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
 
 def refuse(what: str) -> UserError:
     return UserError(f"a head-wise cache cannot {what}: its streamed heads' dropped keys are gone "
-                     "(use a plain cache, or the masked simulation --cache masked)")
+                     "(use a plain cache, with HeadMask(heads, \"stream\", ...) for the same answers)")
 
 
 class HeadwiseLayer(CacheLayerMixin):
