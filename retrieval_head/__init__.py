@@ -4,14 +4,15 @@ prove what they do by masking them (Wu et al. 2024, arXiv 2404.15574).
 The subpackages, top to bottom; each imports only from those below it (the contract is
 ``[tool.importlinter]`` in pyproject.toml, checked by ``tests/test_layout.py``)::
 
-  cli          the commands: detect, mask, compress, judge, heads (+ stability), plot; one error boundary
+  cli          the commands: detect, mask, compress, judge, heads (+ stability), plot, generate; one error boundary
   experiments  detect, mask, compress, judge, adaptive (--until_stable); sweep: the plan both share
   analysis     stability (the trial bootstrap), convergence (top-K as trials accrue)
   plots        niah: needle-test heatmaps in the original's look
   methods      registry (the identification methods as a table), focus, repeat
   engine       the speed levers, changing no result: scheduler, prefix reuse, batching, shards
   core         the algorithm: attend (all attention arithmetic), hook + intervene (scoped),
-               probe, mask, stream, tap, decode, scoring; reference: one trial on one screen
+               probe, mask, stream, tap, decode, scoring; reference: one trial on one screen;
+               keep + headwise + headwise_attend: a head-wise KV cache (streamed heads really cut)
   inputs       haystack text and needles, prompts in token space, the grid
   headfiles    the original's head_score JSON, foreign formats in and out, ranking (the one top-K rule)
   store        atomic files, the trial log, the run manifest
@@ -22,7 +23,10 @@ Start at ``core/reference.py``: one detection trial and one masked trial, writte
 experiments run the same arithmetic through the engine, and tests hold them equal.
 """
 
+from .core.headwise import HeadwiseCache
+from .core.headwise_attend import generate as headwise_generate
 from .core.intervene import intervene
+from .core.keep import keep_top
 from .core.mask import HeadMask
 from .core.probe import ArgmaxProbe
 from .errors import UnsupportedModelError, UserError
@@ -38,5 +42,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgmaxProbe", "HeadMask", "intervene", "DetectionResult", "DetectSettings", "detect", "UnsupportedModelError",
     "UserError", "ModelSpec", "load_model", "NiahSettings", "make_conditions", "run_niah", "load_head_scores",
-    "top_heads", "ModelShape",
+    "top_heads", "ModelShape", "HeadwiseCache", "headwise_generate", "keep_top",
 ]

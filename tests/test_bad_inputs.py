@@ -214,6 +214,19 @@ CASES = [
     ("judge --resume", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "--resume"], "does not resume"),
     ("judge output folder not writable", "judge", ["--head_scores", "{hs_tiny}", "--k", "1", "--output_dir",
                                                     "{a_file}/sub"], "not a writable folder"),
+    ("generate prompt file missing", "generate", ["{root}/none.txt", "--keep_full", "1", "--head_score", "{hs_tiny}"],
+     "does not exist"),
+    ("generate with both --keep_full and --keep_fraction", "generate",
+     ["{a_file}", "--keep_full", "1", "--keep_fraction", "0.5", "--head_score", "{hs_tiny}"], "exactly one"),
+    ("generate with neither --keep_full nor --keep_fraction", "generate", ["{a_file}", "--head_score", "{hs_tiny}"],
+     "exactly one"),
+    ("generate --keep_fraction outside 0..1", "generate", ["{a_file}", "--keep_fraction", "1.5", "--head_score",
+                                                          "{hs_tiny}"], "between 0 and 1"),
+    ("generate K larger than the KV heads", "generate", ["{a_file}", "--keep_full", "5", "--head_score", "{hs_tiny}"],
+     "the model has 4 KV heads"),
+    ("generate head_score file missing", "generate", ["{a_file}", "--keep_full", "1", "--head_score",
+                                                     "{root}/none.json"], "does not exist"),
+    ("generate keeps heads without a head_score", "generate", ["{a_file}", "--keep_full", "1"], "--head_score FILE"),
 ]
 # The weights are what these cases are about (the refusal by class name runs the model).
 NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
@@ -223,9 +236,10 @@ MODEL = ["--model_path", "{tiny}", "--needles", "{needles_ok}"]
 # others name their outputs in the case ({out}: the folder that must stay uncreated)
 DEFAULTS = {"detect": MODEL + GRID + ["--output_dir", "{out}"],
             "niah": MODEL + GRID + ["--no_plot", "--output_dir", "{out}"],
-            "judge": MODEL + GRID + ["--output_dir", "{out}"], "heads": [], "plot": [], "compress": []}
+            "judge": MODEL + GRID + ["--output_dir", "{out}"], "heads": [], "plot": [], "compress": [],
+            "generate": ["--model_path", "{tiny}"]}
 COMMAND = {"detect": "detect", "niah": "mask", "judge": "judge", "heads": "heads", "plot": "plot",
-           "compress": "compress"}
+           "compress": "compress", "generate": "generate"}
 
 
 def run_case(cmd: str, args: list[str], paths: dict, out: Path) -> int:

@@ -6,6 +6,7 @@
     retrieval-head compress DIR ...   # = python -m retrieval_head.compress ...
     retrieval-head heads top|heatmap|compare|export|stability|convergence ...  # = python -m retrieval_head.heads
     retrieval-head judge --head_scores A B ...   # = python -m retrieval_head.judge ...
+    retrieval-head generate PROMPT_FILE --head_score F --keep_fraction 0.25   # a head-wise KV cache
 
 ``python -m retrieval_head ...`` is the same command. Each subcommand takes exactly the
 options of the script it names (``--help`` lists them with their defaults), runs behind the
@@ -25,7 +26,9 @@ COMMANDS = {"detect": ("detect", "detect retrieval heads (retrieval_head_detecti
             "plot": ("plot", "needle-test heatmaps of result folders"),
             "compress": ("compress", "the compression curve (score vs KV cache kept) of streaming result folders"),
             "heads": ("heads", "inspect head-score files: top, heatmap, compare, export, stability, convergence"),
-            "judge": ("judge", "mask each method's top-K heads and random-K in one needle test (judge.py)")}
+            "judge": ("judge", "mask each method's top-K heads and random-K in one needle test (judge.py)"),
+            "generate": ("generate", "answer a prompt with a head-wise KV cache (retrieval heads full) and "
+                                     "report its memory")}
 
 
 def usage(prog: str = "retrieval-head") -> str:

@@ -16,6 +16,10 @@ asks every hook, in the order given:
 4. ``output(call, out)``: the call's output ``[b, q, H, d]`` (zeroed heads, the streamed
    heads' prefill).
 
+Before all of these, ``attends(call)`` lets one hook compute the whole call itself (a
+head-wise cache's split keys, ``headwise_attend.HeadwiseAttention``): the first output it
+returns is the call's, and the other steps are skipped.
+
 ``check(shape)`` runs once, before the scope opens: a hook that does not fit the model
 (a head mask of another shape) refuses it there. Every method's default leaves the call
 alone, so a hook overrides only what it changes. Worked example, a hook that counts, per
@@ -46,6 +50,10 @@ class Hook:
 
     def check(self, shape: ModelShape) -> None:
         """Refuse a model this hook does not fit (raise ValueError), before the scope opens."""
+
+    def attends(self, call: Call) -> torch.Tensor | None:
+        """The whole call's output ``[b, q, H, d]`` computed by this hook, or None (the usual path)."""
+        return None
 
     def query(self, call: Call) -> torch.Tensor:
         """The query ``[b, H, q, d]`` the call goes on with."""

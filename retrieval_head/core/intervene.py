@@ -105,6 +105,10 @@ class ScopedAttention:
         self.scope.layers_seen.add(layer)
         call = Call(layer, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux"),
                     layer_window(module, kwargs))
+        for h in self.hooks:  # a hook that computes the whole call (split keys) takes it
+            out = h.attends(call)
+            if out is not None:
+                return out, None
         for h in self.hooks:
             call = call.replace(query=h.query(call))
         weights = None
@@ -155,8 +159,9 @@ def as_hook(h: Hook | HeadMask) -> Hook:
     if not isinstance(h, HeadMask):
         return h
     if h.needs_prefill_length():
-        raise ValueError("a decode-phase stream mask compresses each prompt's cache after its prefill, so it must be "
-                         "told the prefill length: intervene(model, hooks=[mask.hook(prefill_length)])")
+        raise ValueError(f"a {h.phase}-phase stream mask compresses the cache once (after the prefill, at the "
+                         "context's end), so it must be told where (the prefill length, or the context's length): "
+                         "intervene(model, hooks=[mask.hook(length)])")
     return h.hook()
 
 

@@ -26,7 +26,12 @@ from .stream import StreamHeads
 
 MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
 HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
-MASK_PHASES = ("decode", "all")
+MASK_PHASES = ("decode", "all")  # the needle experiments' --mask_phase
+# Streaming also takes ``context`` (kvpress's pipeline: the context's cache compressed once at
+# its end C, the question after it appended whole). Its rule is ``decode``'s with C the
+# context's end instead of the prompt's: ``stream.stream_keep(..., at=C)``, applied to the
+# prefill's rows from C on too (with C the whole prompt, phase ``decode`` exactly).
+STREAM_PHASES = MASK_PHASES + ("context",)
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,9 @@ class HeadMask:
     phase: ``decode`` acts only on single-token (decode) calls, as the original (for
            ``stream``: the prompt's cache compressed once after the prefill, as kvpress's
            presses do); ``all`` acts on the prefill too (``stream``: as if the head's cache
-           had been compressed from the first token, DuoAttention).
+           had been compressed from the first token, DuoAttention); ``context`` (``stream``
+           only): the context's cache compressed once at its end, the question's rows after
+           it see the compressed context and every key from its end on (kvpress's pipeline).
     """
 
     heads: torch.Tensor
@@ -55,8 +62,9 @@ class HeadMask:
     def __post_init__(self):
         if self.mode not in HEAD_MODES:
             raise ValueError(f"mask mode must be one of {HEAD_MODES}, got {self.mode!r}")
-        if self.phase not in MASK_PHASES:
-            raise ValueError(f"mask phase must be one of {MASK_PHASES}, got {self.phase!r}")
+        if self.phase not in STREAM_PHASES or (self.phase == "context" and self.mode != "stream"):
+            raise ValueError(f"mask phase must be one of {MASK_PHASES} ({STREAM_PHASES} for stream), "
+                             f"got {self.phase!r}")
         if self.heads.dtype != torch.bool or self.heads.ndim not in (2, 3):
             raise ValueError("HeadMask.heads must be a bool [layers, heads] (or [batch, layers, heads]) tensor")
         if self.mode == "stream" and (self.sink < 0 or self.recent < 1):
@@ -74,17 +82,18 @@ class HeadMask:
         return (self.mode, self.phase, self.sink, self.recent)
 
     def needs_prefill_length(self) -> bool:
-        """A decode-phase stream mask compresses the prompt's cache once, after its prefill:
-        its hook must be told where (``hook(prefill_length)``)."""
-        return self.mode == "stream" and self.phase == "decode"
+        """A decode- or context-phase stream mask compresses the cache once (after the
+        prefill, at the context's end): its hook must be told where (``hook(prefill_length)``)."""
+        return self.mode == "stream" and self.phase in ("decode", "context")
 
     def hook(self, prefill_length: torch.Tensor | int | None = None) -> Hook:
         """The intervention, for one scope. prefill_length: per batch row (long ``[b]`` or an
-        int), the keys its prompt's prefill cached (used by decode-phase streaming only)."""
+        int), the keys its prompt's prefill cached (decode-phase streaming), or the context's
+        length (context-phase streaming); unused otherwise."""
         decode_only = self.phase == "decode"
         if self.mode == "stream":
-            return StreamHeads(self.heads, self.sink, self.recent, prefill_length if decode_only else None,
-                               decode_only)
+            once = self.phase in ("decode", "context")
+            return StreamHeads(self.heads, self.sink, self.recent, prefill_length if once else None, decode_only)
         return HeadAblation(self.heads, self.mode, decode_only)
 
 

@@ -11,7 +11,10 @@ rows' and keys' positions and, per batch row, where that row's cache was compres
 - compressed once at ``C`` (``at``; a phase-``decode`` mask compresses the prompt's cache
   after its prefill, as kvpress's presses do, ``C`` being the prefill's length): a row
   ``p >= C`` sees keys ``j < sink``, ``C - recent <= j < C`` and every key from ``C`` on;
-  rows before ``C`` were computed before the compression and see every key.
+  rows before ``C`` were computed before the compression and see every key. A phase-
+  ``context`` mask (kvpress's pipeline) is the same rule with ``C`` the context's end, applied
+  to the prefill's rows from ``C`` on (the question): with ``C`` the prompt's length it is
+  phase ``decode`` exactly.
 
 A decode step of a streamed head is computed whole (``attend.decode_step``, the keys it
 may not see hidden); a multi-token call (phase ``all``'s prefill) recomputes only the
@@ -19,7 +22,8 @@ streamed heads as one group under one shared ``[query, key]`` mask
 (``attend.attend_heads``), never a per-head mask over the whole prompt (a chunked prefill
 bounds it). Both are exact: the same as eager attention under the explicit per-head mask
 (tests/test_streaming.py). The cache itself is not cut (kvpress's DuoAttentionPress also
-masks): ``kv_kept`` says exactly what a compressed cache would hold.
+masks): ``kv_kept`` says exactly what a compressed cache would hold, and
+``headwise.HeadwiseCache`` is that cache (the same rule, the keys really dropped).
 """
 
 from __future__ import annotations

@@ -1,0 +1,247 @@
+"""A head-wise KV cache: full KV heads keep every key, streamed ones only sink + recent.
+
+``HeadwiseCache`` is a transformers ``Cache`` built from a keep set (``keep.keep_top``: bool
+``[layers, kv_heads]``). In each layer the full KV heads' keys and values live in one
+in-place buffer ``[b, n_full, T, d]`` (``kvcache.GrowingLayer``: a decode step writes in
+place, no copy of the cache); the streamed KV heads' in a tensor ``[b, n_stream, S, d]``
+holding only the keys the next query may see (``keep.stored_positions``), with their
+positions ``[S]``. The streamed keys are dropped as each update arrives, so their memory is
+really freed; the phases say when:
+
+- ``decode`` (a kvpress press): the prompt's cache is compressed once, at the end of the
+  prefill (``compress_at(prompt length)``, which ``headwise_attend.generate`` tells it; untold,
+  at the end of the first call); every key generated afterwards is kept. Each layer is
+  compressed as its prefill update arrives, so only one layer's uncompressed prompt exists
+  at a time (the call's own keys, handed to attention and dropped after it);
+- ``all`` (DuoAttention): a streamed head never holds more than sink + recent keys (plus
+  the call's new ones, for that call only): a chunked prefill (``prefill_chunk_size``)
+  bounds the prefill too;
+- ``context`` (a kvpress pipeline): compressed once at the context's end ``context_length``,
+  the question and the answer after it kept whole.
+
+Each phase computes exactly what the masked simulation does (``mask.HeadMask(heads,
+"stream", phase).hook(at)`` on a plain cache): the same ``stream.stream_keep`` rule, the
+sink being the first ``sink`` cache slots of every row (left padding puts pads there, as in
+the simulation). An update returns a ``SplitKV`` (full and streamed parts), which only the
+head-wise attention (``headwise_attend``) reads: run the model through
+``headwise_attend.generate`` (or inside ``intervene(model, hooks=[HeadwiseAttention()])``).
+A layer without streamed heads returns plain tensors (the backend computes it, bit for bit).
+What a compressed prefix cannot do (crop back, beam reorder, row selection, offloading) is
+refused with a ``UserError``.
+
+    >>> from transformers import LlamaConfig
+    >>> shape = ModelShape.from_config(LlamaConfig(num_hidden_layers=1, num_attention_heads=2,
+    ...                                            num_key_value_heads=2, hidden_size=8))
+    >>> cache = HeadwiseCache(shape, torch.tensor([[True, False]]), sink=1, recent=2, phase="all")
+    >>> k = torch.arange(10.).reshape(1, 2, 5, 1)
+    >>> split, _ = cache.update(k, k, 0)
+    >>> split.full.shape[2], split.stream.shape[2], cache.layers[0].stream_pos.tolist()
+    (5, 5, [0, 4])
+    >>> cache.get_seq_length(), cache.nbytes()
+    (5, 56)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from ..errors import UserError
+from ..models.shape import ModelShape
+from .keep import KEEP_PHASES, check_keep, stored_positions
+from .kvcache import GrowingLayer, Growth
+
+
+@dataclass
+class SplitKV:
+    """What a head-wise layer's update returns for keys (or values): the full KV heads' part
+    ``full [b, n_full, T, d]`` (None: none), the streamed heads' ``stream [b, n_stream, S, d]``
+    at positions ``pos [S]``, which KV heads each part holds, the layer's logical length
+    ``length`` (keys cached, the call's included) and the streaming rule (``sink``,
+    ``recent``, ``at``: where the cache is compressed once; None: at every step)."""
+
+    full: torch.Tensor | None
+    stream: torch.Tensor
+    pos: torch.Tensor
+    full_idx: torch.Tensor
+    stream_idx: torch.Tensor
+    full_q: torch.Tensor  # the query heads each part serves, grouped per KV head
+    stream_q: torch.Tensor
+    length: int
+    sink: int
+    recent: int
+    at: int | None
+
+    @property
+    def kv_heads(self) -> int:
+        return len(self.full_idx) + len(self.stream_idx)
+
+    @property
+    def shape(self):
+        """What a backend reads first: refused, with the fix (only the head-wise attention reads these)."""
+        raise UserError("a head-wise cache's keys are read only by its attention: run the model through "
+                        "headwise_attend.generate, or inside intervene(model, hooks=[HeadwiseAttention()])")
+
+
+def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
+    """The query heads (long) served by KV heads ``kv_idx``, grouped per KV head.
+
+    >>> query_heads(torch.tensor([0, 2]), 2).tolist()
+    [0, 1, 4, 5]
+    """
+    return (kv_idx[:, None] * group + torch.arange(group, device=kv_idx.device)).flatten()
+
+
+def refuse(what: str) -> UserError:
+    return UserError(f"a head-wise cache cannot {what}: its streamed heads' dropped keys are gone "
+                     "(use a plain cache, with HeadMask(heads, \"stream\", ...) for the same answers)")
+
+
+class HeadwiseLayer(CacheLayerMixin):
+    """One layer: ``full`` (a ``GrowingLayer`` over the full KV heads) and the streamed
+    heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``."""
+
+    is_sliding = False  # every layer keeps logical positions: masks are built for the whole length
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, keep_row: torch.Tensor, window: int | None, sink: int, recent: int, phase: str,
+                 context_length: int | None, growth: Growth, group: int = 1):
+        super().__init__()
+        self.full_idx = keep_row.nonzero().flatten()
+        self.stream_idx = (~keep_row).nonzero().flatten()
+        self.full_q, self.stream_q = query_heads(self.full_idx, group), query_heads(self.stream_idx, group)
+        self.window, self.sink, self.recent, self.phase = window, sink, recent, phase
+        self.at = context_length if phase == "context" else None  # decode: set by the first update
+        self.full = GrowingLayer(growth) if len(self.full_idx) else None
+        self.stream_keys = self.stream_values = self.stream_pos = None
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device, self.is_initialized = key_states.device, True
+
+    def _part(self, states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return states if len(idx) == states.shape[1] else states[:, idx.to(states.device)]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, q = self.length, key_states.shape[-2]
+        self.length = n + q
+        if self.phase == "decode" and self.at is None:
+            self.at = self.length  # the first call is the prefill: compressed at its end
+        fk = fv = None
+        if self.full is not None:
+            fk, fv = self.full.update(self._part(key_states, self.full_idx), self._part(value_states, self.full_idx))
+            if not len(self.stream_idx):
+                return fk, fv  # nothing streamed: plain tensors, the backend computes the layer
+        sk, sv = self._part(key_states, self.stream_idx), self._part(value_states, self.stream_idx)
+        pos = torch.arange(n, n + q, device=key_states.device)
+        if self.stream_keys is not None:
+            sk, sv = torch.cat([self.stream_keys, sk], dim=-2), torch.cat([self.stream_values, sv], dim=-2)
+            pos = torch.cat([self.stream_pos, pos])
+        # Held from now on: what the next query may see. The call itself sees sk (dropped after it).
+        # Once compressed (decode, context) a full-attention layer keeps every new key: no rule to run.
+        settled = self.at is not None and n >= self.at and self.window is None
+        keep = None if settled else stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at)
+        if keep is None or bool(keep.all()):
+            self.stream_keys, self.stream_values, self.stream_pos = sk, sv, pos
+        else:
+            idx = keep.nonzero().flatten()
+            self.stream_keys = sk.index_select(-2, idx).contiguous()
+            self.stream_values = sv.index_select(-2, idx).contiguous()
+            self.stream_pos = pos[idx]
+        dev = key_states.device
+        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.length,
+                self.sink, self.recent, self.at)
+        return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0  # one logical position per column; attention picks a head's
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors held: the full heads' keys and values (filled part), the streamed heads'."""
+        out = [] if self.full is None or self.full.keys is None else [self.full.keys, self.full.values]
+        return out + ([] if self.stream_keys is None else [self.stream_keys, self.stream_values])
+
+    def reset(self) -> None:
+        if self.full is not None:
+            self.full.reset()
+        self.stream_keys = self.stream_values = self.stream_pos = None
+        self.length, self.is_initialized = 0, False
+        self.at = self.at if self.phase == "context" else None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise refuse("be cropped back (a compressed prefix is gone)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise refuse("reorder rows (beam search)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise refuse("select rows")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise refuse("repeat rows (num_return_sequences > 1)")
+
+    def offload(self):
+        raise refuse("be offloaded")
+
+    def prefetch(self):
+        raise refuse("be offloaded")
+
+
+class HeadwiseCache(Cache):
+    """A KV cache that keeps every key only for the KV heads of ``keep`` (bool ``[layers,
+    kv_heads]``); the others stream (``sink`` first keys, ``recent`` last, the query
+    included), compressed as ``phase`` says (``decode``, ``all``, ``context`` with
+    ``context_length``). ``reserve``: spare tokens of the full heads' buffers."""
+
+    def __init__(self, shape: ModelShape, keep: torch.Tensor, sink: int, recent: int, phase: str = "decode",
+                 context_length: int | None = None, reserve: int = 64):
+        check_keep(keep, shape)
+        if phase not in KEEP_PHASES:
+            raise UserError(f"phase must be one of {KEEP_PHASES}, got {phase!r}")
+        if (phase == "context") != (context_length is not None):
+            raise UserError("phase context needs context_length (and only it takes one)")
+        if sink < 0 or recent < 1:
+            raise UserError("streaming needs sink >= 0 and recent >= 1 (the query sees itself)")
+        self.shape, self.keep, self.sink, self.recent, self.phase = shape, keep, sink, recent, phase
+        self.growth = Growth(reserve)
+        layers = [HeadwiseLayer(keep[i], shape.windows[i], sink, recent, phase, context_length, self.growth,
+                                shape.group) for i in range(shape.num_layers)]
+        super().__init__(layers=layers)
+
+    def offload(self, layer_idx: int, only_non_sliding: bool = True):
+        raise refuse("be offloaded")
+
+    def compress_at(self, at: int) -> None:
+        """Phase decode: where the prompt's cache is compressed (its length), told before the
+        prefill (a prefill in chunks); untold, at the end of the first call."""
+        if self.phase != "decode" or self.get_seq_length():
+            raise UserError("compress_at is for a fresh phase-decode cache (before its prefill)")
+        for layer in self.layers:
+            layer.at = at
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values held (the full heads' filled part; ``allocated``
+        adds their spare room)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors())
+
+    def allocated(self) -> int:
+        """Bytes allocated for keys and values, spare room of the full heads' buffers included."""
+        total = 0
+        for layer in self.layers:
+            if layer.full is not None and layer.full.keys is not None:
+                k = layer.full.keys  # a view of the buffer: capacity() tokens along dim -2
+                total += 2 * k.shape[0] * k.shape[1] * layer.full.capacity() * k.shape[-1] * k.element_size()
+            if layer.stream_keys is not None:
+                total += 2 * layer.stream_keys.numel() * layer.stream_keys.element_size()
+        return total

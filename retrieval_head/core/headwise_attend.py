@@ -1,0 +1,109 @@
+"""Attention over a head-wise cache's split keys, and ``generate`` with such a cache.
+
+A ``headwise.HeadwiseCache`` layer with streamed heads hands the attention function a
+``SplitKV``: the full KV heads' keys ``[b, n_full, T, d]`` and the streamed heads' ``[b,
+n_stream, S, d]`` at positions ``pos``. No backend takes that, so ``HeadwiseAttention`` (a
+``hook.Hook`` whose ``attends`` computes the whole call) does, inside an ``intervene`` scope:
+each group once, with ``attend.attend_grouped`` (sdpa, or the float32 path under a softcap or
+sink logits), the outputs written back in query-head order. One mask is built for the
+layer's logical length (``HeadwiseLayer.get_mask_sizes``); the full group reads it whole,
+the streamed group the columns of the positions it holds, and-ed with causal order, the
+layer's window and the streaming rule (``stream.stream_keep``): exactly the keys the
+masked simulation lets each row see.
+
+Worked example (a notebook)::
+
+    keep = keep_top(head_scores, shape.group, fraction=0.25)          # [layers, kv_heads]
+    cache = HeadwiseCache(shape, keep, sink=4, recent=64, phase="decode")
+    out = generate(model, cache, input_ids=ids, attention_mask=am, max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .attend import Call, as_allowed, attend_grouped, backend_mask, blocked_by_position
+from .headwise import HeadwiseCache, SplitKV, query_heads  # noqa: F401 (query_heads: the API)
+from .hook import Hook
+from .intervene import intervene
+from .stream import stream_keep
+
+
+def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 allowed: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+    """``[b, q, n, d]``: query heads ``heads`` (whole groups, in order) against their group's
+    own keys ``[b, kv, S, d]`` under ``allowed`` (bool ``[b or 1, 1, q, S]``), by
+    ``attend.attend_grouped`` (the keys are never copied per query head)."""
+    sub = call.replace(query=call.query[:, heads], key=key, value=value,
+                       sinks=None if call.sinks is None else call.sinks[heads.to(call.sinks.device)])
+    return attend_grouped(sub, allowed, causal)
+
+
+class HeadwiseAttention(Hook):
+    """Computes every call whose keys are a ``SplitKV`` (others go the usual way)."""
+
+    def attends(self, call: Call) -> torch.Tensor | None:
+        split, values = call.key, call.value
+        if not isinstance(split, SplitKV):
+            return None
+        query = call.query
+        b, num_heads, q, d = query.shape
+        length, dev = split.length, query.device
+        qpos = torch.arange(length - q, length, device=dev)
+        m = backend_mask(call.mask, slice(-q, None), length)  # [b or 1, 1, q or 1, length]
+        m = None if m is None else as_allowed(m).to(dev)
+        out = query.new_empty(b, q, num_heads, values.stream.shape[-1])
+        if split.full is not None:
+            # Without padding or window, a decode step sees every key and a fresh prefill is causal: no mask
+            plain = m is None and call.window is None and q in (1, length)
+            allowed = None
+            if not plain:
+                allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
+                allowed = allowed if m is None else allowed & m
+            heads = split.full_q
+            out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
+        at = None if split.at is None else torch.tensor([split.at], device=dev)
+        keep = stream_keep(qpos, split.pos, split.sink, split.recent, at)
+        sees = ~blocked_by_position(qpos, split.pos, call.window) & keep  # [q, S] or [1, 1, q, S]
+        sees = sees[None, None] if sees.ndim == 2 else sees
+        if m is not None:
+            sees = sees & m.index_select(-1, split.pos)
+        heads = split.stream_q
+        out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
+        return out
+
+
+REFUSED_GENERATE = {
+    "num_beams": "beam search (num_beams > 1) reorders rows",
+    "num_return_sequences": "num_return_sequences > 1 repeats rows",
+    "assistant_model": "assisted decoding crops the cache back",
+    "prompt_lookup_num_tokens": "prompt-lookup decoding crops the cache back",
+    "cache_implementation": "a cache_implementation replaces the head-wise cache",
+}
+
+
+def check_generate(model, kwargs: dict) -> None:
+    """Refuse, before any work, what a head-wise cache cannot do (one line, ``UserError``)."""
+    config = model.generation_config
+    for name, why in REFUSED_GENERATE.items():
+        value = kwargs.get(name, getattr(config, name, None))
+        if name in ("num_beams", "num_return_sequences"):
+            bad = value is not None and int(value) > 1
+        else:
+            bad = value is not None
+        if bad:
+            raise UserError(f"a head-wise cache cannot be used with {name}={value!r}: {why}")
+
+
+def generate(model, cache: HeadwiseCache, **kwargs):
+    """``model.generate(..., cache=cache)`` with the head-wise attention in scope
+    (and the model left exactly as before); unsupported settings refused first."""
+    if not isinstance(cache, HeadwiseCache):
+        raise UserError("generate() here takes a HeadwiseCache")
+    check_generate(model, kwargs)
+    prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    if cache.phase == "decode" and prompt is not None and not cache.get_seq_length():
+        cache.compress_at(prompt.shape[1])  # after the whole prefill, chunked or not
+    with intervene(model, hooks=[HeadwiseAttention()]):
+        return model.generate(cache=cache, **kwargs)

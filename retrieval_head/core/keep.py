@@ -1,0 +1,95 @@
+"""Keep sets: which KV heads of a head-wise cache keep every key, and what the cache then holds.
+
+A keep set is a bool ``[layers, kv_heads]`` (True = the KV head keeps its whole cache; False
+= it streams: only its sink and recent keys are held, ``stream.stream_keep``). The unit is
+the KV head: under GQA a KV head's keys serve ``group`` query heads, so it can be dropped
+only as a whole. ``keep_top`` ranks KV heads by the best score among their query heads (a
+KV head stays full when any of its query heads retrieves).
+
+``stored`` counts what a streamed head holds between calls: exactly the keys the next query
+may see (its sink and recent keys, within the layer's window, or every key from the
+compression point ``at`` on); ``cache_bytes`` turns a keep set into the bytes a
+``headwise.HeadwiseCache`` holds (its tests check it to the byte).
+
+    >>> scores = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.2, 0.3, 0.8, 0.0]])  # [layers, heads], 2 KV heads of 2
+    >>> keep_top(scores, group=2, k=2).tolist()
+    [[True, False], [False, True]]
+    >>> keep_top(scores, group=2, fraction=0.25).int().tolist()
+    [[1, 0], [0, 0]]
+    >>> stored(100, sink=4, recent=8, window=None, at=None)  # phase all: 4 sink + the 7 keys before the next query
+    11
+    >>> stored(100, sink=4, recent=8, window=None, at=60)  # compressed at 60: 4 + 8 + the 40 keys from 60 on
+    52
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from ..models.shape import ModelShape
+from .attend import blocked_by_position
+from .stream import stream_keep
+
+KEEP_PHASES = ("decode", "all", "context")  # decode: kvpress press; all: DuoAttention; context: kvpress pipeline
+
+
+def keep_count(total: int, k: int | None = None, fraction: float | None = None) -> int:
+    """The number of KV heads kept full, from exactly one of ``k`` and ``fraction`` (rounded)."""
+    if (k is None) == (fraction is None):
+        raise UserError("give exactly one of --keep_full K and --keep_fraction F")
+    if fraction is not None:
+        if not 0.0 <= fraction <= 1.0:
+            raise UserError(f"--keep_fraction must be between 0 and 1, got {fraction}")
+        return round(fraction * total)
+    if not 0 <= k <= total:
+        raise UserError(f"--keep_full {k}: the model has {total} KV heads (keep between 0 and {total})")
+    return k
+
+
+def keep_top(scores: torch.Tensor, group: int, k: int | None = None, fraction: float | None = None) -> torch.Tensor:
+    """bool ``[layers, kv_heads]``: the ``k`` (or ``fraction`` of all) KV heads whose best
+    query head scores highest, from query-head ``scores [layers, heads]`` (ties: the
+    earlier head, as a stable sort gives)."""
+    kv = scores.float().reshape(scores.shape[0], -1, group).amax(-1)
+    n = keep_count(kv.numel(), k, fraction)
+    out = torch.zeros(kv.numel(), dtype=torch.bool)
+    out[torch.sort(kv.flatten(), descending=True, stable=True).indices[:n]] = True
+    return out.reshape(kv.shape)
+
+
+def stored_positions(pos: torch.Tensor, length: int, sink: int, recent: int, window: int | None,
+                     at: int | None) -> torch.Tensor:
+    """bool over ``pos`` (long ``[S]``, positions held): the keys a streamed head still
+    needs once ``length`` keys are cached, i.e. those the next query (at ``length``) sees."""
+    nxt = torch.tensor([length], device=pos.device)
+    at_t = None if at is None else torch.tensor([at], device=pos.device)
+    keep = stream_keep(nxt, pos, sink, recent, at_t).reshape(-1)
+    return keep & ~blocked_by_position(nxt, pos, window).reshape(-1)
+
+
+def stored(length: int, sink: int, recent: int, window: int | None, at: int | None) -> int:
+    """The keys a streamed head holds between calls once ``length`` keys are cached."""
+    return int(stored_positions(torch.arange(length), length, sink, recent, window, at).sum())
+
+
+def cache_bytes(shape: ModelShape, keep: torch.Tensor | None, batch: int, length: int, itemsize: int, sink: int = 0,
+                recent: int = 1, at: int | None = None) -> int:
+    """Bytes of keys and values a head-wise cache holds at ``length`` tokens (``keep`` None:
+    every head full, a plain cache that keeps every key). ``at``: the compression point
+    (phase decode: the prompt's length; context: the context's), None for phase all."""
+    per_key = 2 * batch * shape.head_dim * itemsize  # a key and a value
+    total = 0
+    for layer, window in enumerate(shape.windows):
+        n_full = shape.num_kv_heads if keep is None else int(keep[layer].sum())
+        n_stream = shape.num_kv_heads - n_full
+        streamed = stored(length, sink, recent, window, at) if n_stream else 0
+        total += per_key * (n_full * length + n_stream * streamed)
+    return total
+
+
+def check_keep(keep: torch.Tensor, shape: ModelShape) -> None:
+    """Refuse a keep set made for another model."""
+    if keep.dtype != torch.bool or tuple(keep.shape) != (shape.num_layers, shape.num_kv_heads):
+        raise UserError(f"a keep set is a bool [layers, kv_heads] = {[shape.num_layers, shape.num_kv_heads]} "
+                        f"tensor, got {keep.dtype} {list(keep.shape)}")
