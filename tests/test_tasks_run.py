@@ -98,3 +98,18 @@ def test_an_answer_copying_a_distractor_counts_for_the_distractor_only(default_t
     copied = sum(a == b for a, b in zip(answer, p.ids[p.needle_span[0]:p.needle_span[1]]))
     assert asked[0, 0] == 0 and asked[0, 1] == copied / (p.needle_span[1] - p.needle_span[0])
     assert string_match(default_tokenizer.decode(answer), trial.answers) == 0.0
+
+
+def test_judge_on_a_task_scores_string_match(tiny, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "retrieval_head", "judge", "--model_path", str(tiny["tiny"]),
+                        "--needles", str(tiny["needles_ok"]), "--context_lengths", "300", "--depth_percents", "50",
+                        "--max_new_tokens", "6", "--head_scores", str(tiny["hs_tiny"]), "--k", "1", "--seeds", "0",
+                        "--quiet", "--output_dir", str(tmp_path), "--task", "multiquery"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "tiny_multiquery.judge.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and all(x["task"] == "multiquery" and len(x["answers"]) == 4 for x in recs)
+    m = json.loads((tmp_path / "tiny_multiquery.judge.manifest.json").read_text())
+    assert m["config"]["task"] == ["multiquery"] and m["summary"]["none"] == recs[0]["string_match"]
+    assert "task multiquery (string match" in (tmp_path / "tiny_multiquery.judge.md").read_text()
