@@ -12,7 +12,7 @@ The subpackages, top to bottom; each imports only from those below it (the contr
   engine       the speed levers, changing no result: scheduler, prefix reuse, batching, shards
   core         the algorithm: attend (all attention arithmetic), hook + intervene (scoped),
                probe, mask, stream, tap, decode, scoring; reference: one trial on one screen
-  inputs       haystack text and needles, prompts in token space, the grid
+  inputs       haystack text and needles, prompts in token space, the grid, the RULER-style tasks
   headfiles    the original's head_score JSON, foreign formats in and out, ranking (the one top-K rule)
   store        atomic files, the trial log, the run manifest
   models       loading any HF causal LM, the embedded models, ModelShape (facts from the config)
