@@ -46,7 +46,8 @@ def test_spans_exact_disjoint_and_at_depth(builder, default_tokenizer, task, len
 def test_same_seed_same_bytes_and_values_once(builder, default_tokenizer, task):
     a, b = make_trial(task, 3, 800, 40), make_trial(task, 3, 800, 40)
     assert a == b and build_task_prompt(builder, a, 800).ids == build_task_prompt(builder, b, 800).ids
-    assert make_trial(task, 4, 800, 40) != a
+    assert make_trial(task, 4, 800, 40) != a and make_trial(task, 3, 800, 40, variant=1) != a
+    assert make_trial(task, 3, 800, 40, variant=0) == a
     values = [i.value for i in a.inserts]
     assert len(set(values)) == len(values)
     text = default_tokenizer.decode(build_task_prompt(builder, a, 800).ids)

@@ -190,7 +190,7 @@ class Plan:
         builder = self.haystacks.for_needle(n)
         if self.task == "single":
             return builder.build(n, key.context_length, key.depth_percent)
-        trial = make_trial(self.task, self.task_seed, key.context_length, key.depth_percent)
+        trial = make_trial(self.task, self.task_seed, key.context_length, key.depth_percent, n.needle_id)
         return build_task_prompt(builder, trial, key.context_length)
 
     def source(self, key: TrialKey) -> str:

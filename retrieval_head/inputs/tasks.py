@@ -170,11 +170,14 @@ def _vt(rng: random.Random, depth: float) -> Trial:
     return Trial("vt", tuple(asked + others), question, tuple(i.value for i in asked))
 
 
-def make_trial(task: str, seed: int, context_length: int, depth: float) -> Trial:
-    """The trial of one cell: the same (task, seed, length, depth) always gives the same trial."""
+def make_trial(task: str, seed: int, context_length: int, depth: float, variant: int = 0) -> Trial:
+    """The trial of one cell: the same (task, seed, length, depth, variant) always gives the
+    same trial. ``variant``: a sweep's needle id, so each needle of a detection sweep draws
+    trials of its own (its haystack is the needle's)."""
     if task not in TASKS or task == "single":
         raise ValueError(f"make_trial builds the generated tasks, not {task!r}")
-    rng = random.Random(f"{task}:{seed}:{context_length}:{depth}")  # str seeds hash stably (sha512)
+    tail = f":{variant}" if variant else ""  # variant 0 keeps the key every first-needle trial had
+    rng = random.Random(f"{task}:{seed}:{context_length}:{depth}{tail}")  # str seeds hash stably (sha512)
     return _vt(rng, depth) if task == "vt" else _key_value(task, rng, depth)
 
 
