@@ -113,3 +113,20 @@ def test_judge_on_a_task_scores_string_match(tiny, tmp_path):
     m = json.loads((tmp_path / "tiny_multiquery.judge.manifest.json").read_text())
     assert m["config"]["task"] == ["multiquery"] and m["summary"]["none"] == recs[0]["string_match"]
     assert "task multiquery (string match" in (tmp_path / "tiny_multiquery.judge.md").read_text()
+
+
+def test_multi_answer_tasks_stop_at_eos_only(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retrieval_head.core.decode import stop_token_mask
+    from retrieval_head.experiments.sweep import SweepSettings
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["tiny"])
+    tok = AutoTokenizer.from_pretrained(tiny["tiny"])
+    lines, eos = stop_token_mask(model, tok), stop_token_mask(model, tok, newline=False)
+    newline = tok("a\nb", add_special_tokens=False)["input_ids"]
+    assert any(lines[i] for i in newline) and not any(eos[i] for i in newline)
+    assert eos.nonzero().flatten().tolist() == sorted({tok.eos_token_id} & set(range(len(eos))))
+    assert (eos & ~lines).sum() == 0  # EOS-only is a subset of the usual rule
+    st = SweepSettings(max_new_tokens=200)
+    assert [st.decoding(t) for t in ("single", "multikey", "vt")] == [(200, True), (200, True), (200, False)]
