@@ -56,6 +56,8 @@ def test_mask_runs_tasks_side_by_side_and_single_as_before(tiny, tmp_path):
             assert rec["task"] == task and rec["answers"] == [i["value"] for i in rec["inserts"] if i["asked"]]
             assert rec["needle_span"] == next(i["span"] for i in rec["inserts"] if i["asked"])
             assert rec["string_match"] == 100 * string_match(rec["model_response"], rec["answers"])
+            assert rec["distractors_answered"] == [i["value"] for i in rec["inserts"] if not i["asked"]
+                                                   and i["value"].lower() in rec["model_response"].lower()]
             assert rec["stop"] == ("eos" if task == "vt" else "eos or newline")
             assert rec["max_new_tokens"] == (120 if task == "vt" else 6)
         m = json.loads((both / f"tiny_{task}" / "manifest.json").read_text())

@@ -274,10 +274,12 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
 
 def task_fields(prompt: TaskPrompt, response: str) -> dict:
     """What a generated task's record adds: the task, every insert with its token span, the
-    answers, RULER's string match (x100) and whether every answer was returned."""
+    answers, RULER's string match (x100), whether every answer was returned, and which
+    distractors' values the response holds (string match does not count them against it)."""
     t = prompt.trial
     match = string_match(response, t.answers)
     inserts = [{"text": i.text, "value": i.value, "asked": i.asked, "depth": round(i.depth, 4), "span": list(s)}
                for i, s in zip(t.inserts, prompt.spans)]
+    copied = [i.value for i in t.distractors() if i.value.lower() in response.lower()]
     return {"task": t.task, "answers": list(t.answers), "inserts": inserts, "string_match": 100 * match,
-            "correct": match == 1.0}
+            "correct": match == 1.0, "distractors_answered": copied}

@@ -111,8 +111,8 @@ class SweepSettings:
 
     def decoding(self, task: str) -> tuple[int, bool]:
         """(max_new_tokens, stop at a newline) applied to ``task``: answers of several values
-        may take several lines and more tokens, so they stop only at EOS, after at least
-        ``ANSWER_TOKENS``.
+        may take several lines and more tokens, so they stop only at EOS (or the limit), which
+        is at least ``ANSWER_TOKENS``.
 
         >>> SweepSettings().decoding("single"), SweepSettings().decoding("vt")
         ((50, True), (120, False))
