@@ -75,6 +75,7 @@ def test_detect_on_a_task_writes_distractor_counts(tiny, tmp_path):
     assert len(trials) == 4 and all(len(t["distractor_scores"]) == 2 and len(t["distractor_scores"][0]) == 4
                                     for t in trials)
     assert all(t["asked"] == [True, False, False, False] and t["value_spans"][0] == t["needle_span"] for t in trials)
+    assert all(t["max_new_tokens"] == 6 and t["stop"] == "eos or newline" for t in trials)
     dis = json.loads((tmp_path / "tiny_multikey.distractor.json").read_text())
     assert sorted(dis) == [f"{l}-{h}" for l in range(2) for h in range(4)] and all(len(v) == 4 for v in dis.values())
     assert (tmp_path / "tiny_multikey.json").exists() and not (tmp_path / "tiny.json").exists()

@@ -205,8 +205,9 @@ def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) ->
         **trial_fields(row, st.methods()),  # the other methods' scores, when asked for
     }
     if trial is not None:
-        match = 100 * string_match(text, trial.answers)
-        record.update(task=trial.task, answers=list(trial.answers), string_match=match,
+        match, (new_tokens, newline) = 100 * string_match(text, trial.answers), st.decoding(trial.task)
+        record.update(task=trial.task, answers=list(trial.answers), string_match=match, max_new_tokens=new_tokens,
+                      stop="eos or newline" if newline else "eos",
                       value_spans=[list(x) for x in prompt.spans], asked=[i.asked for i in trial.inserts],
                       distractor_scores=spans_scores(prompt.ids, prompt.distractor_spans(), row.positions, row.ids,
                                                      st.score).tolist())
