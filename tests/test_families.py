@@ -356,12 +356,12 @@ def _stop_masks_memoised():
     det = importlib.import_module("retrieval_head.experiments.detect")  # the package re-exports a function `detect`
     real = det.stop_token_mask
 
-    def memo(model, tokenizer):
+    def memo(model, tokenizer, newline=True):
         gen = getattr(model, "generation_config", None)
-        key = (id(tokenizer), model.get_output_embeddings().weight.shape[0],
+        key = (id(tokenizer), newline, model.get_output_embeddings().weight.shape[0],
                repr(getattr(gen, "eos_token_id", None)), repr(getattr(model.config, "eos_token_id", None)))
         if key not in _STOP_MASKS:
-            _STOP_MASKS[key] = real(model, tokenizer)
+            _STOP_MASKS[key] = real(model, tokenizer, newline)
         return _STOP_MASKS[key]
 
     with mock.patch.object(det, "stop_token_mask", memo):
