@@ -24,6 +24,7 @@ from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
+from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_head_scores
 from ..models.loading import ModelSpec, model_identity, model_name
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
         conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
                                       settings.seeds is not None, settings.sink, settings.recent, group, units)
+    route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
     guard_outputs([out / c.folder / f"manifest{sfx}.json" for c in conditions], run.overwrite or run.resume)
     checked = plan(opened.tokenizer, shape, settings, [needle])  # every input checked before the weights load
     model, info = load_checked(opened)
