@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import torch
 
@@ -29,16 +29,25 @@ from ..core.headwise import HeadwiseCache
 from ..core.headwise_attend import HeadwiseAttention
 from ..core.intervene import intervene
 from ..core.keep import cache_bytes
+from ..core.mask import HeadMask
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..models.shape import ModelShape
 
-if TYPE_CHECKING:
-    from .mask import Condition
-
 log = logging.getLogger(__name__)
 
 CACHE_CHOICES = ("auto", "real", "masked")
+
+
+class Condition(Protocol):
+    """What this module reads of a ``mask.Condition`` (which imports this module: no cycle)."""
+
+    mask: HeadMask | None
+    kept: torch.Tensor | None
+    unit: str
+    folder: str
+
+    def label(self) -> str: ...
 
 
 @dataclasses.dataclass
