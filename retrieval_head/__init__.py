@@ -13,7 +13,7 @@ The subpackages, top to bottom; each imports only from those below it (the contr
   core         the algorithm: attend (all attention arithmetic), hook + intervene (scoped),
                probe, mask, stream, tap, decode, scoring; reference: one trial on one screen;
                keep + headwise + headwise_attend: a head-wise KV cache (streamed heads really cut)
-  inputs       haystack text and needles, prompts in token space, the grid
+  inputs       haystack text and needles, prompts in token space, the grid, the RULER-style tasks
   headfiles    the original's head_score JSON, foreign formats in and out, ranking (the one top-K rule)
   store        atomic files, the trial log, the run manifest
   models       loading any HF causal LM, the embedded models, ModelShape (facts from the config)

@@ -114,6 +114,8 @@ def settings_fingerprint(settings: DetectSettings, needles: list[Needle]) -> dic
     sweep = list(of_data(settings.methods(), NEEDLE))  # induction and echo change no trial
     if sweep != [RETRIEVAL]:  # the default's fingerprint is as it always was
         fp["methods"] = sweep
+    if settings.task != ("single",):  # the default's fingerprint is as it always was
+        fp.update(task=list(settings.task), task_seed=settings.task_seed)
     fp["needles"] = [dataclasses.asdict(n) | {"haystack": str(n.haystack) if n.haystack else None}
                      for n in needles]
     return json.loads(json.dumps(fp))  # as it reads back from the manifest
@@ -136,7 +138,7 @@ def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]
     """Final outputs, and this shard's trial log and manifest (the same files for one process)."""
     sfx = shard_suffix(rank, world)
     paths = {k: out / f"{name}{ext}" for k, ext in (("scores", ".json"), ("kv_max", ".kv_max.json"),
-                                                      ("kv_mean", ".kv_mean.json"))}
+                                                      ("kv_mean", ".kv_mean.json"), ("distractor", ".distractor.json"))}
     paths.update(trials=out / f"{name}{sfx}.trials.jsonl", manifest=out / f"{name}{sfx}.manifest.json")
     if world > 1:
         paths.update(merged_trials=out / f"{name}.trials.jsonl", merged_manifest=out / f"{name}.manifest.json")
@@ -168,16 +170,21 @@ def write_results(paths: dict, result: DetectionResult, info: dict, threshold: f
                   written: list[Path] | None = None, unwritten: tuple[str, ...] = ()) -> list[Path]:
     """The retrieval head-score files of a finished sweep (written whenever the sweep ran,
     whatever ``--method`` asked for). A sweep where no trial passed is refused in one line
-    that names the files already ``written`` and the methods ``unwritten`` besides retrieval."""
+    that names the files already ``written`` and the methods ``unwritten`` besides retrieval.
+    A generated task's distractor file counts every trial: it is written first."""
+    out = []
+    if result.trials and "distractor_scores" in result.trials[0]:  # a generated task: copies from distractors
+        out.append(paths["distractor"])
+        write_head_scores(out[-1], result.distractor_counter())
     if not result.passed():
-        done = ", ".join(map(str, written)) if written else "nothing"
+        done = ", ".join(map(str, [*(written or []), *out])) or "nothing"
         raise UserError(
             f"no trial passed (ROUGE-1 recall > {threshold}): wrote {done}; not written: "
             f"{', '.join(('retrieval',) + tuple(unwritten))} (they need passing trials); "
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
     write_head_scores(paths["scores"], result.head_counter())
-    out = [paths["scores"]]
+    out.append(paths["scores"])
     kv = info["num_kv_heads"]
     if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
         for agg in ("max", "mean"):
@@ -230,12 +237,16 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     rank, world = from_env(run.rank, run.world_size)
     apply_threads(run.threads)
     name = model_name(spec.model_path, run.model_name_suffix)
+    task = settings.task[0]
+    files = name if task == "single" else f"{name}_{task}"  # a generated task's head files: <model>_<task>.*
     out = Path(run.output_dir)
     methods = settings.methods()
     sweep = bool(of_data(methods, NEEDLE))  # needle trials; induction and echo need none
     repeats = of_data(methods, REPEAT) if rank == 0 else ()  # one forward pass, on the first process only
-    paths = output_paths(out, name, rank, world)
-    extra = method_paths(out, name, of_data(methods, NEEDLE) + repeats)
+    paths = output_paths(out, files, rank, world)
+    if task == "single":  # no distractors: no file to guard or write
+        paths.pop("distractor")
+    extra = method_paths(out, files, of_data(methods, NEEDLE) + repeats)
     guard_outputs((list(paths.values()) if sweep else []) + [p for pair in extra.values() for p in pair],
                   run.overwrite or run.resume)
     started = utc_now()
@@ -243,13 +254,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     opened = open_checked(spec, world)
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
-    checked = plan(opened.tokenizer, opened.shape, settings) if sweep else None
+    checked = plan(opened.tokenizer, opened.shape, settings, task=task) if sweep else None
     if any(METHODS[m].question for m in methods):  # query-focus: its question tokens, found by character offsets
         check_question(checked.prompt(checked.keys()[0]))
     if repeats:
         check_fits(opened.shape, settings.repeat())
     model, info = load_checked(opened)
-    config = dict(dataclasses.asdict(settings), **dataclasses.asdict(run), model_name=name)
+    config = dict(settings.applied(), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}
     vocab = model.get_input_embeddings().weight.shape[0]
 

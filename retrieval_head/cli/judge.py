@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         raise UserError("the judge runs in one process (its table needs every condition); drop --world_size")
     apply_threads(run.threads)
     name, out = model_name(spec.model_path, run.model_name_suffix), Path(run.output_dir)
-    paths = {k: out / f"{name}.judge.{k}" for k in ("jsonl", "md", "png")}
-    paths["manifest"] = out / f"{name}.judge.manifest.json"
+    task = st.task[0]
+    stem = name if task == "single" else f"{name}_{task}"  # a generated task's files: <model>_<task>.judge.*
+    paths = {k: out / f"{stem}.judge.{k}" for k in ("jsonl", "md", "png")}
+    paths["manifest"] = out / f"{stem}.judge.manifest.json"
     guard_outputs(list(paths.values()), run.overwrite)
     started = utc_now()
     opened = open_checked(spec, 1)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
     conditions = judge_conditions(scores, st.k, st.seeds, st.mask_mode)
     niah = st.niah()
-    checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()])  # all checked before the weights
+    checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()], task)  # all before the weights
     model, info = load_checked(opened)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -86,13 +88,17 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                        checked=checked)
     seconds = time.perf_counter() - t0
     write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
-    s = summary(conditions, results, st.k)
+    metric = "score" if task == "single" else "string_match"  # a task is scored as RULER does
+    s = summary(conditions, results, st.k, metric)
     grid = f"{', '.join(map(str, checked.lengths))} tokens x depths {', '.join(map(str, checked.depths))}"
+    what = f"needle {st.needle_id}" if task == "single" else f"task {task} (string match x100, seed {st.task_seed})"
     text = table(s, st.k)
     write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
-                              f"needle {st.needle_id}; {len(st.seeds)} random seeds)\n\n{text}")
-    figure(s, st.k, paths["png"], f"{name}: needle score with each method's top-K heads masked\n({grid})")
-    config = dict(dataclasses.asdict(st), **dataclasses.asdict(run), model_name=name,
+                              f"{what}; {len(st.seeds)} random seeds)\n\n{text}")
+    figure(s, st.k, paths["png"], f"{name}: {'needle' if task == 'single' else task} score with each method's "
+                                  f"top-K heads masked\n({grid})", *(() if task == "single" else
+                                                                    (f"{task}: string match x100",)))
+    config = dict(st.applied(), **dataclasses.asdict(run), model_name=name,
                   files={m: str(p) for m, p in files.items()})
     write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),
                                                    haystacks=checked.pairing(),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ..experiments.mask import Condition, NiahSettings, make_conditions, run_nia
 from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_head_scores
+from ..inputs.tasks import string_match
 from ..models.loading import ModelSpec, model_identity, model_name
 from ..models.shape import ModelShape
 from ..options import fingerprint, from_args, option
@@ -80,19 +81,38 @@ def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Ten
         raise
 
 
-def summarize(conditions: list[Condition], results: dict[str, list[dict]]) -> None:
-    print("\nmean score (ROUGE-1 recall x100) per condition:")
-    means = {}
-    for c in conditions:
-        recs = results[c.folder]
-        means[c.folder] = statistics.fmean(r["score"] for r in recs) if recs else float("nan")
-        kept = [r["mask"]["kv_kept"] for r in recs if "kv_kept" in r["mask"]]
-        kv = f"  KV kept {100 * statistics.fmean(kept):5.1f}%" if kept else ""
-        print(f"  {means[c.folder]:6.1f}  {c.label():<55} {c.folder}{kv}")
-    randoms = [means[c.folder] for c in conditions if c.kind == "random"]
-    if len(randoms) > 1:
-        print(f"  random draws: mean {statistics.fmean(randoms):.1f}, sd {statistics.stdev(randoms):.1f} "
-              f"over {len(randoms)} seeds")
+def summarize(tables: list[tuple[str, list[Condition], dict[str, list[dict]]]]) -> None:
+    """One table across tasks: per task and condition, the mean ROUGE-1 recall (x100), RULER's
+    string match (x100: the share of asked values in the response) and the share of trials
+    returning every value."""
+    print("\nper task and condition: ROUGE-1 recall, string match, all values returned (x100, means):")
+    for task, conditions, results in tables:
+        means = {}
+        for c in conditions:
+            recs = results[c.folder]
+            means[c.folder] = statistics.fmean(r["score"] for r in recs) if recs else float("nan")
+            match = [record_match(r) for r in recs]
+            sm = statistics.fmean(match) if match else float("nan")
+            right = 100 * statistics.fmean(m == 100 for m in match) if match else float("nan")
+            kept = [r["mask"]["kv_kept"] for r in recs if "kv_kept" in r["mask"]]
+            kv = f"  KV kept {100 * statistics.fmean(kept):5.1f}%" if kept else ""
+            print(f"  {task:<10} {means[c.folder]:6.1f} {sm:6.1f} {right:6.1f}  {c.label():<55} {c.folder}{kv}")
+        randoms = [means[c.folder] for c in conditions if c.kind == "random"]
+        if len(randoms) > 1:
+            mean, sd = statistics.fmean(randoms), statistics.stdev(randoms)
+            print(f"  {task:<10} random draws: mean {mean:.1f}, sd {sd:.1f} over {len(randoms)} seeds")
+
+
+def record_match(record: dict) -> float:
+    """A record's string match (x100): a task record's own, else whether the single needle's
+    answer is in the response (case-insensitive).
+
+    >>> record_match({"model_response": "Captain Juniper.", "real_needle": "captain juniper"})
+    100.0
+    """
+    if "string_match" in record:
+        return record["string_match"]
+    return 100 * string_match(record["model_response"], [record["real_needle"]])
 
 
 def record_path(folder: Path, model: str, key: TrialKey) -> Path:
@@ -136,10 +156,11 @@ def complete(out: Path, conditions, manifest: dict, keys: list[TrialKey]) -> boo
     return all(record_path(out / c.folder, name, key).exists() for c in conditions for key in keys)
 
 
-def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str, plot: bool) -> dict[str, list[dict]]:
+def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str, plot: bool,
+           tag: str = "") -> dict[str, list[dict]]:
     """Read back every folder's results for this grid, mark it finished, draw its heatmap
     (and, for several masking conditions, the side-by-side figure; for streaming, the
-    compression curve)."""
+    compression curve; ``tag`` ends their names: a generated task's ``_<task>``)."""
     from ..experiments.compress import compression_figure
     from ..plots.niah import heatmap, side_by_side
 
@@ -154,15 +175,15 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     masking = [c for c in conditions if c.mask is None or c.mask.mode != "stream"]
     streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
     if plot and len(masking) > 1:
-        print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}_side_by_side.png')}")
+        print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}{tag}_side_by_side.png')}")
     if plot and streaming:
         m = streaming[0].mask
-        tag = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
+        kind = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
         lengths = sorted({k.context_length for k in keys})
         title = (f"{name}: needle score vs KV cache kept ({streaming[0].unit} heads, sink {m.sink} + recent "
                  f"{m.recent}, phase {m.phase}; {', '.join(map(str, lengths))} tokens)")
-        path = compression_figure([out / c.folder for c in masking + streaming], out / f"{name}_compression_{tag}.png",
-                                  title)
+        path = compression_figure([out / c.folder for c in masking + streaming],
+                                  out / f"{name}{tag}_compression_{kind}.png", title)
         print(f"compression curve: {path}")
     return results
 
@@ -191,35 +212,67 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
                                       settings.seeds is not None, settings.sink, settings.recent, group, units)
     route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
-    guard_outputs([out / c.folder / f"manifest{sfx}.json" for c in conditions], run.overwrite or run.resume)
-    checked = plan(opened.tokenizer, shape, settings, [needle])  # every input checked before the weights load
+    per_task = {t: task_conditions(conditions, t) for t in settings.task}
+    guard_outputs([out / c.folder / f"manifest{sfx}.json" for cs in per_task.values() for c in cs],
+                  run.overwrite or run.resume)
+    # every input of every task checked before the weights load
+    checked = {t: plan(opened.tokenizer, shape, settings, [needle], t) for t in settings.task}
     model, info = load_checked(opened)
-    config = dict(settings.__dict__, **run.__dict__, model_name=name, needle=needle.needle,
-                  question=needle.question, real_needle=needle.real_needle)
-    manifest = build_manifest("needle_in_haystack_with_mask", config, info, settings.seed, started)
-    manifest.update(status="running", shard=[rank, world], haystacks=checked.pairing(), fingerprint=dict(
-        fingerprint(settings), needle=[needle.needle, needle.question, needle.real_needle],
-        grid=[checked.lengths, checked.depths], world_size=world, model=model_identity(info)))
+    tables, pending = [], False
+    for t in settings.task:
+        config = dict(settings.applied(), **run.__dict__, model_name=name, needle=needle.needle,
+                      question=needle.question, real_needle=needle.real_needle)
+        fp = dict(fingerprint(settings), needle=[needle.needle, needle.question, needle.real_needle])
+        if t != "single":  # a single-needle run's manifest reads as before tasks existed
+            config.update(task=t)
+            fp.update(task=t, task_seed=settings.task_seed)
+        manifest = build_manifest("needle_in_haystack_with_mask", config, info, settings.seed, started)
+        manifest.update(status="running", shard=[rank, world], haystacks=checked[t].pairing(), fingerprint=dict(
+            fp, grid=[checked[t].lengths, checked[t].depths], world_size=world, model=model_identity(info)))
+        results = run_task(model, opened.tokenizer, settings, run, per_task[t], manifest, checked[t], out, sfx,
+                           "" if t == "single" else f"_{t}")
+        if results is None:
+            pending = True
+            continue
+        tables.append((t, per_task[t], results))
+    if pending:
+        print(f"shard {rank} of {world} finished; the last shard to finish writes the manifests and heatmaps")
+    if tables:
+        summarize(tables)
+        print(f"\nwrote {', '.join(str(out / c.folder) for _, cs, _ in tables for c in cs)}")
+    return 0
+
+
+def task_conditions(conditions: list[Condition], task: str) -> list[Condition]:
+    """The conditions of one task: a generated task's folders end in ``_<task>``.
+
+    >>> [c.folder for c in task_conditions([Condition("none", 0, None, folder="m")], "vt")]
+    ['m_vt']
+    """
+    return conditions if task == "single" else [replace(c, folder=f"{c.folder}_{task}") for c in conditions]
+
+
+def run_task(model, tokenizer, settings: NiahSettings, run: NiahRun, conditions, manifest: dict, checked, out: Path,
+             sfx: str, tag: str) -> dict[str, list[dict]] | None:
+    """One task's sweep under every condition: its folders prepared, its cells run and saved;
+    the results when every shard is done (else None)."""
+    name, (rank, world) = manifest["config"]["model_name"], manifest["shard"]
     keys, mine = checked.keys(), checked.keys((rank, world))
     skip = prepare_folders(out, conditions, manifest, run, mine, sfx) | (set(keys) - set(mine))
     written = 0
 
     def save(c: Condition, rec: dict) -> None:
         nonlocal written
-        write_atomic(record_path(out / c.folder, name, TrialKey(needle.needle_id, rec["context_length"],
-                                                                rec["depth_percent"])), dump_json(rec))
+        key = TrialKey(checked.needles[0].needle_id, rec["context_length"], rec["depth_percent"])
+        write_atomic(record_path(out / c.folder, name, key), dump_json(rec))
         written += 1
         pause_for_tests(written)
 
-    run_niah(model, opened.tokenizer, settings, conditions, model_name=name, on_record=save,
+    run_niah(model, tokenizer, settings, conditions, model_name=name, on_record=save,
              progress=not run.quiet, skip=frozenset(skip), checked=checked)
     if not complete(out, conditions, manifest, keys):
-        print(f"shard {rank} of {world} finished; the last shard to finish writes the manifests and heatmaps")
-        return 0
-    results = finish(out, conditions, manifest, keys, sfx, plot=not run.no_plot)
-    summarize(conditions, results)
-    print(f"\nwrote {', '.join(str(out / c.folder) for c in conditions)}")
-    return 0
+        return None
+    return finish(out, conditions, manifest, keys, sfx, plot=not run.no_plot, tag=tag)
 
 
 def cli(argv: list[str] | None = None, prog: str = PROG) -> int:

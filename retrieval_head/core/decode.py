@@ -3,7 +3,8 @@ from the last one, so the first answer token is produced (and scored) by a decod
 
 Stops after ``max_new_tokens`` or at a stop token, which is kept and scored like any
 other: any EOS id (generation config and tokenizer) or any token whose text contains a
-newline. Both sets come from the tokenizer and config, never literal ids.
+newline (not for answers of several lines: ``stop_token_mask(..., newline=False)``). Both
+sets come from the tokenizer and config, never literal ids.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ class Generation:
     text: str
 
 
-def stop_token_mask(model, tokenizer) -> torch.Tensor:
-    """bool[vocab]: EOS ids and every token whose decoded text contains a newline."""
+def stop_token_mask(model, tokenizer, newline: bool = True) -> torch.Tensor:
+    """bool[vocab]: EOS ids and (``newline``, the default) every token whose decoded text
+    contains a newline; answers of several lines stop at EOS only."""
     vocab = max(len(tokenizer), model.get_output_embeddings().weight.shape[0])
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     stop = torch.zeros(vocab, dtype=torch.bool)
-    stop[: len(texts)] = torch.tensor(["\n" in t for t in texts])
+    if newline:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        stop[: len(texts)] = torch.tensor(["\n" in t for t in texts])
     eos = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
         e = getattr(src, "eos_token_id", None)

@@ -75,3 +75,18 @@ def trial_scores(prompt_ids: list[int], span: tuple[int, int], positions: torch.
     for step, token in zip(positions, tokens):
         sc.update(step, token)
     return sc.scores()
+
+
+def spans_scores(prompt_ids: list[int], spans, positions: torch.Tensor, tokens: list[int],
+                 mode: str = "count") -> torch.Tensor:
+    """float64 ``[layers, heads]``: ``trial_scores`` summed over several spans, e.g. a task's
+    distractors (each copy counts for the span it copies from; zeros for no span).
+
+    >>> pos = torch.tensor([[[2, 5]], [[3, 6]]])                      # 2 steps, 1 layer, 2 heads
+    >>> spans_scores([0, 0, 7, 8, 0, 7, 8], [(2, 4), (5, 7)], pos, [7, 8]).tolist()
+    [[1.0, 1.0]]
+    """
+    out = torch.zeros(positions.shape[1], positions.shape[2], dtype=torch.float64)
+    for span in spans:
+        out += trial_scores(prompt_ids, tuple(span), positions, tokens, mode)
+    return out

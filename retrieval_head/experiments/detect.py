@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from ..analysis.stability import MAX_DRAWS
 from ..core.decode import check_supported, stop_token_mask
-from ..core.scoring import SCORE_MODES, rouge1_recall, trial_scores
+from ..core.scoring import SCORE_MODES, rouge1_recall, spans_scores, trial_scores
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..inputs.haystack import Needle
+from ..inputs.tasks import string_match
 from ..methods.focus import scheduler_options, trial_fields
 from ..methods.registry import ALL, METHODS, NEEDLE, REPEAT, RETRIEVAL
 from ..methods.repeat import RepeatSettings
@@ -85,6 +86,9 @@ class DetectSettings(SweepSettings):
 
     def check(self) -> None:
         super().check()
+        if len(self.task) > 1:
+            raise UserError(f"detection runs one task at a time (head files per task); pass one --task, not "
+                            f"{' '.join(self.task)}")
         unknown = [m for m in self.method if m not in METHODS]
         if unknown or not self.method:
             raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown else
@@ -143,10 +147,11 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     process only); the result's ``stats["adaptive"]`` says where it stopped.
     """
     shape, done = ModelShape.of(model), done or {}
-    trials = checked or plan(tokenizer, shape, settings)
+    trials = checked or plan(tokenizer, shape, settings, task=settings.task[0])
     check_supported(model)
     settings.check_shape(shape, shard[1])
-    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    new_tokens, newline = settings.decoding(trials.task)
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     if settings.until_stable is None:
         records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
         return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
@@ -176,8 +181,14 @@ def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, se
 
 
 def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) -> dict:
-    """One decoded trial: its key, prompt facts, answer, ROUGE check and head scores."""
+    """One decoded trial: its key, prompt facts, answer, ROUGE check and head scores; for a
+    generated task (a ``TaskPrompt``), its answers, string match and the heads' copies from
+    the distractors' value spans (``distractor_scores``, scored as ``head_scores``)."""
     prompt = row.job.prompt
+    trial = getattr(prompt, "trial", None)
+    if trial is not None:  # the asked values stand for the needle's answer
+        needle = Needle(needle.needle_id, " ".join(i.text for i in trial.inserts if i.asked), trial.question,
+                        " ".join(trial.answers))
     text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
     recall = rouge1_recall(text, needle.real_needle)
     record = {
@@ -193,6 +204,13 @@ def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) ->
         "duration_s": round(row.seconds, 4),
         **trial_fields(row, st.methods()),  # the other methods' scores, when asked for
     }
+    if trial is not None:
+        match, (new_tokens, newline) = 100 * string_match(text, trial.answers), st.decoding(trial.task)
+        record.update(task=trial.task, answers=list(trial.answers), string_match=match, max_new_tokens=new_tokens,
+                      stop="eos or newline" if newline else "eos",
+                      value_spans=[list(x) for x in prompt.spans], asked=[i.asked for i in trial.inserts],
+                      distractor_scores=spans_scores(prompt.ids, prompt.distractor_spans(), row.positions, row.ids,
+                                                     st.score).tolist())
     if st.save_prompts:
         record["prompt_ids"] = prompt.ids
     return record
@@ -220,6 +238,18 @@ class DetectionResult:
                              f"{', '.join(m for m in METHODS if METHODS[m].data == NEEDLE)}")
         trials = sorted(self.trials, key=TrialKey.of) if spec.counts == ALL else self.passed()
         rows = [t[spec.field] for t in trials]
+        return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
+
+    def distractor_counter(self) -> dict[str, list[float]]:
+        """The original's format of every trial's ``distractor_scores`` (a generated task's
+        copies from its distractors; every trial counts, since a wrong answer is the point).
+
+        >>> r = DetectionResult(1, 2, [dict(needle_id=0, context_length=1, depth_percent=0, passed=False,
+        ...                                 distractor_scores=[[0.5, 0.0]])])
+        >>> r.distractor_counter()
+        {'0-0': [0.5], '0-1': [0.0]}
+        """
+        rows = [t["distractor_scores"] for t in sorted(self.trials, key=TrialKey.of)]
         return {f"{l}-{h}": [r[l][h] for r in rows] for l in range(self.num_layers) for h in range(self.num_heads)}
 
     def kv_head_counter(self, num_kv_heads: int, agg: str) -> dict[str, list[float]]:

@@ -52,6 +52,9 @@ class JudgeSettings(SweepSettings):
             raise UserError("the judge needs head-score files: pass --head_scores FILE [FILE ...] (one per method)")
         if any(k < 1 for k in self.k):
             raise UserError("--k values must be positive (random-K is drawn for each K anyway)")
+        if len(self.task) > 1:
+            raise UserError(f"the judge runs one task at a time (one table each); pass one --task, not "
+                            f"{' '.join(self.task)}")
         if not self.seeds:
             raise UserError("--seeds needs at least one seed")
         check_seeds("--seeds", *self.seeds)
@@ -92,9 +95,10 @@ def judge_conditions(scores: dict, ks: tuple[int, ...], seeds: tuple[int, ...], 
     return out
 
 
-def summary(conditions: list[Condition], results: dict[str, list[dict]], ks) -> dict:
-    """``{"none": mean, method: {K: mean}, "random": {K: [mean per seed]}}`` of ROUGE x100."""
-    mean = lambda c: statistics.fmean(r["score"] for r in results[c.folder])  # noqa: E731
+def summary(conditions: list[Condition], results: dict[str, list[dict]], ks, metric: str = "score") -> dict:
+    """``{"none": mean, method: {K: mean}, "random": {K: [mean per seed]}}`` of ROUGE x100
+    (``metric`` "score"), or of another field of the records (a task's "string_match")."""
+    mean = lambda c: statistics.fmean(r[metric] for r in results[c.folder])  # noqa: E731
     out: dict = {"none": None, "random": {k: [] for k in ks}}
     for c in conditions:
         if c.kind == "none":
@@ -119,7 +123,7 @@ def table(s: dict, ks) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def figure(s: dict, ks, out_png: Path, title: str) -> Path:
+def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "needle score (ROUGE-1 recall x100)") -> Path:
     """Score vs K: a line per method, random as a min-max band around its mean, none dashed."""
     from matplotlib.figure import Figure
 
@@ -137,7 +141,7 @@ def figure(s: dict, ks, out_png: Path, title: str) -> Path:
     ax.plot(ks, [statistics.fmean(rand[k]) for k in ks], color="grey", linestyle=":")
     ax.axhline(s["none"], color="black", linestyle="--", linewidth=1, label="no heads masked")
     ax.set_xlabel("K (heads masked)")
-    ax.set_ylabel("needle score (ROUGE-1 recall x100)")
+    ax.set_ylabel(ylabel)
     ax.set_xticks(ks)
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=8, loc="best")

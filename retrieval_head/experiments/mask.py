@@ -37,6 +37,7 @@ from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..headfiles.ranking import top_heads
 from ..inputs.haystack import Needle, original_layout, pair_with_parts
+from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
 from ..options import option
 from ..store.manifest import utc_now
@@ -222,21 +223,26 @@ class NiahSettings(SweepSettings):
 
 def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Condition], *, model_name: str = "",
              on_record: Callable[[Condition, dict], None] | None = None, progress: bool = True,
-             skip: frozenset = frozenset(), checked: Plan | None = None) -> dict[str, list[dict]]:
+             skip: frozenset = frozenset(), checked: Plan | None = None, task: str = "single"
+             ) -> dict[str, list[dict]]:
     """Every (length, depth) cell under every condition, but the cells in ``skip`` (trial
     keys already done); the new records by condition folder, in grid order, each passed to
-    ``on_record`` as it is made. ``checked``: this test's ``plan``, when already made."""
+    ``on_record`` as it is made. ``checked``: this test's ``plan``, when already made (its
+    task wins over ``task``, the one of ``settings.task`` to run)."""
     shape = ModelShape.of(model)
-    cells = checked or plan(tokenizer, shape, settings, [settings.the_needle()])
+    cells = checked or plan(tokenizer, shape, settings, [settings.the_needle()], task)
     check_supported(model)
     needle = cells.needles[0]
     jobs = [Job(k, cells.prompt(k), cells.source(k)) for k in cells.keys() if k not in skip]
-    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer), settings.max_new_tokens, settings.levers())
+    new_tokens, newline = settings.decoding(cells.task)
+    scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
     with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
         for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache):  # prefill -> decode
             c = conditions[row.mask]
             record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
+            if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)
+                record.update(max_new_tokens=new_tokens, stop="eos or newline" if newline else "eos")
             out[c.folder].append(record)
             bar.update(1)
             if on_record is not None:
@@ -255,11 +261,30 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
     mask = c.describe()
     if c.mask is not None and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
-        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}", **cache_fields(row))
-    return {
+        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",
+                    **cache_fields(row))
+    trial = getattr(row.job.prompt, "trial", None)
+    if trial is not None:  # a generated task: its needle, question and answers stand for the single needle's
+        asked = [i.text for i in trial.inserts if i.asked]
+        needle = Needle(needle.needle_id, " ".join(asked), trial.question, " ".join(trial.answers))
+    record = {
         "model": model_name, "context_length": key.context_length, "depth_percent": key.depth_percent,
         "version": RECORD_VERSION, "needle": needle.needle, "model_response": text,
         "score": rouge1_recall(text, needle.real_needle), "test_duration_seconds": round(row.seconds, 4),
         "test_timestamp_utc": utc_now(), "question": needle.question, "real_needle": needle.real_needle,
         "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": mask,
     }
+    return record if trial is None else record | task_fields(row.job.prompt, text)
+
+
+def task_fields(prompt: TaskPrompt, response: str) -> dict:
+    """What a generated task's record adds: the task, every insert with its token span, the
+    answers, RULER's string match (x100), whether every answer was returned, and which
+    distractors' values the response holds (string match does not count them against it)."""
+    t = prompt.trial
+    match = string_match(response, t.answers)
+    inserts = [{"text": i.text, "value": i.value, "asked": i.asked, "depth": round(i.depth, 4), "span": list(s)}
+               for i, s in zip(t.inserts, prompt.spans)]
+    copied = [i.value for i in t.distractors() if i.value.lower() in response.lower()]
+    return {"task": t.task, "answers": list(t.answers), "inserts": inserts, "string_match": 100 * match,
+            "correct": match == 1.0, "distractors_answered": copied}

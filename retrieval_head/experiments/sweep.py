@@ -12,6 +12,7 @@ decoding, the speed levers); ``plan`` checks it against the tokenizer and the mo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..inputs.haystack import (
     read_haystack,
 )
 from ..inputs.prompt import Prompt, PromptBuilder, uses_chat_template
+from ..inputs.tasks import ANSWER_TOKENS, MULTI_ANSWER, TASKS, build_task_prompt, check_tasks, make_trial
 from ..models.shape import ModelShape
 from ..options import option
 
@@ -55,6 +57,10 @@ class SweepSettings:
                                 result=True)
     max_new_tokens: int = option(50, "greedy answer length at most", result=True)
     prefill_chunk: int | None = option(None, "prefill in chunks of N tokens (bounds memory)", result=True)
+    task: tuple[str, ...] = option(("single",), f"retrieval tasks ({', '.join(TASKS)}; several allowed): single "
+                                               "is the one needle of --needles; the others are RULER-style, "
+                                               "generated (docs/tasks.md)")
+    task_seed: int = option(0, "seed of the generated tasks' keys, values and distractor depths")
     # Speed levers: they change no score and no response (tests/test_prefix.py, test_batched.py).
     prefix_reuse: bool = option(True, "run prompts in insertion order, prefilling only what follows the prefix "
                                       "they share")
@@ -95,12 +101,33 @@ class SweepSettings:
             return None
         return Path(self.haystack_dir)
 
+    def applied(self) -> dict:
+        """The settings as a manifest records them; the task fields only when a task other than
+        ``single`` runs, so a single-needle run's files read exactly as before tasks existed."""
+        out = dataclasses.asdict(self)
+        if self.task == ("single",):
+            out.pop("task"), out.pop("task_seed")
+        return out
+
+    def decoding(self, task: str) -> tuple[int, bool]:
+        """(max_new_tokens, stop at a newline) applied to ``task``: answers of several values
+        may take several lines and more tokens, so they stop only at EOS (or the limit), which
+        is at least ``ANSWER_TOKENS``.
+
+        >>> SweepSettings().decoding("single"), SweepSettings().decoding("vt")
+        ((50, True), (120, False))
+        """
+        if task in MULTI_ANSWER:
+            return max(self.max_new_tokens, ANSWER_TOKENS), False
+        return self.max_new_tokens, True
+
     def levers(self) -> Levers:
         return Levers(prefix_reuse=self.prefix_reuse, batch_tokens=self.batch_tokens, prefill_chunk=self.prefill_chunk)
 
     def check(self) -> None:
         """Everything that is wrong without looking at a file or a model."""
-        self.lengths(), self.depths()
+        self.lengths(), self.depths(), check_tasks(self.task)
+        check_seeds("--task_seed", self.task_seed)
         if self.max_new_tokens < 1:
             raise UserError("--max_new_tokens must be at least 1")
         if self.batch_tokens is not None and self.batch_tokens < 0:
@@ -142,6 +169,8 @@ class Plan:
     depths: list[int]
     haystacks: Haystacks
     max_new_tokens: int
+    task: str = "single"
+    task_seed: int = 0
 
     def keys(self, shard: tuple[int, int] = (0, 1)) -> list[TrialKey]:
         """Every trial in canonical order, or rank ``shard[0]``'s share of ``shard[1]``
@@ -155,8 +184,14 @@ class Plan:
         return next(n for n in self.needles if n.needle_id == key.needle_id)
 
     def prompt(self, key: TrialKey) -> Prompt:
+        """The trial's prompt: the needle's (task ``single``), else the generated task's, cut
+        from the needle's haystack (a ``TaskPrompt``)."""
         n = self.needle(key)
-        return self.haystacks.for_needle(n).build(n, key.context_length, key.depth_percent)
+        builder = self.haystacks.for_needle(n)
+        if self.task == "single":
+            return builder.build(n, key.context_length, key.depth_percent)
+        trial = make_trial(self.task, self.task_seed, key.context_length, key.depth_percent, n.needle_id)
+        return build_task_prompt(builder, trial, key.context_length)
 
     def source(self, key: TrialKey) -> str:
         """The haystack a trial's prompt is cut from (prompts of one source share prefixes)."""
@@ -168,8 +203,10 @@ class Plan:
         return {"layout": self.haystacks.layout, "needles": pairs}
 
 
-def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Needle] | None = None) -> Plan:
-    """Check everything a sweep needs before any weight is loaded or any file written."""
+def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Needle] | None = None,
+         task: str = "single") -> Plan:
+    """Check everything a sweep needs before any weight is loaded or any file written; ``task``:
+    which of ``settings.task`` this plan builds the prompts of."""
     st = settings
     st.check()
     needles = needles if needles is not None else st.needle_list()
@@ -186,10 +223,15 @@ def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Ne
         if lengths[-1] - over > len(b.haystack):
             raise UserError(f"the haystack has {len(b.haystack)} tokens, too short for context length "
                             f"{lengths[-1]}; lower --e or pass a larger --haystack_dir")
-    if shape.max_positions is not None and lengths[-1] + st.max_new_tokens > shape.max_positions:
-        raise UserError(f"context length {lengths[-1]} + {st.max_new_tokens} new tokens exceeds the model's "
+    new_tokens = st.decoding(task)[0]
+    if shape.max_positions is not None and lengths[-1] + new_tokens > shape.max_positions:
+        raise UserError(f"context length {lengths[-1]} + {new_tokens} new tokens exceeds the model's "
                         f"{shape.max_positions} positions; lower --e or use a long-context --model_path")
-    return Plan(needles, lengths, st.depths(), hay, st.max_new_tokens)
+    out = Plan(needles, lengths, st.depths(), hay, new_tokens, task, st.task_seed)
+    if task != "single":  # a generated task's overhead varies with its draws: build the extreme cells
+        for k in {k for k in out.keys() if k.context_length in (lengths[0], lengths[-1])}:
+            out.prompt(k)
+    return out
 
 
 SEEDS = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed takes

@@ -83,6 +83,10 @@ class PromptBuilder:
         before, after, _ = self._template(question)
         return before, after
 
+    def layout(self, question: str) -> tuple[list[int], list[int], tuple[int, int] | None]:
+        """``template``, and the question's token span within the ids after the context."""
+        return self._template(question)
+
     def _template(self, question: str) -> tuple[list[int], list[int], tuple[int, int] | None]:
         """``template``, and the question's token span within the ids after the context."""
         if self.chat:
@@ -117,17 +121,22 @@ class PromptBuilder:
 
     def needle_tokens(self, needle: Needle) -> tuple[list[int], tuple[int, int]]:
         """The needle's ids (with leading space) and the answer's token span within them."""
-        text = " " + needle.needle
+        return self.sentence_tokens(needle.needle, needle.answer_span(), f"needle {needle.needle_id}")
+
+    def sentence_tokens(self, sentence: str, answer: tuple[int, int], what: str = "needle"
+                        ) -> tuple[list[int], tuple[int, int]]:
+        """Ids of `` sentence`` (with its leading space) and the token span of its characters
+        ``answer`` [a, b): every token overlapping them."""
+        text = " " + sentence
         try:
             enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         except NotImplementedError:
             raise UserError("the tokenizer gives no character offsets, so the needle cannot be located; "
                             "use a fast tokenizer") from None
-        a, b = needle.answer_span()
-        a, b = a + 1, b + 1  # the leading space
+        a, b = answer[0] + 1, answer[1] + 1  # the leading space
         inside = [i for i, (x, y) in enumerate(enc["offset_mapping"]) if y > x and x < b and y > a]
         if not inside:
-            raise UserError(f"needle {needle.needle_id}: its answer cannot be located after tokenization")
+            raise UserError(f"{what}: its answer cannot be located after tokenization")
         return list(enc["input_ids"]), (inside[0], inside[-1] + 1)
 
     def overhead(self, needle: Needle) -> int:
