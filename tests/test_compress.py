@@ -64,3 +64,21 @@ def test_keep_full_runs_records_and_draws(tmp_path, default_tokenizer):
     rec = json.loads((kv / "tiny_stream_keep_top1_s2_r8_all_kv" / "tiny_len_300_depth_2000.json").read_text())
     assert rec["mask"]["unit"] == "kv" and rec["mask"]["kept"] == [[1, 1]] and rec["mask"]["phase"] == "all"
     assert rec["mask"]["kv_kept_exact"] == "11/40"
+
+
+def test_curves_and_table_show_the_bytes_the_real_cache_held(tmp_path):
+    _record(tmp_path / "none", "none", 0, None, 100, None)
+    for name, kind, k, seed, held in [("top", "keep_top", 2, None, 2**20), ("r0", "keep_random", 2, 0, 2**21),
+                                      ("r1", "keep_random", 2, 1, 2**22)]:
+        _record(tmp_path / name, kind, k, seed, 50, 0.5)
+        f = next((tmp_path / name).glob("*.json"))
+        rec = json.loads(f.read_text())
+        rec["mask"].update(cache="real", kv_bytes=held, kv_bytes_full=2**23)
+        f.write_text(json.dumps(rec))
+    _record(tmp_path / "masked", "keep_top", 4, None, 60, 0.7)  # masked: no bytes, no measured point
+    c = curves(sorted(tmp_path.glob("*")))
+    assert c["measured"] == {("keep_top", 2): (2**20, 2**23), ("keep_random", 2): (3 * 2**20, 2**23)}
+    t = table(c, heads=8)
+    assert "| 2 | 25.0% | 50.0% | 50.0 | 50.0% | 50.0 (50-50) | 1.00 MiB (12.5%) | 3.00 MiB (37.5%) |" in t
+    assert "| 4 | 50.0% | 70.0% | 60.0 | — | — | — | — |" in t
+    assert "| full cache | 100% | 100% | 100.0 | | | 8.00 MiB | |" in t

@@ -24,6 +24,7 @@ from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
+from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_head_scores
 from ..inputs.tasks import string_match
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
         conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
                                       settings.seeds is not None, settings.sink, settings.recent, group, units)
+    route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
     per_task = {t: task_conditions(conditions, t) for t in settings.task}
     guard_outputs([out / c.folder / f"manifest{sfx}.json" for cs in per_task.values() for c in cs],
                   run.overwrite or run.resume)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from ..models.shape import ModelShape
+from .hook import Hook
 from .intervene import intervene
 from .kvcache import GrowingCache
 from .mask import HeadMask
@@ -88,7 +89,8 @@ def prefill(model, ids: torch.Tensor, chunk: int | None = None, cache=None, rese
 @torch.no_grad()
 def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mask: torch.Tensor,
                 max_new_tokens: int, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None,
-                on_step: Callable[[int, int, int, torch.Tensor | None], None] | None = None) -> list[list[int]]:
+                on_step: Callable[[int, int, int, torch.Tensor | None], None] | None = None,
+                hooks: Sequence[Hook] = ()) -> list[list[int]]:
     """Greedy-decode the rows of ``cache`` (each holds its prompt but the last token) as one batch.
 
     Row i continues from ``last_ids[i]``; every row's last prompt token sits at
@@ -98,6 +100,7 @@ def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mas
     stopped keeps stepping with the others (its tokens are dropped) until all have stopped.
     Rows are independent: row i decodes as it would alone (the same greedy tokens and argmax
     positions; logits can differ in the last float bits, as any change of batch size can).
+    ``hooks``: more hooks in the decode's scope, first (a head-wise cache's attention).
     """
     n, dev, key = len(last_ids), input_device(model), cache_kwarg(model)
     num_layers = ModelShape.from_config(model.config).num_layers
@@ -105,7 +108,7 @@ def decode_rows(model, last_ids: list[int], query_position: int, cache, stop_mas
     outs: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     # the mask first: the probe sees the query it leaves; rows' prompts were prefilled up to query_position
-    hooks = [h for h in (mask.hook(query_position) if mask is not None else None, probe) if h is not None]
+    hooks = [*hooks] + [h for h in (mask.hook(query_position) if mask is not None else None, probe) if h is not None]
     with intervene(model, hooks=hooks) as scope:
         for t in range(max_new_tokens):
             if probe is not None:

@@ -12,7 +12,9 @@ Streamed heads see their first ``--sink`` and last ``--recent`` keys (``streamin
 ``--mask_phase decode`` compresses the prompt's cache once after the prefill (kvpress),
 ``all`` from the first token (DuoAttention). Every result records the heads kept and
 streamed, sink, recent, phase, unit and ``kv_kept``: the fraction of the full KV cache a
-compressed cache would hold (``streaming.kv_kept``).
+compressed cache would hold (``streaming.kv_kept``); a condition run on the real head-wise
+cache (``--cache real``, ``realcache``) also the bytes it held, ``kv_bytes`` of
+``kv_bytes_full``, which the table and the figure show where the records have them.
 
     >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
     >>> c = keep_conditions("M", [1, 0], scores, "decode", [0], False, 4, 64)
@@ -107,7 +109,25 @@ def curves(dirs) -> dict:
     zero = [p for p in top if p[2] == 0]  # streaming every head starts both lines
     if zero:
         randoms.insert(0, (zero[0][0], zero[0][1], zero[0][1], zero[0][1], 0, 1))
-    return {"reference": ref, "top": top, "random": randoms}
+    return {"reference": ref, "top": top, "random": randoms, "measured": measured(pooled)}
+
+
+def measured(pooled: dict[tuple, list[dict]]) -> dict[tuple[str, int], tuple[float, float]]:
+    """``{(kind, k): (kv_bytes, kv_bytes_full)}``, means over the records of the real cache
+    (``--cache real``: the bytes it held once the prompt was in), seeds pooled."""
+    by: dict[tuple[str, int], list[dict]] = {}
+    for (kind, k, _), recs in pooled.items():
+        by.setdefault((kind, k), []).extend(r for r in recs if "kv_bytes" in r.get("mask", {}))
+    return {key: (statistics.fmean(r["mask"]["kv_bytes"] for r in recs),
+                  statistics.fmean(r["mask"]["kv_bytes_full"] for r in recs)) for key, recs in by.items() if recs}
+
+
+def held(m: dict, kind: str, k: int) -> str:
+    """A measured point as table text: MiB held and its share of the full cache's bytes."""
+    if (kind, k) not in m:
+        return "—"
+    got, full = m[kind, k]
+    return f"{got / 2**20:.2f} MiB ({100 * got / full:.1f}%)"
 
 
 def table(c: dict, heads: int) -> str:
@@ -116,12 +136,17 @@ def table(c: dict, heads: int) -> str:
     top = {k: (x, y) for x, y, k in c["top"]}
     lines = ["| K heads kept full | % of heads | top-K: KV kept | top-K: score | random-K: KV kept | "
              "random-K: score (min-max) |", "|---|---|---|---|---|---|"]
+    m = c.get("measured") or {}
+    if m:  # the real cache ran: the bytes it held, next to the predicted fraction
+        lines = [lines[0] + " top-K: KV held (measured) | random-K: KV held (measured) |", lines[1] + "---|---|"]
     for k in sorted(set(top) | set(rand)):
         t = f"{100 * top[k][0]:.1f}% | {top[k][1]:.1f}" if k in top else "— | —"
         r = f"{100 * rand[k][0]:.1f}% | {rand[k][1]:.1f} ({rand[k][2]:.0f}-{rand[k][3]:.0f})" if k in rand else "— | —"
-        lines.append(f"| {k} | {100 * k / heads:.1f}% | {t} | {r} |")
+        extra = f" {held(m, 'keep_top', k)} | {held(m, 'keep_random', k)} |" if m else ""
+        lines.append(f"| {k} | {100 * k / heads:.1f}% | {t} | {r} |{extra}")
     if c["reference"] is not None:
-        lines.append(f"| full cache | 100% | 100% | {c['reference']:.1f} | | |")
+        full = f" {statistics.fmean(f for _, f in m.values()) / 2**20:.2f} MiB | |" if m else ""
+        lines.append(f"| full cache | 100% | 100% | {c['reference']:.1f} | | |{full}")
     return "\n".join(lines)
 
 
@@ -140,8 +165,10 @@ def compression_figure(dirs, out_png, title: str) -> Path:
     if c["top"]:
         x, y, ks = zip(*c["top"])
         ax.plot([100 * v for v in x], y, "o-", color="#C0392B", label="top-K retrieval heads kept full")
-        for xi, yi, k in zip(x, y, ks):
-            ax.annotate(str(k), (100 * xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        m = c["measured"]
+        for xi, yi, k in zip(x, y, ks):  # K, and where the real cache ran, the MiB it held
+            text = f"{k}: {m['keep_top', k][0] / 2**20:.2f} MiB" if ("keep_top", k) in m else str(k)
+            ax.annotate(text, (100 * xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if c["random"]:
         x, m, lo, hi, _, n = zip(*c["random"])
         seeds = max(n)
@@ -150,7 +177,8 @@ def compression_figure(dirs, out_png, title: str) -> Path:
         ax.fill_between([100 * v for v in x], lo, hi, color="#2E86C1", alpha=0.2, label="random: min-max over seeds")
     if c["reference"] is not None:
         ax.axhline(c["reference"], color="grey", linestyle=":", label=f"full cache: {c['reference']:.1f}")
-    ax.set_xlabel("KV cache kept (% of the full cache)")
+    ax.set_xlabel("KV cache kept (% of the full cache)" + ("; labels: K, MiB the real cache held" if c["measured"]
+                                                           else ""))
     ax.set_ylabel("needle score (ROUGE-1 recall x100)")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)

@@ -41,6 +41,7 @@ from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
 from ..options import option
 from ..store.manifest import utc_now
+from .realcache import CACHE_CHOICES, cache_fields, decode_all
 from .sweep import Plan, SweepSettings, TrialKey, check_distinct, check_seeds, plan
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,9 @@ class NiahSettings(SweepSettings):
                                                      "random heads; 0 streams every head (several values allowed)")
     sink: int = option(4, "streamed heads keep the first N keys (attention sinks)")
     recent: int = option(64, "and the last N keys (the query included)")
+    cache: str = option("auto", "streaming (--keep_full): real runs a head-wise KV cache that drops the streamed "
+                                "keys (whole KV heads only: --mask_unit kv); masked simulates it on a full cache; "
+                                "auto: real where it applies", choices=CACHE_CHOICES)
     seed: int = option(0, "seed of the random-head draw")
     seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
     needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
@@ -234,7 +238,7 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
     with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
-        for row in scheduler.run(jobs, masks=[c.mask for c in conditions]):  # prompt -> prefill -> masked decode
+        for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache):  # prefill -> decode
             c = conditions[row.mask]
             record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
             if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)
@@ -257,7 +261,8 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
     mask = c.describe()
     if c.mask is not None and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
-        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}")
+        mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",
+                    **cache_fields(row))
     trial = getattr(row.job.prompt, "trial", None)
     if trial is not None:  # a generated task: its needle, question and answers stand for the single needle's
         asked = [i.text for i in trial.inserts if i.asked]

@@ -1,0 +1,134 @@
+"""The needle test's streaming conditions on the real head-wise KV cache.
+
+``--keep_full`` conditions stream some heads. The scheduler simulates that with a mask on a
+full cache (``HeadMask(mode="stream")``, every key kept, the streamed ones hidden); here a
+condition runs on a ``headwise.HeadwiseCache`` instead, which really drops the streamed KV
+heads' keys. The cache drops whole KV heads, so a condition runs here only when its kept set
+does: ``--mask_unit kv``, or query heads kept or streamed a whole group at a time (keeping
+nothing always is). ``--cache``: ``real`` (refused where it cannot apply), ``masked`` (the
+simulation, the reference), ``auto`` (the default: real where it applies).
+
+Each (cell, condition) prefills its prompt into a fresh head-wise cache under the
+condition's phase and greedy-decodes with ``decode.decode_rows`` (the stop rule and
+``max_new_tokens`` of the masked rows), so it yields the same ``Decoded`` rows; a
+``RealDecoded`` also carries the bytes the cache held once the prompt was in it (and
+compressed), which the record stores next to ``kv_kept`` (``cache_fields``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Iterator, Protocol
+
+import torch
+
+from ..core.decode import decode_rows, input_device, prefill
+from ..core.headwise import HeadwiseCache
+from ..core.headwise_attend import HeadwiseAttention
+from ..core.intervene import intervene
+from ..core.keep import cache_bytes
+from ..core.mask import HeadMask
+from ..engine.scheduler import Decoded, Job, Scheduler
+from ..errors import UserError
+from ..models.shape import ModelShape
+
+log = logging.getLogger(__name__)
+
+CACHE_CHOICES = ("auto", "real", "masked")
+
+
+class Condition(Protocol):
+    """What this module reads of a ``mask.Condition`` (which imports this module: no cycle)."""
+
+    mask: HeadMask | None
+    kept: torch.Tensor | None
+    unit: str
+    folder: str
+
+    def label(self) -> str: ...
+
+
+@dataclasses.dataclass
+class RealDecoded(Decoded):
+    """A row decoded on a head-wise cache: ``kv_bytes`` held once the prompt was prefilled
+    (``HeadwiseCache.nbytes``), ``kv_bytes_full`` a plain cache's at the same length."""
+
+    kv_bytes: int = 0
+    kv_bytes_full: int = 0
+
+
+def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
+    """bool ``[layers, kv_heads]``: the keep set of a streaming condition whose kept heads
+    are whole KV heads; None when the real cache cannot run it (not streaming, or a KV head
+    serving both kept and streamed query heads)."""
+    if c.mask is None or c.mask.mode != "stream" or c.kept is None:
+        return None
+    kept = c.kept.bool()
+    if c.unit == "kv":
+        return kept
+    groups = kept.reshape(shape.num_layers, shape.num_kv_heads, shape.group)
+    return groups.any(-1) if bool((groups.all(-1) == groups.any(-1)).all()) else None
+
+
+def route(shape: ModelShape, conditions: list[Condition], choice: str) -> list[bool]:
+    """Per condition: whether it runs on the real cache under ``--cache choice``; ``real``
+    where it cannot apply is refused (one line, before the model loads)."""
+    if choice not in CACHE_CHOICES:
+        raise UserError(f"--cache must be one of {CACHE_CHOICES}, got {choice!r}")
+    if choice == "masked":
+        return [False] * len(conditions)
+    streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
+    if choice == "real":
+        if not streaming:
+            raise UserError("--cache real is for streaming conditions: add --keep_full K, or drop --cache")
+        bad = [c for c in streaming if kv_keep(shape, c) is None]
+        if bad:
+            raise UserError(f"--cache real: {bad[0].label()} keeps query heads whose KV head also serves streamed "
+                            "ones, and the real cache drops whole KV heads; pass --mask_unit kv, or --cache masked "
+                            "for the simulation")
+    return [kv_keep(shape, c) is not None for c in conditions]
+
+
+def cache_fields(row: Decoded) -> dict:
+    """What a streaming record adds: which cache ran it, and for the real one its bytes."""
+    if isinstance(row, RealDecoded):
+        return {"cache": "real", "kv_bytes": row.kv_bytes, "kv_bytes_full": row.kv_bytes_full}
+    return {"cache": "masked"}
+
+
+def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], c: Condition,
+                index: int) -> Iterator[RealDecoded]:
+    """Every job under condition ``c`` (``index``: its place in the run) on a head-wise cache."""
+    keep, m = kv_keep(shape, c), c.mask
+    n, chunk = scheduler.max_new_tokens, scheduler.levers.prefill_chunk
+    itemsize = next(model.parameters()).element_size()
+    for job in jobs:
+        ids = job.prompt.ids
+        length = len(ids) - 1  # the prompt but its last token, as decode.greedy_decode prefills
+        t0 = time.perf_counter()
+        cache = HeadwiseCache(shape, keep, m.sink, m.recent, m.phase, reserve=n)
+        if m.phase == "decode":
+            cache.compress_at(length)  # after the whole prefill, chunked or not (the mask's hook(at))
+        with intervene(model, hooks=[HeadwiseAttention()]):
+            prefill(model, torch.tensor([ids[:-1]], device=input_device(model)), chunk, cache=cache)
+        held = cache.nbytes()
+        out = decode_rows(model, [ids[-1]], length, cache, scheduler.stop, n, hooks=[HeadwiseAttention()])[0]
+        full = cache_bytes(shape, None, 1, length, itemsize)
+        log.debug("real cache %s: %d of %d bytes at %d tokens", c.folder, held, full, length)
+        yield RealDecoded(job, index, out, None, time.perf_counter() - t0, kv_bytes=held, kv_bytes_full=full)
+
+
+def decode_all(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], conditions: list[Condition],
+               choice: str) -> Iterator[Decoded]:
+    """Every (job, condition) row: the real-cache conditions here, the others through the
+    scheduler (their ``mask`` index mapped back to the condition's)."""
+    real = route(shape, conditions, choice)
+    masked = [i for i, r in enumerate(real) if not r]
+    if masked:
+        for row in scheduler.run(jobs, masks=[conditions[i].mask for i in masked]):
+            yield dataclasses.replace(row, mask=masked[row.mask])
+    for i, c in enumerate(conditions):
+        if real[i]:
+            yield from decode_real(model, shape, scheduler, jobs, c, i)

@@ -1,0 +1,93 @@
+"""The needle test's streaming conditions on the real head-wise KV cache (``--cache real``)
+answer exactly as the masked simulation (``--cache masked``), cell by cell, in both phases,
+and record the bytes the cache held: those ``keep.cache_bytes`` predicts for the keep set.
+``auto`` runs a condition on the real cache only where its kept heads are whole KV heads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import make_inputs
+
+from retrieval_head.cli import mask as cli_niah
+from retrieval_head.core.intervene import HeadMask
+from retrieval_head.core.keep import cache_bytes
+from retrieval_head.errors import UserError
+from retrieval_head.experiments.mask import Condition
+from retrieval_head.experiments.realcache import kv_keep, route
+from retrieval_head.models.shape import ModelShape
+
+SINK, RECENT, STEPS = 2, 8, 6
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, default_tokenizer):
+    return make_inputs(tmp_path_factory.mktemp("realcache"), default_tokenizer)
+
+
+def run(p, out, phase: str, cache: str, unit: str = "kv", task: str = "single") -> dict:
+    argv = ["--model_path", str(p["tiny"]), "--needles", str(p["needles_ok"]), "--context_lengths", "300",
+            "--depth_percents", "20", "80", "--max_new_tokens", str(STEPS), "--mask_top", "0",
+            "--keep_full", "1", "0", "-1", "--sink", str(SINK), "--recent", str(RECENT), "--mask_phase", phase,
+            "--mask_unit", unit, "--head_score", str(p["hs_tiny"]), "--quiet", "--no_plot", "--output_dir",
+            str(out), "--cache", cache, "--task", task]
+    assert cli_niah.cli(argv) == 0
+    return {f.relative_to(out).as_posix(): json.loads(f.read_text()) for f in sorted(out.glob("*/tiny_len_*.json"))}
+
+
+def tiny_shape(p) -> ModelShape:
+    from transformers import AutoConfig
+
+    return ModelShape.from_config(AutoConfig.from_pretrained(p["tiny"]))
+
+
+@pytest.mark.parametrize("phase,task", [("decode", "single"), ("all", "single"),
+                                        pytest.param("decode", "multikey", marks=pytest.mark.full)])
+def test_real_cache_answers_as_the_masked_one_and_holds_the_predicted_bytes(inputs, tmp_path, phase, task):
+    real = run(inputs, tmp_path / "real", phase, "real", task=task)
+    masked = run(inputs, tmp_path / "masked", phase, "masked", task=task)
+    assert real.keys() == masked.keys() and len(real) == 2 * 4  # 2 cells x (reference + 3 streaming)
+    shape = tiny_shape(inputs)
+    per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * 4  # float32 keys and values
+    streamed = 0
+    references = {name.split("/")[1]: r for name, r in real.items() if r["mask"]["mode"] != "stream"}  # by cell
+    for name, r in real.items():
+        m = masked[name]
+        assert (r["response_ids"], r["model_response"], r["score"]) == \
+               (m["response_ids"], m["model_response"], m["score"]), name
+        if r["mask"]["mode"] != "stream":
+            assert "cache" not in r["mask"] and r["mask"] == m["mask"]  # the reference: unchanged
+            continue
+        assert r["mask"]["cache"] == "real" and m["mask"]["cache"] == "masked" and "kv_bytes" not in m["mask"]
+        length, rest = divmod(r["mask"]["kv_bytes_full"], per_token)
+        assert rest == 0 and length == r["context_length"] - 1  # the prompt but its last token
+        keep = torch.zeros(shape.num_layers, shape.num_kv_heads, dtype=torch.bool)
+        for layer, kv in r["mask"]["kept"]:
+            keep[layer, kv] = True
+        want = cache_bytes(shape, keep, 1, length, 4, SINK, RECENT, at=length if phase == "decode" else None)
+        assert r["mask"]["kv_bytes"] == want < r["mask"]["kv_bytes_full"]
+        streamed += r["response_ids"] != references[name.split("/")[1]]["response_ids"]
+    assert streamed, "streaming changed no answer: the comparison is vacuous"
+
+
+def condition(kept: list[list[bool]], unit: str = "query") -> Condition:
+    kept = torch.tensor(kept)
+    return Condition("keep_top", 1, HeadMask(~kept, "stream", "decode", SINK, RECENT), unit=unit, kept=kept)
+
+
+def test_auto_runs_on_the_real_cache_only_whole_kv_heads(inputs):
+    shape = tiny_shape(inputs)  # 2 layers x 4 heads, 2 KV heads: query heads 2k, 2k+1 share KV head k
+    whole = condition([[True, True, False, False], [False, False, False, False]])
+    split = condition([[True, False, False, False], [False, False, False, False]])
+    kv = condition([[False, True], [False, False]], unit="kv")
+    assert kv_keep(shape, whole).tolist() == [[True, False], [False, False]]
+    assert kv_keep(shape, split) is None and kv_keep(shape, kv).tolist() == kv.kept.tolist()
+    none = Condition("none", 0, None)
+    assert route(shape, [none, whole, split, kv], "auto") == [False, True, False, True]
+    assert route(shape, [none, whole, split, kv], "masked") == [False] * 4
+    with pytest.raises(UserError, match="--mask_unit kv, or --cache masked"):
+        route(shape, [whole, split], "real")
+    with pytest.raises(UserError, match="add --keep_full"):
+        route(shape, [none], "real")
