@@ -38,6 +38,7 @@ def records(folder: Path) -> dict:
             for f in sorted(folder.glob("tiny_len_*.json"))}
 
 
+@pytest.mark.full  # the masked script over three tasks end to end (~27 s): `make test` only
 def test_mask_runs_tasks_side_by_side_and_single_as_before(tiny, tmp_path):
     mask = ["--mask_top", "0", "2", "--head_score", str(tiny["hs_tiny"]), "--no_plot"]
     both, alone = tmp_path / "both", tmp_path / "alone"
@@ -67,6 +68,7 @@ def test_mask_runs_tasks_side_by_side_and_single_as_before(tiny, tmp_path):
         ["vt"] * 2
 
 
+@pytest.mark.full  # the detection script on a task end to end (~19 s): `make test` only
 def test_detect_on_a_task_writes_distractor_counts(tiny, tmp_path):
     r = run("retrieval_head_detection.py", tiny, tmp_path, "--task", "multikey", "--rouge_threshold", "-1",
             "--threads", "1")
@@ -103,6 +105,7 @@ def test_an_answer_copying_a_distractor_counts_for_the_distractor_only(default_t
     assert string_match(default_tokenizer.decode(answer), trial.answers) == 0.0
 
 
+@pytest.mark.full  # the judge on a task end to end (~12 s): `make test` only
 def test_judge_on_a_task_scores_string_match(tiny, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "retrieval_head", "judge", "--model_path", str(tiny["tiny"]),
