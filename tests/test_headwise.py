@@ -62,16 +62,23 @@ def logits(out) -> torch.Tensor:
     return torch.stack(out.logits)
 
 
-@pytest.mark.parametrize("phase", ["decode", "all", "context"])
-@pytest.mark.parametrize("fam", matrix(SUPPORTED))
-def test_headwise_equals_the_masked_simulation(fam, phase):
+def run_headwise(fam, phase: str, make_keep):
+    """Build ``fam``'s tiny model and greedy-decode the left-padded batch on a head-wise cache
+    whose keep set is ``make_keep(shape)``: (model, shape, inputs, keep, cache, output)."""
     model = build(fam)
     shape = ModelShape.of(model)
     inputs = batch(model.get_output_embeddings().weight.shape[0])
-    keep = mixed_keep(shape)
+    keep = make_keep(shape)
     cache = HeadwiseCache(shape, keep, SINK, RECENT, phase, CONTEXT if phase == "context" else None)
     with torch.no_grad():
         got = generate(model, cache, **inputs)
+    return model, shape, inputs, keep, cache, got
+
+
+@pytest.mark.parametrize("phase", ["decode", "all", "context"])
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
+def test_headwise_equals_the_masked_simulation(fam, phase):
+    model, shape, inputs, keep, cache, got = run_headwise(fam, phase, mixed_keep)
     streamed = (~keep).repeat_interleave(shape.group, dim=1)
     want = plain(model, inputs, HeadMask(streamed, "stream", phase, SINK, RECENT), AT[phase])
     assert torch.equal(got.sequences, want.sequences)
@@ -89,13 +96,8 @@ def test_headwise_equals_the_masked_simulation(fam, phase):
 @pytest.mark.parametrize("phase", ["decode", "all", "context"])
 @pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_every_head_full_is_a_plain_cache_bit_for_bit(fam, phase):
-    model = build(fam)
-    shape = ModelShape.of(model)
-    inputs = batch(model.get_output_embeddings().weight.shape[0])
-    keep = torch.ones(shape.num_layers, shape.num_kv_heads, dtype=torch.bool)
-    cache = HeadwiseCache(shape, keep, SINK, RECENT, phase, CONTEXT if phase == "context" else None)
-    with torch.no_grad():
-        got = generate(model, cache, **inputs)
+    model, shape, inputs, _, cache, got = run_headwise(
+        fam, phase, lambda shape: torch.ones(shape.num_layers, shape.num_kv_heads, dtype=torch.bool))
     want = plain(model, inputs)
     assert torch.equal(got.sequences, want.sequences) and torch.equal(logits(got), logits(want))
     assert cache.nbytes() == cache_bytes(shape, None, 2, cache.get_seq_length(), 4)
