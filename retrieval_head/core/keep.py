@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..headfiles.ranking import top_order
 from ..models.shape import ModelShape
 from .attend import blocked_by_position
 from .stream import stream_keep
@@ -49,12 +50,12 @@ def keep_count(total: int, k: int | None = None, fraction: float | None = None) 
 
 def keep_top(scores: torch.Tensor, group: int, k: int | None = None, fraction: float | None = None) -> torch.Tensor:
     """bool ``[layers, kv_heads]``: the ``k`` (or ``fraction`` of all) KV heads whose best
-    query head scores highest, from query-head ``scores [layers, heads]`` (ties: the
-    earlier head, as a stable sort gives)."""
-    kv = scores.float().reshape(scores.shape[0], -1, group).amax(-1)
+    query head scores highest, from query-head ``scores [layers, heads]``, ranked by the
+    project's one top-K rule (``ranking.top_order``: ties layer-major)."""
+    kv = scores.reshape(scores.shape[0], -1, group).amax(-1)
     n = keep_count(kv.numel(), k, fraction)
     out = torch.zeros(kv.numel(), dtype=torch.bool)
-    out[torch.sort(kv.flatten(), descending=True, stable=True).indices[:n]] = True
+    out[top_order(kv, n)] = True
     return out.reshape(kv.shape)
 
 
