@@ -26,6 +26,7 @@ from retrieval_head.models.shape import ModelShape
 
 SINK, RECENT, STEPS, LENGTH, PAD, CONTEXT = 4, 8, 5, 40, 7, 30  # windows are 16: sinks fall outside them
 AT = {"decode": LENGTH, "all": None, "context": CONTEXT}  # where each phase compresses once
+START = torch.tensor([0, PAD])  # each row's first real token: its sink starts there
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +55,8 @@ def mixed_keep(shape: ModelShape) -> torch.Tensor:
 def plain(model, inputs: dict, mask: HeadMask | None = None, at: int | None = None):
     if mask is None:
         return model.generate(cache=GrowingCache(), **inputs)
-    with intervene(model, hooks=[mask.hook(at)]):
+    start = inputs["attention_mask"].argmax(-1)  # the masked simulation's per-row sinks, as pad_left's
+    with intervene(model, hooks=[mask.hook(at, start)]):
         return model.generate(cache=GrowingCache(), **inputs)
 
 
@@ -88,7 +90,7 @@ def test_headwise_equals_the_masked_simulation(fam, phase):
     length = cache.get_seq_length()
     assert length == LENGTH + STEPS - 1
     itemsize = next(model.parameters()).element_size()
-    assert cache.nbytes() == cache_bytes(shape, keep, 2, length, itemsize, SINK, RECENT, AT[phase])
+    assert cache.nbytes() == cache_bytes(shape, keep, 2, length, itemsize, SINK, RECENT, AT[phase], START)
     assert cache.nbytes() < cache_bytes(shape, None, 2, length, itemsize)
     assert model.config._attn_implementation == build(fam).config._attn_implementation  # left as before
 
@@ -101,6 +103,27 @@ def test_every_head_full_is_a_plain_cache_bit_for_bit(fam, phase):
     want = plain(model, inputs)
     assert torch.equal(got.sequences, want.sequences) and torch.equal(logits(got), logits(want))
     assert cache.nbytes() == cache_bytes(shape, None, 2, cache.get_seq_length(), 4)
+
+
+@pytest.mark.parametrize("phase", ["decode", "all"])
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
+def test_a_left_padded_row_decodes_as_it_would_alone(fam, phase):
+    """Per-row sinks: the padded row's sink is its own first tokens, not its pads, so it
+    gives the tokens (and logits, within float tolerance) of the same prompt unpadded."""
+    model, shape, inputs, keep, _, got = run_headwise(fam, phase, mixed_keep)
+    alone = {**inputs, "input_ids": inputs["input_ids"][1:, PAD:], "attention_mask": inputs["attention_mask"][1:, PAD:]}
+    cache = HeadwiseCache(shape, keep, SINK, RECENT, phase)
+    with torch.no_grad():
+        want = generate(model, cache, **alone)
+    assert torch.equal(got.sequences[1, PAD:], want.sequences[0])
+    torch.testing.assert_close(logits(got)[:, 1], logits(want)[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_pad_left_takes_left_padding_only():
+    shape = ModelShape.of(build(next(f for f in FAMILIES if f.name == "Llama (GQA)")))
+    cache = HeadwiseCache(shape, mixed_keep(shape), SINK, RECENT, "all")
+    with pytest.raises(UserError, match="left padding only"):
+        cache.pad_left(torch.tensor([[1, 1, 0], [1, 1, 1]]))
 
 
 def test_context_phase_at_the_prompt_end_is_the_decode_phase():
@@ -147,7 +170,7 @@ def test_a_chunked_prefill_compresses_where_the_phase_says(phase):
     want = plain(model, inputs, HeadMask(streamed, "stream", phase, SINK, RECENT), AT[phase])
     assert torch.equal(got.sequences, want.sequences)
     torch.testing.assert_close(logits(got), logits(want), rtol=1e-4, atol=1e-4)
-    assert cache.nbytes() == cache_bytes(shape, keep, 2, cache.get_seq_length(), 4, SINK, RECENT, AT[phase])
+    assert cache.nbytes() == cache_bytes(shape, keep, 2, cache.get_seq_length(), 4, SINK, RECENT, AT[phase], START)
 
 
 def test_keep_top_ranks_kv_heads_by_their_best_query_head():

@@ -133,12 +133,13 @@ def logits(query: torch.Tensor, key: torch.Tensor, scale: float, softcap: float 
 
 def blocked_by_position(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:
     """bool ``[r, T]``: True where query ``qpos[i]`` may not see key ``kpos[j]``: a later
-    key, or one outside the window (transformers' ``q - kv < window`` keeps it).
+    key, or one outside the window (transformers' ``q - kv < window`` keeps it). Keys held
+    at different positions per batch row (``kpos [b, T]``): ``[b, 1, r, T]``.
 
     >>> blocked_by_position(torch.tensor([3]), torch.arange(5), 2).int().tolist()
     [[1, 1, 0, 0, 1]]
     """
-    q, k = qpos[:, None], kpos[None, :]
+    q, k = qpos[:, None], (kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :])
     blocked = k > q  # compared against [r, 1] bounds: no [r, T] integer temporary
     if window is not None:
         blocked |= k <= q - window

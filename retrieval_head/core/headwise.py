@@ -21,10 +21,12 @@ really freed; the phases say when:
 
 Each phase computes exactly what the masked simulation does (``mask.HeadMask(heads,
 "stream", phase).hook(at)`` on a plain cache): the same ``stream.stream_keep`` rule, the
-sink being the first ``sink`` cache slots of every row (left padding puts pads there, as in
-the simulation). An update returns a ``SplitKV`` (full and streamed parts), which only the
-head-wise attention (``headwise_attend``) reads: run the model through
-``headwise_attend.generate`` (or inside ``intervene(model, hooks=[HeadwiseAttention()])``).
+sink being each row's first ``sink`` tokens: under left padding (``pad_left``, which
+``headwise_attend.generate`` calls with the attention mask) a row's streamed keys sit at its
+own positions, ``[b, n_stream, S, d]`` at ``pos [b, S]``, as many per row (``keep.row_slots``).
+An update returns a ``SplitKV`` (full and streamed parts), which only the head-wise
+attention (``headwise_attend``) reads: run the model through ``headwise_attend.generate``
+(or inside ``intervene(model, hooks=[HeadwiseAttention()])``).
 A layer without streamed heads returns plain tensors (the backend computes it, bit for bit).
 What a compressed prefix cannot do (crop back, beam reorder, row selection, offloading) is
 refused with a ``UserError``.
@@ -50,7 +52,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..errors import UserError
 from ..models.shape import ModelShape
-from .keep import KEEP_PHASES, check_keep, stored_positions
+from .keep import KEEP_PHASES, check_keep, row_slots, stored_positions
 from .kvcache import GrowingLayer, Growth
 
 
@@ -60,7 +62,8 @@ class SplitKV:
     ``full [b, n_full, T, d]`` (None: none), the streamed heads' ``stream [b, n_stream, S, d]``
     at positions ``pos [S]``, which KV heads each part holds, the layer's logical length
     ``length`` (keys cached, the call's included) and the streaming rule (``sink``,
-    ``recent``, ``at``: where the cache is compressed once; None: at every step)."""
+    ``recent``, ``at``: where the cache is compressed once; None: at every step; ``start``:
+    each row's first real position under left padding, the positions then per row ``pos [b, S]``)."""
 
     full: torch.Tensor | None
     stream: torch.Tensor
@@ -73,6 +76,7 @@ class SplitKV:
     sink: int
     recent: int
     at: int | None
+    start: torch.Tensor | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -117,6 +121,7 @@ class HeadwiseLayer(CacheLayerMixin):
         self.at = context_length if phase == "context" else None  # decode: set by the first update
         self.full = GrowingLayer(growth) if len(self.full_idx) else None
         self.stream_keys = self.stream_values = self.stream_pos = None
+        self.start = None  # long [b]: each row's first real position (left padding; HeadwiseCache.pad_left)
         self.length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -138,25 +143,38 @@ class HeadwiseLayer(CacheLayerMixin):
             if not len(self.stream_idx):
                 return fk, fv  # nothing streamed: plain tensors, the backend computes the layer
         sk, sv = self._part(key_states, self.stream_idx), self._part(value_states, self.stream_idx)
-        pos = torch.arange(n, n + q, device=key_states.device)
+        dev = key_states.device
+        pos = torch.arange(n, n + q, device=dev)
+        start = None if self.start is None else self.start.to(dev)
+        if start is not None:
+            pos = pos.expand(len(start), q)  # per row: its sink starts at its first real token
         if self.stream_keys is not None:
             sk, sv = torch.cat([self.stream_keys, sk], dim=-2), torch.cat([self.stream_values, sv], dim=-2)
-            pos = torch.cat([self.stream_pos, pos])
+            pos = torch.cat([self.stream_pos, pos], dim=-1)
         # Held from now on: what the next query may see. The call itself sees sk (dropped after it).
         # Once compressed (decode, context) a full-attention layer keeps every new key: no rule to run.
         settled = self.at is not None and n >= self.at and self.window is None
-        keep = None if settled else stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at)
+        self.hold(sk, sv, pos, None if settled else
+                  stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at, start))
+        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.length,
+                self.sink, self.recent, self.at, start)
+        return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
+
+    def hold(self, sk: torch.Tensor, sv: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None) -> None:
+        """Keep the streamed keys ``sk``/values ``sv`` ``[b, n, P, d]`` at positions ``pos``
+        (``[P]``, or per row ``[b, P]``) that ``keep`` (bool, as ``pos``; None: all) says."""
         if keep is None or bool(keep.all()):
             self.stream_keys, self.stream_values, self.stream_pos = sk, sv, pos
-        else:
+        elif pos.ndim == 1:
             idx = keep.nonzero().flatten()
             self.stream_keys = sk.index_select(-2, idx).contiguous()
             self.stream_values = sv.index_select(-2, idx).contiguous()
             self.stream_pos = pos[idx]
-        dev = key_states.device
-        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.length,
-                self.sink, self.recent, self.at)
-        return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
+        else:
+            idx = row_slots(keep)  # [b, S]: each row's own positions, as many per row
+            self.stream_keys = sk.gather(-2, idx[:, None, :, None].expand(*sk.shape[:2], -1, sk.shape[-1]))
+            self.stream_values = sv.gather(-2, idx[:, None, :, None].expand(*sv.shape[:2], -1, sv.shape[-1]))
+            self.stream_pos = pos.gather(-1, idx)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0  # one logical position per column; attention picks a head's
@@ -175,7 +193,7 @@ class HeadwiseLayer(CacheLayerMixin):
     def reset(self) -> None:
         if self.full is not None:
             self.full.reset()
-        self.stream_keys = self.stream_values = self.stream_pos = None
+        self.stream_keys = self.stream_values = self.stream_pos = self.start = None
         self.length, self.is_initialized = 0, False
         self.at = self.at if self.phase == "context" else None
 
@@ -229,6 +247,21 @@ class HeadwiseCache(Cache):
             raise UserError("compress_at is for a fresh phase-decode cache (before its prefill)")
         for layer in self.layers:
             layer.at = at
+
+    def pad_left(self, attention_mask: torch.Tensor) -> None:
+        """Tell a fresh cache its rows' left padding (``attention_mask [b, T]``: 0 = pad), so
+        each row's sink is its own first ``sink`` tokens, not its pads (``stream.stream_keep``'s
+        ``start``); the same ``start`` makes the masked simulation's (``HeadMask.hook``)."""
+        if self.get_seq_length():
+            raise UserError("pad_left is for a fresh cache (before its prefill)")
+        real = attention_mask.bool()
+        start = real.long().argmax(-1)  # [b]: each row's first real token
+        after = torch.arange(real.shape[-1], device=real.device)[None, :] >= start[:, None]
+        if not bool(torch.equal(real, after)):
+            raise UserError("a head-wise cache takes left padding only (each row: pads, then its tokens); "
+                            "pad on the left (tokenizer.padding_side = 'left')")
+        for layer in self.layers:
+            layer.start = start if bool(start.any()) else None
 
     def nbytes(self) -> int:
         """Bytes of the keys and values held (the full heads' filled part; ``allocated``

@@ -63,15 +63,26 @@ class HeadwiseAttention(Hook):
                 allowed = allowed if m is None else allowed & m
             heads = split.full_q
             out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
-        at = None if split.at is None else torch.tensor([split.at], device=dev)
-        keep = stream_keep(qpos, split.pos, split.sink, split.recent, at)
-        sees = ~blocked_by_position(qpos, split.pos, call.window) & keep  # [q, S] or [1, 1, q, S]
-        sees = sees[None, None] if sees.ndim == 2 else sees
-        if m is not None:
-            sees = sees & m.index_select(-1, split.pos)
-        heads = split.stream_q
+        heads, sees = split.stream_q, stream_sees(split, qpos, call.window, m)
         out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
         return out
+
+
+def stream_sees(split: SplitKV, qpos: torch.Tensor, window: int | None, m: torch.Tensor | None) -> torch.Tensor:
+    """bool ``[b or 1, 1, q, S]``: which streamed keys (held at ``split.pos``: ``[S]``, or per
+    row ``[b, S]`` under left padding) each query row at ``qpos [q]`` sees: causal order, the
+    layer's window, the streaming rule, and the backend's mask ``m`` (bool ``[b or 1, 1, q or
+    1, length]``) at the columns of those positions."""
+    pos = split.pos
+    at = None if split.at is None else torch.tensor([split.at], device=qpos.device)
+    sees = ~blocked_by_position(qpos, pos, window) & stream_keep(qpos, pos, split.sink, split.recent, at, split.start)
+    sees = sees[None, None] if sees.ndim == 2 else sees  # [q, S] or [b or 1, 1, q, S]
+    if m is None:
+        return sees
+    if pos.ndim == 1:
+        return sees & m.index_select(-1, pos)
+    b, rows = pos.shape[0], m.shape[2]
+    return sees & m.expand(b, -1, -1, -1).gather(-1, pos[:, None, None, :].expand(b, 1, rows, pos.shape[-1]))
 
 
 REFUSED_GENERATE = {
@@ -103,7 +114,10 @@ def generate(model, cache: HeadwiseCache, **kwargs):
         raise UserError("generate() here takes a HeadwiseCache")
     check_generate(model, kwargs)
     prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-    if cache.phase == "decode" and prompt is not None and not cache.get_seq_length():
-        cache.compress_at(prompt.shape[1])  # after the whole prefill, chunked or not
+    if prompt is not None and not cache.get_seq_length():
+        if cache.phase == "decode":
+            cache.compress_at(prompt.shape[1])  # after the whole prefill, chunked or not
+        if kwargs.get("attention_mask") is not None:
+            cache.pad_left(kwargs["attention_mask"])  # each row's sink: its own first tokens
     with intervene(model, hooks=[HeadwiseAttention()]):
         return model.generate(cache=cache, **kwargs)

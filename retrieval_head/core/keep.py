@@ -60,31 +60,52 @@ def keep_top(scores: torch.Tensor, group: int, k: int | None = None, fraction: f
 
 
 def stored_positions(pos: torch.Tensor, length: int, sink: int, recent: int, window: int | None,
-                     at: int | None) -> torch.Tensor:
-    """bool over ``pos`` (long ``[S]``, positions held): the keys a streamed head still
-    needs once ``length`` keys are cached, i.e. those the next query (at ``length``) sees."""
+                     at: int | None, start: torch.Tensor | None = None) -> torch.Tensor:
+    """bool over ``pos`` (long ``[S]``, positions held; or ``[b, S]``, per row): the keys a
+    streamed head still needs once ``length`` keys are cached, i.e. those the next query (at
+    ``length``) sees. ``start`` (long ``[b]``, each row's first real position; left padding):
+    ``[b, S]``."""
     nxt = torch.tensor([length], device=pos.device)
     at_t = None if at is None else torch.tensor([at], device=pos.device)
-    keep = stream_keep(nxt, pos, sink, recent, at_t).reshape(-1)
-    return keep & ~blocked_by_position(nxt, pos, window).reshape(-1)
+    keep = stream_keep(nxt, pos, sink, recent, at_t, start) & ~blocked_by_position(nxt, pos, window)
+    return keep.reshape(-1) if pos.ndim == 1 and start is None else keep.reshape(-1, pos.shape[-1])
 
 
-def stored(length: int, sink: int, recent: int, window: int | None, at: int | None) -> int:
-    """The keys a streamed head holds between calls once ``length`` keys are cached."""
-    return int(stored_positions(torch.arange(length), length, sink, recent, window, at).sum())
+def row_slots(keep: torch.Tensor) -> torch.Tensor:
+    """long ``[b, S]``: per row, the indices of the positions it keeps (``keep``: bool ``[b,
+    P]``), made as many as the most any row keeps with the row's earliest other positions:
+    keys the rule hides from it for good (its pads, keys before its window), so a row holds
+    them without seeing them and the rows stack into one tensor.
+
+    >>> row_slots(torch.tensor([[True, False, True, True], [False, False, True, True]])).tolist()
+    [[0, 2, 3], [0, 2, 3]]
+    """
+    need = keep.sum(-1, keepdim=True)  # [b, 1]
+    others = ~keep
+    sel = keep | (others & (others.cumsum(-1) <= need.max() - need))
+    return sel.nonzero()[:, 1].reshape(keep.shape[0], -1)
+
+
+def stored(length: int, sink: int, recent: int, window: int | None, at: int | None,
+           start: torch.Tensor | None = None) -> int:
+    """The keys a streamed head holds per row between calls once ``length`` keys are cached
+    (``start``, left padding: the most any row needs, ``row_slots``)."""
+    keep = stored_positions(torch.arange(length), length, sink, recent, window, at, start)
+    return int(keep.reshape(-1, length).sum(-1).max())
 
 
 def cache_bytes(shape: ModelShape, keep: torch.Tensor | None, batch: int, length: int, itemsize: int, sink: int = 0,
-                recent: int = 1, at: int | None = None) -> int:
+                recent: int = 1, at: int | None = None, start: torch.Tensor | None = None) -> int:
     """Bytes of keys and values a head-wise cache holds at ``length`` tokens (``keep`` None:
     every head full, a plain cache that keeps every key). ``at``: the compression point
-    (phase decode: the prompt's length; context: the context's), None for phase all."""
+    (phase decode: the prompt's length; context: the context's), None for phase all.
+    ``start``: each row's first real position under left padding (None: no padding)."""
     per_key = 2 * batch * shape.head_dim * itemsize  # a key and a value
     total = 0
     for layer, window in enumerate(shape.windows):
         n_full = shape.num_kv_heads if keep is None else int(keep[layer].sum())
         n_stream = shape.num_kv_heads - n_full
-        streamed = stored(length, sink, recent, window, at) if n_stream else 0
+        streamed = stored(length, sink, recent, window, at, start) if n_stream else 0
         total += per_key * (n_full * length + n_stream * streamed)
     return total
 

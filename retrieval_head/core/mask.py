@@ -86,14 +86,16 @@ class HeadMask:
         prefill, at the context's end): its hook must be told where (``hook(prefill_length)``)."""
         return self.mode == "stream" and self.phase in ("decode", "context")
 
-    def hook(self, prefill_length: torch.Tensor | int | None = None) -> Hook:
+    def hook(self, prefill_length: torch.Tensor | int | None = None, start: torch.Tensor | None = None) -> Hook:
         """The intervention, for one scope. prefill_length: per batch row (long ``[b]`` or an
         int), the keys its prompt's prefill cached (decode-phase streaming), or the context's
-        length (context-phase streaming); unused otherwise."""
+        length (context-phase streaming); unused otherwise. start: streaming, per batch row,
+        its first real position (left padding: the sink is the row's first tokens)."""
         decode_only = self.phase == "decode"
         if self.mode == "stream":
             once = self.phase in ("decode", "context")
-            return StreamHeads(self.heads, self.sink, self.recent, prefill_length if once else None, decode_only)
+            return StreamHeads(self.heads, self.sink, self.recent, prefill_length if once else None, decode_only,
+                               start)
         return HeadAblation(self.heads, self.mode, decode_only)
 
 

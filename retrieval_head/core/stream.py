@@ -16,6 +16,10 @@ rows' and keys' positions and, per batch row, where that row's cache was compres
   to the prefill's rows from ``C`` on (the question): with ``C`` the prompt's length it is
   phase ``decode`` exactly.
 
+"The first ``sink`` keys" are a row's own: under left padding (``start``, per row, its first
+real position) a padded row's sink is its first tokens, not its pads, so it streams as it
+would alone.
+
 A decode step of a streamed head is computed whole (``attend.decode_step``, the keys it
 may not see hidden); a multi-token call (phase ``all``'s prefill) recomputes only the
 streamed heads as one group under one shared ``[query, key]`` mask
@@ -38,22 +42,33 @@ from .hook import Hook, OnDevice, check_heads
 
 
 def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
-                at: torch.Tensor | None = None) -> torch.Tensor:
+                at: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """bool: the keys ``kpos [T]`` a streamed query row at ``qpos [r]`` sees, ``[r, T]``
     (compressed at every step, ``at`` None) or ``[b, 1, r, T]`` (``at``: long ``[b]``, where
-    each batch row's cache was compressed once). Causal order and the layer's window are
-    not in it (``attend.blocked_by_position``).
+    each batch row's cache was compressed once). ``start`` (long ``[b]``): each row's first
+    real position (left padding puts pads before it): its sink is the ``sink`` keys from
+    there (not its pads, which the backend hides anyway), ``[b, 1, r, T]``. Keys held at
+    different positions per row: ``kpos [b, T]``. Causal order and the layer's window are not
+    in it (``attend.blocked_by_position``).
 
     >>> stream_keep(torch.tensor([9]), torch.arange(10), 2, 3).nonzero()[:, 1].tolist()
     [0, 1, 7, 8, 9]
     >>> stream_keep(torch.tensor([9]), torch.arange(10), 2, 3, torch.tensor([6]))[0, 0].nonzero()[:, 1].tolist()
     [0, 1, 3, 4, 5, 6, 7, 8, 9]
+    >>> padded = stream_keep(torch.tensor([9]), torch.arange(10), 2, 3, start=torch.tensor([0, 4]))  # row 1: 4 pads
+    >>> padded[1, 0].nonzero()[:, 1].tolist()
+    [4, 5, 7, 8, 9]
     """
-    q, k = qpos[:, None], kpos[None, :]
+    q, k = qpos[:, None], (kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :])
+    if start is None:
+        sinks = k < sink
+    else:
+        first = start.reshape(-1, 1, 1, 1)
+        sinks = (k >= first) & (k < first + sink)
     if at is None:
-        return (k < sink) | (k > q - recent)
+        return sinks | (k > q - recent)
     at = at.reshape(-1, 1, 1, 1)
-    return (k < sink) | (k >= at - recent) | (q < at)
+    return sinks | (k >= at - recent) | (q < at)
 
 
 class StreamHeads(Hook):
@@ -65,18 +80,23 @@ class StreamHeads(Hook):
         prompt decoded in the same scope).
     decode_only: act only on decode steps (a phase-``decode`` mask: the prefill is left
         whole, and compressed at ``at`` once it is done).
+    start: per batch row (long ``[b]``), its first real position: a left-padded row's sink
+        is its first ``sink`` tokens, not its pads (None: every row starts at 0).
     """
 
     def __init__(self, heads: torch.Tensor, sink: int, recent: int, at: torch.Tensor | int | None = None,
-                 decode_only: bool = False):
+                 decode_only: bool = False, start: torch.Tensor | None = None):
         self.heads, self.sink, self.recent, self.decode_only = heads, sink, recent, decode_only
         self.on_device = OnDevice(lambda layer, dev: heads[..., layer, :].reshape(-1, heads.shape[-1]).to(dev))
-        self.compress(at)
+        self.compress(at, start)
 
-    def compress(self, at: torch.Tensor | int | None) -> None:
-        """Where each batch row's cache is compressed from now on (None: at every step)."""
+    def compress(self, at: torch.Tensor | int | None, start: torch.Tensor | None = None) -> None:
+        """Where each batch row's cache is compressed from now on (None: at every step), and
+        where each row's tokens start (its sink; None: at 0)."""
         self.at = None if at is None else torch.as_tensor(at, dtype=torch.long).reshape(-1)
         self.at_on = OnDevice(lambda _, dev: self.at.to(dev))
+        self.start = None if start is None else torch.as_tensor(start, dtype=torch.long).reshape(-1)
+        self.start_on = OnDevice(lambda _, dev: self.start.to(dev))
 
     def check(self, shape: ModelShape) -> None:
         check_heads(self.heads, shape)
@@ -86,7 +106,8 @@ class StreamHeads(Hook):
             raise RuntimeError("a decode-phase stream hook needs each row's compression point (the prompt's "
                                "prefill length): pass at=..., or call compress(at) before decoding")
         at = None if self.at is None else self.at_on.get(None, kpos.device)
-        return stream_keep(qpos, kpos, self.sink, self.recent, at)
+        start = None if self.start is None else self.start_on.get(None, kpos.device)
+        return stream_keep(qpos, kpos, self.sink, self.recent, at, start)
 
     def computes(self, call: Call) -> bool:
         return call.is_decode
