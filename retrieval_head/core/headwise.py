@@ -248,6 +248,22 @@ class HeadwiseCache(Cache):
         for layer in self.layers:
             layer.at = at
 
+    def absorb(self, prefilled: Cache) -> "HeadwiseCache":
+        """Fill a fresh phase-decode cache from a plain cache holding the prompt's prefill
+        (``layers[i].keys``/``values`` ``[b, kv_heads, T, d]``, every key): a kvpress press
+        compressing the cache its forward pass made. It holds what its own prefill would (the
+        same keys, compressed at ``T``); ``prefilled`` is left as it was, so one prefill serves
+        several keep sets."""
+        if self.phase != "decode" or self.get_seq_length():
+            raise UserError("absorb is for a fresh phase-decode cache")
+        length = prefilled.get_seq_length()
+        self.compress_at(length)
+        for layer, plain in zip(self.layers, prefilled.layers):
+            if plain.keys.shape[-2] != length:
+                raise UserError("absorb takes a cache holding every key (not a sliding-window layer's last ones)")
+            layer.update(plain.keys, plain.values)
+        return self
+
     def pad_left(self, attention_mask: torch.Tensor) -> None:
         """Tell a fresh cache its rows' left padding (``attention_mask [b, T]``: 0 = pad), so
         each row's sink is its own first ``sink`` tokens, not its pads (``stream.stream_keep``'s

@@ -8,9 +8,12 @@ does: ``--mask_unit kv``, or query heads kept or streamed a whole group at a tim
 nothing always is). ``--cache``: ``real`` (refused where it cannot apply), ``masked`` (the
 simulation, the reference), ``auto`` (the default: real where it applies).
 
-Each (cell, condition) prefills its prompt into a fresh head-wise cache under the
-condition's phase and greedy-decodes with ``decode.decode_rows`` (the stop rule and
-``max_new_tokens`` of the masked rows), so it yields the same ``Decoded`` rows; a
+Prompts of one length run as one batch (as many rows as the scheduler's budget of cached
+tokens holds). A phase-``decode`` condition compresses one plain prefill of the batch,
+shared by every such condition (``HeadwiseCache.absorb``: a press on the forward pass's
+cache); a phase-``all`` one prefills into its own cache under its rule. Each then
+greedy-decodes with ``decode.decode_rows`` (the stop rule and ``max_new_tokens`` of the
+masked rows), so it yields the same ``Decoded`` rows; a
 ``RealDecoded`` also carries the bytes the cache held once the prompt was in it (and
 compressed), which the record stores next to ``kv_kept`` (``cache_fields``).
 """
@@ -30,6 +33,7 @@ from ..core.headwise_attend import HeadwiseAttention
 from ..core.intervene import intervene
 from ..core.keep import cache_bytes
 from ..core.mask import HeadMask
+from ..engine.batching import RowBatcher
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..models.shape import ModelShape
@@ -98,26 +102,48 @@ def cache_fields(row: Decoded) -> dict:
     return {"cache": "masked"}
 
 
-def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], c: Condition,
-                index: int) -> Iterator[RealDecoded]:
-    """Every job under condition ``c`` (``index``: its place in the run) on a head-wise cache."""
-    keep, m = kv_keep(shape, c), c.mask
+def batches(jobs: list[Job], rows_for) -> Iterator[list[Job]]:
+    """Jobs of one prompt length, ``rows_for(length)`` at a time (their caches stack unpadded)."""
+    by_length: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_length.setdefault(len(job.prompt.ids), []).append(job)
+    for length, group in by_length.items():
+        n = rows_for(length)
+        for i in range(0, len(group), n):
+            yield group[i : i + n]
+
+
+def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
+                conditions: list[tuple[int, Condition]]) -> Iterator[RealDecoded]:
+    """Every job under each condition (``(index, c)``: its place in the run) on a head-wise
+    cache. Prompts of one length decode as one batch (rows independent, as in the masked
+    run); the phase-decode conditions share one plain prefill of the batch, which each
+    condition's cache compresses (``HeadwiseCache.absorb``: what its own prefill holds)."""
     n, chunk = scheduler.max_new_tokens, scheduler.levers.prefill_chunk
     itemsize = next(model.parameters()).element_size()
-    for job in jobs:
-        ids = job.prompt.ids
-        length = len(ids) - 1  # the prompt but its last token, as decode.greedy_decode prefills
+    rows_for = RowBatcher(scheduler.budget or 1, copies=1).rows_for
+    for group in batches(jobs, rows_for):
+        ids = torch.tensor([job.prompt.ids[:-1] for job in group], device=input_device(model))
+        length = ids.shape[1]  # the prompt but its last token, as decode.greedy_decode prefills
         t0 = time.perf_counter()
-        cache = HeadwiseCache(shape, keep, m.sink, m.recent, m.phase, reserve=n)
-        if m.phase == "decode":
-            cache.compress_at(length)  # after the whole prefill, chunked or not (the mask's hook(at))
-        with intervene(model, hooks=[HeadwiseAttention()]):
-            prefill(model, torch.tensor([ids[:-1]], device=input_device(model)), chunk, cache=cache)
-        held = cache.nbytes()
-        out = decode_rows(model, [ids[-1]], length, cache, scheduler.stop, n, hooks=[HeadwiseAttention()])[0]
+        shared = prefill(model, ids, chunk) if any(c.mask.phase == "decode" for _, c in conditions) else None
+        shared_s = time.perf_counter() - t0
         full = cache_bytes(shape, None, 1, length, itemsize)
-        log.debug("real cache %s: %d of %d bytes at %d tokens", c.folder, held, full, length)
-        yield RealDecoded(job, index, out, None, time.perf_counter() - t0, kv_bytes=held, kv_bytes_full=full)
+        for index, c in conditions:
+            t0, m = time.perf_counter(), c.mask
+            cache = HeadwiseCache(shape, kv_keep(shape, c), m.sink, m.recent, m.phase, reserve=n)
+            if m.phase == "decode":
+                cache.absorb(shared)
+            else:
+                with intervene(model, hooks=[HeadwiseAttention()]):
+                    prefill(model, ids, chunk, cache=cache)
+            held = cache.nbytes() // len(group)  # every row holds as much
+            outs = decode_rows(model, [job.prompt.ids[-1] for job in group], length, cache, scheduler.stop, n,
+                               hooks=[HeadwiseAttention()])
+            seconds = (time.perf_counter() - t0 + shared_s / len(conditions)) / len(group)
+            log.debug("real cache %s: %d of %d bytes per row at %d tokens", c.folder, held, full, length)
+            for job, out in zip(group, outs):
+                yield RealDecoded(job, index, out, None, seconds, kv_bytes=held, kv_bytes_full=full)
 
 
 def decode_all(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], conditions: list[Condition],
@@ -129,6 +155,5 @@ def decode_all(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], 
     if masked:
         for row in scheduler.run(jobs, masks=[conditions[i].mask for i in masked]):
             yield dataclasses.replace(row, mask=masked[row.mask])
-    for i, c in enumerate(conditions):
-        if real[i]:
-            yield from decode_real(model, shape, scheduler, jobs, c, i)
+    if any(real):
+        yield from decode_real(model, shape, scheduler, jobs, [(i, c) for i, c in enumerate(conditions) if real[i]])
