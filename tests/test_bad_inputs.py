@@ -126,8 +126,6 @@ CASES = [
     ("--seed beyond a seed", "niah", ["--keep_full", "-1", "--seed", "99999999999999999999999"], "is not a seed"),
     ("--seeds listed twice", "niah", ["--keep_full", "-1", "--seeds", "1", "1"], "--seeds lists 1 twice"),
     ("--sink not a number", "niah", ["--keep_full", "0", "--sink", "four"], "argument --sink: invalid int value"),
-    ("--cache real with query heads splitting a KV head", "niah",
-     ["--keep_full", "1", "--head_score", "{hs_tiny}", "--cache", "real"], "pass --mask_unit kv, or --cache masked"),
     ("--cache real without streaming", "niah", ["--cache", "real"], "--cache real is for streaming conditions"),
     ("--task unknown", "niah", ["--task", "needle"], "--task needle is not a task; choose from single"),
     ("--task listed twice", "niah", ["--task", "vt", "vt"], "--task lists a task twice"),

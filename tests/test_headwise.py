@@ -2,8 +2,10 @@
 keep set predicts: on every family of the matrix, each phase, a batch of 2 rows with left
 padding, ``model.generate`` with a ``HeadwiseCache`` gives the greedy tokens of a plain cache
 under ``HeadMask(heads, "stream", phase)`` and its logits within float tolerance; with
-every KV head full, the tokens and logits of a plain cache bit for bit. The cache's tensor
-bytes equal ``keep.cache_bytes`` exactly. What it cannot do is refused before any work."""
+every KV head full, the tokens and logits of a plain cache bit for bit. A keep set of query
+heads that splits KV heads (some query heads kept, some streamed on a full KV head) gives the
+masked simulation's answers on those very query heads. The cache's tensor bytes equal
+``keep.cache_bytes`` exactly. What it cannot do is refused before any work."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from retrieval_head.cli import commands
 from retrieval_head.core.headwise import HeadwiseCache
 from retrieval_head.core.headwise_attend import HeadwiseAttention, generate
 from retrieval_head.core.intervene import HeadMask, intervene
-from retrieval_head.core.keep import cache_bytes, keep_top, stored
+from retrieval_head.core.keep import cache_bytes, keep_top, mixed_heads, stored
 from retrieval_head.core.kvcache import GrowingCache
+from retrieval_head.core.stream import full_kv_heads
 from retrieval_head.errors import UserError
 from retrieval_head.models.shape import ModelShape
 
@@ -49,6 +52,14 @@ def mixed_keep(shape: ModelShape) -> torch.Tensor:
     where it has 2 KV heads; MQA layers alternate between all full and all streamed."""
     return torch.tensor([[(layer + k) % 2 == 0 for k in range(shape.num_kv_heads)]
                          for layer in range(shape.num_layers)])
+
+
+def mixed_query_keep(shape: ModelShape) -> torch.Tensor:
+    """Query heads kept, bool ``[layers, heads]``: head h of layer l when ``(h + l) % 3 == 0``.
+    With 4 heads on 2 KV heads: layer 0 keeps one query head of each KV head (every KV head
+    full, each with a streamed query head), layers 1 and 2 one KV head mixed, one streamed;
+    with 1 KV head every layer mixes."""
+    return torch.tensor([[(h + layer) % 3 == 0 for h in range(shape.num_heads)] for layer in range(shape.num_layers)])
 
 
 @torch.no_grad()
@@ -93,6 +104,27 @@ def test_headwise_equals_the_masked_simulation(fam, phase):
     assert cache.nbytes() == cache_bytes(shape, keep, 2, length, itemsize, SINK, RECENT, AT[phase], START)
     assert cache.nbytes() < cache_bytes(shape, None, 2, length, itemsize)
     assert model.config._attn_implementation == build(fam).config._attn_implementation  # left as before
+
+
+@pytest.mark.parametrize("phase", ["decode", "all", "context"])
+@pytest.mark.parametrize("fam", matrix([f for f in SUPPORTED if "GQA" in f.features]))  # MHA cannot split a KV head
+def test_a_keep_set_of_query_heads_equals_the_masked_simulation_of_those_heads(fam, phase):
+    """Query heads streamed on a full KV head see only their sink and recent keys: the
+    answer is the simulation's with the same query heads streamed, not that of their KV
+    heads' keep set (which the memory is: ``full_kv_heads``)."""
+    model, shape, inputs, keep, cache, got = run_headwise(fam, phase, mixed_query_keep)
+    assert bool(mixed_heads(shape, keep).any()), "no KV head serves kept and streamed query heads: vacuous"
+    want = plain(model, inputs, HeadMask(~keep, "stream", phase, SINK, RECENT), AT[phase])
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(logits(got), logits(want), rtol=1e-4, atol=1e-4)
+    *_, whole = run_headwise(fam, phase, lambda s: full_kv_heads(s, mixed_query_keep(s)))  # mixed heads not streamed
+    moved = float((logits(got) - logits(whole)).abs().max())
+    assert moved > 1e-3, "streaming the mixed query heads changed no logit: the check is vacuous"
+    itemsize = next(model.parameters()).element_size()
+    want_bytes = cache_bytes(shape, keep, 2, cache.get_seq_length(), itemsize, SINK, RECENT, AT[phase])
+    assert cache.nbytes() == want_bytes == cache_bytes(shape, full_kv_heads(shape, keep), 2, cache.get_seq_length(),
+                                                       itemsize, SINK, RECENT, AT[phase])
+    assert cache.keep.tolist() == full_kv_heads(shape, keep).tolist()
 
 
 @pytest.mark.parametrize("phase", ["decode", "all", "context"])
@@ -156,17 +188,19 @@ def test_phase_all_never_holds_more_than_sink_and_recent_in_a_chunked_prefill():
     torch.testing.assert_close(out.logits[:, -1], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("make_keep", [mixed_keep, mixed_query_keep], ids=["kv", "query"])
 @pytest.mark.parametrize("phase", ["decode", "all", "context"])
-def test_a_chunked_prefill_compresses_where_the_phase_says(phase):
-    """generate's prefill_chunk_size: decode still compresses after the whole prompt."""
+def test_a_chunked_prefill_compresses_where_the_phase_says(phase, make_keep):
+    """generate's prefill_chunk_size: decode still compresses after the whole prompt; a keep
+    set of KV heads or of query heads (those streamed on full KV heads recomputed per chunk)."""
     model = build(next(f for f in FAMILIES if f.name == "Mistral"))
     shape = ModelShape.of(model)
     inputs = batch(model.get_output_embeddings().weight.shape[0])
-    keep = mixed_keep(shape)
+    keep = make_keep(shape)
     cache = HeadwiseCache(shape, keep, SINK, RECENT, phase, CONTEXT if phase == "context" else None)
     with torch.no_grad():
         got = generate(model, cache, prefill_chunk_size=8, **inputs)
-    streamed = (~keep).repeat_interleave(shape.group, dim=1)
+    streamed = ~keep if keep.shape[1] == shape.num_heads else (~keep).repeat_interleave(shape.group, dim=1)
     want = plain(model, inputs, HeadMask(streamed, "stream", phase, SINK, RECENT), AT[phase])
     assert torch.equal(got.sequences, want.sequences)
     torch.testing.assert_close(logits(got), logits(want), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,8 @@
 """The needle test's streaming conditions on the real head-wise KV cache (``--cache real``)
-answer exactly as the masked simulation (``--cache masked``), cell by cell, in both phases,
-and record the bytes the cache held: those ``keep.cache_bytes`` predicts for the keep set.
-``auto`` runs a condition on the real cache only where its kept heads are whole KV heads."""
+answer exactly as the masked simulation (``--cache masked``), cell by cell, in both phases
+and both units (query heads that split a KV head included), and record the bytes the cache
+held: those ``keep.cache_bytes`` predicts for the keep set. ``auto`` runs a condition on the
+real cache only where its kept heads are whole KV heads."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from helpers import make_inputs
 
 from retrieval_head.cli import mask as cli_niah
 from retrieval_head.core.intervene import HeadMask
-from retrieval_head.core.keep import cache_bytes
+from retrieval_head.core.keep import cache_bytes, mixed_heads
 from retrieval_head.errors import UserError
 from retrieval_head.experiments.mask import Condition
 from retrieval_head.experiments.realcache import kv_keep, route
@@ -43,15 +44,27 @@ def tiny_shape(p) -> ModelShape:
     return ModelShape.from_config(AutoConfig.from_pretrained(p["tiny"]))
 
 
-@pytest.mark.parametrize("phase,task", [("decode", "single"), ("all", "single"),
-                                        pytest.param("decode", "multikey", marks=pytest.mark.full)])
-def test_real_cache_answers_as_the_masked_one_and_holds_the_predicted_bytes(inputs, tmp_path, phase, task):
-    real = run(inputs, tmp_path / "real", phase, "real", task=task)
-    masked = run(inputs, tmp_path / "masked", phase, "masked", task=task)
+def kept_set(shape: ModelShape, record: dict) -> torch.Tensor:
+    """A streaming record's keep set, bool ``[layers, units]`` in its unit (``kept``: pairs)."""
+    units = shape.num_kv_heads if record["mask"]["unit"] == "kv" else shape.num_heads
+    keep = torch.zeros(shape.num_layers, units, dtype=torch.bool)
+    for layer, unit in record["mask"]["kept"]:
+        keep[layer, unit] = True
+    return keep
+
+
+@pytest.mark.parametrize("phase,task,unit", [("decode", "single", "kv"), ("all", "single", "kv"),
+                                             ("decode", "single", "query"),
+                                             pytest.param("all", "single", "query", marks=pytest.mark.full),
+                                             pytest.param("decode", "multikey", "kv", marks=pytest.mark.full)])
+def test_real_cache_answers_as_the_masked_one_and_holds_the_predicted_bytes(inputs, tmp_path, phase, task, unit):
+    """Query units: --keep_full 1 and -1 keep one query head of a KV head and stream the other."""
+    real = run(inputs, tmp_path / "real", phase, "real", unit, task)
+    masked = run(inputs, tmp_path / "masked", phase, "masked", unit, task)
     assert real.keys() == masked.keys() and len(real) == 2 * 4  # 2 cells x (reference + 3 streaming)
     shape = tiny_shape(inputs)
     per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * 4  # float32 keys and values
-    streamed = 0
+    streamed = mixed = 0
     references = {name.split("/")[1]: r for name, r in real.items() if r["mask"]["mode"] != "stream"}  # by cell
     for name, r in real.items():
         m = masked[name]
@@ -63,13 +76,13 @@ def test_real_cache_answers_as_the_masked_one_and_holds_the_predicted_bytes(inpu
         assert r["mask"]["cache"] == "real" and m["mask"]["cache"] == "masked" and "kv_bytes" not in m["mask"]
         length, rest = divmod(r["mask"]["kv_bytes_full"], per_token)
         assert rest == 0 and length == r["context_length"] - 1  # the prompt but its last token
-        keep = torch.zeros(shape.num_layers, shape.num_kv_heads, dtype=torch.bool)
-        for layer, kv in r["mask"]["kept"]:
-            keep[layer, kv] = True
+        keep = kept_set(shape, r)
+        mixed += bool(mixed_heads(shape, keep).any())
         want = cache_bytes(shape, keep, 1, length, 4, SINK, RECENT, at=length if phase == "decode" else None)
         assert r["mask"]["kv_bytes"] == want < r["mask"]["kv_bytes_full"]
         streamed += r["response_ids"] != references[name.split("/")[1]]["response_ids"]
     assert streamed, "streaming changed no answer: the comparison is vacuous"
+    assert bool(mixed) == (unit == "query"), "no condition split a KV head: the query unit's check is vacuous"
 
 
 def condition(kept: list[list[bool]], unit: str = "query") -> Condition:
@@ -77,7 +90,7 @@ def condition(kept: list[list[bool]], unit: str = "query") -> Condition:
     return Condition("keep_top", 1, HeadMask(~kept, "stream", "decode", SINK, RECENT), unit=unit, kept=kept)
 
 
-def test_auto_runs_on_the_real_cache_only_whole_kv_heads(inputs):
+def test_auto_runs_on_the_real_cache_only_whole_kv_heads_real_every_streaming_condition(inputs):
     shape = tiny_shape(inputs)  # 2 layers x 4 heads, 2 KV heads: query heads 2k, 2k+1 share KV head k
     whole = condition([[True, True, False, False], [False, False, False, False]])
     split = condition([[True, False, False, False], [False, False, False, False]])
@@ -87,7 +100,6 @@ def test_auto_runs_on_the_real_cache_only_whole_kv_heads(inputs):
     none = Condition("none", 0, None)
     assert route(shape, [none, whole, split, kv], "auto") == [False, True, False, True]
     assert route(shape, [none, whole, split, kv], "masked") == [False] * 4
-    with pytest.raises(UserError, match="--mask_unit kv, or --cache masked"):
-        route(shape, [whole, split], "real")
+    assert route(shape, [none, whole, split, kv], "real") == [False, True, True, True]  # every streaming one
     with pytest.raises(UserError, match="add --keep_full"):
         route(shape, [none], "real")

@@ -28,6 +28,10 @@ An update returns a ``SplitKV`` (full and streamed parts), which only the head-w
 attention (``headwise_attend``) reads: run the model through ``headwise_attend.generate``
 (or inside ``intervene(model, hooks=[HeadwiseAttention()])``).
 A layer without streamed heads returns plain tensors (the backend computes it, bit for bit).
+A keep set of query heads (``[layers, heads]``) holds what ``stream.full_kv_heads`` of it
+says; a query head it streams on a full KV head ("mixed", ``keep.mixed_heads``) still sees
+only its sink and recent keys (``headwise_attend.mixed_output``), so such a layer too goes
+through the head-wise attention.
 What a compressed prefix cannot do (crop back, beam reorder, row selection, offloading) is
 refused with a ``UserError``.
 
@@ -52,8 +56,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..errors import UserError
 from ..models.shape import ModelShape
-from .keep import KEEP_PHASES, check_keep, row_slots, stored_positions
+from .keep import KEEP_PHASES, check_keep, mixed_heads, row_slots, stored_positions
 from .kvcache import GrowingLayer, Growth
+from .stream import full_kv_heads
 
 
 @dataclass
@@ -72,6 +77,7 @@ class SplitKV:
     stream_idx: torch.Tensor
     full_q: torch.Tensor  # the query heads each part serves, grouped per KV head
     stream_q: torch.Tensor
+    mixed: torch.Tensor  # indices into full_q: query heads that stream on a full KV head (``keep.mixed_heads``)
     length: int
     sink: int
     recent: int
@@ -105,18 +111,20 @@ def refuse(what: str) -> UserError:
 
 class HeadwiseLayer(CacheLayerMixin):
     """One layer: ``full`` (a ``GrowingLayer`` over the full KV heads) and the streamed
-    heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``."""
+    heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``. ``mixed`` (bool
+    ``[heads]``): query heads that stream on a full KV head, which the attention restricts."""
 
     is_sliding = False  # every layer keeps logical positions: masks are built for the whole length
     is_compileable = False
     is_croppable = False
 
     def __init__(self, keep_row: torch.Tensor, window: int | None, sink: int, recent: int, phase: str,
-                 context_length: int | None, growth: Growth, group: int = 1):
+                 context_length: int | None, growth: Growth, group: int = 1, mixed: torch.Tensor | None = None):
         super().__init__()
         self.full_idx = keep_row.nonzero().flatten()
         self.stream_idx = (~keep_row).nonzero().flatten()
         self.full_q, self.stream_q = query_heads(self.full_idx, group), query_heads(self.stream_idx, group)
+        self.mixed = torch.zeros(0, dtype=torch.long) if mixed is None else mixed[self.full_q].nonzero().flatten()
         self.window, self.sink, self.recent, self.phase = window, sink, recent, phase
         self.at = context_length if phase == "context" else None  # decode: set by the first update
         self.full = GrowingLayer(growth) if len(self.full_idx) else None
@@ -140,7 +148,7 @@ class HeadwiseLayer(CacheLayerMixin):
         fk = fv = None
         if self.full is not None:
             fk, fv = self.full.update(self._part(key_states, self.full_idx), self._part(value_states, self.full_idx))
-            if not len(self.stream_idx):
+            if not len(self.stream_idx) and not len(self.mixed):
                 return fk, fv  # nothing streamed: plain tensors, the backend computes the layer
         sk, sv = self._part(key_states, self.stream_idx), self._part(value_states, self.stream_idx)
         dev = key_states.device
@@ -156,8 +164,8 @@ class HeadwiseLayer(CacheLayerMixin):
         settled = self.at is not None and n >= self.at and self.window is None
         self.hold(sk, sv, pos, None if settled else
                   stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at, start))
-        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.length,
-                self.sink, self.recent, self.at, start)
+        rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.mixed.to(dev),
+                self.length, self.sink, self.recent, self.at, start)
         return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
 
     def hold(self, sk: torch.Tensor, sv: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None) -> None:
@@ -218,9 +226,11 @@ class HeadwiseLayer(CacheLayerMixin):
 
 class HeadwiseCache(Cache):
     """A KV cache that keeps every key only for the KV heads of ``keep`` (bool ``[layers,
-    kv_heads]``); the others stream (``sink`` first keys, ``recent`` last, the query
+    kv_heads]``, or query heads ``[layers, heads]``: a KV head is full when any of its query
+    heads is kept); the others stream (``sink`` first keys, ``recent`` last, the query
     included), compressed as ``phase`` says (``decode``, ``all``, ``context`` with
-    ``context_length``). ``reserve``: spare tokens of the full heads' buffers."""
+    ``context_length``). ``reserve``: spare tokens of the full heads' buffers. ``keep`` is
+    then the KV heads kept, ``mixed`` the query heads streamed on full ones."""
 
     def __init__(self, shape: ModelShape, keep: torch.Tensor, sink: int, recent: int, phase: str = "decode",
                  context_length: int | None = None, reserve: int = 64):
@@ -231,10 +241,11 @@ class HeadwiseCache(Cache):
             raise UserError("phase context needs context_length (and only it takes one)")
         if sink < 0 or recent < 1:
             raise UserError("streaming needs sink >= 0 and recent >= 1 (the query sees itself)")
-        self.shape, self.keep, self.sink, self.recent, self.phase = shape, keep, sink, recent, phase
+        self.keep, self.mixed = full_kv_heads(shape, keep), mixed_heads(shape, keep)
+        self.shape, self.sink, self.recent, self.phase = shape, sink, recent, phase
         self.growth = Growth(reserve)
-        layers = [HeadwiseLayer(keep[i], shape.windows[i], sink, recent, phase, context_length, self.growth,
-                                shape.group) for i in range(shape.num_layers)]
+        layers = [HeadwiseLayer(self.keep[i], shape.windows[i], sink, recent, phase, context_length, self.growth,
+                                shape.group, self.mixed[i]) for i in range(shape.num_layers)]
         super().__init__(layers=layers)
 
     def offload(self, layer_idx: int, only_non_sliding: bool = True):

@@ -9,7 +9,9 @@ sink logits), the outputs written back in query-head order. One mask is built fo
 layer's logical length (``HeadwiseLayer.get_mask_sizes``); the full group reads it whole,
 the streamed group the columns of the positions it holds, and-ed with causal order, the
 layer's window and the streaming rule (``stream.stream_keep``): exactly the keys the
-masked simulation lets each row see.
+masked simulation lets each row see. A keep set of query heads can stream some query heads
+of a full KV head: those are recomputed after the full group against its keys under the
+same rule (``mixed_output``, ``attend.attend_heads``).
 
 Worked example (a notebook)::
 
@@ -23,11 +25,18 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from .attend import Call, as_allowed, attend_grouped, backend_mask, blocked_by_position
+from .attend import Call, as_allowed, attend_grouped, attend_heads, backend_mask, blocked_by_position
 from .headwise import HeadwiseCache, SplitKV, query_heads  # noqa: F401 (query_heads: the API)
 from .hook import Hook
 from .intervene import intervene
 from .stream import stream_keep
+
+
+def group_call(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Call:
+    """The call of query heads ``heads`` (whole groups, in order) on their group's own keys
+    ``[b, kv, S, d]``: query head ``i`` of it reads KV head ``i // group`` of ``key``."""
+    return call.replace(query=call.query[:, heads], key=key, value=value,
+                        sinks=None if call.sinks is None else call.sinks[heads.to(call.sinks.device)])
 
 
 def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -35,9 +44,40 @@ def group_output(call: Call, heads: torch.Tensor, key: torch.Tensor, value: torc
     """``[b, q, n, d]``: query heads ``heads`` (whole groups, in order) against their group's
     own keys ``[b, kv, S, d]`` under ``allowed`` (bool ``[b or 1, 1, q, S]``), by
     ``attend.attend_grouped`` (the keys are never copied per query head)."""
-    sub = call.replace(query=call.query[:, heads], key=key, value=value,
-                       sinks=None if call.sinks is None else call.sinks[heads.to(call.sinks.device)])
-    return attend_grouped(sub, allowed, causal)
+    return attend_grouped(group_call(call, heads, key, value), allowed, causal)
+
+
+def stream_sees(call: Call, split: SplitKV, qpos: torch.Tensor, kpos: torch.Tensor,
+                m: torch.Tensor | None) -> torch.Tensor:
+    """bool ``[b or 1, 1, q, S]``: the keys at ``kpos`` (``[S]``, or per row ``[b, S]``: a
+    streamed head's under left padding) a streamed query row at ``qpos [q]`` sees: causal
+    order, the layer's window, the streaming rule (``stream.stream_keep``, each row's sink at
+    its ``split.start``) and the backend's mask ``m`` (bool ``[b or 1, 1, q or 1, length]``,
+    its columns at ``kpos``)."""
+    at = None if split.at is None else torch.tensor([split.at], device=qpos.device)
+    keep = stream_keep(qpos, kpos, split.sink, split.recent, at, split.start)
+    sees = ~blocked_by_position(qpos, kpos, call.window) & keep
+    sees = sees[None, None] if sees.ndim == 2 else sees  # [q, S] or [b or 1, 1, q, S]
+    if m is None:
+        return sees
+    if kpos.ndim == 1:
+        return sees & m.index_select(-1, kpos)
+    b, rows = kpos.shape[0], m.shape[2]
+    return sees & m.expand(b, -1, -1, -1).gather(-1, kpos[:, None, None, :].expand(b, 1, rows, kpos.shape[-1]))
+
+
+def mixed_output(call: Call, split: SplitKV, values: SplitKV, qpos: torch.Tensor, m: torch.Tensor | None,
+                 out: torch.Tensor) -> None:
+    """In place on ``out [b, q, H, d]``: the query heads that stream on a full KV head (a keep
+    set of query heads splitting a KV head, ``split.mixed``) recomputed against that head's
+    full keys under the streaming rule over positions ``arange(length)``, as the masked
+    simulation (``stream.StreamHeads``) does: their KV head's keys are held for its kept
+    query heads, but these may see only their sink and recent keys."""
+    if not len(split.mixed) or (split.at is not None and split.length <= split.at):
+        return  # none here, or every row precedes the compression: they saw what their group saw
+    sees = stream_sees(call, split, qpos, torch.arange(split.length, device=qpos.device), m)
+    o = attend_heads(group_call(call, split.full_q, split.full, values.full), split.mixed, sees)
+    out[:, :, split.full_q[split.mixed]] = o.to(out.dtype)
 
 
 class HeadwiseAttention(Hook):
@@ -63,26 +103,13 @@ class HeadwiseAttention(Hook):
                 allowed = allowed if m is None else allowed & m
             heads = split.full_q
             out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
-        heads, sees = split.stream_q, stream_sees(split, qpos, call.window, m)
+            mixed_output(call, split, values, qpos, m, out)
+        if not len(split.stream_q):
+            return out  # every KV head full, some of their query heads streamed (mixed_output)
+        sees = stream_sees(call, split, qpos, split.pos, m)
+        heads = split.stream_q
         out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
         return out
-
-
-def stream_sees(split: SplitKV, qpos: torch.Tensor, window: int | None, m: torch.Tensor | None) -> torch.Tensor:
-    """bool ``[b or 1, 1, q, S]``: which streamed keys (held at ``split.pos``: ``[S]``, or per
-    row ``[b, S]`` under left padding) each query row at ``qpos [q]`` sees: causal order, the
-    layer's window, the streaming rule, and the backend's mask ``m`` (bool ``[b or 1, 1, q or
-    1, length]``) at the columns of those positions."""
-    pos = split.pos
-    at = None if split.at is None else torch.tensor([split.at], device=qpos.device)
-    sees = ~blocked_by_position(qpos, pos, window) & stream_keep(qpos, pos, split.sink, split.recent, at, split.start)
-    sees = sees[None, None] if sees.ndim == 2 else sees  # [q, S] or [b or 1, 1, q, S]
-    if m is None:
-        return sees
-    if pos.ndim == 1:
-        return sees & m.index_select(-1, pos)
-    b, rows = pos.shape[0], m.shape[2]
-    return sees & m.expand(b, -1, -1, -1).gather(-1, pos[:, None, None, :].expand(b, 1, rows, pos.shape[-1]))
 
 
 REFUSED_GENERATE = {

@@ -1,10 +1,13 @@
 """Keep sets: which KV heads of a head-wise cache keep every key, and what the cache then holds.
 
 A keep set is a bool ``[layers, kv_heads]`` (True = the KV head keeps its whole cache; False
-= it streams: only its sink and recent keys are held, ``stream.stream_keep``). The unit is
-the KV head: under GQA a KV head's keys serve ``group`` query heads, so it can be dropped
-only as a whole. ``keep_top`` ranks KV heads by the best score among their query heads (a
-KV head stays full when any of its query heads retrieves).
+= it streams: only its sink and recent keys are held, ``stream.stream_keep``). The unit of
+memory is the KV head: under GQA a KV head's keys serve ``group`` query heads, so it can be
+dropped only as a whole. ``keep_top`` ranks KV heads by the best score among their query
+heads (a KV head stays full when any of its query heads retrieves). A keep set of query
+heads, bool ``[layers, heads]`` (the masked needle test's unit), holds the same memory as
+``stream.full_kv_heads`` of it; its streamed query heads on a full KV head (``mixed_heads``)
+see only their sink and recent keys all the same, so the answers are the simulation's.
 
 ``stored`` counts what a streamed head holds between calls: exactly the keys the next query
 may see (its sink and recent keys, within the layer's window, or every key from the
@@ -20,6 +23,14 @@ compression point ``at`` on); ``cache_bytes`` turns a keep set into the bytes a
     11
     >>> stored(100, sink=4, recent=8, window=None, at=60)  # compressed at 60: 4 + 8 + the 40 keys from 60 on
     52
+    >>> from transformers import LlamaConfig  # 1 layer, query heads 0-1 share KV head 0, 2-3 KV head 1
+    >>> shape = ModelShape.from_config(LlamaConfig(num_hidden_layers=1, num_attention_heads=4,
+    ...                                            num_key_value_heads=2, hidden_size=16))
+    >>> kept = torch.tensor([[True, False, False, False]])  # query heads kept: KV head 0 stays full
+    >>> full_kv_heads(shape, kept).tolist(), mixed_heads(shape, kept).tolist()
+    ([[True, False]], [[False, True, False, False]])
+    >>> cache_bytes(shape, kept, 1, 100, 4, 4, 8) == cache_bytes(shape, torch.tensor([[True, False]]), 1, 100, 4, 4, 8)
+    True
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from ..errors import UserError
 from ..headfiles.ranking import top_order
 from ..models.shape import ModelShape
 from .attend import blocked_by_position
-from .stream import stream_keep
+from .stream import full_kv_heads, stream_keep
 
 KEEP_PHASES = ("decode", "all", "context")  # decode: kvpress press; all: DuoAttention; context: kvpress pipeline
 
@@ -96,11 +107,13 @@ def stored(length: int, sink: int, recent: int, window: int | None, at: int | No
 
 def cache_bytes(shape: ModelShape, keep: torch.Tensor | None, batch: int, length: int, itemsize: int, sink: int = 0,
                 recent: int = 1, at: int | None = None, start: torch.Tensor | None = None) -> int:
-    """Bytes of keys and values a head-wise cache holds at ``length`` tokens (``keep`` None:
-    every head full, a plain cache that keeps every key). ``at``: the compression point
-    (phase decode: the prompt's length; context: the context's), None for phase all.
-    ``start``: each row's first real position under left padding (None: no padding)."""
+    """Bytes of keys and values a head-wise cache holds at ``length`` tokens (``keep``: KV or
+    query heads, ``check_keep``; None: every head full, a plain cache that keeps every key).
+    ``at``: the compression point (phase decode: the prompt's length; context: the
+    context's), None for phase all. ``start``: each row's first real position under left
+    padding (None: no padding)."""
     per_key = 2 * batch * shape.head_dim * itemsize  # a key and a value
+    keep = None if keep is None else full_kv_heads(shape, keep)  # query heads: what their KV heads hold
     total = 0
     for layer, window in enumerate(shape.windows):
         n_full = shape.num_kv_heads if keep is None else int(keep[layer].sum())
@@ -110,8 +123,21 @@ def cache_bytes(shape: ModelShape, keep: torch.Tensor | None, batch: int, length
     return total
 
 
+def mixed_heads(shape: ModelShape, keep: torch.Tensor) -> torch.Tensor:
+    """bool ``[layers, heads]``: the query heads a keep set streams although their KV head
+    stays full (a keep set of query heads whose KV head serves kept and streamed ones; none
+    for a keep set of KV heads). Their keys are held anyway; what they may see is the
+    streaming rule's (``stream.stream_keep``), as in the masked simulation."""
+    if keep.shape[-1] != shape.num_heads or shape.group == 1:
+        return torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.bool)
+    return full_kv_heads(shape, keep).repeat_interleave(shape.group, dim=1) & ~keep
+
+
 def check_keep(keep: torch.Tensor, shape: ModelShape) -> None:
-    """Refuse a keep set made for another model."""
-    if keep.dtype != torch.bool or tuple(keep.shape) != (shape.num_layers, shape.num_kv_heads):
+    """Refuse a keep set made for another model: bool ``[layers, kv_heads]`` or, of query
+    heads, ``[layers, heads]``."""
+    sizes = (shape.num_kv_heads, shape.num_heads)
+    if keep.dtype != torch.bool or keep.ndim != 2 or keep.shape[0] != shape.num_layers or keep.shape[1] not in sizes:
         raise UserError(f"a keep set is a bool [layers, kv_heads] = {[shape.num_layers, shape.num_kv_heads]} "
-                        f"tensor, got {keep.dtype} {list(keep.shape)}")
+                        f"or [layers, heads] = {[shape.num_layers, shape.num_heads]} tensor, "
+                        f"got {keep.dtype} {list(keep.shape)}")

@@ -179,8 +179,9 @@ class NiahSettings(SweepSettings):
     sink: int = option(4, "streamed heads keep the first N keys (attention sinks)")
     recent: int = option(64, "and the last N keys (the query included)")
     cache: str = option("auto", "streaming (--keep_full): real runs a head-wise KV cache that drops the streamed "
-                                "keys (whole KV heads only: --mask_unit kv); masked simulates it on a full cache; "
-                                "auto: real where it applies", choices=CACHE_CHOICES)
+                                "KV heads' keys (a KV head serving a kept query head stays full); masked simulates "
+                                "it on a full cache; auto: real where the kept heads are whole KV heads "
+                                "(--mask_unit kv)", choices=CACHE_CHOICES)
     seed: int = option(0, "seed of the random-head draw")
     seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
     needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")

@@ -3,10 +3,14 @@
 ``--keep_full`` conditions stream some heads. The scheduler simulates that with a mask on a
 full cache (``HeadMask(mode="stream")``, every key kept, the streamed ones hidden); here a
 condition runs on a ``headwise.HeadwiseCache`` instead, which really drops the streamed KV
-heads' keys. The cache drops whole KV heads, so a condition runs here only when its kept set
-does: ``--mask_unit kv``, or query heads kept or streamed a whole group at a time (keeping
-nothing always is). ``--cache``: ``real`` (refused where it cannot apply), ``masked`` (the
-simulation, the reference), ``auto`` (the default: real where it applies).
+heads' keys. The cache drops whole KV heads: a KV head serving a kept query head stays full
+(``stream.full_kv_heads``) and its streamed query heads are restricted by attention alone,
+so any condition gives the simulation's answers here, but only one whose kept set is whole
+KV heads (``--mask_unit kv``, or query heads kept or streamed a whole group at a time;
+keeping nothing always is) frees the memory of every head it streams. ``--cache``: ``real``
+(every streaming condition; refused without one), ``masked`` (the simulation, the
+reference), ``auto`` (the default: real where the kept set is whole KV heads, the simulation
+for the others, which share its prefill and batches).
 
 Prompts of one length run as one batch (as many rows as the scheduler's budget of cached
 tokens holds). A phase-``decode`` condition compresses one plain prefill of the batch,
@@ -65,8 +69,9 @@ class RealDecoded(Decoded):
 
 def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
     """bool ``[layers, kv_heads]``: the keep set of a streaming condition whose kept heads
-    are whole KV heads; None when the real cache cannot run it (not streaming, or a KV head
-    serving both kept and streamed query heads)."""
+    are whole KV heads; None when not streaming, or when a KV head serves both kept and
+    streamed query heads (the real cache runs it too, ``--cache real``, but frees less than
+    it streams: ``--cache auto`` leaves it to the simulation)."""
     if c.mask is None or c.mask.mode != "stream" or c.kept is None:
         return None
     kept = c.kept.bool()
@@ -77,21 +82,18 @@ def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
 
 
 def route(shape: ModelShape, conditions: list[Condition], choice: str) -> list[bool]:
-    """Per condition: whether it runs on the real cache under ``--cache choice``; ``real``
-    where it cannot apply is refused (one line, before the model loads)."""
+    """Per condition: whether it runs on the real cache under ``--cache choice`` (``real``:
+    every streaming condition, refused without one, in one line before the model loads;
+    ``auto``: those whose kept set is whole KV heads)."""
     if choice not in CACHE_CHOICES:
         raise UserError(f"--cache must be one of {CACHE_CHOICES}, got {choice!r}")
     if choice == "masked":
         return [False] * len(conditions)
-    streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
     if choice == "real":
-        if not streaming:
+        streaming = [c.mask is not None and c.mask.mode == "stream" and c.kept is not None for c in conditions]
+        if not any(streaming):
             raise UserError("--cache real is for streaming conditions: add --keep_full K, or drop --cache")
-        bad = [c for c in streaming if kv_keep(shape, c) is None]
-        if bad:
-            raise UserError(f"--cache real: {bad[0].label()} keeps query heads whose KV head also serves streamed "
-                            "ones, and the real cache drops whole KV heads; pass --mask_unit kv, or --cache masked "
-                            "for the simulation")
+        return streaming
     return [kv_keep(shape, c) is not None for c in conditions]
 
 
@@ -116,9 +118,10 @@ def batches(jobs: list[Job], rows_for) -> Iterator[list[Job]]:
 def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
                 conditions: list[tuple[int, Condition]]) -> Iterator[RealDecoded]:
     """Every job under each condition (``(index, c)``: its place in the run) on a head-wise
-    cache. Prompts of one length decode as one batch (rows independent, as in the masked
-    run); the phase-decode conditions share one plain prefill of the batch, which each
-    condition's cache compresses (``HeadwiseCache.absorb``: what its own prefill holds)."""
+    cache (its kept set as it is, of KV or query heads: ``HeadwiseCache`` takes both).
+    Prompts of one length decode as one batch (rows independent, as in the masked run); the
+    phase-decode conditions share one plain prefill of the batch, which each condition's
+    cache compresses (``HeadwiseCache.absorb``: what its own prefill holds)."""
     n, chunk = scheduler.max_new_tokens, scheduler.levers.prefill_chunk
     itemsize = next(model.parameters()).element_size()
     rows_for = RowBatcher(scheduler.budget or 1, copies=1).rows_for
@@ -131,7 +134,7 @@ def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
         full = cache_bytes(shape, None, 1, length, itemsize)
         for index, c in conditions:
             t0, m = time.perf_counter(), c.mask
-            cache = HeadwiseCache(shape, kv_keep(shape, c), m.sink, m.recent, m.phase, reserve=n)
+            cache = HeadwiseCache(shape, c.kept.bool(), m.sink, m.recent, m.phase, reserve=n)
             if m.phase == "decode":
                 cache.absorb(shared)
             else:
