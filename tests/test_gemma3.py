@@ -95,14 +95,10 @@ def test_saved_prompts_rescore_identically_with_eager(run_dir, gemma3):
 def test_probe_argmax_equals_eager_every_step(gemma3, n):
     from retrieval_head.core.decode import greedy_decode
     from retrieval_head.core.intervene import ArgmaxProbe
-    from retrieval_head.inputs.haystack import default_haystack_dir, read_haystack
 
     model, tok, info = gemma3
     assert info["attn_implementation"] == "sdpa"  # transformers' pick for Gemma3 (no softcap)
-    question = tok(" " + NEEDLE["needle"] + " Question: " + NEEDLE["question"] + "\nAnswer:",
-                   add_special_tokens=False).input_ids
-    hay = tok(read_haystack(default_haystack_dir())[:20000], add_special_tokens=False).input_ids
-    prompt = [tok.bos_token_id] + hay[: n - 1 - len(question)] + question
+    prompt = haystack_prompt(tok, n)
     assert len(prompt) == n
     probe, seen, steps, never = ArgmaxProbe(), [], 5, torch.zeros(0, dtype=torch.bool)  # no stop token
     gen = greedy_decode(model, tok, prompt, never, steps, probe=probe,
@@ -126,6 +122,58 @@ def test_probe_argmax_equals_eager_every_step(gemma3, n):
                                        msg=lambda m, t=t, layer=layer: f"step {t} layer {layer}: {m}")
             if model.config.layer_types[layer] == "sliding_attention" and q >= window:
                 assert (pos[layer] > q - window).all(), f"layer {layer} picked outside its window"
+
+
+def haystack_prompt(tok, n: int) -> list[int]:
+    from retrieval_head.inputs.haystack import default_haystack_dir, read_haystack
+
+    question = tok(" " + NEEDLE["needle"] + " Question: " + NEEDLE["question"] + "\nAnswer:",
+                   add_special_tokens=False).input_ids
+    hay = tok(read_haystack(default_haystack_dir())[:20000], add_special_tokens=False).input_ids
+    return [tok.bos_token_id] + hay[: n - 1 - len(question)] + question
+
+
+@pytest.mark.slow
+@needs_gemma3
+@pytest.mark.parametrize("phase", ["decode", "all"])
+def test_headwise_cache_on_the_real_model(gemma3, phase):
+    """Gemma-3-270M (MQA, windows of 512) at 700 tokens, a batch of 2 (the second row
+    left-padded), 6 of 18 KV heads full (one sliding and the full-attention layers 5, 11, 17):
+    the head-wise cache answers as the masked simulation, holds the predicted bytes, and
+    with every KV head full is the plain cache bit for bit."""
+    from retrieval_head.core.headwise import HeadwiseCache
+    from retrieval_head.core.headwise_attend import generate
+    from retrieval_head.core.intervene import HeadMask, intervene
+    from retrieval_head.core.keep import cache_bytes
+    from retrieval_head.core.kvcache import GrowingCache
+    from retrieval_head.models.shape import ModelShape
+
+    model, tok, _ = gemma3
+    shape = ModelShape.of(model)
+    prompt, pad, sink, recent, steps = haystack_prompt(tok, 700), 9, 4, 64, 8
+    ids = torch.tensor([prompt, [tok.pad_token_id] * pad + prompt[pad:]])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                  pad_token_id=tok.pad_token_id, output_logits=True, return_dict_in_generate=True)
+    keep = torch.zeros(LAYERS, 1, dtype=torch.bool)
+    keep[[0, 5, 11, 17]] = keep[[2, 8]] = True
+    at = ids.shape[1] if phase == "decode" else None
+    with torch.no_grad():
+        cache = HeadwiseCache(shape, keep, sink, recent, phase)
+        got = generate(model, cache, **inputs)
+        hook = HeadMask(~keep.repeat_interleave(HEADS, 1), "stream", phase, sink, recent).hook(at, mask.argmax(-1))
+        with intervene(model, hooks=[hook]):
+            want = model.generate(cache=GrowingCache(), **inputs)
+        full = generate(model, HeadwiseCache(shape, torch.ones_like(keep), sink, recent, phase), **inputs)
+        plain = model.generate(cache=GrowingCache(), **inputs)
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), rtol=1e-4, atol=1e-4)
+    assert not torch.equal(torch.stack(got.logits), torch.stack(plain.logits))  # streaming acts
+    assert torch.equal(full.sequences, plain.sequences)
+    assert torch.equal(torch.stack(full.logits), torch.stack(plain.logits))
+    length = ids.shape[1] + steps - 1
+    assert cache.nbytes() == cache_bytes(shape, keep, 2, length, 4, sink, recent, at, mask.argmax(-1))
 
 
 # ------------------------------------------------- the table and selection (nothing installed)
