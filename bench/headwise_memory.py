@@ -253,17 +253,18 @@ def sweep(model, shape, scores, args, name: str) -> None:
 
 
 def load(name: str, args):
-    """(model, its shape, KV-head scores ranking the heads kept full): SmolLM2-135M-Instruct (the
-    real model; ``--head_score``, else a seeded random order) or a random-weight Llama shape of
-    ``gpu_sweep`` in bf16 (the seeded random order)."""
+    """(model, its shape, KV-head scores ranking the heads kept full, tokenizer or None):
+    SmolLM2-135M-Instruct (the real model; ``--head_score``, else a seeded random order) or a
+    random-weight Llama shape of ``gpu_sweep`` in bf16 (the seeded random order; no tokenizer)."""
+    tokenizer = None
     if name == "smollm2":
-        model = load_model(ModelSpec(device=args.device))[0]
+        model, tokenizer, _ = load_model(ModelSpec(device=args.device))
     else:
         model = build(name, max(args.lengths) + args.steps + 2, args.device)
     shape = ModelShape.of(model)
     scores = (load_head_scores(Path(args.head_score), shape, unit="kv") if args.head_score
               else torch.rand(shape.num_layers, shape.num_kv_heads, generator=torch.Generator().manual_seed(0)))
-    return model, shape, scores
+    return model, shape, scores, tokenizer
 
 
 def parser() -> argparse.ArgumentParser:
@@ -290,7 +291,7 @@ def main() -> int:
         p.error("no CUDA device here; for a smoke run pass --device cpu --shapes tiny")
     torch.set_num_threads(args.threads)
     for name in args.shapes:
-        model, shape, scores = load(name, args)
+        model, shape, scores, _ = load(name, args)
         if args.peak:
             length, batch, frac = args.lengths[0], args.batches[0], args.fractions[0]
             row = measure(model, shape, args.peak, keep_top(scores, 1, fraction=frac), batch, length, args)
