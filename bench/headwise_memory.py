@@ -13,16 +13,16 @@ DynamicCache copies them at every step). Prints markdown rows.
 
 ``--out FILE.jsonl`` measures the caches one at a time instead (fill, steps, peak memory,
 freed before the next), one JSON line per (shape, length, batch): what ``bench/gpu.sh`` runs
-on a GPU with ``--device cuda --shapes mha gqa`` (random-weight Llama shapes of
+on a GPU with ``--device cuda --shapes gqa mha`` (random-weight Llama shapes of
 ``gpu_sweep``; the peak is ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``, weights included). On CPU the peak is the process's RSS
 high-water mark, which never resets: there it is a smoke run (``--shapes tiny``).
 
-``--peak KIND`` runs one configuration in this process and prints its peak (run it in a
-fresh process on CPU, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to the
-system); ``--prefill random|haystack`` fills the cache by the model's own prefill (of random
-tokens or of the haystack's text; ``--phase``, ``--prefill_chunk``). ``bench/headwise_prefill.py``
-runs the prefill cases each in a fresh process and prints their table.
+``--peak KIND`` runs one configuration in this process (random keys) and prints its peak (run
+it in a fresh process on CPU, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to
+the system). ``bench/headwise_prefill.py`` fills the caches by the model's own prefill instead
+(haystack text or random tokens, phase decode or all, chunked or not), each case in a fresh
+process, and prints their table.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/headwise_memory.py --head_score HS.json \\
         --lengths 2048 4096 8192 --batches 1 4 --fractions 0.1 0.25
