@@ -69,8 +69,8 @@ def fill(cache, shape: ModelShape, batch: int, length: int, dtype, device="cpu")
     g = torch.Generator(device=device).manual_seed(0)
     for layer in range(shape.num_layers):
         size = (batch, shape.num_kv_heads, length, shape.head_dim)
-        k = torch.randn(size, generator=g, device=device).to(dtype)
-        cache.update(k, torch.randn(size, generator=g, device=device).to(dtype), layer)
+        k = torch.randn(size, generator=g, device=device, dtype=dtype)  # no float32 copy inside a peak
+        cache.update(k, torch.randn(size, generator=g, device=device, dtype=dtype), layer)
 
 
 def held_bytes(cache) -> int:
