@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# One short GPU pass (~8 min budget) needing no downloads: random-weight Llama-2-7B (MHA)
-# and Llama-3-8B (GQA) shapes in bf16. Writes results as it goes to ${OUT:-bench}/gpu.jsonl.
+# One short GPU pass (~12 min budget) needing no downloads: random-weight Llama-2-7B (MHA)
+# and Llama-3-8B (GQA) shapes in bf16. Writes results as it goes to ${OUT:-bench}/gpu.jsonl
+# and ${OUT:-bench}/gpu_headwise.jsonl.
 # A first pass at 16K / 64K / the largest; the MHA target is 100K, the GQA target 128K.
 # One JSON line per (shape, length), with the keys of each row: detect (one detection trial), niah3 (one masked cell),
 # stream (half the heads streamed, sink 4 + recent 64: N decode steps vs plain on one prefill, and a
 # phase-all streamed prefill vs a plain one). Drop a row with e.g. --rows detect niah3.
+# The head-wise KV cache (gpu_headwise.jsonl, one JSON line per shape x length x batch): the in-place
+# cache (kvcache.GrowingCache), transformers' DynamicCache and HeadwiseCache with 10% / 25% of the KV
+# heads full (sink 4 + recent 64, phase decode), each alone: bytes held, decode step ms, CUDA peak
+# (max_memory_allocated after reset_peak_memory_stats, weights included). The head-wise cache runs
+# sdpa once per head group; a flash-attn varlen path is not implemented. CPU smoke run of the same code:
+#   python bench/headwise_memory.py --device cpu --shapes tiny --lengths 256 --steps 2 --out x.jsonl
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest="${OUT:-bench}"
 export PYTHONUNBUFFERED=1
 timeout 240 python bench/gpu_sweep.py --shapes mha --lengths 16384 65536 100000 --out "$dest/gpu.jsonl"
 timeout 240 python bench/gpu_sweep.py --shapes gqa --lengths 16384 65536 131072 --out "$dest/gpu.jsonl"
+timeout 240 python bench/headwise_memory.py --device cuda --shapes gqa mha --lengths 8192 32768 --batches 1 4 \
+    --fractions 0.1 0.25 --steps 8 --out "$dest/gpu_headwise.jsonl"
