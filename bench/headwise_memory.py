@@ -18,6 +18,9 @@ on a GPU with ``--device cuda --shapes gqa mha`` (random-weight Llama shapes of
 ``reset_peak_memory_stats``, weights included). On CPU the peak is the process's RSS
 high-water mark, which never resets: there it is a smoke run (``--shapes tiny``).
 
+``bench/headwise_budget.py`` gives each cache the largest batch a memory budget holds and
+times their decode throughput.
+
 ``--peak KIND`` runs one configuration in this process (random keys) and prints its peak (run
 it in a fresh process on CPU, with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed blocks go back to
 the system). ``bench/headwise_prefill.py`` fills the caches by the model's own prefill instead
