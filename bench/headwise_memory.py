@@ -64,6 +64,7 @@ from retrieval_head.models.loading import ModelSpec, load_model  # noqa: E402
 from retrieval_head.models.shape import ModelShape  # noqa: E402
 
 SINK, RECENT = 4, 64
+EMBEDDED = {"smollm2": "embedded:smollm2", "gemma3": "embedded:gemma3"}  # the real models, by --shapes name
 MIB = 2**20
 
 
@@ -257,11 +258,12 @@ def sweep(model, shape, scores, args, name: str) -> None:
 
 def load(name: str, args):
     """(model, its shape, KV-head scores ranking the heads kept full, tokenizer or None):
-    SmolLM2-135M-Instruct (the real model; ``--head_score``, else a seeded random order) or a
+    SmolLM2-135M-Instruct or Gemma-3-270M (``make install-gemma3``), real models (``--head_score``,
+    else a seeded random order), or a
     random-weight Llama shape of ``gpu_sweep`` in bf16 (the seeded random order; no tokenizer)."""
     tokenizer = None
-    if name == "smollm2":
-        model, tokenizer, _ = load_model(ModelSpec(device=args.device))
+    if name in EMBEDDED:
+        model, tokenizer, _ = load_model(ModelSpec(model_path=EMBEDDED[name], device=args.device))
     else:
         model = build(name, max(args.lengths) + args.steps + 2, args.device)
     shape = ModelShape.of(model)
@@ -273,8 +275,9 @@ def load(name: str, args):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--head_score", default=None, help="ranks the KV heads kept full (none: a seeded random order)")
-    p.add_argument("--shapes", nargs="+", default=["smollm2"], choices=["smollm2", *SHAPES],
-                   help="smollm2: the real model; mha, gqa, tiny: random-weight Llama shapes (bench/gpu_sweep.py)")
+    p.add_argument("--shapes", nargs="+", default=["smollm2"], choices=[*EMBEDDED, *SHAPES],
+                   help="smollm2, gemma3: the real models; mha, gqa, tiny: random-weight Llama shapes "
+                        "(bench/gpu_sweep.py)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
