@@ -10,14 +10,16 @@ import json
 
 import pytest
 import torch
-from helpers import make_inputs
+from families import SUPPORTED, build, matrix
+from helpers import make_inputs, one_thread
 
 from retrieval_head.cli import mask as cli_niah
+from retrieval_head.core.decode import greedy_decode
 from retrieval_head.core.intervene import HeadMask
 from retrieval_head.core.keep import cache_bytes, mixed_heads
 from retrieval_head.errors import UserError
 from retrieval_head.experiments.mask import Condition
-from retrieval_head.experiments.realcache import kv_keep, route
+from retrieval_head.experiments.realcache import decode_real, kv_keep, route
 from retrieval_head.models.shape import ModelShape
 
 SINK, RECENT, STEPS = 2, 8, 6
@@ -103,3 +105,44 @@ def test_auto_runs_on_the_real_cache_only_whole_kv_heads_real_every_streaming_co
     assert route(shape, [none, whole, split, kv], "real") == [False, True, True, True]  # every streaming one
     with pytest.raises(UserError, match="add --keep_full"):
         route(shape, [none], "real")
+
+
+class NoText:
+    """greedy_decode's tokenizer, for token ids only."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+@pytest.mark.parametrize("phase", ["decode", "all"])
+@pytest.mark.parametrize("fam", matrix(SUPPORTED))
+def test_each_batched_real_row_is_the_masked_decode_of_its_prompt(fam, phase):
+    """decode_real's batches (two prompts of one length, one of another; phase decode: one
+    shared plain prefill, compressed per condition) on every family, sliding windows shorter
+    than the prompts included: each row is the masked simulation's greedy decode of its prompt
+    alone, and holds the predicted bytes. Kept: query head 0 of every layer (under GQA it
+    splits KV heads)."""
+    from types import SimpleNamespace
+
+    with one_thread():
+        model = build(fam)
+        shape = ModelShape.of(model)
+        stop = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        scheduler = SimpleNamespace(max_new_tokens=STEPS, levers=SimpleNamespace(prefill_chunk=None),
+                                    budget=10_000, stop=stop)
+        g = torch.Generator().manual_seed(0)
+        jobs = [SimpleNamespace(prompt=SimpleNamespace(ids=torch.randint(1, model.config.vocab_size, (n,),
+                                                                          generator=g).tolist())) for n in (30, 30, 41)]
+        kept = torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.bool)
+        kept[:, 0] = True
+        mask = HeadMask(~kept, "stream", phase, SINK, RECENT)
+        c = SimpleNamespace(mask=mask, kept=kept, folder="keep0")
+        rows = list(decode_real(model, shape, scheduler, jobs, [(0, c)]))
+        assert sorted(len(r.job.prompt.ids) for r in rows) == [30, 30, 41]
+        itemsize = next(model.parameters()).element_size()
+        for row in rows:
+            ids = row.job.prompt.ids
+            assert row.ids == greedy_decode(model, NoText(), ids, stop, STEPS, mask=mask).ids
+            n = len(ids) - 1
+            at = n if phase == "decode" else None
+            assert row.kv_bytes == cache_bytes(shape, kept, 1, n, itemsize, SINK, RECENT, at)

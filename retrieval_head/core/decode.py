@@ -151,11 +151,15 @@ def greedy_decode(
     """
     if cache is None:
         ids = torch.tensor([prompt_ids[:-1]], device=input_device(model))
+        # Streaming reads absolute key positions: every layer keeps every key (a sliding layer's
+        # window from the mask), as the scheduler's caches do; otherwise sliding layers keep their window
+        every_key = mask is not None and mask.mode == "stream"
+        cache = GrowingCache(reserve=max_new_tokens) if every_key else None
         if mask is not None and mask.phase == "all":
             with intervene(model, mask=mask):
-                cache = prefill(model, ids, prefill_chunk, reserve=max_new_tokens)
+                cache = prefill(model, ids, prefill_chunk, cache=cache, reserve=max_new_tokens)
         else:  # outside any scope: a prefill chunk of one token must not count as a decode step
-            cache = prefill(model, ids, prefill_chunk, reserve=max_new_tokens)
+            cache = prefill(model, ids, prefill_chunk, cache=cache, reserve=max_new_tokens)
     step = None if on_step is None else (lambda row, t, tok, pos: on_step(t, tok, pos))
     out = decode_rows(model, [prompt_ids[-1]], len(prompt_ids) - 1, cache, stop_mask, max_new_tokens,
                       probe=probe, mask=mask, on_step=step)[0]

@@ -101,6 +101,7 @@ def stored(length: int, sink: int, recent: int, window: int | None, at: int | No
            start: torch.Tensor | None = None) -> int:
     """The keys a streamed head holds per row between calls once ``length`` keys are cached
     (``start``, left padding: the most any row needs, ``row_slots``)."""
+    start = None if start is None else start.cpu()  # a count: computed on the CPU
     keep = stored_positions(torch.arange(length), length, sink, recent, window, at, start)
     return int(keep.reshape(-1, length).sum(-1).max())
 
@@ -129,7 +130,7 @@ def mixed_heads(shape: ModelShape, keep: torch.Tensor) -> torch.Tensor:
     for a keep set of KV heads). Their keys are held anyway; what they may see is the
     streaming rule's (``stream.stream_keep``), as in the masked simulation."""
     if keep.shape[-1] != shape.num_heads or shape.group == 1:
-        return torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.bool)
+        return torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.bool, device=keep.device)
     return full_kv_heads(shape, keep).repeat_interleave(shape.group, dim=1) & ~keep
 
 

@@ -36,6 +36,7 @@ from ..core.headwise import HeadwiseCache
 from ..core.headwise_attend import HeadwiseAttention
 from ..core.intervene import intervene
 from ..core.keep import cache_bytes
+from ..core.kvcache import GrowingCache
 from ..core.mask import HeadMask
 from ..engine.batching import RowBatcher
 from ..engine.scheduler import Decoded, Job, Scheduler
@@ -109,8 +110,8 @@ def batches(jobs: list[Job], rows_for) -> Iterator[list[Job]]:
     by_length: dict[int, list[Job]] = {}
     for job in jobs:
         by_length.setdefault(len(job.prompt.ids), []).append(job)
-    for length, group in by_length.items():
-        n = rows_for(length)
+    for group in by_length.values():
+        n = rows_for(len(group[0].prompt.ids))
         for i in range(0, len(group), n):
             yield group[i : i + n]
 
@@ -129,7 +130,9 @@ def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
         ids = torch.tensor([job.prompt.ids[:-1] for job in group], device=input_device(model))
         length = ids.shape[1]  # the prompt but its last token, as decode.greedy_decode prefills
         t0 = time.perf_counter()
-        shared = prefill(model, ids, chunk) if any(c.mask.phase == "decode" for _, c in conditions) else None
+        # Every key of every layer (no config: a sliding layer's window comes from the mask), as absorb needs
+        shared = (prefill(model, ids, chunk, cache=GrowingCache(reserve=0))
+                  if any(c.mask.phase == "decode" for _, c in conditions) else None)
         shared_s = time.perf_counter() - t0
         full = cache_bytes(shape, None, 1, length, itemsize)
         for index, c in conditions:
