@@ -74,7 +74,7 @@ def check_supported(model) -> None:
 
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor, chunk: int | None = None, cache=None, reserve: int = 64):
-    """Run ``ids`` [1, n] through the model into ``cache`` (a new ``GrowingCache`` with
+    """Run ``ids`` [b, n] (rows of one length) through the model into ``cache`` (a new ``GrowingCache`` with
     ``reserve`` spare tokens if None); no logits kept."""
     cache = GrowingCache(model.config, reserve=reserve) if cache is None else cache
     if isinstance(cache, GrowingCache):

@@ -111,8 +111,9 @@ def refuse(what: str) -> UserError:
 
 class HeadwiseLayer(CacheLayerMixin):
     """One layer: ``full`` (a ``GrowingLayer`` over the full KV heads) and the streamed
-    heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``. ``mixed`` (bool
-    ``[heads]``): query heads that stream on a full KV head, which the attention restricts."""
+    heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``. ``mixed`` (given as
+    bool ``[heads]``, held as indices into ``full_q``): query heads that stream on a full KV
+    head, which the attention restricts."""
 
     is_sliding = False  # every layer keeps logical positions: masks are built for the whole length
     is_compileable = False
