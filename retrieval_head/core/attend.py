@@ -131,6 +131,12 @@ def logits(query: torch.Tensor, key: torch.Tensor, scale: float, softcap: float 
     return s
 
 
+def key_columns(kpos: torch.Tensor) -> torch.Tensor:
+    """Key positions laid out to compare with query rows ``[r, 1]``: ``kpos [T]`` as ``[1, T]``,
+    per batch row ``[b, T]`` as ``[b, 1, 1, T]`` (the comparison then ``[b, 1, r, T]``)."""
+    return kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :]
+
+
 def blocked_by_position(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:
     """bool ``[r, T]``: True where query ``qpos[i]`` may not see key ``kpos[j]``: a later
     key, or one outside the window (transformers' ``q - kv < window`` keeps it). Keys held
@@ -139,7 +145,7 @@ def blocked_by_position(qpos: torch.Tensor, kpos: torch.Tensor, window: int | No
     >>> blocked_by_position(torch.tensor([3]), torch.arange(5), 2).int().tolist()
     [[1, 1, 0, 0, 1]]
     """
-    q, k = qpos[:, None], (kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :])
+    q, k = qpos[:, None], key_columns(kpos)
     blocked = k > q  # compared against [r, 1] bounds: no [r, T] integer temporary
     if window is not None:
         blocked |= k <= q - window

@@ -37,7 +37,7 @@ from fractions import Fraction
 import torch
 
 from ..models.shape import ModelShape
-from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position
+from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position, key_columns
 from .hook import Hook, OnDevice, check_heads
 
 
@@ -59,7 +59,7 @@ def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
     >>> padded[1, 0].nonzero()[:, 1].tolist()
     [4, 5, 7, 8, 9]
     """
-    q, k = qpos[:, None], (kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :])
+    q, k = qpos[:, None], key_columns(kpos)
     if start is None:
         sinks = k < sink
     else:

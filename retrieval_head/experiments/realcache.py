@@ -35,9 +35,10 @@ from ..core.decode import decode_rows, input_device, prefill
 from ..core.headwise import HeadwiseCache
 from ..core.headwise_attend import HeadwiseAttention
 from ..core.intervene import intervene
-from ..core.keep import cache_bytes
+from ..core.keep import cache_bytes, mixed_heads
 from ..core.kvcache import GrowingCache
 from ..core.mask import HeadMask
+from ..core.stream import full_kv_heads
 from ..engine.batching import RowBatcher
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
@@ -78,8 +79,7 @@ def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
     kept = c.kept.bool()
     if c.unit == "kv":
         return kept
-    groups = kept.reshape(shape.num_layers, shape.num_kv_heads, shape.group)
-    return groups.any(-1) if bool((groups.all(-1) == groups.any(-1)).all()) else None
+    return None if bool(mixed_heads(shape, kept).any()) else full_kv_heads(shape, kept)
 
 
 def route(shape: ModelShape, conditions: list[Condition], choice: str) -> list[bool]:
