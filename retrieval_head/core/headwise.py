@@ -163,8 +163,9 @@ class HeadwiseLayer(CacheLayerMixin):
         # Held from now on: what the next query may see. The call itself sees sk (dropped after it).
         # Once compressed (decode, context) a full-attention layer keeps every new key: no rule to run.
         settled = self.at is not None and n >= self.at and self.window is None
-        self.hold(sk, sv, pos, None if settled else
-                  stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at, start))
+        if len(self.stream_idx):  # (a layer of full KV heads and mixed query heads holds nothing here)
+            self.hold(sk, sv, pos, None if settled else
+                      stored_positions(pos, self.length, self.sink, self.recent, self.window, self.at, start))
         rule = (pos, self.full_idx, self.stream_idx, self.full_q.to(dev), self.stream_q.to(dev), self.mixed.to(dev),
                 self.length, self.sink, self.recent, self.at, start)
         return SplitKV(fk, sk, *rule), SplitKV(fv, sv, *rule)
@@ -180,10 +181,10 @@ class HeadwiseLayer(CacheLayerMixin):
             self.stream_values = sv.index_select(-2, idx).contiguous()
             self.stream_pos = pos[idx]
         else:
-            idx = row_slots(keep)  # [b, S]: each row's own positions, as many per row
-            self.stream_keys = sk.gather(-2, idx[:, None, :, None].expand(*sk.shape[:2], -1, sk.shape[-1]))
-            self.stream_values = sv.gather(-2, idx[:, None, :, None].expand(*sv.shape[:2], -1, sv.shape[-1]))
-            self.stream_pos = pos.gather(-1, idx)
+            idx = row_slots(keep)[:, None, :, None]  # [b, 1, S, 1]: each row's own positions, as many per row
+            self.stream_keys = sk.gather(-2, idx.expand(*sk.shape[:2], -1, sk.shape[-1]))
+            self.stream_values = sv.gather(-2, idx.expand(*sv.shape[:2], -1, sv.shape[-1]))
+            self.stream_pos = pos.gather(-1, idx[:, 0, :, 0])
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0  # one logical position per column; attention picks a head's
@@ -266,10 +267,8 @@ class HeadwiseCache(Cache):
         compressing the cache its forward pass made. It holds what its own prefill would (the
         same keys, compressed at ``T``); ``prefilled`` is left as it was, so one prefill serves
         several keep sets."""
-        if self.phase != "decode" or self.get_seq_length():
-            raise UserError("absorb is for a fresh phase-decode cache")
         length = prefilled.get_seq_length()
-        self.compress_at(length)
+        self.compress_at(length)  # refuses all but a fresh phase-decode cache
         for layer, plain in zip(self.layers, prefilled.layers):
             if plain.keys.shape[-2] != length:
                 raise UserError("absorb takes a cache holding every key (not a sliding-window layer's last ones)")
