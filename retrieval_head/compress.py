@@ -3,7 +3,7 @@ subpackages; the command lives in ``retrieval_head.cli.compress``)."""
 
 import sys
 
-from .cli.compress import cli
+from .cli.commands import run_command
 
 if __name__ == "__main__":
-    sys.exit(cli(prog="python -m retrieval_head.compress"))
+    sys.exit(run_command("compress", sys.argv[1:], "python -m retrieval_head.compress"))

@@ -3,7 +3,7 @@ subpackages; the command lives in ``retrieval_head.cli.heads``)."""
 
 import sys
 
-from .cli.heads import main
+from .cli.commands import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m retrieval_head.heads"))
+    sys.exit(run_command("heads", sys.argv[1:], "python -m retrieval_head.heads"))

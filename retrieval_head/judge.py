@@ -3,7 +3,7 @@ subpackages; the command lives in ``retrieval_head.cli.judge``)."""
 
 import sys
 
-from .cli.judge import cli
+from .cli.commands import run_command
 
 if __name__ == "__main__":
-    sys.exit(cli(prog="python -m retrieval_head.judge"))
+    sys.exit(run_command("judge", sys.argv[1:], "python -m retrieval_head.judge"))

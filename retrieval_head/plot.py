@@ -3,7 +3,7 @@ subpackages; the command lives in ``retrieval_head.cli.plot``)."""
 
 import sys
 
-from .cli.plot import cli
+from .cli.commands import run_command
 
 if __name__ == "__main__":
-    sys.exit(cli(prog="python -m retrieval_head.plot"))
+    sys.exit(run_command("plot", sys.argv[1:], "python -m retrieval_head.plot"))

@@ -192,6 +192,8 @@ def make_inputs(root: Path, tokenizer) -> dict[str, Path]:
         p[k].write_text(json.dumps(d, indent=2) + "\n")  # indented, as RazorAttention and QRHead write
     p["a_file"] = root / "a_file"
     p["a_file"].write_text("x")
+    p["empty_txt"] = root / "empty.txt"
+    p["empty_txt"].write_text(" \n")
     return dict(p, **trial_logs(root))
 
 

@@ -127,16 +127,19 @@ def test_keep_sets_name_only_some_heads(tmp_path):
 
 
 def test_niah_head_score_reads_every_format(tmp_path, original):
-    """--head_score of the mask script goes through load_head_scores: a DuoAttention folder
-    drives the query-head ranking of a 2 x 4 (2 KV heads) model."""
+    """--head_score of the mask script goes through load_ranking: a DuoAttention folder ranks
+    a 2 x 4 (2 KV heads) model's KV heads (its own unit, with no --unit) or, with --unit
+    query, its query heads (each its KV head's score)."""
     from retrieval_head.cli.mask import head_scores_for
     from retrieval_head.experiments.mask import NiahSettings
 
     folder = duo_folder(tmp_path / "duo", "0.5\t1\n0\t0.25\n")
-    st = NiahSettings(mask_top=(2,), head_score=str(folder))
-    assert head_scores_for(st, "m", SHAPE).tolist() == [[0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.25, 0.25]]
-    st = NiahSettings(mask_top=(2,), head_score=str(folder), mask_unit="kv")
-    assert head_scores_for(st, "m", SHAPE).tolist() == [[0.5, 1.0], [0.0, 0.25]]
+    st = NiahSettings(mask_top=(2,), head_score=str(folder), unit="query")
+    scores, unit = head_scores_for(st, "m", SHAPE)
+    assert (scores.tolist(), unit) == ([[0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.25, 0.25]], "query")
+    for given in ("kv", None):  # --unit kv, or the file's own unit
+        scores, unit = head_scores_for(NiahSettings(mask_top=(2,), head_score=str(folder), unit=given), "m", SHAPE)
+        assert (scores.tolist(), unit) == ([[0.5, 1.0], [0.0, 0.25]], "kv")
 
 
 # ---------------------------------------------------------------- export round trips

@@ -200,8 +200,12 @@ def test_published_llama_scores():
     path = REFERENCE / "llama-2-7b-80k.json"
     if not path.is_file():
         pytest.skip(f"reference head scores not present at {REFERENCE}")
-    scores = heads.load_head_scores(path)
+    from retrieval_head.headfiles.load import load_head_scores
+
+    scores = load_head_scores(path)
     assert tuple(scores.shape) == (32, 32)
-    layer, head, mean = heads.top_heads(scores, 1)[0]
+    from retrieval_head.headfiles.ranking import top_heads
+
+    layer, head, mean = top_heads(scores, 1)[0]
     assert (layer, head) == (16, 19)
     assert mean == pytest.approx(0.94, abs=0.005)

@@ -44,8 +44,7 @@ from ..errors import UserError
 from ..headfiles.original import read_head_file, validate_head_scores
 from ..headfiles.ranking import top_indices, top_order
 from ..inputs.grid import TrialKey
-
-MAX_DRAWS = 100_000  # the commands' cap on --draws: intervals settle long before; more only costs memory
+from ..vocabulary import MAX_DRAWS  # noqa: F401,E402 (the cap, re-exported)
 
 
 @dataclass

@@ -5,7 +5,7 @@
     retrieval-head plot DIR ...  # = python -m retrieval_head.plot ...
     retrieval-head compress DIR ...   # = python -m retrieval_head.compress ...
     retrieval-head heads top|heatmap|compare|export|stability|convergence ...  # = python -m retrieval_head.heads
-    retrieval-head judge --head_scores A B ...   # = python -m retrieval_head.judge ...
+    retrieval-head judge --head_score A B ...   # = python -m retrieval_head.judge ...
     retrieval-head generate PROMPT_FILE --head_score F --keep_fraction 0.25   # a head-wise KV cache
 
 ``python -m retrieval_head ...`` is the same command. Each subcommand takes exactly the
@@ -47,8 +47,18 @@ def main(argv: list[str] | None = None, prog: str = "retrieval-head") -> int:
         print(f"error: unknown command {argv[0]!r}; pass one of {', '.join(COMMANDS)}\n\n{usage(prog)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(f"{__package__}.{COMMANDS[argv[0]][0]}")  # only the command run is imported
-    return module.cli(argv[1:], prog=f"{prog} {argv[0]}")
+    return run_command(argv[0], argv[1:], f"{prog} {argv[0]}")
+
+
+def run_command(command: str, argv: list[str], prog: str) -> int:
+    """Run ``command`` on ``argv``. ``--help`` is answered from ``parsers`` alone, before the
+    command's module (and with it torch and transformers) is imported."""
+    if any(a in ("-h", "--help") for a in argv):
+        from .parsers import build
+
+        build(command, prog).parse_args(argv)  # prints the help and exits (or one error line, exit 2)
+    module = importlib.import_module(f"{__package__}.{COMMANDS[command][0]}")  # only the command run is imported
+    return module.cli(argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from ..core.decode import check_supported
-from ..engine.shard import local_device
 from ..errors import UserError
-from ..models.loading import ModelSpec, Opened, load_weights, model_info, open_model
+from ..models.spec import ModelSpec
 from ..options import add_options, option
+
+# torch, transformers and the model code load inside the functions that need them: this module
+# builds every command's parser, and `--help` must answer without them (tests/test_start.py).
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class RunOptions:
     """Options of a run that are not the experiment's: outputs, logging, scale-out. Each
     command extends it (its own ``output_dir`` default, its own extras)."""
 
-    output_dir: str = option("out", "where the outputs go")
+    output_dir: str = option("out")
     model_name_suffix: str | None = option(None, "appended to output names as _SUFFIX (as the original)")
     overwrite: bool = option(False, "replace existing outputs of this run")
     resume: bool = option(False, "continue an interrupted run (same settings; finished results are kept)")
@@ -41,7 +40,7 @@ class RunOptions:
     verbose: bool = option(False, "log what the library does")
     rank: int | None = option(None, "this shard; none: $RANK from torchrun, else 0")
     world_size: int | None = option(None, "shards; none: $WORLD_SIZE, else 1")
-    threads: int | None = option(None, "torch threads for this process (recorded: thread counts can change float bits)")
+    threads: int | None = option(None)
 
     def check(self) -> None:
         if self.resume and self.overwrite:
@@ -75,16 +74,24 @@ def build_parser(prog: str, doc: str, groups: list[tuple[type, str]]) -> argpars
 def apply_threads(threads: int | None) -> None:
     """Pin the thread count (thread counts can change float bits; the manifest records it)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
-def open_checked(spec: ModelSpec, world: int) -> Opened:
-    """The model's config and tokenizer (no weights yet), on this shard's device."""
+def open_checked(spec: ModelSpec, world: int):
+    """The model's config and tokenizer (no weights yet), on this shard's device (an ``Opened``)."""
+    from ..engine.shard import local_device
+    from ..models.loading import open_model
+
     return open_model(dataclasses.replace(spec, device=local_device(spec.device, world)))
 
 
-def load_checked(opened: Opened):
+def load_checked(opened):
     """The weights, once every input is checked; refuses a model the probe cannot reach."""
+    from ..core.decode import check_supported
+    from ..models.loading import load_weights, model_info
+
     model = load_weights(opened)
     check_supported(model)
     return model, model_info(opened, model)

@@ -14,21 +14,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiments.compress import compression_figure, curves, table
-from .common import Parser, check_writable, run_cli, writing
+from . import parsers
+from .common import check_writable, run_cli, writing
 
 PROG = "retrieval-head compress"
 
 
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = Parser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="The compression curve of result folders (several runs pooled), as a "
-                                            "figure and a markdown table.")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
-    p.add_argument("--out", default="compression.png", help="output PNG")
-    p.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
-    p.add_argument("--heads", type=int, default=None,
-                   help="the model's heads (units), for the table's share-of-heads column")
-    return p
+    return parsers.compress(prog)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
@@ -39,13 +32,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if not d.is_dir():
             what = "is a file, not a folder" if d.exists() else "does not exist"
             raise UserError(f"results folder {d} {what}; pass the mask script's result folders")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(args.output_dir) / "compression.png"
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass the PNG file to write")
     check_writable([out], "--out")
     c = curves(args.dirs)
     with writing(out):
-        print(compression_figure(args.dirs, out, args.title))
+        print(compression_figure(args.dirs, out, args.title or "needle score vs KV cache kept"))
     heads = args.heads or max([k for _, _, k in c["top"]] + [1])
     print(table(c, heads))
     return 0

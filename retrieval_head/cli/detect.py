@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -46,14 +45,13 @@ from ..methods.registry import ALL, METHODS, NEEDLE, PASSING, REPEAT, RETRIEVAL,
 from ..methods.repeat import check_fits, repeat_scores, repeated_tokens, token_pool
 from ..methods.repeat import head_counter as repeat_counter
 from ..models.loading import ModelSpec, model_identity, model_name
-from ..options import fingerprint, from_args, option
+from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
 from ..store.trials import TrialLog
+from . import parsers
 from .common import (
-    RunOptions,
     apply_threads,
-    build_parser,
     guard_outputs,
     load_checked,
     open_checked,
@@ -68,22 +66,14 @@ INIT_SEED = 42
 PAPER = dict(s=1000, e=50000, num_lengths=20, context_lengths=None, chat_template="off")  # as published
 
 
-@dataclass(frozen=True)
-class DetectRun(RunOptions):
-    output_dir: str = option("head_score", "where the head-score files, trial log and manifest go")
-    preset: str | None = option(None, "paper: lengths linspace(1000, 50000, 20), plain prompts (no chat template)",
-                                choices=("paper",))
-    top: int = option(20, "rows of the printed top-heads table")
-
-
-GROUPS = [(ModelSpec, "model"), (DetectSettings, "sweep"), (DetectRun, "run")]
-
-
 PROG = "retrieval_head_detection.py"  # the usage line's name when the entry point names none
 
 
+GROUPS = parsers.GROUPS["detect"]
+
+
 def parser(prog: str = PROG):
-    return build_parser(prog, __doc__, GROUPS)
+    return parsers.detect(prog)
 
 
 def report(result: DetectionResult, top: int) -> None:
@@ -229,7 +219,7 @@ class _Log(TrialLog):
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    spec, run = from_args(ModelSpec, args), from_args(DetectRun, args)
+    spec, run = from_args(ModelSpec, args), from_args(parsers.DetectRun, args)
     settings = from_args(DetectSettings, args, **(PAPER if run.preset == "paper" else {}))
     setup_logging(run.verbose)
     run.check()

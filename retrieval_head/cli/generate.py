@@ -1,93 +1,127 @@
-"""``retrieval-head generate``: answer a prompt with a head-wise KV cache (the retrieval heads'
-KV heads keep every key, the others only their sink and recent keys) and report the memory.
+"""``retrieval-head generate``: answer a prompt with a head-wise KV cache (the top heads keep
+every key, the others only their sink and recent keys) and report the memory it held.
 
-    retrieval-head generate prompt.txt --head_score head_score/SmolLM2-135M-Instruct.json \\
-        --keep_fraction 0.25 --sink 4 --recent 64 --phase decode
+    retrieval-head generate prompt.txt --keep_fraction 0.25          # head_score/<model>.json ranks
+    retrieval-head generate prompt.txt --head_score head_score/M.kv_max.json --keep_full 9 27
+    cat prompt.txt | retrieval-head generate - --question "What is the code?" --phase context
 
-prints the answer, then one line: the cache's bytes compressed vs a full cache of the same
-length, and the process's peak RSS (and CUDA peak). Every input is checked before the
-weights load. The prompt file is tokenized as it is (no chat template); with ``--phase
-context`` it is the context, and ``--question`` is appended after the compression point.
+The prompt goes through the model's chat template as one user message (``--chat_template
+auto``, as ``detect`` and ``mask``), ``--question`` on a line after it. The answer is printed
+as it is generated, then one line: the cache's bytes against a full cache of the same length,
+and the process's peak memory. Several ``--keep_full`` / ``--keep_fraction`` values answer
+once each (one model load). With neither, every head keeps its whole cache: exactly
+transformers' own greedy ``generate``. Every input is checked before the weights load.
 """
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 from functools import partial
 from pathlib import Path
 
-import torch
-
-from ..core.headwise import HeadwiseCache
-from ..core.headwise_attend import generate
-from ..core.keep import KEEP_PHASES, cache_bytes, keep_count, keep_top
 from ..errors import UserError
-from ..headfiles.load import load_head_scores
-from ..models.loading import ModelSpec
-from ..options import add_options, from_args
-from .common import Parser, load_checked, open_checked, run_cli, setup_logging
+from ..experiments.settings import check_chat_template
+from ..models.spec import ModelSpec
+from ..options import from_args
+from . import parsers
+from .common import apply_threads, load_checked, open_checked, run_cli, setup_logging
 
 PROG = "retrieval-head generate"
 
 
-def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = Parser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-               description="Answer PROMPT_FILE with a head-wise KV cache; print the answer and a memory line.")
-    p.add_argument("prompt_file", metavar="PROMPT_FILE", help="the prompt (UTF-8 text, tokenized as it is)")
-    p.add_argument("--head_score", default=None, help="head-score file ranking the heads (any format heads reads)")
-    p.add_argument("--keep_full", type=int, default=None, help="KV heads kept full (the top K by score)")
-    p.add_argument("--keep_fraction", type=float, default=None, help="or the fraction of all KV heads kept full")
-    p.add_argument("--sink", type=int, default=4, help="first keys every streamed head keeps")
-    p.add_argument("--recent", type=int, default=64, help="last keys every streamed head keeps (the query included)")
-    p.add_argument("--phase", default="decode", choices=KEEP_PHASES,
-                   help="decode: compress the prompt after the prefill (kvpress press); all: from the first "
-                        "token (DuoAttention); context: the prompt file, then --question whole (kvpress pipeline)")
-    p.add_argument("--question", default=None, help="phase context: the text appended after the compressed context")
-    p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate (greedy)")
-    p.add_argument("--verbose", action="store_true", help="log what the library does")
-    add_options(p, ModelSpec, "model")
-    return p
+GROUPS = parsers.GROUPS["generate"]
 
 
-def read_prompt(path: Path) -> str:
-    if not path.is_file():
-        what = "is a folder, not a file" if path.exists() else "does not exist"
-        raise UserError(f"prompt file {path} {what}; pass a UTF-8 text file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file {path} is not UTF-8 text; re-save it as UTF-8") from None
+def parser(prog: str = PROG):
+    return parsers.generate(prog)
 
 
-def check_args(args) -> None:
+def read_prompt(name: str) -> str:
+    """The prompt's text: a UTF-8 file, or standard input for ``-``; refused when empty."""
+    if name == "-":
+        text, where = sys.stdin.read(), "standard input"
+    else:
+        path = Path(name)
+        if not path.is_file():
+            what = "is a folder, not a file" if path.exists() else "does not exist"
+            raise UserError(f"prompt file {path} {what}; pass a UTF-8 text file (or - for standard input)")
+        try:
+            text, where = path.read_text(encoding="utf-8"), f"prompt file {path}"
+        except UnicodeDecodeError:
+            raise UserError(f"prompt file {path} is not UTF-8 text; re-save it as UTF-8") from None
+    if not text.strip():
+        raise UserError(f"{where} is empty; pass the text to answer")
+    return text
+
+
+def check_args(o: parsers.GenerateOptions) -> None:
     """What can be checked from the command line alone."""
-    if args.sink < 0 or args.recent < 1:
-        raise UserError(f"--sink {args.sink} --recent {args.recent}: streaming needs sink >= 0 and recent >= 1")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens {args.max_new_tokens}: pass a positive count")
-    if (args.keep_full is None) == (args.keep_fraction is None):
-        raise UserError("give exactly one of --keep_full K and --keep_fraction F")
-    if args.keep_fraction is not None:
-        keep_count(1, fraction=args.keep_fraction)  # the range, before any file is read
-    if (args.phase == "context") != (args.question is not None):
-        raise UserError("--question goes with --phase context (the context is the prompt file), and only there")
+    if o.sink < 0 or o.recent < 1:
+        raise UserError(f"--sink {o.sink} --recent {o.recent}: streaming needs sink >= 0 and recent >= 1")
+    if o.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens {o.max_new_tokens}: pass a positive count")
+    if o.threads is not None and o.threads < 1:
+        raise UserError(f"--threads {o.threads}: pass a positive count")
+    if o.keep_full is not None and o.keep_fraction is not None:
+        raise UserError("give --keep_full K or --keep_fraction F, not both")
+    if any(k < 0 for k in o.keep_full or ()):
+        raise UserError("--keep_full counts the top heads kept full; pass K >= 0 (random heads are mask's)")
+    if any(not 0.0 <= f <= 1.0 for f in o.keep_fraction or ()):
+        raise UserError("--keep_fraction is a share of the heads; pass values in 0..1")
+    if o.phase == "context" and o.question is None:
+        raise UserError("--phase context compresses the prompt as the context and appends the question whole: "
+                        "pass --question TEXT")
+    check_chat_template(o.chat_template)
 
 
-def keep_set(args, shape) -> torch.Tensor:
-    """bool ``[layers, kv_heads]`` from the head scores (no file needed when none is kept)."""
-    total = shape.num_layers * shape.num_kv_heads
-    n = keep_count(total, args.keep_full, args.keep_fraction)
-    if n == 0:
-        return torch.zeros(shape.num_layers, shape.num_kv_heads, dtype=torch.bool)
-    if args.head_score is None:
-        raise UserError("keeping heads full needs their ranking: pass --head_score FILE")
-    scores = load_head_scores(Path(args.head_score), shape, unit="kv")
-    return keep_top(scores, 1, k=n)
+def keep_sets(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str, object]]:
+    """``[(label, bool keep set)]``, one per value asked: ``[layers, heads]`` per query head,
+    ``[layers, kv_heads]`` per KV head (``--unit``, else the head file's own); every KV head
+    full when no value is given."""
+    import torch
+
+    from ..experiments.mask import select_top
+    from ..headfiles.load import load_ranking
+
+    asked = o.keep_full if o.keep_full is not None else o.keep_fraction
+    if asked is None:
+        return [("every head full", torch.ones(shape.num_layers, shape.num_kv_heads, dtype=torch.bool))]
+    unit = o.unit or "query"
+    scores = None
+    if any(asked):
+        default = Path("head_score") / (f"{name}.kv_max.json" if o.unit == "kv" else f"{name}.json")
+        scores, unit = load_ranking(Path(o.head_score or default), shape, o.unit)
+    units = shape.num_layers * (shape.num_kv_heads if unit == "kv" else shape.num_heads)
+    noun = "KV heads" if unit == "kv" else "query heads"
+    out = []
+    for v in asked:
+        k = v if o.keep_full is not None else round(v * units)
+        if k > units:
+            raise UserError(f"--keep_full {k}: the model has {units} {noun}")
+        grid = (shape.num_layers, units // shape.num_layers)
+        keep = select_top(scores, k, "--keep_full") if k else torch.zeros(grid, dtype=torch.bool)
+        out.append((f"top {k} of {units} {noun} full", keep))
+    return out
 
 
-def memory_line(cache: HeadwiseCache, shape, itemsize: int) -> str:
+def check_fits(o: parsers.GenerateOptions, shape, prompt_len: int) -> None:
+    """The prompt and its answer within the model's positions; something left to stream."""
+    n = shape.max_positions
+    if n and prompt_len + o.max_new_tokens > n:
+        raise UserError(f"the prompt is {prompt_len} tokens; with --max_new_tokens {o.max_new_tokens} that passes "
+                        f"the model's {n} positions: shorten the prompt or lower --max_new_tokens")
+    streams = o.keep_full is not None or o.keep_fraction is not None
+    if n and streams and o.sink + o.recent >= n:
+        raise UserError(f"--sink {o.sink} + --recent {o.recent} cover the model's {n} positions: no key would ever "
+                        "be streamed; pass smaller values")
+
+
+def memory_line(cache, shape, itemsize: int) -> str:
+    import torch
+
+    from ..core.keep import cache_bytes
+
     length = cache.get_seq_length()
     full = cache_bytes(shape, None, 1, length, itemsize)
     kept = cache.nbytes()
@@ -100,27 +134,43 @@ def memory_line(cache: HeadwiseCache, shape, itemsize: int) -> str:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    setup_logging(args.verbose)
-    check_args(args)
-    text = read_prompt(Path(args.prompt_file))
-    opened = open_checked(from_args(ModelSpec, args), 1)
-    keep = keep_set(args, opened.shape)
-    tok = opened.tokenizer
-    ids = tok(text, add_special_tokens=True, return_tensors="pt")["input_ids"]
-    context = None
-    if args.question is not None:
-        context = ids.shape[1]
-        ids = torch.cat([ids, tok(args.question, add_special_tokens=False, return_tensors="pt")["input_ids"]], 1)
+    o, spec = from_args(parsers.GenerateOptions, args), from_args(ModelSpec, args)
+    setup_logging(o.verbose)
+    check_args(o)
+    text = read_prompt(args.prompt_file)
+    from ..inputs.prompt import user_prompt, uses_chat_template
+    from ..models.loading import model_name
+
+    opened = open_checked(spec, 1)
+    shape, tok = opened.shape, opened.tokenizer
+    keeps = keep_sets(o, shape, model_name(spec.model_path))
+    ids, context = user_prompt(tok, text, o.question, uses_chat_template(tok, o.chat_template))
+    check_fits(o, shape, len(ids))
+    apply_threads(o.threads)
     model, _ = load_checked(opened)
-    cache = HeadwiseCache(opened.shape, keep, args.sink, args.recent, args.phase, context)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = generate(model, cache, input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                       max_new_tokens=args.max_new_tokens, do_sample=False,
-                       pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    print(memory_line(cache, opened.shape, next(model.parameters()).element_size()))
+    for label, keep in keeps:
+        if len(keeps) > 1:
+            print(f"== {label} ==")
+        answer(model, tok, shape, keep, ids, context, o)
     return 0
+
+
+def answer(model, tok, shape, keep, ids: list[int], context: int, o: parsers.GenerateOptions) -> None:
+    """Generate greedily under one keep set, printing the answer as it comes, then the memory line."""
+    import torch
+    from transformers import TextStreamer
+
+    from ..core.headwise import HeadwiseCache
+    from ..core.headwise_attend import generate
+
+    cache = HeadwiseCache(shape, keep, o.sink, o.recent, o.phase, context if o.phase == "context" else None)
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        generate(model, cache, input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=o.max_new_tokens,
+                 do_sample=False, streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    print(memory_line(cache, shape, next(model.parameters()).element_size()))
 
 
 def cli(argv: list[str] | None = None, prog: str = PROG) -> int:

@@ -30,27 +30,29 @@ razor files); export (``head_export``) converts between formats and units.
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import seaborn as sns
-import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from ..errors import UserError
-from ..headfiles import export as head_export
-from ..headfiles import foreign as head_files
-from ..headfiles.load import load_head_scores  # noqa: F401 (load_head_scores: the API)
-from ..headfiles.ranking import format_top_table, top_heads
-from ..plots.niah import figure_title, render
+from ..headfiles.order import format_rows, top_rows
+from ..headfiles.original import mean_grid, states_kv, validate_head_scores
 from ..store.manifest import shape_beside
-from .common import Parser, check_writable, run_cli, writing
-from .stability import add_stability_commands, check_count, hidden_alias
+from . import parsers
+from .common import check_writable, run_cli, writing
+from .stability import check_count, run_stability
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+# torch, matplotlib and the head-file readers load inside the subcommands that need them:
+# `heads top` on a JSON file answers without torch (tests/test_start.py).
 
 PROG = "python -m retrieval_head.heads"
 
@@ -82,6 +84,10 @@ def compare(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> dict:
     as in ``top_heads``), the Spearman correlation over all heads, and the shared heads as
     ``(layer, head)`` in ``a``'s rank order. ``k`` is capped at the number of heads.
     """
+    import torch
+
+    from ..headfiles.ranking import top_heads
+
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     if a.dim() != 2 or b.dim() != 2:
         raise UserError(f"compare needs two [layers, heads] grids, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -135,6 +141,11 @@ def compare_table(r: dict) -> str:
 
 def compare_figure(r: dict, out_png: str | Path, title: str | None = None) -> Path:
     """Two matrices side by side: top-k overlap (counts) and Spearman, a row and column per file."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    from ..plots.niah import figure_title, render
+
     names, n = r["names"], len(r["names"])
     fig = Figure(figsize=(3.2 + 1.6 * n, 1.6 + 0.55 * n), layout="constrained")
     for i, (key, fmt, vmax, vmin, cmap) in enumerate((("overlap", "d", r["k"], 0, "viridis"),
@@ -153,6 +164,14 @@ def compare_figure(r: dict, out_png: str | Path, title: str | None = None) -> Pa
 def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
     """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
     ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width."""
+    import seaborn as sns
+    import torch
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from ..headfiles.ranking import top_heads
+    from ..plots.niah import figure_title
+
     s = torch.as_tensor(scores, dtype=torch.float64)
     if s.dim() != 2:
         raise UserError(f"heads_heatmap needs a [layers, heads] grid, got shape {tuple(s.shape)}")
@@ -176,6 +195,8 @@ def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int =
 def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
                   mark_top: int = 5) -> Path:
     """``heads_figure`` written atomically as a PNG to ``out_png``; returns the path."""
+    from ..plots.niah import render
+
     return render(heads_figure(scores, title, mark_top), out_png)
 
 
@@ -183,14 +204,17 @@ def _fmt_heads(heads: list[tuple[int, int]]) -> str:
     return " ".join(f"{l}-{h}" for l, h in heads) or "(none)"
 
 
-def _read(path: str) -> head_files.HeadFile:
-    return head_files.read_head_file_any(Path(path))
+def _read(path: str):
+    """A head file in the unit it states (``headfiles.load.read_stated``)."""
+    from ..headfiles.load import read_stated
+
+    return read_stated(Path(path))
 
 
-def _png_out(out: str | None, default: str) -> Path:
-    """The figure's path (``--out`` or ``default`` in the current folder), refused in one
+def _png_out(out: str | None, default: str, output_dir: str | None = ".") -> Path:
+    """The figure's path (``--out``, else ``default`` in ``--output_dir``), refused in one
     line when it cannot be written."""
-    path = Path(out) if out else Path(default)
+    path = Path(out) if out else Path(output_dir or ".") / default
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; pass the PNG file to write")
     check_writable([path], "--out")
@@ -199,16 +223,33 @@ def _png_out(out: str | None, default: str) -> Path:
 
 def _cmd_top(args) -> None:
     check_count("--top", args.top)
-    hf = _read(args.file)
-    if hf.unit == "kv":
-        print(f"per KV head ({hf.format} file): head = layer-kv_head")
-    print(format_top_table(hf.scores, args.top))
+    grid = _original_grid(Path(args.file))
+    if grid is None:  # another format: the full reader (torch)
+        hf = _read(args.file)
+        grid, unit, fmt = hf.scores.tolist(), hf.unit, hf.format
+    else:
+        unit, fmt = ("kv" if states_kv(Path(args.file), len(grid[0])) else "query"), "original"
+    if unit == "kv":
+        print(f"per KV head ({fmt} file): head = layer-kv_head")
+    print(format_rows(top_rows(grid, args.top)))
+
+
+def _original_grid(path: Path) -> list[list[float]] | None:
+    """The per-head means of a file in the original's format, read without torch; None for
+    any other content (the full reader then reads it, or says what is wrong)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, list) for v in data.values()):
+        return None
+    return mean_grid(validate_head_scores(data, path), path)
 
 
 def _cmd_heatmap(args) -> None:
     path = Path(args.file)
     hf = _read(args.file)
-    out = _png_out(args.out, f"{path.stem}.heads.png")
+    out = _png_out(args.out, f"{path.stem}.heads.png", args.output_dir)
     scores = hf.scores
     layers, n_heads = scores.shape
     noun = "KV heads" if hf.unit == "kv" else "heads"
@@ -231,7 +272,7 @@ def _cmd_compare_all(args) -> None:
     names = ["retrieval" if n in models else n for n in names]  # <model>.json beside <model>.<method>.json
     if len(set(names)) < len(names):
         names = [Path(f).name for f in files]
-    out = _png_out(args.out, f"{Path(files[0]).name.split('.')[0]}.compare.png")
+    out = _png_out(args.out, f"{Path(files[0]).name.split('.')[0]}.compare.png", args.output_dir)
     r = compare_all(dict(zip(names, (h.scores for h in read))), args.top)
     print(compare_table(r), end="")
     with writing(out):
@@ -258,6 +299,9 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_export(args) -> None:
+    from ..headfiles import export as head_export
+    from ..headfiles import foreign as head_files
+
     src = head_files.read_head_file_any(Path(args.file), file_unit=args.unit)
     given = dict(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads)
     found = shape_beside(Path(args.file)) if None in given.values() else None
@@ -273,79 +317,25 @@ def _cmd_export(args) -> None:
     print(f"{args.to}: {done.summary} -> {', '.join(str(p) for p in done.paths)}")
 
 
-def _add_export(sub, fmt) -> None:
-    p = sub.add_parser("export", formatter_class=fmt,
-                       help="write a head file as duo / razor / qrhead / layers",
-                       description="duo (a folder: full_attention_heads.tsv + config.json) and razor are per KV "
-                                   "head, qrhead and layers per query head; per-query-head scores become per-KV-head "
-                                   "ones by each group's max. duo, razor and layers keep a set of heads: pass "
-                                   "--top K or --threshold T; qrhead ranks every head. The model's layers, heads "
-                                   "and KV heads come from the flags, else from the detection manifest beside "
-                                   "FILE (<model>.manifest.json), else from FILE.")
-    p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("--to", required=True, choices=("duo", "razor", "qrhead", "layers"), help="the format written")
-    p.add_argument("--out", required=True, metavar="PATH", help="the file written (a folder for duo)")
-    p.add_argument("--top", type=int, metavar="K", default=None,
-                   help="keep the K highest-scoring heads (KV heads for duo/razor); ties layer-major")
-    p.add_argument("--threshold", type=float, metavar="T", default=None, help="keep the heads scoring >= T")
-    p.add_argument("--unit", choices=("query", "kv"), default=None,
-                   help="what FILE's columns are, for the original format only (a <model>.kv_max.json is kv); "
-                        "none: its format's unit (original: query)")
-    p.add_argument("--layers", type=int, metavar="N", default=None,
-                   help="the model's layers, where FILE does not state them (razor, layers: only the ids named); "
-                        "none: from the manifest beside FILE")
-    p.add_argument("--heads", type=int, metavar="N", default=None,
-                   help="the model's query heads, to read a per-KV-head FILE per query head; none: from the "
-                        "manifest beside FILE")
-    p.add_argument("--kv_heads", type=int, metavar="N", default=None,
-                   help="the model's KV heads, to read a per-query-head FILE per KV head (duo, razor); none: from "
-                        "the manifest beside FILE")
-    p.add_argument("--sink", type=int, metavar="S", default=None,
-                   help=f"duo: config.json sink_size; none: DuoAttention's default {head_files.DUO_SINK}")
-    p.add_argument("--recent", type=int, metavar="R", default=None,
-                   help=f"duo: config.json recent_size; none: DuoAttention's default {head_files.DUO_RECENT}")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(func=_cmd_export)
+def parser(prog: str = PROG):
+    """The ``heads`` command's parser (``parsers.heads``); each subcommand's usage line starts with ``prog``."""
+    return parsers.heads(prog)
 
 
-def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The ``heads`` command's parser; each subcommand's usage line starts with ``prog``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default in --help
-    parser = Parser(prog=prog,
-                                     description="Inspect and convert head-score files: head_score/*.json, "
-                                     "DuoAttention pattern folders, RazorAttention / QRHead / per-layer JSON "
-                                     "(told apart by content).", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("top", help="ranked table of the top heads", formatter_class=fmt)
-    p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("--top", type=int, metavar="K", default=20, help="rows: the K highest-scoring heads")
-    hidden_alias(p, "-k", "top")
-    p.set_defaults(func=_cmd_top)
-    p = sub.add_parser("heatmap", help="layers x heads PNG", formatter_class=fmt)
-    p.add_argument("file", help="a head file (any accepted format)")
-    p.add_argument("--out", metavar="PNG", default=None,
-                   help="output PNG; none: <stem>.heads.png in the current folder")
-    p.set_defaults(func=_cmd_heatmap)
-    p = sub.add_parser("compare", help="top-k overlap, Jaccard and Spearman of two files (3+ files: every pair, "
-                                       "as a table and a matrix figure)", formatter_class=fmt)
-    p.add_argument("a", help="a head file (any accepted format)")
-    p.add_argument("b", help="another, for a model of the same shape")
-    p.add_argument("more", nargs="*", help="more files: every pair is compared")
-    p.add_argument("--top", type=int, metavar="K", default=20, help="size of the top sets compared")
-    hidden_alias(p, "-k", "top")
-    p.add_argument("--out", metavar="PNG", default=None,
-                   help="3+ files: the matrix figure; none: <first file's model>.compare.png in the current folder")
-    p.set_defaults(func=_cmd_compare)
-    _add_export(sub, fmt)
-    add_stability_commands(sub, fmt, _png_out)
-    return parser
+COMMANDS = {"top": _cmd_top, "heatmap": _cmd_heatmap, "compare": _cmd_compare, "export": _cmd_export,
+            "stability": lambda args: run_stability(args, _png_out), "convergence": lambda args: run_stability(
+                args, _png_out)}
 
 
 def run(argv: list[str] | None = None, prog: str = PROG) -> int:
     """The ``heads`` command; a user's error raises ``UserError`` (``main`` prints it)."""
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args.func(args)
+    if hasattr(args, "file_flag"):  # FILE, or --head_score FILE: one of the two
+        if (args.file is None) == (args.file_flag is None):
+            raise UserError(f"{prog} {args.cmd} reads one head file: pass FILE or --head_score FILE")
+        args.file = args.file or args.file_flag
+    COMMANDS[args.cmd](args)
     return 0
 
 

@@ -7,13 +7,11 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from ..engine.shard import from_env
 from ..errors import UserError
-from ..experiments import judge as experiment
 from ..experiments.judge import (
     JudgeSettings,
     figure,
@@ -26,13 +24,12 @@ from ..experiments.mask import run_niah
 from ..experiments.sweep import plan
 from ..headfiles.load import load_head_scores
 from ..models.loading import ModelSpec, model_name
-from ..options import from_args, option
+from ..options import from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from . import parsers
 from .common import (
-    RunOptions,
     apply_threads,
-    build_parser,
     guard_outputs,
     load_checked,
     open_checked,
@@ -40,26 +37,19 @@ from .common import (
     setup_logging,
 )
 
-
-@dataclass(frozen=True)
-class JudgeRun(RunOptions):
-    output_dir: str = option("results/judge", "where the records, table, figure and manifest go")
-
-
-GROUPS = [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")]
-
-
 PROG = "python -m retrieval_head.judge"  # the usage line's name when the entry point names none
 
 
-def parser(prog: str = PROG):
-    return build_parser(prog, experiment.__doc__, GROUPS)
+GROUPS = parsers.GROUPS["judge"]
 
+
+def parser(prog: str = PROG):
+    return parsers.judge(prog)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    spec, st, run = from_args(ModelSpec, args), from_args(JudgeSettings, args), from_args(JudgeRun, args)
+    spec, st, run = from_args(ModelSpec, args), from_args(JudgeSettings, args), from_args(parsers.JudgeRun, args)
     setup_logging(run.verbose)
     run.check()
     st.check()
@@ -76,9 +66,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     guard_outputs(list(paths.values()), run.overwrite)
     started = utc_now()
     opened = open_checked(spec, 1)
-    files = labelled(st.head_scores, name)
+    files = labelled(st.head_score, name)
     scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
-    conditions = judge_conditions(scores, st.k, st.seeds, st.mask_mode)
+    conditions = judge_conditions(scores, st.mask_top, st.seeds, st.mask_mode)
     niah = st.niah()
     checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()], task)  # all before the weights
     model, info = load_checked(opened)
@@ -89,13 +79,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     seconds = time.perf_counter() - t0
     write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
     metric = "score" if task == "single" else "string_match"  # a task is scored as RULER does
-    s = summary(conditions, results, st.k, metric)
+    s = summary(conditions, results, st.mask_top, metric)
     grid = f"{', '.join(map(str, checked.lengths))} tokens x depths {', '.join(map(str, checked.depths))}"
     what = f"needle {st.needle_id}" if task == "single" else f"task {task} (string match x100, seed {st.task_seed})"
-    text = table(s, st.k)
+    text = table(s, st.mask_top)
     write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
                               f"{what}; {len(st.seeds)} random seeds)\n\n{text}")
-    figure(s, st.k, paths["png"], f"{name}: {'needle' if task == 'single' else task} score with each method's "
+    figure(s, st.mask_top, paths["png"], f"{name}: {'needle' if task == 'single' else task} score with each method's "
                                   f"top-K heads masked\n({grid})", *(() if task == "single" else
                                                                     (f"{task}: string match x100",)))
     config = dict(st.applied(), **dataclasses.asdict(run), model_name=name,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -26,17 +26,16 @@ from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
 from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
-from ..headfiles.load import load_head_scores
+from ..headfiles.load import load_ranking
 from ..inputs.tasks import string_match
 from ..models.loading import ModelSpec, model_identity, model_name
 from ..models.shape import ModelShape
-from ..options import fingerprint, from_args, option
+from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from . import parsers
 from .common import (
-    RunOptions,
     apply_threads,
-    build_parser,
     guard_outputs,
     load_checked,
     open_checked,
@@ -45,40 +44,26 @@ from .common import (
     setup_logging,
 )
 
-
-@dataclass(frozen=True)
-class NiahRun(RunOptions):
-    output_dir: str = option("results/graph", "where the condition folders go")
-    no_plot: bool = option(False, "skip the heatmaps and the side-by-side figure")
-
-
-GROUPS = [(ModelSpec, "model"), (NiahSettings, "needle test"), (NiahRun, "run")]
-
-
 PROG = "needle_in_haystack_with_mask.py"  # the usage line's name when the entry point names none
 
 
+GROUPS = parsers.GROUPS["mask"]
+
+
 def parser(prog: str = PROG):
-    return build_parser(prog, __doc__, GROUPS)
+    return parsers.mask(prog)
 
 
-def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
-    """The ranking the conditions mask or keep by, per query head or (``--mask_unit kv``) per
-    KV head, from a head file of any accepted format (``head_files``)."""
-    if all(k == 0 for k in st.mask_top) and all(k <= 0 for k in st.keep_full or ()):
-        return None
-    default = f"{name}.kv_max.json" if st.mask_unit == "kv" else f"{name}.json"
-    path = Path(st.head_score or Path("head_score") / default)
-    try:
-        return load_head_scores(path, shape, unit=st.mask_unit)
-    except UserError:
-        if st.mask_unit != "kv" or shape.num_kv_heads == shape.num_heads:
-            raise
-        try:  # the original format with a column per KV head (detection's <model>.kv_max.json)
-            return load_head_scores(path, (shape.num_layers, shape.num_kv_heads))
-        except UserError:
-            pass
-        raise
+def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> tuple[torch.Tensor | None, str]:
+    """(the ranking the conditions mask or keep by, its unit): ``--unit``, else the unit the
+    head file states (a ``<model>.kv_max.json`` is per KV head), else query heads; from a head
+    file of any accepted format (``headfiles.load.load_ranking``). No file is read when no
+    condition ranks heads."""
+    keeps = st.keep_counts(1) is not None and any(k > 0 for k in st.keep_counts(shape.num_layers * shape.num_heads))
+    if all(k == 0 for k in st.mask_top) and not keeps:
+        return None, st.unit or "query"
+    default = f"{name}.kv_max.json" if st.unit == "kv" else f"{name}.json"
+    return load_ranking(Path(st.head_score or Path("head_score") / default), shape, st.unit)
 
 
 def summarize(tables: list[tuple[str, list[Condition], dict[str, list[dict]]]]) -> None:
@@ -120,7 +105,7 @@ def record_path(folder: Path, model: str, key: TrialKey) -> Path:
     return folder / f"{model}_len_{key.context_length}_depth_{key.depth_percent * 100}.json"
 
 
-def prepare_folders(out: Path, conditions, manifest: dict, run: NiahRun, mine: list[TrialKey], sfx: str) -> set:
+def prepare_folders(out: Path, conditions, manifest: dict, run: parsers.NiahRun, mine: list[TrialKey], sfx: str) -> set:
     """Write each folder's (shard) manifest first; on --resume check it and return this shard's
     done cells. --overwrite removes the old results of this shard's cells only, so a shard
     started later never deletes another's fresh results."""
@@ -190,7 +175,7 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
-    spec, settings, run = from_args(ModelSpec, args), from_args(NiahSettings, args), from_args(NiahRun, args)
+    spec, settings, run = from_args(ModelSpec, args), from_args(NiahSettings, args), from_args(parsers.NiahRun, args)
     setup_logging(run.verbose)
     run.check()
     settings.check()
@@ -203,13 +188,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     opened = open_checked(spec, world)
     shape = opened.shape
     settings.check_stream(shape)
-    scores, seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
-    group = shape.group if settings.mask_unit == "kv" else None
-    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.mask_phase, seeds,
+    (scores, unit), seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
+    group = shape.group if unit == "kv" else None
+    units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
+    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.phase, seeds,
                                  seed_folders=settings.seeds is not None, group=group)
-    if settings.keep_full:
-        units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
-        conditions += keep_conditions(name, list(settings.keep_full), scores, settings.mask_phase, seeds,
+    keep = settings.keep_counts(units[0] * units[1])
+    if keep:
+        conditions += keep_conditions(name, list(keep), scores, settings.phase, seeds,
                                       settings.seeds is not None, settings.sink, settings.recent, group, units)
     route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
     per_task = {t: task_conditions(conditions, t) for t in settings.task}
@@ -252,8 +238,8 @@ def task_conditions(conditions: list[Condition], task: str) -> list[Condition]:
     return conditions if task == "single" else [replace(c, folder=f"{c.folder}_{task}") for c in conditions]
 
 
-def run_task(model, tokenizer, settings: NiahSettings, run: NiahRun, conditions, manifest: dict, checked, out: Path,
-             sfx: str, tag: str) -> dict[str, list[dict]] | None:
+def run_task(model, tokenizer, settings: NiahSettings, run: parsers.NiahRun, conditions, manifest: dict, checked,
+             out: Path, sfx: str, tag: str) -> dict[str, list[dict]] | None:
     """One task's sweep under every condition: its folders prepared, its cells run and saved;
     the results when every shard is done (else None)."""
     name, (rank, world) = manifest["config"]["model_name"], manifest["shard"]

@@ -15,30 +15,27 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..plots.niah import DEFAULT_SIDE_BY_SIDE, heatmap, side_by_side
-from .common import Parser, check_writable, run_cli, writing
+from . import parsers
+from .common import check_writable, run_cli, writing
 
 PROG = "retrieval-head plot"
 
 
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = Parser(prog=prog, description=(
-        "Draw NIAH heatmaps. One DIR: its heatmap.png (or --out). Several: one side-by-side "
-        f"figure (default {DEFAULT_SIDE_BY_SIDE}), with difference maps against a no-mask folder."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) of trial JSON files")
-    p.add_argument("--out", metavar="PNG", default=None,
-                   help=f"output PNG; none: DIR/heatmap.png for one DIR, {DEFAULT_SIDE_BY_SIDE} for several")
-    p.add_argument("--title", default=None, help="title of a single heatmap; none: model, mask, mean score")
-    return p
+    return parsers.plot(prog)
 
 
-def out_path(dirs: list[str], out: str | None) -> Path:
-    """Where the figure goes, refused (one line) when it cannot be written there.
+def out_path(dirs: list[str], out: str | None, output_dir: str | None = None) -> Path:
+    """Where the figure goes (``--out``, else its name in ``--output_dir``, else beside the
+    results), refused (one line) when it cannot be written there.
 
     >>> out_path(["results/a"], None), out_path(["results/a", "results/b"], None)
     (PosixPath('results/a/heatmap.png'), PosixPath('results/graph/side_by_side.png'))
+    >>> out_path(["results/a"], None, "figs")
+    PosixPath('figs/heatmap.png')
     """
-    path = Path(out) if out else (Path(dirs[0]) / "heatmap.png" if len(dirs) == 1 else DEFAULT_SIDE_BY_SIDE)
+    default = Path(dirs[0]) / "heatmap.png" if len(dirs) == 1 else DEFAULT_SIDE_BY_SIDE
+    path = Path(out) if out else (Path(output_dir) / default.name if output_dir else default)
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; pass the PNG file to write")
     return path
@@ -51,10 +48,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if not d.is_dir():
             what = "is a file, not a folder" if d.exists() else "does not exist"
             raise UserError(f"results folder {d} {what}; pass a folder of trial JSON files")
-    out = out_path(args.dirs, args.out)
+    out = out_path(args.dirs, args.out, args.output_dir)
     check_writable([out], "--out")
     with writing(out):
-        path = heatmap(args.dirs[0], args.out, args.title) if len(args.dirs) == 1 else side_by_side(args.dirs, out)
+        path = heatmap(args.dirs[0], out, args.title) if len(args.dirs) == 1 else side_by_side(args.dirs, out)
     print(path)
     return 0
 

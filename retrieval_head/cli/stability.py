@@ -8,27 +8,13 @@ their subcommands: options, checks, outputs).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ..analysis.stability import MAX_DRAWS
 from ..errors import UserError
-from ..experiments.sweep import check_seeds
+from ..experiments.settings import check_seeds
+from ..vocabulary import MAX_DRAWS, MAX_ORDERS
 
-MAX_ORDERS = 100_000  # random trial orders of the convergence curve (a Python loop each)
 WHAT = "a head_score/*.json (per-trial lists) or a <model>.trials.jsonl"
-
-
-def hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str) -> None:
-    """An old spelling of ``dest``'s option, still accepted, not shown in ``--help``.
-
-    >>> p = argparse.ArgumentParser()
-    >>> _ = p.add_argument("--top", type=int, default=20)
-    >>> hidden_alias(p, "-k", "top")
-    >>> p.parse_args(["-k", "3"]).top, p.parse_args([]).top
-    (3, 20)
-    """
-    p.add_argument(flag, dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def check_count(flag: str, value: int | None, most: int | None = None, what: str = "") -> None:
@@ -86,7 +72,7 @@ def _cmd_convergence(args, png_out) -> None:
     check_count("--orders", args.orders, MAX_ORDERS, " (random trial orders)")
     check_seeds("--seed", args.seed)
     stem = Path(args.file).name.removesuffix(".jsonl").removesuffix(".json").removesuffix(".trials")
-    out = png_out(args.out, f"{stem}.convergence.png")
+    out = png_out(args.out, f"{stem}.convergence.png", args.output_dir)
     t = _load(args)
     c = convergence.convergence(t.scores, args.top, args.orders, args.seed)
     lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
@@ -95,29 +81,10 @@ def _cmd_convergence(args, png_out) -> None:
         print(convergence.write_figure(c, out, title, lengths))
 
 
-def add_stability_commands(sub, fmt, png_out) -> None:
-    """``stability`` and ``convergence`` on ``sub`` (the ``heads`` subparsers); ``png_out``
-    resolves and checks a figure's ``--out``."""
-    p = sub.add_parser("stability", formatter_class=fmt, help="bootstrap intervals and P(top-K) of every head",
-                       description="Resample the counted trials with replacement: per head the mean, its percentile "
-                                   "interval and P(in the top K; ties at random); the stable top K (P >= confidence) "
-                                   "and how often the whole top-K set comes back.")
-    p.add_argument("file", help=WHAT)
-    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
-    p.add_argument("--draws", type=int, default=1000, help=f"bootstrap resamples (at most {MAX_DRAWS})")
-    p.add_argument("--seed", type=int, default=0, help="the resampling's seed (same seed, same output)")
-    p.add_argument("--confidence", type=float, default=0.95,
-                   help="interval level and the stable top-K's threshold, in (0, 1]")
-    p.add_argument("--by", choices=("needle", "length", "depth"), default=None,
-                   help="trial logs: resample within each needle / length / depth (keeps the grid's balance)")
-    p.add_argument("--rows", type=int, default=None, help="rows of the table; none: K")
-    p.add_argument("--json", action="store_true", help="every head's mean, lo, hi, p_top as JSON")
-    p.set_defaults(func=_cmd_stability)
-    p = sub.add_parser("convergence", formatter_class=fmt, help="PNG: top-K overlap with the final answer vs trials")
-    p.add_argument("file", help=WHAT)
-    p.add_argument("--top", type=int, metavar="K", default=10, help="size of the top set")
-    p.add_argument("--orders", type=int, metavar="N", default=20, help=f"random trial orders (at most {MAX_ORDERS})")
-    hidden_alias(p, "--seeds", "orders")  # its old name: --seeds elsewhere lists seeds
-    p.add_argument("--seed", type=int, default=0, help="seed of the orders")
-    p.add_argument("--out", metavar="PNG", default=None, help="none: <stem>.convergence.png in the current folder")
-    p.set_defaults(func=lambda args: _cmd_convergence(args, png_out))
+def run_stability(args, png_out) -> None:
+    """``heads stability`` or ``heads convergence`` (``args.cmd``); ``png_out`` resolves and
+    checks a figure's ``--out`` / ``--output_dir``."""
+    if args.cmd == "stability":
+        _cmd_stability(args)
+    else:
+        _cmd_convergence(args, png_out)

@@ -40,10 +40,9 @@ import torch
 from ..errors import UserError
 from ..headfiles.ranking import top_order
 from ..models.shape import ModelShape
+from ..vocabulary import PHASES as KEEP_PHASES  # noqa: F401 (re-exported: the head-wise cache's phases)
 from .attend import blocked_by_position
 from .stream import full_kv_heads, stream_keep
-
-KEEP_PHASES = ("decode", "all", "context")  # decode: kvpress press; all: DuoAttention; context: kvpress pipeline
 
 
 def keep_count(total: int, k: int | None = None, fraction: float | None = None) -> int:

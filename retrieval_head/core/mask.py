@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from ..models.shape import ModelShape
+from ..vocabulary import MASK_MODES, MASK_PHASES  # noqa: F401 (the choices, re-exported)
 from .attend import Call
 from .hook import Hook, OnDevice, check_heads
 from .stream import StreamHeads
 
-MASK_MODES = ("uniform", "zero")  # the ablations (--mask_mode)
 HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
-MASK_PHASES = ("decode", "all")  # the needle experiments' --mask_phase
 # Streaming also takes ``context`` (kvpress's pipeline: the context's cache compressed once at
 # its end C, the question after it appended whole). Its rule is ``decode``'s with C the
 # context's end instead of the prompt's: ``stream.stream_keep(..., at=C)``, applied to the

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from rouge_score import rouge_scorer
 
-SCORE_MODES = ("count", "set")
+from ..vocabulary import SCORE_MODES  # noqa: F401 (the choices, re-exported)
+
 _ROUGE = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
 
 

@@ -21,49 +21,14 @@ Outputs in ``--output_dir`` (default ``results/judge``):
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.mask import MASK_MODES, HeadMask
+from ..core.mask import HeadMask
 from ..errors import UserError
 from ..methods.registry import method_of
-from ..options import option
-from .mask import Condition, NiahSettings, select_random, select_top
-from .sweep import SweepSettings, check_distinct, check_seeds
-
-
-@dataclass(frozen=True)
-class JudgeSettings(SweepSettings):
-    s: int = option(1000, "shortest context length", flags=("-s", "--s_len"))
-    head_scores: tuple[str, ...] | None = option(None, "head-score files, one per method (<model>.<method>.json "
-                                                       "names its method; any accepted format); the first named "
-                                                       "retrieval's (else the first) is the random draws' pool")
-    k: tuple[int, ...] = option((5, 11, 19, 27), "K: each method's top-K heads masked, and K random heads")
-    seeds: tuple[int, ...] = option((0, 1, 2), "random draws per K")
-    mask_mode: str = option("uniform", "uniform: zero the query (the original); zero: zero the head's output",
-                            choices=MASK_MODES)
-    needle_id: int = option(0, "which needle of --needles (0-based)")
-
-    def check(self) -> None:
-        super().check()
-        if not self.head_scores:
-            raise UserError("the judge needs head-score files: pass --head_scores FILE [FILE ...] (one per method)")
-        if any(k < 1 for k in self.k):
-            raise UserError("--k values must be positive (random-K is drawn for each K anyway)")
-        if len(self.task) > 1:
-            raise UserError(f"the judge runs one task at a time (one table each); pass one --task, not "
-                            f"{' '.join(self.task)}")
-        if not self.seeds:
-            raise UserError("--seeds needs at least one seed")
-        check_seeds("--seeds", *self.seeds)
-        check_distinct("--k", self.k)
-        check_distinct("--seeds", self.seeds)
-
-    def niah(self) -> NiahSettings:
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(SweepSettings)}
-        return NiahSettings(**shared, needle_id=self.needle_id, mask_mode=self.mask_mode)
+from .mask import Condition, select_random, select_top
+from .settings import JudgeSettings  # noqa: F401 (re-exported: the API)
 
 
 def labelled(files: tuple[str, ...], model: str) -> dict[str, Path]:
@@ -88,7 +53,7 @@ def judge_conditions(scores: dict, ks: tuple[int, ...], seeds: tuple[int, ...], 
     pool = scores.get("retrieval", next(iter(scores.values())))
     out = [Condition("none", 0, None, folder="none")]
     for m, s in scores.items():
-        out += [Condition("top", k, HeadMask(select_top(s, k, "--k"), mode), folder=f"{m}/top{k}", method=m)
+        out += [Condition("top", k, HeadMask(select_top(s, k, "--mask_top"), mode), folder=f"{m}/top{k}", method=m)
                 for k in ks]
     out += [Condition("random", k, HeadMask(select_random(pool, k, seed), mode), seed, f"random/k{k}_seed{seed}",
                       method="random") for k in ks for seed in seeds]

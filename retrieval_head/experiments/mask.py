@@ -30,19 +30,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.decode import check_supported, stop_token_mask
-from ..core.mask import MASK_MODES, MASK_PHASES, HeadMask
+from ..core.mask import HeadMask
 from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..headfiles.ranking import top_heads
-from ..inputs.haystack import Needle, original_layout, pair_with_parts
+from ..inputs.haystack import Needle
 from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
-from ..options import option
 from ..store.manifest import utc_now
-from .realcache import CACHE_CHOICES, cache_fields, decode_all
-from .sweep import Plan, SweepSettings, TrialKey, check_distinct, check_seeds, plan
+from .realcache import cache_fields, decode_all
+from .settings import NiahSettings
+from .sweep import Plan, TrialKey, plan
 
 log = logging.getLogger(__name__)
 
@@ -154,72 +154,6 @@ def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
             folder = f"{model_name}_block_random{-k}{suffix}" + (f"_seed{s}" if seed_folders else "")
             out.append(Condition("random", -k, as_mask(select_random(scores, -k, s)), s, folder, unit))
     return out
-
-
-@dataclass(frozen=True)
-class NiahSettings(SweepSettings):
-    """Everything that defines a masked needle test besides the model: the single source of
-    defaults, help and choices for the API and ``needle_in_haystack_with_mask.py``."""
-
-    s: int = option(1000, "shortest context length", flags=("-s", "--s_len"))
-    mask_top: tuple[int, ...] = option((0,), "K>0: top-K retrieval heads; K<0: |K| random heads; 0: none "
-                                             "(several values allowed)", flags=("--mask_topk",))
-    head_score: str | None = option(None, "head_score JSON; none: head_score/<model>.json "
-                                          "(<model>.kv_max.json with --mask_unit kv)")
-    mask_mode: str = option("uniform", "uniform: zero the query (attend uniformly, the original); zero: zero the "
-                                       "head's output", choices=MASK_MODES)
-    mask_phase: str = option("decode", "decode: mask while decoding only (the original; streaming: the prompt's "
-                                       "cache compressed once after the prefill); all: the prefill too",
-                             choices=MASK_PHASES)
-    mask_unit: str = option("query", "kv: K counts KV heads (GQA groups), ranked by the per-KV-head scores",
-                            choices=("query", "kv"))
-    keep_full: tuple[int, ...] | None = option(None, "streaming heads (KV-cache compression): K>0 keeps the top-K "
-                                                     "heads at full cache and streams every other; K<0 keeps |K| "
-                                                     "random heads; 0 streams every head (several values allowed)")
-    sink: int = option(4, "streamed heads keep the first N keys (attention sinks)")
-    recent: int = option(64, "and the last N keys (the query included)")
-    cache: str = option("auto", "streaming (--keep_full): real runs a head-wise KV cache that drops the streamed "
-                                "KV heads' keys (a KV head serving a kept query head stays full); masked simulates "
-                                "it on a full cache; auto: real where the kept heads are whole KV heads "
-                                "(--mask_unit kv)", choices=CACHE_CHOICES)
-    seed: int = option(0, "seed of the random-head draw")
-    seeds: tuple[int, ...] | None = option(None, "several random draws, one folder each")
-    needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
-    question: str | None = option(None, "the question asked about it")
-    real_needle: str | None = option(None, "the answer, inside --needle")
-    needle_id: int = option(0, "which needle of --needles (0-based)")
-
-    def check(self) -> None:
-        super().check()
-        if self.sink < 0 or self.recent < 1:
-            raise UserError("--sink must be >= 0 and --recent >= 1 (a streamed head sees at least itself)")
-        check_seeds("--seed", self.seed)
-        check_seeds("--seeds", *(self.seeds or ()))
-        for flag, values in (("--mask_top", self.mask_top), ("--keep_full", self.keep_full), ("--seeds", self.seeds)):
-            check_distinct(flag, values)  # a value twice would write one condition's folder twice
-
-    def check_stream(self, shape: ModelShape) -> None:
-        """Streaming (``--keep_full``) that would stream something on this model."""
-        if self.keep_full and shape.max_positions and self.sink + self.recent >= shape.max_positions:
-            raise UserError(f"--sink {self.sink} + --recent {self.recent} cover the model's {shape.max_positions} "
-                            "positions: no key would ever be streamed; pass smaller values")
-
-    def the_needle(self) -> Needle:
-        """The needle this test uses: the one given as text, else ``needle_id`` of the sweep's
-        needles (``needle_list``; in the original's layout, with its part folder)."""
-        given = [self.needle, self.question, self.real_needle]
-        if any(given):
-            if not all(given):
-                raise UserError("--needle, --question and --real_needle go together; give all three")
-            n = Needle(0, self.needle.strip(), self.question.strip(), self.real_needle.strip())
-            n.answer_span()
-            layout = original_layout(self.haystack_dir)
-            return pair_with_parts(layout, [n])[0] if layout else n  # the original's layout: part1
-        needles = self.needle_list()
-        if not 0 <= self.needle_id < len(needles):
-            raise UserError(f"--needle_id {self.needle_id}: {self.needles or 'the needles file'} has "
-                            f"{len(needles)} needles")
-        return needles[self.needle_id]
 
 
 def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Condition], *, model_name: str = "",

@@ -46,7 +46,7 @@ from ..models.shape import ModelShape
 
 log = logging.getLogger(__name__)
 
-CACHE_CHOICES = ("auto", "real", "masked")
+from ..vocabulary import CACHE_CHOICES  # noqa: F401,E402 (the choices, re-exported)
 
 
 class Condition(Protocol):

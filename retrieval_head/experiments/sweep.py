@@ -12,128 +12,25 @@ decoding, the speed levers); ``plan`` checks it against the tokenizer and the mo
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.scheduler import Levers
 from ..engine.shard import assign
 from ..errors import UserError
 from ..inputs.grid import TrialKey, sweep_depths, sweep_lengths  # noqa: F401 (re-exported: the sweep's API)
 from ..inputs.haystack import (
-    NEEDLES_NAME,
     Needle,
     default_haystack_dir,
-    load_needles,
     original_layout,
-    pair_with_parts,
     read_haystack,
 )
 from ..inputs.prompt import Prompt, PromptBuilder, uses_chat_template
-from ..inputs.tasks import ANSWER_TOKENS, MULTI_ANSWER, TASKS, build_task_prompt, check_tasks, make_trial
+from ..inputs.tasks import build_task_prompt, make_trial
 from ..models.shape import ModelShape
-from ..options import option
+from .settings import SweepSettings, check_distinct, check_seeds  # noqa: F401 (re-exported: the sweep's API)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """What both experiments share; each command's settings extend it."""
-
-    s: int = option(0, "shortest context length", flags=("-s", "--s_len"))
-    e: int = option(5000, "longest context length", flags=("-e", "--e_len"))
-    num_lengths: int = option(20, "lengths: round(linspace(s, e, N))")
-    num_depths: int = option(10, "depths: round(linspace(0, 100, N))")
-    context_lengths: tuple[int, ...] | None = option(None, "explicit lengths in tokens (overrides s/e)")
-    depth_percents: tuple[int, ...] | None = option(None, "explicit depths in 0..100 (overrides num_depths)")
-    haystack_dir: str | None = option(None, "folder of UTF-8 .txt files, or the original's haystack_for_detect/ "
-                                            "(needles.jsonl beside part1, part2, ...: needle i reads part{i+1}); "
-                                            "none: Paul Graham essays", result=True)
-    needles: str | None = option(None, "needles JSON-lines file; none: the package's own "
-                                       "(retrieval_head/data/needles.jsonl)")
-    chat_template: str = option("auto", "auto: the tokenizer's when it has one", choices=("auto", "on", "off"),
-                                result=True)
-    max_new_tokens: int = option(50, "greedy answer length at most", result=True)
-    prefill_chunk: int | None = option(None, "prefill in chunks of N tokens (bounds memory)", result=True)
-    task: tuple[str, ...] = option(("single",), f"retrieval tasks ({', '.join(TASKS)}; several allowed): single "
-                                               "is the one needle of --needles; the others are RULER-style, "
-                                               "generated (docs/tasks.md)")
-    task_seed: int = option(0, "seed of the generated tasks' keys, values and distractor depths")
-    # Speed levers: they change no score and no response (tests/test_prefix.py, test_batched.py).
-    prefix_reuse: bool = option(True, "run prompts in insertion order, prefilling only what follows the prefix "
-                                      "they share")
-    batch_tokens: int | None = option(None, "decode rows of one prompt length together while their caches hold at "
-                                            "most this many tokens; none: 16384 or what 1/4 of the free memory "
-                                            "holds; 0: one row at a time")
-
-    def __post_init__(self):  # lists from the API become tuples (the settings stay hashable)
-        for name in ("context_lengths", "depth_percents"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, tuple):
-                object.__setattr__(self, name, tuple(v))
-
-    def lengths(self) -> list[int]:
-        lengths = self.context_lengths or sweep_lengths(self.s, self.e, self.num_lengths)
-        if any(x <= 0 for x in lengths):
-            raise UserError("--context_lengths must all be positive")
-        return sorted(set(lengths))
-
-    def depths(self) -> list[int]:
-        depths = self.depth_percents if self.depth_percents is not None else sweep_depths(self.num_depths)
-        bad = [d for d in depths if not 0 <= d <= 100]
-        if bad:
-            raise UserError(f"depth {bad[0]} is outside 0..100; fix --depth_percents")
-        return sorted(set(depths))
-
-    def needle_list(self) -> list[Needle]:
-        """The sweep's needles: ``needles``, else an original-layout ``haystack_dir``'s own
-        needles.jsonl, else the package's; in the original's layout each reads its part folder."""
-        layout = original_layout(self.haystack_dir)
-        if layout is None:
-            return load_needles(self.needles)
-        return pair_with_parts(layout, load_needles(self.needles or layout / NEEDLES_NAME))
-
-    def haystack_override(self) -> Path | None:
-        """The one haystack every needle reads (``haystack_dir`` as a plain folder), or None."""
-        if self.haystack_dir is None or original_layout(self.haystack_dir) is not None:
-            return None
-        return Path(self.haystack_dir)
-
-    def applied(self) -> dict:
-        """The settings as a manifest records them; the task fields only when a task other than
-        ``single`` runs, so a single-needle run's files read exactly as before tasks existed."""
-        out = dataclasses.asdict(self)
-        if self.task == ("single",):
-            out.pop("task"), out.pop("task_seed")
-        return out
-
-    def decoding(self, task: str) -> tuple[int, bool]:
-        """(max_new_tokens, stop at a newline) applied to ``task``: answers of several values
-        may take several lines and more tokens, so they stop only at EOS (or the limit), which
-        is at least ``ANSWER_TOKENS``.
-
-        >>> SweepSettings().decoding("single"), SweepSettings().decoding("vt")
-        ((50, True), (120, False))
-        """
-        if task in MULTI_ANSWER:
-            return max(self.max_new_tokens, ANSWER_TOKENS), False
-        return self.max_new_tokens, True
-
-    def levers(self) -> Levers:
-        return Levers(prefix_reuse=self.prefix_reuse, batch_tokens=self.batch_tokens, prefill_chunk=self.prefill_chunk)
-
-    def check(self) -> None:
-        """Everything that is wrong without looking at a file or a model."""
-        self.lengths(), self.depths(), check_tasks(self.task)
-        check_seeds("--task_seed", self.task_seed)
-        if self.max_new_tokens < 1:
-            raise UserError("--max_new_tokens must be at least 1")
-        if self.batch_tokens is not None and self.batch_tokens < 0:
-            raise UserError("--batch_tokens must be 0 (one at a time) or a positive number of tokens")
-        if self.prefill_chunk is not None and self.prefill_chunk < 1:
-            raise UserError("--prefill_chunk must be a positive number of tokens")
 
 
 @dataclass
@@ -234,33 +131,3 @@ def plan(tokenizer, shape: ModelShape, settings: SweepSettings, needles: list[Ne
     return out
 
 
-SEEDS = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed takes
-
-
-def check_seeds(flag: str, *seeds: int) -> None:
-    """Refuse a seed ``torch.Generator.manual_seed`` cannot take, naming the option.
-
-    >>> check_seeds("--seed", 0, -1, 2 ** 64 - 1)
-    >>> check_seeds("--seeds", 3, 2 ** 64)
-    Traceback (most recent call last):
-    ...
-    retrieval_head.errors.UserError: --seeds 18446744073709551616 is not a seed; pass an integer in -2**63..2**64-1
-    """
-    for s in seeds:
-        if not SEEDS[0] <= s <= SEEDS[1]:
-            raise UserError(f"{flag} {s} is not a seed; pass an integer in -2**63..2**64-1")
-
-
-def check_distinct(flag: str, values) -> None:
-    """Refuse a value listed twice (each value of a several-valued option is a condition of its own).
-
-    >>> check_distinct("--keep_full", (0, 4, 0))
-    Traceback (most recent call last):
-    ...
-    retrieval_head.errors.UserError: --keep_full lists 0 twice; pass each value once
-    """
-    seen = set()
-    for v in values or ():
-        if v in seen:
-            raise UserError(f"{flag} lists {v} twice; pass each value once")
-        seen.add(v)

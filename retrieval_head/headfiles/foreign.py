@@ -56,7 +56,6 @@ kept KV head 1 of layer 0 and nothing in layer 1::
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,15 +63,16 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .original import FORMAT, validate_head_scores
+from ..vocabulary import UNITS  # noqa: E402
+from .original import FORMAT, mean_grid, validate_head_scores
 from .validate import HEAD_KEY, REGENERATE, DuplicateKey, describe, finite_number, no_duplicate_keys
 
-UNITS = ("query", "kv")
 KEEP_SETS = ("razor", "layers")
 TSV_NAME, CONFIG_NAME = "full_attention_heads.tsv", "config.json"
 # DuoAttention's own defaults (duo_attn/utils.py: --sink_size 64, --recent_size 256); its
 # published patterns were trained with sink_size 128.
-DUO_SINK, DUO_RECENT = 64, 256
+from ..vocabulary import DUO_RECENT, DUO_SINK  # noqa: E402,F401 (re-exported)
+
 # DuoAttention's trained gates stray just outside [0, 1] (e.g. -1.4e-3 in its published
 # Llama-2-7B-32K pattern) and its loader clips them; further out is not a gate.
 DUO_SLACK = 0.01
@@ -280,13 +280,7 @@ def read_head_file_any(path: Path | str, file_unit: str | None = None,
 
 def _read_original(data: dict, path: Path, unit: str, grid) -> HeadFile:
     keys = validate_head_scores(data, path, grid)
-    layers, heads = (1 + max(x) for x in zip(*keys))
-    out = torch.zeros(layers, heads, dtype=torch.float64)
-    for (l, h), v in keys.items():
-        mean = sum(v) / len(v) if v else 0.0
-        if not math.isfinite(mean):
-            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {REGENERATE}")
-        out[l, h] = mean
+    out = torch.tensor(mean_grid(keys, path), dtype=torch.float64)
     return HeadFile(out, unit, "original", {"trials": len(next(iter(keys.values())))}, True, path)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .foreign import fit, read_head_file_any
+from .foreign import HeadFile, fit, read_head_file_any
+from .original import KV_NAMES, states_kv
 
 
 def load_head_scores(path: Path, shape=None, unit: str = "query") -> torch.Tensor:
@@ -49,3 +50,37 @@ def load_head_scores(path: Path, shape=None, unit: str = "query") -> torch.Tenso
     # this format is per query head: with the query-head grid known, check it before its values
     grid = (layers, heads) if layers is not None and heads is not None else None
     return fit(read_head_file_any(Path(path), grid=grid), unit, layers, heads, kv_heads)
+
+
+def read_stated(path: Path) -> HeadFile:
+    """A head file read in the unit it states: its format's, except that the original format
+    is per KV head where its name (detection's ``<model>.kv_max.json`` / ``.kv_mean.json``)
+    or the detection manifest beside it (columns = the model's KV heads) says so."""
+    path = Path(path)
+    hf = read_head_file_any(path, file_unit="kv" if path.name.endswith(KV_NAMES) else None)
+    if hf.format == "original" and hf.unit == "query" and states_kv(path, hf.scores.shape[1]):
+        hf = read_head_file_any(path, file_unit="kv")
+    return hf
+
+
+def load_ranking(path: Path, shape, unit: str | None = None) -> tuple[torch.Tensor, str]:
+    """(scores ``[layers, units]``, unit) for ranking ``shape``'s heads by a head file: in
+    ``unit``, or (None) in the unit the file states (``read_stated``); a per-KV-head file
+    read per query head gives each query head its KV head's score, a per-query-head file read
+    per KV head each group's max. What every command's ``--head_score`` / ``--unit`` reads.
+
+    >>> import tempfile
+    >>> from retrieval_head.headfiles.original import write_head_scores
+    >>> from retrieval_head.models.shape import ModelShape
+    >>> d = Path(tempfile.mkdtemp())
+    >>> write_head_scores(d / "m.kv_max.json", {"0-0": [0.5], "0-1": [1.0]})
+    >>> shape = ModelShape(num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, max_positions=64, windows=(None,))
+    >>> scores, unit = load_ranking(d / "m.kv_max.json", shape)
+    >>> scores.tolist(), unit
+    ([[0.5, 1.0]], 'kv')
+    >>> load_ranking(d / "m.kv_max.json", shape, "query")[0].tolist()
+    [[0.5, 0.5, 1.0, 1.0]]
+    """
+    hf = read_stated(path)
+    unit = unit or hf.unit
+    return fit(hf, unit, shape.num_layers, shape.num_heads, shape.num_kv_heads), unit

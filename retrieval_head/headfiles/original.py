@@ -16,6 +16,7 @@ works on it::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -110,3 +111,35 @@ def validate_head_scores(data, path: Path | str = "<data>",
                             f"{l}-{h} has {len(v)}); every head needs one score per trial: a merged or corrupted "
                             f"file? {REGENERATE}")
     return keys
+
+
+KV_NAMES = (".kv_max.json", ".kv_mean.json")  # detection's per-KV-head files of a GQA model
+
+
+def mean_grid(keys: dict[tuple[int, int], list], path: Path | str = "<data>") -> list[list[float]]:
+    """Each head's mean over its trials (0 for 0 trials) as a ``[layers][heads]`` list, from
+    ``validate_head_scores``'s answer.
+
+    >>> mean_grid({(0, 0): [0.5, 1], (0, 1): [0, 0.25]})
+    [[0.75, 0.125]]
+    """
+    layers, heads = (1 + max(x) for x in zip(*keys))
+    out = [[0.0] * heads for _ in range(layers)]
+    for (l, h), v in keys.items():
+        mean = sum(v) / len(v) if v else 0.0
+        if not math.isfinite(mean):
+            raise UserError(f"head_score file {path}: the scores of {l}-{h} are too large to average; {REGENERATE}")
+        out[l][h] = mean
+    return out
+
+
+def states_kv(path: Path, columns: int) -> bool:
+    """Whether an original-format file of ``columns`` columns is per KV head: by its name
+    (detection's ``<model>.kv_max.json`` / ``.kv_mean.json``) or by the detection manifest
+    beside it (``columns`` = the model's KV heads, fewer than its query heads)."""
+    from ..store.manifest import shape_beside
+
+    if Path(path).name.endswith(KV_NAMES):
+        return True
+    found = shape_beside(Path(path))
+    return bool(found) and found[1]["kv_heads"] < found[1]["heads"] and columns == found[1]["kv_heads"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-DECIMALS = 12  # scores equal to 12 decimals are ties (float arithmetic differs in the last bits)
+from .order import DECIMALS, format_rows
 
 
 def tie_key(scores: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,4 @@ def top_heads(scores: torch.Tensor, k: int | None = None) -> list[tuple[int, int
 
 def format_top_table(scores: torch.Tensor, k: int = 20) -> str:
     """A plain-text ranked table of the top ``k`` heads."""
-    lines = [f"{'rank':>4}  {'head':>7}  {'score':>6}"]
-    for r, (l, h, s) in enumerate(top_heads(scores, k), 1):
-        lines.append(f"{r:>4}  {f'{l}-{h}':>7}  {s:6.3f}")
-    return "\n".join(lines)
+    return format_rows(top_heads(scores, k))

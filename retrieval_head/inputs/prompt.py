@@ -20,6 +20,7 @@ Worked example (tokens shown as words)::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,11 +44,39 @@ class Prompt:
 
 
 def uses_chat_template(tokenizer, mode: str) -> bool:
-    """Resolve ``--chat_template auto|on|off``."""
+    """Resolve ``--chat_template auto|on|off|none|FILE`` (none = off; a FILE's Jinja template
+    becomes the tokenizer's)."""
+    if mode not in ("auto", "on", "off", "none"):
+        try:
+            tokenizer.chat_template = Path(mode).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--chat_template {mode}: cannot read it ({e}); pass a UTF-8 Jinja template file") from None
+        return True
     has = getattr(tokenizer, "chat_template", None) is not None
     if mode == "on" and not has:
         raise UserError("--chat_template on, but the tokenizer has no chat template; use auto or off")
     return has if mode == "auto" else mode == "on"
+
+
+def user_prompt(tokenizer, text: str, question: str | None, chat: bool) -> tuple[list[int], int]:
+    """Token ids of a user's ``text`` followed by ``question`` (on a line of its own), through
+    the chat template as one user message when ``chat`` (the assistant's turn opened, as
+    ``apply_chat_template(..., add_generation_prompt=True)`` gives), else plain (with the BOS
+    the tokenizer adds by itself); and the context's length: the ids before the question
+    (all of them without one)."""
+    content = text if question is None else f"{text}{CONTEXT_SENTINEL}\n{question}"
+    if chat:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                 add_generation_prompt=True)
+        bos = []
+    else:
+        rendered, bos = content, _bos(tokenizer)
+    before, _, after = rendered.partition(CONTEXT_SENTINEL)
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+    context = bos + enc(before)
+    if question is None:
+        return context, len(context)
+    return context + enc(after), len(context)
 
 
 def _bos(tokenizer) -> list[int]:

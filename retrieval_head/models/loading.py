@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..options import option
 from .embedded import (
     DEFAULT_MODEL_NAME,
     embedded,
@@ -24,27 +23,12 @@ from .embedded import (
     ensure_embedded,
 )
 from .shape import ModelShape
+from .spec import ModelSpec  # noqa: F401 (re-exported: the API)
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to load a model; one field per CLI option."""
-
-    model_path: str | None = option(None, "hub id, local folder or embedded:<key>; none: the embedded "
-                                          "SmolLM2-135M-Instruct")
-    revision: str | None = option(None, "hub revision (branch, tag or commit)")
-    dtype: str = option("auto", "auto: float32 on CPU, the checkpoint's dtype on GPU",
-                        choices=("auto", "float32", "bfloat16", "float16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
-    device_map: str | None = option(None, "e.g. auto: shard layers over GPUs (accelerate)")
-    attn_implementation: str | None = option(None, "prefill backend: sdpa, eager, flash_attention_2 "
-                                                   "(pip install .[flash]); none: the model's own")
-    trust_remote_code: bool = option(False, "run the model repository's own code (off unless asked)")
 
 
 def model_name(model_path: str | None, suffix: str | None = None) -> str:

@@ -44,12 +44,13 @@ from matplotlib.text import Text
 
 from ..errors import UserError
 from ..store.files import write_atomic
+from ..vocabulary import SIDE_BY_SIDE
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("context_length", "depth_percent", "score")
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
-DEFAULT_SIDE_BY_SIDE = Path("results/graph/side_by_side.png")
+DEFAULT_SIDE_BY_SIDE = Path(SIDE_BY_SIDE)
 
 
 @dataclass

@@ -15,8 +15,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 # The checkout this package runs from, if any: in an installed wheel this is site-packages.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "accelerate", "rouge-score", "numpy", "gguf", "retrieval-head")
@@ -55,6 +53,8 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str | None:
 
 
 def machine() -> dict:
+    import torch  # here, not at the top: reading a head file's manifest (shape_beside) needs no torch
+
     gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"platform": platform.platform(), "processor": platform.machine(), "torch_threads": torch.get_num_threads(),
             "gpus": gpu}
