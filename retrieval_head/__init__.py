@@ -5,7 +5,8 @@ The subpackages, top to bottom; each imports only from those below it (the contr
 ``[tool.importlinter]`` in pyproject.toml, checked by ``tests/test_layout.py``)::
 
   cli          the commands: detect, mask, compress, judge, heads (+ stability), plot, generate; one error boundary
-  experiments  detect, mask, compress, judge, adaptive (--until_stable); sweep: the plan both share
+  experiments  detect, mask (+ realcache: its streaming conditions on the real head-wise cache),
+               compress, judge, adaptive (--until_stable); sweep: the plan both share
   analysis     stability (the trial bootstrap), convergence (top-K as trials accrue)
   plots        niah: needle-test heatmaps in the original's look
   methods      registry (the identification methods as a table), focus, repeat
