@@ -221,7 +221,6 @@ def test_keep_top_ranks_kv_heads_by_their_best_query_head():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_beams": 2}, "num_beams"),
-    ({"num_return_sequences": 2, "do_sample": True}, "num_return_sequences"),
     ({"prompt_lookup_num_tokens": 3}, "prompt_lookup"),
     ({"cache_implementation": "offloaded"}, "cache_implementation"),
 ])

@@ -25,8 +25,10 @@ sink being each row's first ``sink`` tokens: under left padding (``pad_left``, w
 ``headwise_attend.generate`` calls with the attention mask) a row's streamed keys sit at its
 own positions, ``[b, n_stream, S, d]`` at ``pos [b, S]``, as many per row (``keep.row_slots``).
 An update returns a ``SplitKV`` (full and streamed parts), which only the head-wise
-attention (``headwise_attend``) reads: run the model through ``headwise_attend.generate``
-(or inside ``intervene(model, hooks=[HeadwiseAttention()])``).
+attention (``headwise_attend``) reads: run the model through ``retrieval_head.headwise_generate``
+(``headwise_attend.generate``), or call it (``model.generate`` included) inside
+``intervene(model, hooks=[HeadwiseAttention()])``, telling a fresh cache its left padding
+(``pad_left``) first. A filled cache keeps its batch (``check_rows``).
 A layer without streamed heads returns plain tensors (the backend computes it, bit for bit).
 A keep set of query heads (``[layers, heads]``) holds what ``stream.full_kv_heads`` of it
 says; a query head it streams on a full KV head ("mixed", ``keep.mixed_heads``) still sees
@@ -60,6 +62,15 @@ from .keep import KEEP_PHASES, check_keep, mixed_heads, row_slots, stored_positi
 from .kvcache import GrowingLayer, Growth
 from .stream import full_kv_heads
 
+RUN_IT = ("a head-wise cache's keys are read only by its attention: call retrieval_head.headwise_generate(model, "
+          "cache, ...), or run the model inside `with retrieval_head.intervene(model, "
+          "hooks=[retrieval_head.HeadwiseAttention()])`")
+
+
+def read_by_a_backend(split) -> None:
+    """Only the head-wise attention reads a ``SplitKV``: a backend that tries is told the fix."""
+    raise UserError(RUN_IT)
+
 
 @dataclass
 class SplitKV:
@@ -88,11 +99,8 @@ class SplitKV:
     def kv_heads(self) -> int:
         return len(self.full_idx) + len(self.stream_idx)
 
-    @property
-    def shape(self):
-        """What a backend reads first: refused, with the fix (only the head-wise attention reads these)."""
-        raise UserError("a head-wise cache's keys are read only by its attention: run the model through "
-                        "headwise_attend.generate, or inside intervene(model, hooks=[HeadwiseAttention()])")
+    # What a backend reads first (sdpa and eager: shape; flash: transpose): refused, with the fix
+    shape = dtype = device = size = transpose = view = reshape = contiguous = to = property(read_by_a_backend)
 
 
 def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
@@ -106,7 +114,19 @@ def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
 
 def refuse(what: str) -> UserError:
     return UserError(f"a head-wise cache cannot {what}: its streamed heads' dropped keys are gone "
-                     "(use a plain cache, with HeadMask(heads, \"stream\", ...) for the same answers)")
+                     "(use a plain cache, with retrieval_head.HeadMask(heads, \"stream\", ...) for the same answers)")
+
+
+def check_rows(layer: "HeadwiseLayer", rows: int) -> None:
+    """Refuse a call whose batch is not the rows the layer holds, or was told the padding of."""
+    held = next((t.shape[0] for t in layer.tensors()), None)
+    if held is not None and held != rows:
+        raise UserError(f"a head-wise cache holding {held} rows got a call of {rows} rows: a filled cache keeps "
+                        "its batch (num_return_sequences > 1 needs a fresh cache)")
+    if layer.start is not None and len(layer.start) != rows:
+        raise UserError(f"the head-wise cache was told the padding of {len(layer.start)} rows (pad_left) but the "
+                        f"model runs {rows}: pass pad_left the mask of the rows it runs, e.g. "
+                        "attention_mask.repeat_interleave(num_return_sequences, dim=0)")
 
 
 class HeadwiseLayer(CacheLayerMixin):
@@ -142,6 +162,7 @@ class HeadwiseLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        check_rows(self, key_states.shape[0])
         n, q = self.length, key_states.shape[-2]
         self.length = n + q
         if self.phase == "decode" and self.at is None:
@@ -217,7 +238,7 @@ class HeadwiseLayer(CacheLayerMixin):
         raise refuse("select rows")
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        raise refuse("repeat rows (num_return_sequences > 1)")
+        raise refuse("repeat its rows once filled (num_return_sequences > 1 needs a fresh cache)")
 
     def offload(self):
         raise refuse("be offloaded")

@@ -13,11 +13,16 @@ masked simulation lets each row see. A keep set of query heads can stream some q
 of a full KV head: those are recomputed after the full group against its keys under the
 same rule (``mixed_output``, ``attend.attend_heads``).
 
-Worked example (a notebook)::
+Worked example (a notebook; ``generate`` is ``retrieval_head.headwise_generate``)::
 
     keep = keep_top(head_scores, shape.group, fraction=0.25)          # [layers, kv_heads]
     cache = HeadwiseCache(shape, keep, sink=4, recent=64, phase="decode")
     out = generate(model, cache, input_ids=ids, attention_mask=am, max_new_tokens=32)
+
+    cache = HeadwiseCache(shape, keep, sink=4, recent=64)             # or model.generate itself:
+    cache.pad_left(am)                                                # each row's left padding
+    with intervene(model, hooks=[HeadwiseAttention()]):
+        out = model.generate(input_ids=ids, attention_mask=am, cache=cache, max_new_tokens=32)
 """
 
 from __future__ import annotations
@@ -114,37 +119,43 @@ class HeadwiseAttention(Hook):
 
 REFUSED_GENERATE = {
     "num_beams": "beam search (num_beams > 1) reorders rows",
-    "num_return_sequences": "num_return_sequences > 1 repeats rows",
     "assistant_model": "assisted decoding crops the cache back",
     "prompt_lookup_num_tokens": "prompt-lookup decoding crops the cache back",
     "cache_implementation": "a cache_implementation replaces the head-wise cache",
 }
+CALL = "retrieval_head.headwise_generate(model, cache, ...)"
 
 
-def check_generate(model, kwargs: dict) -> None:
-    """Refuse, before any work, what a head-wise cache cannot do (one line, ``UserError``)."""
-    config = model.generation_config
+def check_generate(model, kwargs: dict) -> int:
+    """Refuse, before any work, what a head-wise cache cannot do (one line, ``UserError``);
+    the number of sequences returned per prompt (``num_return_sequences``)."""
+    config = kwargs.get("generation_config") or model.generation_config
+    setting = {name: kwargs.get(name, getattr(config, name, None))
+               for name in (*REFUSED_GENERATE, "num_return_sequences")}
     for name, why in REFUSED_GENERATE.items():
-        value = kwargs.get(name, getattr(config, name, None))
-        if name in ("num_beams", "num_return_sequences"):
-            bad = value is not None and int(value) > 1
-        else:
-            bad = value is not None
-        if bad:
+        value = setting[name]
+        if value is not None and (name != "num_beams" or int(value) > 1):
             raise UserError(f"a head-wise cache cannot be used with {name}={value!r}: {why}")
+    return int(setting["num_return_sequences"] or 1)
 
 
 def generate(model, cache: HeadwiseCache, **kwargs):
-    """``model.generate(..., cache=cache)`` with the head-wise attention in scope
-    (and the model left exactly as before); unsupported settings refused first."""
+    """``model.generate(**kwargs)`` on ``cache`` with the head-wise attention in scope (the
+    model left exactly as before); unsupported settings refused first. A fresh cache is told
+    where the prompt ends (phase decode) and each row's left padding (``pad_left``, the rows
+    ``num_return_sequences`` makes included): what ``model.generate`` on it inside
+    ``intervene(model, hooks=[HeadwiseAttention()])`` leaves to the caller."""
     if not isinstance(cache, HeadwiseCache):
-        raise UserError("generate() here takes a HeadwiseCache")
-    check_generate(model, kwargs)
+        raise UserError(f"{CALL} takes a retrieval_head.HeadwiseCache, not a {type(cache).__name__}")
+    copies = check_generate(model, kwargs)
     prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    if copies > 1 and cache.get_seq_length():
+        raise UserError("num_return_sequences > 1 needs a fresh head-wise cache: generate repeats the prompt's "
+                        "rows before the prefill, and a filled cache's rows cannot be repeated")
     if prompt is not None and not cache.get_seq_length():
         if cache.phase == "decode":
             cache.compress_at(prompt.shape[1])  # after the whole prefill, chunked or not
-        if kwargs.get("attention_mask") is not None:
-            cache.pad_left(kwargs["attention_mask"])  # each row's sink: its own first tokens
+        if kwargs.get("attention_mask") is not None:  # each row's sink: its own first tokens
+            cache.pad_left(kwargs["attention_mask"].repeat_interleave(copies, dim=0))
     with intervene(model, hooks=[HeadwiseAttention()]):
         return model.generate(cache=cache, **kwargs)
