@@ -97,7 +97,7 @@ experiment: install $(MODEL_DEPS)
 	$(PY) retrieval_head_detection.py $(MODEL_ARG) $(GRID) --overwrite
 	$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(GRID) --mask_top 0 $(K) -$(K) --seeds $(SEEDS) --overwrite
 	$(if $(strip $(KEEP)),$(PY) needle_in_haystack_with_mask.py $(MODEL_ARG) $(COMPRESS_GRID) --mask_top 0 \
-	  --keep_full $(KEEP) --seeds $(SEEDS) --sink $(SINK) --recent $(RECENT) --mask_phase $(PHASE) \
+	  --keep_full $(KEEP) --seeds $(SEEDS) --sink $(SINK) --recent $(RECENT) --phase $(PHASE) \
 	  --output_dir results/compression --overwrite)
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist), each test single-threaded: on 2 cores

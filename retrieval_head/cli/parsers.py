@@ -5,8 +5,9 @@ answers at once, and ``docs/cli.md``'s tables are generated from these parsers
 (``scripts/cli_docs.py``), so help texts, API defaults and the docs cannot drift. The
 commands themselves (``cli/<command>.py``) parse with these same parsers.
 
-    >>> args = build("mask", "retrieval-head mask").parse_args(["--mask_phase", "all", "--mask_unit", "kv"])
-    ... # doctest: +SKIP  (prints the two notes naming --phase and --unit)
+    >>> args = build("mask", "retrieval-head mask").parse_args(["--phase", "all", "--unit", "kv"])
+    >>> args.phase, args.unit
+    ('all', 'kv')
     >>> sorted(PARSERS)
     ['compress', 'detect', 'generate', 'heads', 'judge', 'mask', 'plot']
 """

@@ -8,8 +8,8 @@ a head scoring >= 0.1 nor one of its top max(K, 10%)), and the unmasked model as
 ceiling. Every condition's mask is decode-phase, so the scheduler prefills each cell once
 for all of them. The method that finds the heads whose removal hurts most wins.
 
-    python -m retrieval_head.judge --head_scores head_score/M.json head_score/M.query-focus.json \\
-        head_score/M.induction.json --k 5 11 19 27 --seeds 0 1 2 --context_lengths 1000 2000
+    python -m retrieval_head.judge --head_score head_score/M.json head_score/M.query-focus.json \\
+        head_score/M.induction.json --mask_top 5 11 19 27 --seeds 0 1 2 --context_lengths 1000 2000
 
 Outputs in ``--output_dir`` (default ``results/judge``):
   <model>.judge.jsonl       one record per (condition, cell): the original's NIAH fields, the
