@@ -264,7 +264,8 @@ def test_the_generate_command_answers_and_reports_the_memory(tmp_path, capsys, d
     (tmp_path / "hs.json").write_text(json.dumps(scores) + "\n")
     (tmp_path / "p.txt").write_text("The code word is heron. " * 6 + "What is the code word?")
     argv = ["generate", str(tmp_path / "p.txt"), "--model_path", str(tiny), "--head_score", str(tmp_path / "hs.json"),
-            "--keep_full", "1", "--sink", "2", "--recent", "4", "--max_new_tokens", "3"]
+            "--keep_full", "1", "--unit", "kv", "--chat_template", "off", "--sink", "2", "--recent", "4",
+            "--max_new_tokens", "3"]  # one KV head, ranked by its best query head; the prompt as it is
     assert commands.main(argv) == 0
     answer, memory = capsys.readouterr().out.rstrip("\n").rsplit("\n", 1)
     assert memory.startswith("memory: KV cache ") and "1/4 KV heads full" in memory and "peak RSS" in memory
@@ -279,4 +280,4 @@ def test_the_generate_command_answers_and_reports_the_memory(tmp_path, capsys, d
                        do_sample=False, pad_token_id=default_tokenizer.eos_token_id)
     assert answer == default_tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     full = cache_bytes(shape, None, 1, cache.get_seq_length(), 4)
-    assert f"{cache.nbytes() / 2**20:.2f} MiB compressed vs {full / 2**20:.2f} MiB full" in memory
+    assert f"{cache.nbytes() / 2**20:.2f} MiB held of {full / 2**20:.2f} MiB full" in memory

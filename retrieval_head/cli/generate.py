@@ -127,7 +127,7 @@ def memory_line(cache, shape, itemsize: int) -> str:
     kept = cache.nbytes()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     cuda = f", CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB" if torch.cuda.is_available() else ""
-    return (f"memory: KV cache {kept / 2**20:.2f} MiB compressed vs {full / 2**20:.2f} MiB full "
+    return (f"memory: KV cache {kept / 2**20:.2f} MiB held of {full / 2**20:.2f} MiB full "
             f"({kept / full:.1%}) at {length} tokens, {int(cache.keep.sum())}/{cache.keep.numel()} KV heads full; "
             f"peak RSS {peak:.0f} MiB{cuda}")
 
