@@ -226,6 +226,7 @@ CASES = [
     ("judge --resume", "judge", ["--head_score", "{hs_tiny}", "--mask_top", "1", "--resume"], "does not resume"),
     ("judge output folder not writable", "judge", ["--head_score", "{hs_tiny}", "--mask_top", "1", "--output_dir",
                                                     "{a_file}/sub"], "not a writable folder"),
+    ("mask --phase context", "niah", ["--keep_full", "0", "--phase", "context"], "not in the needle test yet"),
     ("generate prompt file missing", "generate", ["{root}/none.txt", "--keep_full", "1", "--head_score", "{hs_tiny}"],
      "does not exist"),
     ("generate with both --keep_full and --keep_fraction", "generate",
