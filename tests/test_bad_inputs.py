@@ -1,18 +1,25 @@
 """Every bad input: one line saying what is wrong and how to fix it, a non-zero exit, no
 traceback, and no output file created or changed. `python tests/test_bad_inputs.py`
-prints the table of docs/troubleshooting.md from the same cases (`--docs`: rewrites it there)."""
+prints the table of docs/troubleshooting.md from the same cases (`--docs`: rewrites it there).
+
+The page cannot drift: each case's test also asserts that the page's row is the line the
+CLI just printed (``doc_row``), and ``test_troubleshooting_lists_every_case`` that the
+table has one row per case, in order, without running any."""
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-import pytest
-from helpers import make_inputs
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as conftest.py: the rows are what an offline run prints
 
-from retrieval_head.cli import commands
+import pytest  # noqa: E402
+from helpers import make_inputs  # noqa: E402
+
+from retrieval_head.cli import commands  # noqa: E402
 
 # (what is wrong, command, arguments, a phrase the one-line message must hold)
 CASES = [
@@ -118,8 +125,8 @@ CASES = [
     ("--recent 0", "niah", ["--keep_full", "0", "--recent", "0"], "--recent >= 1"),
     ("--sink + --recent cover the model's positions", "niah", ["--keep_full", "0", "--recent", "1024"],
      "cover the model's 1024 positions"),
-    ("--mask_phase unknown", "niah", ["--keep_full", "0", "--mask_phase", "prefill"],
-     "argument --mask_phase: invalid choice: 'prefill'"),
+    ("--phase unknown", "niah", ["--keep_full", "0", "--phase", "prefill"],
+     "argument --phase: invalid choice: 'prefill'"),
     ("--keep_full value twice", "niah", ["--keep_full", "0", "0"], "--keep_full lists 0 twice"),
     ("--mask_top value twice", "niah", ["--mask_top", "2", "2", "--head_score", "{hs_tiny}"],
      "--mask_top lists 2 twice"),
@@ -265,6 +272,28 @@ COMMAND = {"detect": "detect", "niah": "mask", "judge": "judge", "heads": "heads
            "compress": "compress", "generate": "generate"}
 
 
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+START, END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+HEADER = "| bad input | what the user sees (exit 2) |\n|---|---|"
+
+
+def doc_row(what: str, stderr: str, *roots: Path | str) -> str:
+    """A case's row of the page: what it printed, each temporary folder written as "…"."""
+    msg = stderr.strip()
+    for root in sorted(map(str, roots), key=len, reverse=True):
+        msg = msg.replace(root, "…")
+    msg = msg.replace("|", "\\|")
+    return f"| {what} | `{msg}` |"
+
+
+def doc_rows() -> list[str]:
+    """The rows of the page's table, as written."""
+    text = PAGE.read_text(encoding="utf-8")
+    table = text[text.index(START) + len(START):text.index(END)].strip()
+    assert table.startswith(HEADER), f"{PAGE.name}: the table's header changed"
+    return table[len(HEADER):].strip().splitlines()
+
+
 def run_case(cmd: str, args: list[str], paths: dict, out: Path) -> int:
     """One case through the console command (``retrieval-head``), as a user types it."""
     fill = lambda a: a.format(root=out.parent, out=out, **{k: v for k, v in paths.items() if k != "out"})  # noqa: E731
@@ -301,6 +330,20 @@ def test_bad_input(inputs, tmp_path, capsys, monkeypatch, what, cmd, args, phras
     assert len(err) == 1 and err[0].startswith("error: ") and phrase in err[0], err
     assert not out.exists()  # nothing created
     assert _tree(inputs["out"].parent) == before  # nothing of theirs changed
+    shown = {r[2:r.index(" | ")]: r for r in doc_rows()}.get(what)
+    printed = doc_row(what, err[0], inputs["out"].parent, tmp_path)
+    assert shown == printed, (f"docs/troubleshooting.md shows {shown}, the CLI printed {printed}; "
+                              "run python tests/test_bad_inputs.py --docs")
+
+
+def test_troubleshooting_lists_every_case():
+    """One row per case, in the cases' order, each holding its phrase (nothing is run here;
+    each row's exact text is checked by the case's own test)."""
+    rows = doc_rows()
+    assert [r[2:r.index(" | ")] for r in rows] == [c[0] for c in CASES], \
+        "docs/troubleshooting.md's rows are not the cases: run python tests/test_bad_inputs.py --docs"
+    for row, (what, _, _, phrase) in zip(rows, CASES):
+        assert phrase.replace("|", "\\|") in row, (what, phrase)
 
 
 def test_existing_outputs_untouched_without_flags(inputs, tmp_path, capsys):
@@ -344,21 +387,18 @@ if __name__ == "__main__":  # docs/troubleshooting.md's table, from what the CLI
 
     from retrieval_head.models.embedded import default_model_dir
 
-    lines = ["| bad input | what the user sees (exit 2) |", "|---|---|"]
+    lines = [HEADER]
     with tempfile.TemporaryDirectory() as d:
         paths = make_inputs(Path(d), AutoTokenizer.from_pretrained(default_model_dir()))
         for what, cmd, args, _ in CASES:
             buf = io.StringIO()
             with contextlib.redirect_stderr(buf):
                 run_case(cmd, args, paths, Path(d) / "results")
-            msg = buf.getvalue().strip().replace(d, "…").replace("|", "\\|")
-            lines.append(f"| {what} | `{msg}` |")
+            lines.append(doc_row(what, buf.getvalue(), d))
     table = "\n".join(lines)
     print(table)
     if "--docs" in sys.argv[1:]:  # replace the table between the page's markers
-        page = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
-        text = page.read_text()
-        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
-        a, b = text.index(start) + len(start), text.index(end)
-        page.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+        text = PAGE.read_text(encoding="utf-8")
+        a, b = text.index(START) + len(START), text.index(END)
+        PAGE.write_text(text[:a] + "\n" + table + "\n" + text[b:], encoding="utf-8")
     sys.exit(0)

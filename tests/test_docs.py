@@ -80,22 +80,27 @@ class Parsed(Exception):
     """Raised right after the real parser accepted the arguments: nothing else runs."""
 
 
+def wrapper(path: Path):
+    """What a thin entry module runs under ``__main__``: ``run_command("<command>", sys.argv[1:],
+    "<prog>")`` (the two scripts, ``python -m retrieval_head.heads`` and the like)."""
+    found = re.search(r'run_command\("(\w+)", sys\.argv\[1:\], "([^"]+)"\)', path.read_text())
+    assert found, f"{path.name} no longer calls run_command(COMMAND, sys.argv[1:], PROG) under __main__"
+    run_command = importlib.import_module("retrieval_head.cli.commands").run_command
+    return lambda argv: run_command(found[1], argv, found[2])
+
+
 def entry_point(words: list[str]):
     """The function the shown command would call, and the arguments it would get."""
     for i, w in enumerate(words):
         if w.endswith(SCRIPTS):
-            spec = importlib.util.spec_from_file_location(f"doc_{Path(w).stem}", ROOT / Path(w).name)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)  # the scripts run only under __main__
-            return module.cli, words[i + 1:]
+            return wrapper(ROOT / Path(w).name), words[i + 1:]
         if Path(w).name == "retrieval-head":
             return importlib.import_module("retrieval_head.cli").main, words[i + 1:]
         if w == "-m" and words[i + 1].startswith("retrieval_head"):
             name = words[i + 1]
             if name == "retrieval_head":  # its __main__ exits on import; it calls the console command
                 return importlib.import_module("retrieval_head.cli").main, words[i + 2:]
-            module = importlib.import_module(name)
-            return getattr(module, "main", None) or module.cli, words[i + 2:]
+            return wrapper(Path(importlib.util.find_spec(name).origin)), words[i + 2:]
     raise AssertionError(f"no entry point in {words}")
 
 

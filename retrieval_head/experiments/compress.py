@@ -9,8 +9,9 @@ answered with the paper's causal test).
   K = 0  stream every head.
 
 Streamed heads see their first ``--sink`` and last ``--recent`` keys (``streaming``);
-``--mask_phase decode`` compresses the prompt's cache once after the prefill (kvpress),
-``all`` from the first token (DuoAttention). Every result records the heads kept and
+``--phase decode`` compresses the prompt's cache once after the prefill (kvpress),
+``all`` from the first token (DuoAttention), ``context`` the context once, the question
+appended whole (kvpress's pipeline). Every result records the heads kept and
 streamed, sink, recent, phase, unit and ``kv_kept``: the fraction of the full KV cache a
 compressed cache would hold (``streaming.kv_kept``); a condition run on the real head-wise
 cache (``--cache real``, ``realcache``) also the bytes it held, ``kv_bytes`` of

@@ -1,6 +1,6 @@
 """Needle-in-a-haystack with heads masked: top-K vs random-K vs none.
 
-Conditions (the original's ``--mask_topk K``):
+Conditions (``--mask_top K``, the original's ``--mask_topk K``):
   K > 0  mask the K best heads by mean retrieval score (ties in layer-major order);
   K < 0  mask |K| random heads, drawn with a recorded seed from the heads that are *not*
          retrieval heads (see ``select_random``);

@@ -6,7 +6,7 @@ condition runs on a ``headwise.HeadwiseCache`` instead, which really drops the s
 heads' keys. The cache drops whole KV heads: a KV head serving a kept query head stays full
 (``stream.full_kv_heads``) and its streamed query heads are restricted by attention alone,
 so any condition gives the simulation's answers here, but only one whose kept set is whole
-KV heads (``--mask_unit kv``, or query heads kept or streamed a whole group at a time;
+KV heads (``--unit kv``, or query heads kept or streamed a whole group at a time;
 keeping nothing always is) frees the memory of every head it streams. ``--cache``: ``real``
 (every streaming condition; refused without one), ``masked`` (the simulation, the
 reference), ``auto`` (the default: real where the kept set is whole KV heads, the simulation
