@@ -113,19 +113,25 @@ def meaning(name: str, help: str | None) -> str:
 
 def add_term(g, name: str, default: Any = None, help: str | None = None, **kw) -> None:
     """A hand-built option spelled and explained by the vocabulary (``--name``, its meaning
-    or ``help``, its old spellings hidden); ``kw`` as ``add_argument``'s.
+    or ``help``, its old spellings hidden); ``kw`` as ``add_argument``'s. Its default is
+    shown by the parser's formatter (``ArgumentDefaultsHelpFormatter``).
 
     >>> p = argparse.ArgumentParser()
     >>> add_term(p, "top", 20, type=int)
     >>> p.parse_args(["--top", "3"]).top
     3
     """
-    g.add_argument(f"--{name}", dest=name, default=default, help=f"{meaning(name, help)} (default: {_shown(default)})",
-                   **kw)
+    g.add_argument(f"--{name}", dest=name, default=default, help=meaning(name, help), **kw)
     alias_kw = {k: v for k, v in kw.items() if k in ("type", "nargs", "choices", "metavar")}
     if kw.get("action") == "store_true":
         alias_kw.update(nargs=0, const=True)
     add_aliases(g, name, f"--{name}", **alias_kw)
+
+
+def old_spelling(g, old: str, dest: str, new: str, **kw) -> None:
+    """One command's own old spelling of ``new`` (``-k`` for ``--top``), hidden, with its note."""
+    g.add_argument(old, dest=dest, action=OldSpelling, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                   **kw)
 
 
 def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:

@@ -22,12 +22,15 @@ from pathlib import Path
 from ..experiments.detect_settings import DetectSettings
 from ..experiments.settings import JudgeSettings, NiahSettings
 from ..models.spec import ModelSpec
-from ..options import add_options, add_term, option
+from ..options import add_options, add_term, old_spelling, option
 from ..vocabulary import DUO_RECENT, DUO_SINK, MAX_DRAWS, MAX_ORDERS, PHASES, SIDE_BY_SIDE, UNITS
 from .common import Parser, RunOptions
 
-FMT = argparse.RawDescriptionHelpFormatter
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+FMT = argparse.RawDescriptionHelpFormatter  # the option dataclasses write each default into the help
+
+
+class DEFAULTS(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Hand-built parsers: the description as written, each option's default appended."""
 
 
 def doc(module: str) -> str:
@@ -166,7 +169,7 @@ def heads(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="every head's mean, lo, hi, p_top as JSON")
     s = _sub(sub, "convergence", "PNG: top-K overlap with the final answer vs trials", 10, trials=True)
     s.add_argument("--orders", type=int, metavar="N", default=20, help=f"random trial orders (at most {MAX_ORDERS})")
-    s.add_argument("--seeds", dest="orders", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    old_spelling(s, "--seeds", "orders", "--orders", type=int)  # its old name: --seeds elsewhere lists seeds
     add_term(s, "seed", 0, type=int)
     _outputs(s, "<stem>.convergence.png")
     return p
@@ -189,7 +192,7 @@ def _sub(sub, name: str, help: str, top: int | None, trials: bool = False):
 
 def _top(s, default: int) -> None:
     add_term(s, "top", default, type=int, metavar="K")
-    s.add_argument("-k", dest="top", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
+    old_spelling(s, "-k", "top", "--top", type=int)
 
 
 def _outputs(s, default: str) -> None:
