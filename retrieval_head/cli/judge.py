@@ -38,6 +38,7 @@ from .common import (
     open_checked,
     run_cli,
     setup_logging,
+    status_printer,
 )
 
 
@@ -75,17 +76,18 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     paths["manifest"] = out / f"{stem}.judge.manifest.json"
     guard_outputs(list(paths.values()), run.overwrite)
     started = utc_now()
+    say = status_printer(run.quiet)
     opened = open_checked(spec, 1)
     files = labelled(st.head_scores, name)
     scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
     conditions = judge_conditions(scores, st.k, st.seeds, st.mask_mode)
     niah = st.niah()
     checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()], task)  # all before the weights
-    model, info = load_checked(opened)
+    model, info = load_checked(opened, say)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = run_niah(model, opened.tokenizer, niah, conditions, model_name=name, progress=not run.quiet,
-                       checked=checked)
+                       checked=checked, status=say)
     seconds = time.perf_counter() - t0
     write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
     metric = "score" if task == "single" else "string_match"  # a task is scored as RULER does

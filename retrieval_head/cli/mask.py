@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.progress import Status
 from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
@@ -43,6 +44,7 @@ from .common import (
     pause_for_tests,
     run_cli,
     setup_logging,
+    status_printer,
 )
 
 
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     name = model_name(spec.model_path, run.model_name_suffix)
     out, sfx = Path(run.output_dir), shard_suffix(rank, world)
     started = utc_now()
+    say = status_printer(run.quiet)
     opened = open_checked(spec, world)
     shape = opened.shape
     settings.check_stream(shape)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                   run.overwrite or run.resume)
     # every input of every task checked before the weights load
     checked = {t: plan(opened.tokenizer, shape, settings, [needle], t) for t in settings.task}
-    model, info = load_checked(opened)
+    model, info = load_checked(opened, say)
     tables, pending = [], False
     for t in settings.task:
         config = dict(settings.applied(), **run.__dict__, model_name=name, needle=needle.needle,
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         manifest.update(status="running", shard=[rank, world], haystacks=checked[t].pairing(), fingerprint=dict(
             fp, grid=[checked[t].lengths, checked[t].depths], world_size=world, model=model_identity(info)))
         results = run_task(model, opened.tokenizer, settings, run, per_task[t], manifest, checked[t], out, sfx,
-                           "" if t == "single" else f"_{t}")
+                           "" if t == "single" else f"_{t}", say)
         if results is None:
             pending = True
             continue
@@ -253,7 +256,7 @@ def task_conditions(conditions: list[Condition], task: str) -> list[Condition]:
 
 
 def run_task(model, tokenizer, settings: NiahSettings, run: NiahRun, conditions, manifest: dict, checked, out: Path,
-             sfx: str, tag: str) -> dict[str, list[dict]] | None:
+             sfx: str, tag: str, say: Status | None = None) -> dict[str, list[dict]] | None:
     """One task's sweep under every condition: its folders prepared, its cells run and saved;
     the results when every shard is done (else None)."""
     name, (rank, world) = manifest["config"]["model_name"], manifest["shard"]
@@ -269,7 +272,7 @@ def run_task(model, tokenizer, settings: NiahSettings, run: NiahRun, conditions,
         pause_for_tests(written)
 
     run_niah(model, tokenizer, settings, conditions, model_name=name, on_record=save,
-             progress=not run.quiet, skip=frozenset(skip), checked=checked)
+             progress=not run.quiet, skip=frozenset(skip), checked=checked, status=say)
     if not complete(out, conditions, manifest, keys):
         return None
     return finish(out, conditions, manifest, keys, sfx, plot=not run.no_plot, tag=tag)
