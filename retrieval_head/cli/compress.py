@@ -1,4 +1,4 @@
-"""``retrieval-head compress``: the compression curve (needle score vs KV cache kept) of
+"""``retrieval-head compress``: the compression curve (the task's score vs KV cache kept) of
 streaming result folders, as a figure and a markdown table (the curve is
 ``experiments.compress``'s; this is the command).
 
@@ -25,7 +25,8 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
                                             "figure and a markdown table.")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
     p.add_argument("--out", default="compression.png", help="output PNG")
-    p.add_argument("--title", default="needle score vs KV cache kept", help="figure title")
+    p.add_argument("--title", default=None,
+                   help="figure title; none: the model, task, metric and streaming setting the records ran")
     p.add_argument("--heads", type=int, default=None,
                    help="the model's heads (units), for the table's share-of-heads column")
     return p

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..engine.progress import count
 from ..engine.shard import from_env
 from ..errors import UserError
 from ..experiments import judge as experiment
@@ -96,10 +97,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     what = f"needle {st.needle_id}" if task == "single" else f"task {task} (string match x100, seed {st.task_seed})"
     text = table(s, st.k)
     write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
-                              f"{what}; {len(st.seeds)} random seeds)\n\n{text}")
-    figure(s, st.k, paths["png"], f"{name}: {'needle' if task == 'single' else task} score with each method's "
-                                  f"top-K heads masked\n({grid})", *(() if task == "single" else
-                                                                    (f"{task}: string match x100",)))
+                              f"{what}; {count(len(st.seeds), 'random seed')})\n\n{text}")
+    from ..plots.niah import MATCH, ROUGE, SINGLE  # matplotlib: imported once the run is done
+
+    scored = ROUGE if task == "single" else MATCH
+    figure(s, st.k, paths["png"], f"{name}, {SINGLE if task == 'single' else task}: {scored.label} with each method's "
+                                  f"top-K heads masked\n({st.mask_mode} masking, decode phase; methods "
+                                  f"{', '.join(files)}; random K over {count(len(st.seeds), 'seed')}; {grid})",
+           scored.label)
     config = dict(st.applied(), **dataclasses.asdict(run), model_name=name,
                   files={m: str(p) for m, p in files.items()})
     write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),

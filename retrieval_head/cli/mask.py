@@ -181,11 +181,9 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     if plot and streaming:
         m = streaming[0].mask
         kind = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
-        lengths = sorted({k.context_length for k in keys})
-        title = (f"{name}{tag}: needle score vs KV cache kept ({streaming[0].unit} heads, sink {m.sink} + recent "
-                 f"{m.recent}, phase {m.phase}; {', '.join(map(str, lengths))} tokens)")
+        # its title names the model, task, metric and streaming setting, read from the records
         path = compression_figure([out / c.folder for c in masking + streaming],
-                                  out / f"{name}{tag}_compression_{kind}.png", title)
+                                  out / f"{name}{tag}_compression_{kind}.png")
         print(f"compression curve: {path}")
     return results
 
