@@ -157,3 +157,14 @@ def test_a_head_heatmap_names_the_method_of_its_file(tmp_path, monkeypatch):
     assert "query-focus score (mean over trials)" in [t.get_text() for t in texts(fig)]  # the colour bar
     assert outside(heads.heads_figure(torch.rand(30, 9), "M: echo score per head",
                                       label="echo score (mean over seeds)")) == []
+
+
+def test_a_streaming_heatmap_says_what_was_kept(tmp_path):
+    """--keep_full 9 was titled "keep_top-9 heads masked (stream, decode)", and streaming every
+    head (k 0) "no heads masked", taken as the side-by-side's baseline."""
+    keep = plot.load_results(folder(tmp_path, "top9", [stream(9, "keep_top", None, 30.0, 0.16)]))
+    assert keep.mask == "keep top-9 KV heads full, rest streamed (4+64, decode)" and not keep.baseline
+    everything = plot.load_results(folder(tmp_path, "all", [stream(0, "keep_top", None, 0.0, 0.07)]))
+    assert everything.mask == "every head streamed (4+64, decode)" and not everything.baseline
+    rand = plot.load_results(folder(tmp_path, "r9", [stream(9, "keep_random", 2, 0.0, 0.16)]))
+    assert rand.mask == "keep random-9 KV heads full, rest streamed (4+64, decode, seed 2)"

@@ -111,26 +111,36 @@ class ResultGrid:
 
 
 def describe_mask(mask: dict | None) -> str:
-    """A short human description of a trial's ``mask`` field.
+    """A short human description of a trial's ``mask`` field, as the run's table says it.
 
     >>> describe_mask({"kind": "top", "k": 10, "mode": "uniform", "phase": "decode"})
     'top-10 heads masked (uniform, decode)'
     >>> describe_mask({"kind": "none", "k": 0})
     'no heads masked'
+    >>> describe_mask({"kind": "keep_top", "k": 9, "unit": "kv", "mode": "stream", "sink": 4, "recent": 64,
+    ...                "phase": "decode"})
+    'keep top-9 KV heads full, rest streamed (4+64, decode)'
+    >>> describe_mask({"kind": "keep_top", "k": 0, "mode": "stream", "sink": 4, "recent": 64, "phase": "all"})
+    'every head streamed (4+64, all)'
     """
     if is_unmasked(mask):
         return "no heads masked"
     k = mask.get("k", len(mask.get("heads") or []))
+    unit = "KV heads" if mask.get("unit") == "kv" else "heads"
+    seed = f", seed {mask['seed']}" if "random" in str(mask.get("kind")) and mask.get("seed") is not None else ""
+    if mask.get("mode") == "stream":  # --keep_full: the heads kept are named, the rest streamed
+        what = "every head streamed" if k == 0 else \
+            f"{str(mask.get('kind', 'keep')).replace('keep_', 'keep ')}-{k} {unit} full, rest streamed"
+        return f"{what} ({mask.get('sink')}+{mask.get('recent')}, {mask.get('phase')}{seed})"
     extra = [str(mask[key]) for key in ("mode", "phase") if mask.get(key) is not None]
-    if mask.get("kind") == "random" and mask.get("seed") is not None:
-        extra.append(f"seed {mask['seed']}")
-    suffix = f" ({', '.join(extra)})" if extra else ""
-    return f"{mask.get('kind', 'masked')}-{k} heads masked{suffix}"
+    suffix = f" ({', '.join(extra)}{seed})" if extra else (f" ({seed[2:]})" if seed else "")
+    return f"{mask.get('kind', 'masked')}-{k} {unit} masked{suffix}"
 
 
 def is_unmasked(mask: dict | None) -> bool:
-    """No mask, kind ``none`` or ``k == 0``: the baseline run."""
-    return not mask or mask.get("kind") == "none" or mask.get("k") == 0
+    """No mask, kind ``none`` or ``k == 0`` masked heads: the baseline run (streaming every
+    head, ``--keep_full 0``, keeps none full: not a baseline)."""
+    return not mask or mask.get("kind") == "none" or (mask.get("k") == 0 and mask.get("mode") != "stream")
 
 
 def read_trials(folder: Path) -> list[dict]:
