@@ -68,7 +68,7 @@ def test_load_results_grid_and_mean(folders):
     assert g.mean == 37.5 and g.n_trials == 4  # (100 + 0 + 50 + 0) / 4; manifest and notes ignored
     assert g.model == "TinyLM"
     assert g.mask == "top-10 heads masked (uniform, decode)" and not g.baseline
-    assert g.title() == "TinyLM, top-10 heads masked (uniform, decode): mean 37.5"
+    assert g.title() == "TinyLM, single needle: ROUGE-1 recall x100, top-10 heads masked (uniform, decode); mean 37.5"
     b = plot.load_results(base)
     assert b.scores.tolist() == [[100.0, 100.0], [100.0, 60.0]]
     assert b.mean == 90.0 and b.baseline and b.mask == "no heads masked"
@@ -166,7 +166,8 @@ def test_niah_title_fits_the_figure(tmp_path):
     folder = make_folder(tmp_path, "r10", [trial(1000, 50.0, 80.0, random10, model="Meta-Llama-3.1-8B-Instruct")])
     grid = plot.load_results(folder)  # one cell: the narrowest figure (5 inches)
     title = grid.title()
-    assert title == "Meta-Llama-3.1-8B-Instruct, random-10 heads masked (uniform, decode, seed 2): mean 80.0"
+    assert title == ("Meta-Llama-3.1-8B-Instruct, single needle: ROUGE-1 recall x100, random-10 heads masked "
+                     "(uniform, decode, seed 2); mean 80.0")
     fig = plot.heatmap_figure(grid)
     FigureCanvasAgg(fig)
     assert inside(title_box(fig, title), fig.bbox)

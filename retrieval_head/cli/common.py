@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine.progress import Status, tell
 from ..errors import UserError
 from ..models.spec import ModelSpec
 from ..options import add_options, option
@@ -36,7 +37,7 @@ class RunOptions:
     model_name_suffix: str | None = option(None, "appended to output names as _SUFFIX (as the original)")
     overwrite: bool = option(False, "replace existing outputs of this run")
     resume: bool = option(False, "continue an interrupted run (same settings; finished results are kept)")
-    quiet: bool = option(False, "no progress bar")
+    quiet: bool = option(False, "no progress bar, no phase lines (loading, prefilling) before it")
     verbose: bool = option(False, "log what the library does")
     rank: int | None = option(None, "this shard; none: $RANK from torchrun, else 0")
     world_size: int | None = option(None, "shards; none: $WORLD_SIZE, else 1")
@@ -79,6 +80,19 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def status_printer(quiet: bool) -> Status | None:
+    """Where a run's phase lines go until its first trial finishes (``engine.progress``):
+    stderr, where the bar goes, stdout keeping the results; none under ``--quiet``, which
+    silences the bar too (the library then logs them, shown by ``--verbose``).
+
+    The first line is the weights' load (``load_checked``): opening the config and tokenizer
+    and laying out the prompts take a second and check every input, and a mistake there
+    stays one ``error:`` line on stderr, with no phase line before it."""
+    if quiet:
+        return None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
 def open_checked(spec: ModelSpec, world: int):
     """The model's config and tokenizer (no weights yet), on this shard's device (an ``Opened``)."""
     from ..engine.shard import local_device
@@ -87,11 +101,12 @@ def open_checked(spec: ModelSpec, world: int):
     return open_model(dataclasses.replace(spec, device=local_device(spec.device, world)))
 
 
-def load_checked(opened):
+def load_checked(opened, say: Status | None = None):
     """The weights, once every input is checked; refuses a model the probe cannot reach."""
     from ..core.decode import check_supported
     from ..models.loading import load_weights, model_info
 
+    tell(say, f"loading the model's weights ({opened.shape.num_layers} layers) ...")
     model = load_weights(opened)
     check_supported(model)
     return model, model_info(opened, model)

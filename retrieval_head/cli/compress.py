@@ -1,4 +1,4 @@
-"""``retrieval-head compress``: the compression curve (needle score vs KV cache kept) of
+"""``retrieval-head compress``: the compression curve (the task's score vs KV cache kept) of
 streaming result folders, as a figure and a markdown table (the curve is
 ``experiments.compress``'s; this is the command).
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     check_writable([out], "--out")
     c = curves(args.dirs)
     with writing(out):
-        print(compression_figure(args.dirs, out, args.title or "needle score vs KV cache kept"))
+        print(compression_figure(args.dirs, out, args.title))
     heads = args.heads or max([k for _, _, k in c["top"]] + [1])
     print(table(c, heads))
     return 0

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.progress import Status, tell
 from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.detect import DetectionResult, DetectSettings, detect
@@ -58,6 +59,7 @@ from .common import (
     pause_for_tests,
     run_cli,
     setup_logging,
+    status_printer,
 )
 
 # torch's global RNG before the weights load: a weight the checkpoint lacks is initialised from it, the same in
@@ -241,6 +243,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                   run.overwrite or run.resume)
     started = utc_now()
     torch.manual_seed(INIT_SEED)
+    say = status_printer(run.quiet)
     opened = open_checked(spec, world)
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         check_question(checked.prompt(checked.keys()[0]))
     if repeats:
         check_fits(opened.shape, settings.repeat())
-    model, info = load_checked(opened)
+    model, info = load_checked(opened, say)
     config = dict(settings.applied(), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -267,12 +270,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     written = []
     if repeats:  # first: a shard that does not merge the sweep returns early
+        tell(say, f"running repeated random tokens through the model for {' and '.join(repeats)} ...")
         rep = repeat_scores(model, opened.tokenizer, settings.repeat())
         seconds["induction+echo"] = round(rep["seconds"], 3)  # one forward pass for both
         seconds["induction+echo tap"] = round(rep["tap_seconds"], 3)
         written += [write_method(m, repeat_counter(rep[m])) for m in repeats]
     if sweep:
-        result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world))
+        result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world), say)
         if result is None:
             return 0
         seconds["sweep"] = round(result.stats.get("seconds", 0.0), 3)
@@ -298,7 +302,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     return 0
 
 
-def sweep_run(paths, settings, run, checked, model, info, opened, config, started, shard) -> DetectionResult | None:
+def sweep_run(paths, settings, run, checked, model, info, opened, config, started, shard,
+              say: Status | None = None) -> DetectionResult | None:
     """The needle trials (resumable, sharded): the result, or None on a shard that does not merge."""
     rank, world = shard
     fp = dict(settings_fingerprint(settings, checked.needles), model=model_identity(info))  # the plan's needles
@@ -313,7 +318,7 @@ def sweep_run(paths, settings, run, checked, model, info, opened, config, starte
     log = _Log(paths["trials"])
     t0 = time.perf_counter()
     result = detect(model, opened.tokenizer, settings, on_trial=log.append, progress=not run.quiet, done=done,
-                    checked=checked, shard=(rank, world))
+                    checked=checked, shard=(rank, world), status=say)
     result.stats["seconds"] = time.perf_counter() - t0
     # Trials finish in insertion and batch order; the finished log reads in canonical order. An adaptive
     # sweep's log holds exactly the trials its result used (a resumed full log may hold more), so the

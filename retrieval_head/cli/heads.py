@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import UserError
 from ..headfiles.order import format_rows, top_rows
 from ..headfiles.original import mean_grid, states_kv, validate_head_scores
+from ..methods.registry import scored_by
 from ..store.manifest import shape_beside
 from . import parsers
 from .common import check_writable, run_cli, writing
@@ -161,9 +162,11 @@ def compare_figure(r: dict, out_png: str | Path, title: str | None = None) -> Pa
     return render(fig, out_png)
 
 
-def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5) -> Figure:
+def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int = 5,
+                 label: str = "retrieval score (mean over trials)") -> Figure:
     """Layers x heads heatmap (y = layer, 0 at the top; x = head), viridis; the top
-    ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width."""
+    ``mark_top`` heads are outlined in red; the title is wrapped to the figure's width;
+    ``label``: the colour bar's (what the scores are, ``scored_by``)."""
     import seaborn as sns
     import torch
     from matplotlib.figure import Figure
@@ -180,7 +183,7 @@ def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int =
     fig = Figure(figsize=size, layout="constrained")
     ax = fig.add_subplot()
     sns.heatmap(s.numpy(), ax=ax, cmap="viridis", vmin=0.0, vmax=max(float(s.max()), 1e-9),
-                cbar_kws={"label": "retrieval score (mean over trials)"},
+                cbar_kws={"label": label},
                 xticklabels="auto", yticklabels="auto")
     for l, h, _ in top_heads(s, min(mark_top, s.numel())):
         ax.add_patch(Rectangle((h, l), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
@@ -193,11 +196,11 @@ def heads_figure(scores: torch.Tensor, title: str | None = None, mark_top: int =
 
 
 def heads_heatmap(scores: torch.Tensor, out_png: str | Path, title: str | None = None,
-                  mark_top: int = 5) -> Path:
+                  mark_top: int = 5, label: str = "retrieval score (mean over trials)") -> Path:
     """``heads_figure`` written atomically as a PNG to ``out_png``; returns the path."""
     from ..plots.niah import render
 
-    return render(heads_figure(scores, title, mark_top), out_png)
+    return render(heads_figure(scores, title, mark_top, label), out_png)
 
 
 def _fmt_heads(heads: list[tuple[int, int]]) -> str:
@@ -253,10 +256,11 @@ def _cmd_heatmap(args) -> None:
     scores = hf.scores
     layers, n_heads = scores.shape
     noun = "KV heads" if hf.unit == "kv" else "heads"
+    what = scored_by(path, hf.format)
     # the details on a line of their own: figure_title wraps each line only where it must
-    title = f"{path.stem}: retrieval score per head\n({layers} layers x {n_heads} {noun}; top 5 outlined)"
+    title = f"{path.stem}: {what.split(' (')[0]} per head\n({layers} layers x {n_heads} {noun}; top 5 outlined)"
     with writing(out):
-        print(heads_heatmap(scores, out, title))
+        print(heads_heatmap(scores, out, title, label=what))
 
 
 def _cmd_compare_all(args) -> None:

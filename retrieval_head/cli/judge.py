@@ -10,6 +10,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from ..engine.progress import count
 from ..engine.shard import from_env
 from ..errors import UserError
 from ..experiments.judge import (
@@ -35,6 +36,7 @@ from .common import (
     open_checked,
     run_cli,
     setup_logging,
+    status_printer,
 )
 
 PROG = "python -m retrieval_head.judge"  # the usage line's name when the entry point names none
@@ -65,17 +67,18 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     paths["manifest"] = out / f"{stem}.judge.manifest.json"
     guard_outputs(list(paths.values()), run.overwrite)
     started = utc_now()
+    say = status_printer(run.quiet)
     opened = open_checked(spec, 1)
     files = labelled(st.head_score, name)
     scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
     conditions = judge_conditions(scores, st.mask_top, st.seeds, st.mask_mode)
     niah = st.niah()
     checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()], task)  # all before the weights
-    model, info = load_checked(opened)
+    model, info = load_checked(opened, say)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = run_niah(model, opened.tokenizer, niah, conditions, model_name=name, progress=not run.quiet,
-                       checked=checked)
+                       checked=checked, status=say)
     seconds = time.perf_counter() - t0
     write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
     metric = "score" if task == "single" else "string_match"  # a task is scored as RULER does
@@ -84,10 +87,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     what = f"needle {st.needle_id}" if task == "single" else f"task {task} (string match x100, seed {st.task_seed})"
     text = table(s, st.mask_top)
     write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
-                              f"{what}; {len(st.seeds)} random seeds)\n\n{text}")
-    figure(s, st.mask_top, paths["png"], f"{name}: {'needle' if task == 'single' else task} score with each method's "
-                                  f"top-K heads masked\n({grid})", *(() if task == "single" else
-                                                                    (f"{task}: string match x100",)))
+                              f"{what}; {count(len(st.seeds), 'random seed')})\n\n{text}")
+    from ..plots.niah import MATCH, ROUGE, SINGLE  # matplotlib: imported once the run is done
+
+    scored = ROUGE if task == "single" else MATCH
+    title = (f"{name}, {SINGLE if task == 'single' else task}: {scored.label} with each method's top-K heads "
+             f"masked\n({st.mask_mode} masking, decode phase; methods {', '.join(files)}; random K over "
+             f"{count(len(st.seeds), 'seed')}; {grid})")
+    figure(s, st.mask_top, paths["png"], title, scored.label)
     config = dict(st.applied(), **dataclasses.asdict(run), model_name=name,
                   files={m: str(p) for m, p in files.items()})
     write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),

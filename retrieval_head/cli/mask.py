@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.progress import Status
 from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
@@ -42,6 +43,7 @@ from .common import (
     pause_for_tests,
     run_cli,
     setup_logging,
+    status_printer,
 )
 
 PROG = "needle_in_haystack_with_mask.py"  # the usage line's name when the entry point names none
@@ -164,11 +166,9 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     if plot and streaming:
         m = streaming[0].mask
         kind = f"{m.phase}_s{m.sink}_r{m.recent}" + ("_kv" if streaming[0].unit == "kv" else "")
-        lengths = sorted({k.context_length for k in keys})
-        title = (f"{name}{tag}: needle score vs KV cache kept ({streaming[0].unit} heads, sink {m.sink} + recent "
-                 f"{m.recent}, phase {m.phase}; {', '.join(map(str, lengths))} tokens)")
+        # its title names the model, task, metric and streaming setting, read from the records
         path = compression_figure([out / c.folder for c in masking + streaming],
-                                  out / f"{name}{tag}_compression_{kind}.png", title)
+                                  out / f"{name}{tag}_compression_{kind}.png")
         print(f"compression curve: {path}")
     return results
 
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     name = model_name(spec.model_path, run.model_name_suffix)
     out, sfx = Path(run.output_dir), shard_suffix(rank, world)
     started = utc_now()
+    say = status_printer(run.quiet)
     opened = open_checked(spec, world)
     shape = opened.shape
     settings.check_stream(shape)
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                   run.overwrite or run.resume)
     # every input of every task checked before the weights load
     checked = {t: plan(opened.tokenizer, shape, settings, [needle], t) for t in settings.task}
-    model, info = load_checked(opened)
+    model, info = load_checked(opened, say)
     tables, pending = [], False
     for t in settings.task:
         config = dict(settings.applied(), **run.__dict__, model_name=name, needle=needle.needle,
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         manifest.update(status="running", shard=[rank, world], haystacks=checked[t].pairing(), fingerprint=dict(
             fp, grid=[checked[t].lengths, checked[t].depths], world_size=world, model=model_identity(info)))
         results = run_task(model, opened.tokenizer, settings, run, per_task[t], manifest, checked[t], out, sfx,
-                           "" if t == "single" else f"_{t}")
+                           "" if t == "single" else f"_{t}", say)
         if results is None:
             pending = True
             continue
@@ -239,7 +240,7 @@ def task_conditions(conditions: list[Condition], task: str) -> list[Condition]:
 
 
 def run_task(model, tokenizer, settings: NiahSettings, run: parsers.NiahRun, conditions, manifest: dict, checked,
-             out: Path, sfx: str, tag: str) -> dict[str, list[dict]] | None:
+             out: Path, sfx: str, tag: str, say: Status | None = None) -> dict[str, list[dict]] | None:
     """One task's sweep under every condition: its folders prepared, its cells run and saved;
     the results when every shard is done (else None)."""
     name, (rank, world) = manifest["config"]["model_name"], manifest["shard"]
@@ -255,7 +256,7 @@ def run_task(model, tokenizer, settings: NiahSettings, run: parsers.NiahRun, con
         pause_for_tests(written)
 
     run_niah(model, tokenizer, settings, conditions, model_name=name, on_record=save,
-             progress=not run.quiet, skip=frozenset(skip), checked=checked)
+             progress=not run.quiet, skip=frozenset(skip), checked=checked, status=say)
     if not complete(out, conditions, manifest, keys):
         return None
     return finish(out, conditions, manifest, keys, sfx, plot=not run.no_plot, tag=tag)

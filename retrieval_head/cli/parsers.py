@@ -134,7 +134,8 @@ def compress(prog: str) -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of the mask script (any conditions)")
     add_term(p, "output_dir", ".", help="the folder compression.png goes into")
     add_term(p, "out", None, metavar="PNG")
-    p.add_argument("--title", default=None, help="figure title; none: the folders' model, task and metric")
+    p.add_argument("--title", default=None,
+                   help="figure title; none: the model, task, metric and streaming setting the records ran")
     p.add_argument("--heads", type=int, default=None,
                    help="the model's heads (units), for the table's share-of-heads column")
     return p

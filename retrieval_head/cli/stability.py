@@ -76,7 +76,11 @@ def _cmd_convergence(args, png_out) -> None:
     t = _load(args)
     c = convergence.convergence(t.scores, args.top, args.orders, args.seed)
     lengths = convergence.by_length(t, args.top, seed=args.seed) if t.keys else None
-    title = f"{stem}: how fast the top-{args.top} heads settle ({t.scores.shape[0]} counted trials)"
+    from ..methods.registry import scored_by
+
+    # a trial log holds the retrieval scores of its trials; a head file, its method's (by its name)
+    by = "retrieval score" if args.file.endswith(".jsonl") else scored_by(Path(args.file)).split(" (")[0]
+    title = f"{stem}: how fast the top-{args.top} heads by {by} settle ({t.scores.shape[0]} counted trials)"
     with writing(out):
         print(convergence.write_figure(c, out, title, lengths))
 

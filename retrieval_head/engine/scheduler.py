@@ -42,6 +42,7 @@ from ..inputs.prompt import Prompt
 from ..models.shape import ModelShape
 from .batching import Row, RowBatcher, auto_budget
 from .prefix import FreshPrefix, SharedPrefix
+from .progress import Status, count, silent
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,21 @@ class Scheduler:
         self._tap_for: Callable[[Job], AttentionTap] | None = None
         self._span_mass = False
         self._tapped: dict[int, torch.Tensor] = {}  # id(job) -> its prefill tap's [layers, heads]
+        self._say: Status = silent
 
     def run(self, jobs: list[Job], masks: list[HeadMask | None] = (None,), probe: bool = False,
-            tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False) -> Iterator[Decoded]:
+            tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False,
+            say: Status | None = None) -> Iterator[Decoded]:
         """Every (job, mask) row, as its batch finishes.
 
         tap_for: a job's prefill runs under ``tap_for(job)`` (its rows always prefilled, not
-        reused); span_mass: the probe also measures the mass on each prompt's needle span."""
+        reused); span_mass: the probe also measures the mass on each prompt's needle span;
+        say: told each prefill and decode batch as it starts (``progress.Progress.say``, which
+        shows those before the first row: batching holds the first rows until several
+        prompts are prefilled)."""
         masks = list(masks)
         self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
+        self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
             jobs = sorted(jobs, key=lambda j: (j.source, j.prompt.insert_at, j.key))
         for p in passes(masks):
@@ -141,7 +148,8 @@ class Scheduler:
         lv, reserve, copies = self.levers, self.max_new_tokens, len(p.masks)
         source = (SharedPrefix if lv.prefix_reuse else FreshPrefix)(self.model, chunk=lv.prefill_chunk, reserve=reserve)
         batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=copies)
-        for job in jobs:
+        for k, job in enumerate(jobs, 1):
+            self._say(f"prefilling prompt {k} of {len(jobs)} ({len(job.prompt.ids)} tokens)")
             t0 = time.perf_counter()
             tap = self._tap_for(job) if self._tap_for is not None else None
             # Outside any scope for decode-phase masks: a one-token prefill chunk is no decode step
@@ -205,6 +213,8 @@ class Scheduler:
             if spans is not None:
                 mass[row].append(the_probe.masses(self.shape.num_layers)[:, row])
 
+        self._say(f"decoding {count(len(rows), 'row')} together (up to {count(self.max_new_tokens, 'new token')} "
+                  "each)")
         t0 = time.perf_counter()
         outs = decode_rows(self.model, [r.item.prompt.ids[-1] for r, _ in rows], group[0].length - 1, cache,
                            self.stop, self.max_new_tokens, probe=the_probe, mask=mask,

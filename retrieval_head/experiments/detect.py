@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.decode import check_supported, stop_token_mask
 from ..core.scoring import rouge1_recall, spans_scores, trial_scores
+from ..engine.progress import Progress, Status, count, tell
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..inputs.haystack import Needle
 from ..inputs.tasks import string_match
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
            on_trial: Callable[[dict], None] | None = None, progress: bool = True,
            done: dict[TrialKey, dict] | None = None, checked: Plan | None = None,
-           shard: tuple[int, int] = (0, 1)) -> "DetectionResult":
+           shard: tuple[int, int] = (0, 1), status: Status | None = None) -> "DetectionResult":
     """Run every trial and return their records; ``on_trial`` sees each new one as it finishes.
 
     ``done`` maps trial keys to records of trials that already ran with the same settings
@@ -50,34 +50,39 @@ def detect(model, tokenizer, settings: DetectSettings = DetectSettings(), *,
     when the caller already made it. ``shard`` = ``(rank, world_size)`` runs only this
     rank's share of the trials (``sweep.Plan.keys``). ``settings.until_stable`` = K runs
     the grid in coarse-to-fine rounds until the top K is stable (``adaptive.sweep``; one
-    process only); the result's ``stats["adaptive"]`` says where it stopped.
+    process only); the result's ``stats["adaptive"]`` says where it stopped. ``status``
+    hears each phase until the first trial finishes (``engine.progress``; None: logged).
     """
     shape, done = ModelShape.of(model), done or {}
+    if checked is None:
+        tell(status, "reading the haystack and laying out the trials")
     trials = checked or plan(tokenizer, shape, settings, task=settings.task[0])
     check_supported(model)
     settings.check_shape(shape, shard[1])
     new_tokens, newline = settings.decoding(trials.task)
     scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     if settings.until_stable is None:
-        records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress)
+        records = _run(trials.keys(shard), trials, scheduler, tokenizer, settings, done, on_trial, progress, status)
         return DetectionResult(shape.num_layers, shape.num_heads, records, scheduler.stats)
     # the adaptive sweep: rounds of the grid until the top K is stable (adaptive.py)
-    run_round = lambda keys: _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress)  # noqa: E731
+    run_round = lambda keys: _run(keys, trials, scheduler, tokenizer, settings, done, on_trial, progress,  # noqa: E731
+                                  status)
     records, summary = adaptive.sweep(trials, settings, run_round)
     return DetectionResult(shape.num_layers, shape.num_heads, records, dict(scheduler.stats, adaptive=summary))
 
 
 def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, settings: DetectSettings,
-         done: dict, on_trial, progress: bool) -> list[dict]:
+         done: dict, on_trial, progress: bool, status: Status | None = None) -> list[dict]:
     """The records of ``keys``: reused from ``done``, else run through the scheduler."""
     records = [done[k] for k in keys if k in done]
-    if records:
-        log.info("resuming: %d of %d trials already done", len(records), len(keys))
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
     # the other needle methods' records besides the probe (query-focus: the prefill tap; needle-mass: span mass)
     taps = scheduler_options(settings.methods())
-    with tqdm(total=len(jobs), desc="detect", disable=not progress) as bar:
-        for row in scheduler.run(jobs, probe=True, **taps):  # prompt -> prefill -> decode under the probe
+    with Progress(len(jobs), "detect", "trial", progress, status) as bar:
+        bar.say(f"{count(len(jobs), 'trial')} to run" + (f" ({len(records)} of {len(keys)} done before: resumed)"
+                                                         if records else ""))
+        # prompt -> prefill -> decode under the probe
+        for row in scheduler.run(jobs, probe=True, say=bar.say, **taps):
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
             records.append(record)
             bar.update(1)

@@ -88,11 +88,19 @@ def table(s: dict, ks) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "needle score (ROUGE-1 recall x100)") -> Path:
-    """Score vs K: a line per method, random as a min-max band around its mean, none dashed."""
+def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "ROUGE-1 recall x100") -> Path:
+    """``judge_figure`` written to ``out_png``."""
+    from ..plots.niah import render
+
+    return render(judge_figure(s, ks, title, ylabel), out_png)
+
+
+def judge_figure(s: dict, ks, title: str, ylabel: str = "ROUGE-1 recall x100"):
+    """Score vs K: a line per method, random as a min-max band around its mean, none dashed;
+    ``ylabel``: the task's metric."""
     from matplotlib.figure import Figure
 
-    from ..plots.niah import figure_title, render
+    from ..plots.niah import figure_title
 
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
@@ -102,8 +110,11 @@ def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "needle score (
             ax.plot(ks, [v[k] for k in ks], marker="o", label=f"top-K {m}")
     rand = s["random"]
     lo, hi = [min(rand[k]) for k in ks], [max(rand[k]) for k in ks]
-    ax.fill_between(ks, lo, hi, color="grey", alpha=0.3, label="random-K (min-max over seeds)")
-    ax.plot(ks, [statistics.fmean(rand[k]) for k in ks], color="grey", linestyle=":")
+    seeds = len(rand[ks[0]])
+    if seeds > 1:  # one seed has no spread: its line alone
+        ax.fill_between(ks, lo, hi, color="grey", alpha=0.3, label=f"random-K (min-max over {seeds} seeds)")
+    ax.plot(ks, [statistics.fmean(rand[k]) for k in ks], color="grey", linestyle=":",
+            label="random-K (mean)" if seeds > 1 else "random-K (1 seed)")
     ax.axhline(s["none"], color="black", linestyle="--", linewidth=1, label="no heads masked")
     ax.set_xlabel("K (heads masked)")
     ax.set_ylabel(ylabel)
@@ -111,4 +122,4 @@ def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "needle score (
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=8, loc="best")
     figure_title(fig, title)
-    return render(fig, out_png)
+    return fig

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.decode import check_supported, stop_token_mask
 from ..core.mask import HeadMask
 from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
+from ..engine.progress import Progress, Status, count, tell
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..headfiles.ranking import top_heads
@@ -158,13 +158,17 @@ def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None,
 
 def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Condition], *, model_name: str = "",
              on_record: Callable[[Condition, dict], None] | None = None, progress: bool = True,
-             skip: frozenset = frozenset(), checked: Plan | None = None, task: str = "single"
-             ) -> dict[str, list[dict]]:
+             skip: frozenset = frozenset(), checked: Plan | None = None, task: str = "single",
+             status: Status | None = None) -> dict[str, list[dict]]:
     """Every (length, depth) cell under every condition, but the cells in ``skip`` (trial
     keys already done); the new records by condition folder, in grid order, each passed to
     ``on_record`` as it is made. ``checked``: this test's ``plan``, when already made (its
-    task wins over ``task``, the one of ``settings.task`` to run)."""
+    task wins over ``task``, the one of ``settings.task`` to run). ``status`` hears each phase
+    until the first answer is scored (``engine.progress``; None: logged); the bar counts
+    trials, a cell under one condition each."""
     shape = ModelShape.of(model)
+    if checked is None:
+        tell(status, "reading the haystack and laying out the cells")
     cells = checked or plan(tokenizer, shape, settings, [settings.the_needle()], task)
     check_supported(model)
     needle = cells.needles[0]
@@ -172,8 +176,9 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     new_tokens, newline = settings.decoding(cells.task)
     scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
-    with tqdm(total=len(jobs) * len(conditions), desc="niah", disable=not progress) as bar:
-        for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache):  # prefill -> decode
+    with Progress(len(jobs) * len(conditions), "niah", "trial", progress, status) as bar:
+        bar.say(f"{count(len(jobs), 'cell')} x {count(len(conditions), 'condition')} = {count(bar.total, 'trial')}")
+        for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache, bar.say):  # prefill -> decode
             c = conditions[row.mask]
             record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
             if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)

@@ -40,6 +40,7 @@ from ..core.kvcache import GrowingCache
 from ..core.mask import HeadMask
 from ..core.stream import full_kv_heads
 from ..engine.batching import RowBatcher
+from ..engine.progress import Status, count, silent
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
 from ..models.shape import ModelShape
@@ -117,18 +118,22 @@ def batches(jobs: list[Job], rows_for) -> Iterator[list[Job]]:
 
 
 def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
-                conditions: list[tuple[int, Condition]]) -> Iterator[RealDecoded]:
+                conditions: list[tuple[int, Condition]], say: Status = silent) -> Iterator[RealDecoded]:
     """Every job under each condition (``(index, c)``: its place in the run) on a head-wise
     cache (its kept set as it is, of KV or query heads: ``HeadwiseCache`` takes both).
     Prompts of one length decode as one batch (rows independent, as in the masked run); the
     phase-decode conditions share one plain prefill of the batch, which each condition's
-    cache compresses (``HeadwiseCache.absorb``: what its own prefill holds)."""
+    cache compresses (``HeadwiseCache.absorb``: what its own prefill holds). ``say`` hears
+    each batch's prefill and each condition's decode as they start."""
     n, chunk = scheduler.max_new_tokens, scheduler.levers.prefill_chunk
     itemsize = next(model.parameters()).element_size()
     rows_for = RowBatcher(scheduler.budget or 1, copies=1).rows_for
+    done = 0
     for group in batches(jobs, rows_for):
         ids = torch.tensor([job.prompt.ids[:-1] for job in group], device=input_device(model))
         length = ids.shape[1]  # the prompt but its last token, as decode.greedy_decode prefills
+        say(f"prefilling prompts {done + 1}-{done + len(group)} of {len(jobs)} together ({length + 1} tokens each)")
+        done += len(group)
         t0 = time.perf_counter()
         # Every key of every layer (no config: a sliding layer's window comes from the mask), as absorb needs
         shared = (prefill(model, ids, chunk, cache=GrowingCache(reserve=0))
@@ -136,6 +141,7 @@ def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
         shared_s = time.perf_counter() - t0
         full = cache_bytes(shape, None, 1, length, itemsize)
         for index, c in conditions:
+            say(f"decoding {count(len(group), 'prompt')} on the head-wise cache of {c.folder}")
             t0, m = time.perf_counter(), c.mask
             cache = HeadwiseCache(shape, c.kept.bool(), m.sink, m.recent, m.phase, reserve=n)
             if m.phase == "decode":
@@ -153,13 +159,15 @@ def decode_real(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job],
 
 
 def decode_all(model, shape: ModelShape, scheduler: Scheduler, jobs: list[Job], conditions: list[Condition],
-               choice: str) -> Iterator[Decoded]:
+               choice: str, say: Status = silent) -> Iterator[Decoded]:
     """Every (job, condition) row: the real-cache conditions here, the others through the
-    scheduler (their ``mask`` index mapped back to the condition's)."""
+    scheduler (their ``mask`` index mapped back to the condition's); ``say`` hears each
+    prefill and decode as it starts (``progress.Progress.say``)."""
     real = route(shape, conditions, choice)
     masked = [i for i, r in enumerate(real) if not r]
     if masked:
-        for row in scheduler.run(jobs, masks=[conditions[i].mask for i in masked]):
+        for row in scheduler.run(jobs, masks=[conditions[i].mask for i in masked], say=say):
             yield dataclasses.replace(row, mask=masked[row.mask])
     if any(real):
-        yield from decode_real(model, shape, scheduler, jobs, [(i, c) for i, c in enumerate(conditions) if real[i]])
+        yield from decode_real(model, shape, scheduler, jobs, [(i, c) for i, c in enumerate(conditions) if real[i]],
+                               say)

@@ -114,3 +114,37 @@ def method_of(path: Path) -> str:
         if stem.endswith("." + m):
             return m
     return stem
+
+
+KEPT = {"duo": "DuoAttention pattern (1 = full attention, 0 = streaming)",
+        "razor": "RazorAttention keep set (1 = kept)", "qrhead": "QRHead score (unlisted: 0)",
+        "layers": "per-layer head list (1 = listed)"}
+PER_KV = {".kv_max": ", max over each KV head's query heads", ".kv_mean": ", mean over each KV head's query heads"}
+
+
+def scored_by(path: Path, file_format: str = "original") -> str:
+    """What a head file's scores are, as its figure says: another tool's format by its
+    name; an original-format file by the method its name says (``<model>.<method>.json``,
+    ``.kv_max`` / ``.kv_mean`` per KV head, ``.distractor`` the copies from a task's
+    distractors), a plain ``<model>.json`` being the retrieval score (the original's file).
+
+    >>> for name in ("M.query-focus.json", "M.echo.json", "M_vt.distractor.json", "M.kv_max.json"):
+    ...     print(scored_by(Path(name)))
+    query-focus score (mean over trials)
+    echo score (mean over seeds)
+    retrieval score from distractors (mean over trials)
+    retrieval score (mean over trials, max over each KV head's query heads)
+    >>> scored_by(Path("M.json"), "razor")
+    'RazorAttention keep set (1 = kept)'
+    """
+    if file_format in KEPT:
+        return KEPT[file_format]
+    stem, how = Path(path).name.removesuffix(".json"), ""
+    for suffix, said in PER_KV.items():
+        if stem.endswith(suffix):
+            stem, how = stem.removesuffix(suffix), said
+    distractor = stem.endswith(".distractor")
+    m = method_of(Path(stem.removesuffix(".distractor") + ".json"))
+    m = m if m in METHODS else RETRIEVAL
+    over = "seeds" if METHODS[m].data == REPEAT else "trials"
+    return f"{m} score{' from distractors' if distractor else ''} (mean over {over}{how})"

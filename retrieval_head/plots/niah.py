@@ -9,7 +9,10 @@ Files named ``manifest.json`` and files without ``context_length``, ``depth_perc
 ``score`` are ignored. Worked example: a folder with three trials at 1000 tokens scoring
 100 (depth 0), 50 (depth 50) and 0 (depth 50) gives depths ``[0, 50]``, lengths
 ``[1000]``, cells ``[[100], [25]]`` (the mean of the trials in each cell) and an overall
-mean of 50 (the mean over trials)::
+mean of 50 (the mean over trials). The value drawn is the task's metric (``metric_of``): the
+single needle's ``score`` (ROUGE-1 recall x100, the original's), a generated RULER-style
+task's ``string_match`` (x100, RULER's); every title names the model, the task, the metric
+and the condition::
 
     >>> grid = load_results("results/SmolLM2_top10")        # doctest: +SKIP
     >>> grid.scores, grid.mean                               # doctest: +SKIP
@@ -42,6 +45,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from ..engine.progress import count
 from ..errors import UserError
 from ..store.files import write_atomic
 from ..vocabulary import SIDE_BY_SIDE
@@ -51,6 +55,40 @@ log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("context_length", "depth_percent", "score")
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
 DEFAULT_SIDE_BY_SIDE = Path(SIDE_BY_SIDE)
+
+
+SINGLE = "single needle"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a task is scored: the records' ``field`` and its name on a figure."""
+
+    field: str
+    label: str
+
+
+ROUGE = Metric("score", "ROUGE-1 recall x100")
+MATCH = Metric("string_match", "string match x100")
+
+
+def metric_of(records: list[dict]) -> Metric:
+    """The metric of the records' task: a generated task's records carry RULER's string match
+    and are scored by it; the single needle's by the ROUGE-1 recall of its answer.
+
+    >>> metric_of([{"score": 50.0}]).label, metric_of([{"score": 0.0, "string_match": 100.0}]).field
+    ('ROUGE-1 recall x100', 'string_match')
+    """
+    return MATCH if records and all(MATCH.field in r for r in records) else ROUGE
+
+
+def task_of(records: list[dict]) -> str:
+    """The task the records ran, as a figure names it.
+
+    >>> task_of([{"score": 1.0}]), task_of([{"task": "multikey"}])
+    ('single needle', 'multikey')
+    """
+    return " + ".join(sorted({SINGLE if r.get("task", "single") == "single" else r["task"] for r in records}))
 
 
 @dataclass
@@ -66,32 +104,44 @@ class ResultGrid:
     model: str
     mask: str             # e.g. "top-10 heads masked (uniform, decode)"
     baseline: bool        # True when no heads are masked
+    task: str = SINGLE    # "single needle" or a generated task's name (``task_of``)
+    metric: str = ROUGE.label  # what a cell holds (``metric_of``)
 
     def title(self) -> str:
-        return f"{self.model}, {self.mask}: mean {self.mean:.1f}"
+        return f"{self.model}, {self.task}: {self.metric}, {self.mask}; mean {self.mean:.1f}"
 
 
 def describe_mask(mask: dict | None) -> str:
-    """A short human description of a trial's ``mask`` field.
+    """A short human description of a trial's ``mask`` field, as the run's table says it.
 
     >>> describe_mask({"kind": "top", "k": 10, "mode": "uniform", "phase": "decode"})
     'top-10 heads masked (uniform, decode)'
     >>> describe_mask({"kind": "none", "k": 0})
     'no heads masked'
+    >>> describe_mask({"kind": "keep_top", "k": 9, "unit": "kv", "mode": "stream", "sink": 4, "recent": 64,
+    ...                "phase": "decode"})
+    'keep top-9 KV heads full, rest streamed (4+64, decode)'
+    >>> describe_mask({"kind": "keep_top", "k": 0, "mode": "stream", "sink": 4, "recent": 64, "phase": "all"})
+    'every head streamed (4+64, all)'
     """
     if is_unmasked(mask):
         return "no heads masked"
     k = mask.get("k", len(mask.get("heads") or []))
+    unit = "KV heads" if mask.get("unit") == "kv" else "heads"
+    seed = f", seed {mask['seed']}" if "random" in str(mask.get("kind")) and mask.get("seed") is not None else ""
+    if mask.get("mode") == "stream":  # --keep_full: the heads kept are named, the rest streamed
+        what = "every head streamed" if k == 0 else \
+            f"{str(mask.get('kind', 'keep')).replace('keep_', 'keep ')}-{k} {unit} full, rest streamed"
+        return f"{what} ({mask.get('sink')}+{mask.get('recent')}, {mask.get('phase')}{seed})"
     extra = [str(mask[key]) for key in ("mode", "phase") if mask.get(key) is not None]
-    if mask.get("kind") == "random" and mask.get("seed") is not None:
-        extra.append(f"seed {mask['seed']}")
-    suffix = f" ({', '.join(extra)})" if extra else ""
-    return f"{mask.get('kind', 'masked')}-{k} heads masked{suffix}"
+    suffix = f" ({', '.join(extra)}{seed})" if extra else (f" ({seed[2:]})" if seed else "")
+    return f"{mask.get('kind', 'masked')}-{k} {unit} masked{suffix}"
 
 
 def is_unmasked(mask: dict | None) -> bool:
-    """No mask, kind ``none`` or ``k == 0``: the baseline run."""
-    return not mask or mask.get("kind") == "none" or mask.get("k") == 0
+    """No mask, kind ``none`` or ``k == 0`` masked heads: the baseline run (streaming every
+    head, ``--keep_full 0``, keeps none full: not a baseline)."""
+    return not mask or mask.get("kind") == "none" or (mask.get("k") == 0 and mask.get("mode") != "stream")
 
 
 def read_trials(folder: Path) -> list[dict]:
@@ -131,23 +181,24 @@ def load_results(folder: str | Path) -> ResultGrid:
         raise UserError(
             f"results folder {folder} holds no trial files (JSON with context_length, depth_percent, score)"
         )
+    metric = metric_of(trials)
     depths = np.array(sorted({float(t["depth_percent"]) for t in trials}))
     lengths = np.array(sorted({int(t["context_length"]) for t in trials}))
     total = np.zeros((len(depths), len(lengths)))
-    count = np.zeros_like(total)
+    ran = np.zeros_like(total)
     for t in trials:
         r = np.searchsorted(depths, float(t["depth_percent"]))
         c = np.searchsorted(lengths, int(t["context_length"]))
-        total[r, c] += t["score"]
-        count[r, c] += 1
+        total[r, c] += t[metric.field]
+        ran[r, c] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        scores = np.where(count > 0, total / count, np.nan)
+        scores = np.where(ran > 0, total / ran, np.nan)
     return ResultGrid(
         folder=folder, depths=depths, lengths=lengths, scores=scores,
-        mean=float(np.mean([t["score"] for t in trials])), n_trials=len(trials),
+        mean=float(np.mean([t[metric.field] for t in trials])), n_trials=len(trials),
         model=_joined([str(t.get("model", "unknown model")) for t in trials], "model", folder),
         mask=_joined([describe_mask(t.get("mask")) for t in trials], "mask", folder),
-        baseline=all(is_unmasked(t.get("mask")) for t in trials),
+        baseline=all(is_unmasked(t.get("mask")) for t in trials), task=task_of(trials), metric=metric.label,
     )
 
 
@@ -155,14 +206,15 @@ def _fmt_depth(d: float) -> str:
     return f"{round(d, 1):g}"
 
 
-def _draw(ax, scores, depths, lengths, cmap, vmin, vmax, cbar=True):
-    """One seaborn heatmap panel in the original's style; cells with no trial are hatched."""
+def _draw(ax, scores, depths, lengths, cmap, vmin, vmax, cbar: str | None = None):
+    """One seaborn heatmap panel in the original's style; cells with no trial are hatched;
+    ``cbar``: its colour bar's label (none: no bar)."""
     ax.set_facecolor("white")
     ax.patch.set_hatch("///")
     ax.patch.set_edgecolor("lightgrey")
     sns.heatmap(
-        scores, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, cbar=cbar,
-        cbar_kws={"label": "Score"} if cbar else None, linewidths=0.5, linecolor="grey",
+        scores, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, cbar=cbar is not None,
+        cbar_kws={"label": cbar} if cbar else None, linewidths=0.5, linecolor="grey",
         xticklabels=[str(int(n)) for n in lengths], yticklabels=[_fmt_depth(d) for d in depths],
     )
     ax.set_xlabel("Token Limit")
@@ -221,7 +273,7 @@ def heatmap_figure(grid: ResultGrid, title: str | None = None) -> Figure:
     """One results grid's NIAH heatmap; the title defaults to ``grid.title()``."""
     fig = Figure(figsize=_panel_size(len(grid.depths), len(grid.lengths)), layout="constrained")
     ax = fig.add_subplot()
-    _draw(ax, grid.scores, grid.depths, grid.lengths, NIAH_CMAP, 0, 100)
+    _draw(ax, grid.scores, grid.depths, grid.lengths, NIAH_CMAP, 0, 100, cbar=grid.metric)
     figure_title(fig, title if title is not None else grid.title())
     return fig
 
@@ -242,9 +294,21 @@ def _aligned(grid: ResultGrid, depths: np.ndarray, lengths: np.ndarray) -> np.nd
     return out
 
 
+def side_by_side_title(grids: list[ResultGrid]) -> str:
+    """The figure's title: the model(s), task(s) and metric(s) of the panels and how many
+    conditions they show (each panel's title names its own)."""
+    joined = lambda values: " + ".join(dict.fromkeys(values))  # noqa: E731
+    return (f"{joined(g.model for g in grids)}, {joined(g.task for g in grids)}: {joined(g.metric for g in grids)} "
+            f"under {count(len(grids), 'condition')} of masking")
+
+
 def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
-    """Several folders in one figure; with a no-mask baseline, a second row of differences."""
-    grids = [load_results(d) for d in dirs]
+    """Several folders in one figure (``side_by_side_figure``), written to ``out_png``."""
+    return render(side_by_side_figure([load_results(d) for d in dirs]), Path(out_png))
+
+
+def side_by_side_figure(grids: list[ResultGrid]) -> Figure:
+    """Several grids in one figure; with a no-mask baseline, a second row of differences."""
     base = next((g for g in grids if g.baseline), None)
     if sum(g.baseline for g in grids) > 1:
         log.warning("several no-mask folders; differences are taken against %s", base.folder)
@@ -256,9 +320,10 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
     fig = Figure(figsize=(w * ncols * 0.8, h * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, g in enumerate(grids):
-        _draw(axes[0, i], _aligned(g, depths, lengths), depths, lengths, NIAH_CMAP, 0, 100, cbar=False)
+        _draw(axes[0, i], _aligned(g, depths, lengths), depths, lengths, NIAH_CMAP, 0, 100)
         axes[0, i].set_title(f"{g.model}\n{_wrap(g.mask)}\nmean {g.mean:.1f}")
-    fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), label="Score")
+    metric = " + ".join(dict.fromkeys(g.metric for g in grids))
+    fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), label=metric)
     if diff_row:
         base_scores = _aligned(base, depths, lengths)
         for i, g in enumerate(grids):
@@ -269,9 +334,10 @@ def side_by_side(dirs: list[str | Path], out_png: str | Path) -> Path:
             diff = _aligned(g, depths, lengths) - base_scores
             # vmin/vmax symmetric about 0 centre RdBu's white at 0 (seaborn's center= only
             # resamples the colormap to the same result, with a deprecation warning)
-            _draw(ax, diff, depths, lengths, "RdBu", -100, 100, cbar=False)
+            _draw(ax, diff, depths, lengths, "RdBu", -100, 100)
             cell_mean = float(np.nanmean(diff)) if np.isfinite(diff).any() else float("nan")
             ax.set_title(f"{_wrap(g.mask + ' minus no mask')}\nmean cell difference {cell_mean:+.1f}")
         diff_axes = [axes[1, i] for i, g in enumerate(grids) if g is not base]
-        fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label="Score difference")
-    return render(fig, Path(out_png))
+        fig.colorbar(diff_axes[0].collections[0], ax=list(axes[1]), label=f"{metric}: difference")
+    figure_title(fig, side_by_side_title(grids))
+    return fig
