@@ -2,9 +2,9 @@
 
 Not a test and not a dependency (kvpress is not installed in CI): run it in a throwaway venv::
 
-    python3 -m venv /work/venv-kvpress && /work/venv-kvpress/bin/pip install torch==2.13.0 \\
-        && /work/venv-kvpress/bin/pip install kvpress 'transformers==5.2.0'
-    PYTHONPATH=. /work/venv-kvpress/bin/python scripts/kvpress_check.py
+    python3 -m venv /tmp/kvpress && /tmp/kvpress/bin/pip install torch==2.13.0 \\
+        && /tmp/kvpress/bin/pip install kvpress 'transformers==5.2.0'
+    PYTHONPATH=. /tmp/kvpress/bin/python scripts/kvpress_check.py
 
 kvpress 0.5.5 reads a layer through its module (``q_proj``, the rotary embedding); a stand-in
 module whose ``q_proj`` is the identity and whose rotation is cos 1, sin 0 hands it our queries as
