@@ -41,7 +41,8 @@ class Knorm:
 
     def scores(self, seen: Seen) -> torch.Tensor:
         """float32 ``[b, kv, n]``: minus each key's L2 norm; pads -inf."""
-        return (-seen.keys.float().norm(dim=-1)).masked_fill_(~real_keys(seen), NEG_INF)
+        norms = torch.linalg.vector_norm(seen.keys, dim=-1, dtype=torch.float32)  # no float32 copy of the keys
+        return norms.neg_().masked_fill_(~real_keys(seen), NEG_INF)
 
     def layer_shares(self, shape: ModelShape, budget: float) -> list[float]:
         return uniform_shares(shape, budget)
