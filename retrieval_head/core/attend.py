@@ -246,14 +246,15 @@ def decode_step(call: Call, blocked: torch.Tensor | None = None) -> Step:
 
 def attend_grouped(call: Call, allowed: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
     """Output ``[b, q, H, d]`` of every query head of the call against its grouped keys
-    ``[b, KV, T, d]`` (no key copied per query head) under one shared bool mask ``allowed``
-    (``[b or 1, 1, q, T]``, True = may attend; None: every key, or with ``causal`` the causal
+    ``[b, KV, T, d]`` (no key copied per query head) under one bool mask ``allowed``
+    (``[b or 1, 1 or H, q, T]``, True = may attend; None: every key, or with ``causal`` the causal
     order of a call whose queries are all its keys): sdpa where it can, the float32 path where
     it cannot (logit softcap, sink logits)."""
     if call.softcap is None and call.sinks is None:
         b, num_heads, q, d = call.query.shape
         kv = call.key.shape[1]
-        if q == 1:  # a KV head's query heads as rows of one head (as ``logits`` does): 2-3x faster on CPU
+        if q == 1 and (allowed is None or allowed.shape[1] == 1):  # a KV head's query heads as rows of one
+            # head (as ``logits`` does): 2-3x faster on CPU; a per-head mask cannot be shared that way
             rows = None if allowed is None else allowed.reshape(allowed.shape[0], 1, 1, allowed.shape[-1])
             out = F.scaled_dot_product_attention(call.query.reshape(b, kv, num_heads // kv, d), call.key, call.value,
                                                  attn_mask=rows, scale=call.scale)
@@ -272,7 +273,7 @@ def attend_grouped(call: Call, allowed: torch.Tensor | None, causal: bool = Fals
 
 def attend_heads(call: Call, heads: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Output ``[b, q, n, d]`` of query heads ``heads`` (long ``[n]``) of a multi-token call
-    under one shared bool mask ``allowed`` (``[b or 1, 1, q, T]``, True = may attend). Only
+    under one bool mask ``allowed`` (``[b or 1, 1 or n, q, T]``, True = may attend). Only
     these heads are computed (their keys gathered per head), by ``attend_grouped``."""
     kv_idx = heads // (call.query.shape[1] // call.key.shape[1])
     sub = call.replace(query=call.query[:, heads], key=call.key[:, kv_idx], value=call.value[:, kv_idx],

@@ -43,11 +43,12 @@ from ..errors import UnsupportedModelError
 from ..models.shape import ModelShape
 from .attend import Call, decode_step, layer_window
 from .hook import Hook
-from .mask import MASK_MODES, MASK_PHASES, HeadMask
+from .mask import MASK_MODES, MASK_PHASES, HeadMask, PressMask
 from .probe import ArgmaxProbe
 from .tap import AttentionTap
 
-__all__ = ["intervene", "Scope", "ArgmaxProbe", "HeadMask", "AttentionTap", "Hook", "MASK_MODES", "MASK_PHASES"]
+__all__ = ["intervene", "Scope", "ArgmaxProbe", "HeadMask", "PressMask", "AttentionTap", "Hook", "MASK_MODES",
+           "MASK_PHASES"]
 
 # transformers' fallback when config._attn_implementation == "eager" is the modeling file's
 # own eager function, which is not in the registry; ours computes the same thing.
@@ -153,9 +154,12 @@ def _configs(model) -> list:
     return cfgs
 
 
-def as_hook(h: Hook | HeadMask) -> Hook:
-    """A hook; a ``HeadMask`` stands for its ``hook()`` (a decode-phase stream mask cannot:
-    it must be told each prompt's prefill length)."""
+def as_hook(h: Hook | HeadMask | PressMask) -> Hook:
+    """A hook; a ``HeadMask`` stands for its ``hook()`` (a decode-phase stream mask cannot,
+    nor can a ``PressMask``: each must be told each prompt's compression point)."""
+    if isinstance(h, PressMask):
+        raise ValueError(f"a press ({h.press.name}) compresses the cache once, at a point it must be told per prompt "
+                         "(the prompt's length, or the context's): intervene(model, hooks=[mask.hook(shape, at)])")
     if not isinstance(h, HeadMask):
         return h
     if h.needs_prefill_length():
@@ -165,7 +169,7 @@ def as_hook(h: Hook | HeadMask) -> Hook:
     return h.hook()
 
 
-def thin_hooks(probe: ArgmaxProbe | None, mask: HeadMask | None,
+def thin_hooks(probe: ArgmaxProbe | None, mask: HeadMask | PressMask | None,
                tap: AttentionTap | list[AttentionTap] | None) -> list[Hook]:
     """``intervene``'s keyword form as hooks (the mask first: the probe sees the query it leaves)."""
     taps = list(tap) if isinstance(tap, (list, tuple)) else ([] if tap is None else [tap])
@@ -173,8 +177,8 @@ def thin_hooks(probe: ArgmaxProbe | None, mask: HeadMask | None,
 
 
 @contextlib.contextmanager
-def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | None = None,
-              tap: AttentionTap | list[AttentionTap] | None = None, hooks: Iterable[Hook | HeadMask] = ()
+def intervene(model, probe: ArgmaxProbe | None = None, mask: HeadMask | PressMask | None = None,
+              tap: AttentionTap | list[AttentionTap] | None = None, hooks: Iterable[Hook | HeadMask | PressMask] = ()
               ) -> Iterator[Scope]:
     """Route every attention call of ``model`` through ``hooks`` (``hook.Hook``s; a
     ``HeadMask`` stands for its ``hook()``). ``probe``, ``mask`` and ``tap`` are the

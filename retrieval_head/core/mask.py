@@ -3,7 +3,8 @@
 ``HeadMask`` is the description an experiment records and batches by (heads, mode,
 phase, sink, recent); ``HeadMask.hook`` turns it into the intervention
 (``hook.Hook``) a scope runs: ``HeadAblation`` for the ablations, ``stream.StreamHeads``
-for streaming. Worked example (a notebook)::
+for streaming. ``PressMask`` is its sibling for a condition that carries a press (a
+``seen.Press`` at a budget; ``pressing.PressHeads``). Worked example (a notebook)::
 
     heads = torch.zeros(L, H, dtype=torch.bool); heads[12, 3] = True
     with intervene(model, hooks=[HeadMask(heads, mode="uniform", phase="decode")]):
@@ -15,6 +16,7 @@ masks act only there (the original's masking), phase ``all`` on the prefill too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,8 @@ from ..models.shape import ModelShape
 from ..vocabulary import MASK_MODES, MASK_PHASES  # noqa: F401 (the choices, re-exported)
 from .attend import Call
 from .hook import Hook, OnDevice, check_heads
+from .pressing import PressHeads
+from .seen import Press
 from .stream import StreamHeads
 
 HEAD_MODES = MASK_MODES + ("stream",)  # and streaming heads (--keep_full)
@@ -126,3 +130,47 @@ class HeadAblation(Hook):
     def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
         ablated = self._ablated(call) if self.mode == "zero" else None
         return out if ablated is None else out.masked_fill(ablated[:, None, :, None], 0.0)  # out: [b, q, H, d]
+
+
+PRESS_PHASES = ("decode", "context")  # a token press compresses once; phase all is streaming's alone
+
+
+@dataclass(frozen=True)
+class PressMask:
+    """A condition that compresses the cache with a press: ``press`` (``seen.Press``) keeping
+    ``budget`` of the cache's keys (the mean of its ``layer_shares``), once at the point
+    ``phase`` says (``decode``: the prompt's end, after its prefill; ``context``: the
+    context's end, the question after it appended whole). Its hook must be told that point
+    per prompt (``hook(shape, at)``), as a decode-phase stream mask must."""
+
+    press: Press
+    budget: float
+    phase: str = "decode"
+
+    def __post_init__(self):
+        if self.phase not in PRESS_PHASES:
+            raise ValueError(f"a press compresses once (phase {' or '.join(PRESS_PHASES)}), got {self.phase!r}: "
+                             "only streaming heads compress from the first token (HeadMask(heads, 'stream', 'all'))")
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"a press's budget is the share of the cache it keeps, in (0, 1], got {self.budget}")
+
+    def params(self) -> dict:
+        """The press's parameters, JSON-ready: its dataclass fields (else its public
+        attributes), anything not a number, string or bool as its repr."""
+        p = self.press
+        items = ({f.name: getattr(p, f.name) for f in dataclasses.fields(p)} if dataclasses.is_dataclass(p)
+                 else {k: v for k, v in vars(p).items() if not k.startswith("_")})
+        return {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v) for k, v in items.items()}
+
+    def describe(self) -> dict:
+        """JSON-ready record of the condition: the press's name and parameters, the budget, the phase."""
+        return {"press": self.press.name, "params": self.params(), "budget": self.budget, "phase": self.phase}
+
+    def needs_prefill_length(self) -> bool:
+        return True  # every phase compresses once, at a point the hook is told
+
+    def hook(self, shape: ModelShape, at: torch.Tensor | int, start: torch.Tensor | None = None) -> PressHeads:
+        """The intervention, for one scope: ``at`` per batch row (long ``[b]`` or an int), the
+        prompt's length (phase decode) or the context's (phase context); ``start`` per batch
+        row, its first real position (left padding)."""
+        return PressHeads(self.press, self.press.layer_shares(shape, self.budget), at, start)

@@ -2,7 +2,7 @@
 keys (DuoAttention's streaming heads, StreamingLLM's sink + window), and how much of the
 KV cache that saves.
 
-``StreamHeads`` is the hook (``hook.Hook``; ``mask.HeadMask(heads, mode="stream", ...)``
+``StreamHeads`` is the hook (``visible.HidesKeys``; ``mask.HeadMask(heads, mode="stream", ...)``
 builds it) and ``stream_keep`` its rule: which keys a streamed query row sees, from the
 rows' and keys' positions and, per batch row, where that row's cache was compressed:
 
@@ -11,7 +11,9 @@ rows' and keys' positions and, per batch row, where that row's cache was compres
 - compressed once at ``C`` (``at``; a phase-``decode`` mask compresses the prompt's cache
   after its prefill, as kvpress's presses do, ``C`` being the prefill's length): a row
   ``p >= C`` sees keys ``j < sink``, ``C - recent <= j < C`` and every key from ``C`` on;
-  rows before ``C`` were computed before the compression and see every key. A phase-
+  rows before ``C`` were computed before the compression and see every key: a keep set
+  (sink + recent) under ``visible.sees_compressed``, the rule a press's keep set follows
+  (``pressing.PressHeads``). A phase-
   ``context`` mask (kvpress's pipeline) is the same rule with ``C`` the context's end, applied
   to the prefill's rows from ``C`` on (the question): with ``C`` the prompt's length it is
   phase ``decode`` exactly.
@@ -21,10 +23,10 @@ real position) a padded row's sink is its first tokens, not its pads, so it stre
 would alone.
 
 A decode step of a streamed head is computed whole (``attend.decode_step``, the keys it
-may not see hidden); a multi-token call (phase ``all``'s prefill) recomputes only the
-streamed heads as one group under one shared ``[query, key]`` mask
-(``attend.attend_heads``), never a per-head mask over the whole prompt (a chunked prefill
-bounds it). Both are exact: the same as eager attention under the explicit per-head mask
+may not see hidden); a multi-token call (phase ``all``'s prefill, phase ``context``'s rows
+from ``C`` on) recomputes only the streamed heads' rows concerned as one group under one
+shared ``[query, key]`` mask (``visible.HidesKeys.output``), never a per-head mask over the
+whole prompt (a chunked prefill bounds it). Both are exact: the same as eager attention under the explicit per-head mask
 (tests/test_streaming.py). The cache itself is not cut (kvpress's DuoAttentionPress also
 masks): ``kv_kept`` says exactly what a compressed cache would hold, and
 ``headwise.HeadwiseCache`` is that cache (the same rule, the keys really dropped).
@@ -37,8 +39,9 @@ from fractions import Fraction
 import torch
 
 from ..models.shape import ModelShape
-from .attend import Call, as_allowed, attend_heads, backend_mask, blocked_by_position, key_columns
-from .hook import Hook, OnDevice, check_heads
+from .attend import Call, key_columns
+from .hook import OnDevice, check_heads
+from .visible import HidesKeys, rows_from, sees_compressed
 
 
 def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
@@ -67,12 +70,12 @@ def stream_keep(qpos: torch.Tensor, kpos: torch.Tensor, sink: int, recent: int,
         sinks = (k >= first) & (k < first + sink)
     if at is None:
         return sinks | (k > q - recent)
-    at = at.reshape(-1, 1, 1, 1)
-    return sinks | (k >= at - recent) | (q < at)
+    return sees_compressed(qpos, kpos, at, sinks | (k >= at.reshape(-1, 1, 1, 1) - recent))  # a keep set
 
 
-class StreamHeads(Hook):
-    """The streamed heads of each layer see only their sink and recent keys (``stream_keep``).
+class StreamHeads(HidesKeys):
+    """The streamed heads of each layer see only their sink and recent keys (``stream_keep``),
+    applied as every rule that hides keys is (``visible.HidesKeys``).
 
     heads: bool ``[layers, heads]``, or ``[batch, layers, heads]`` (each row its own heads).
     at: per batch row (long ``[b]``, or an int for all), where its cache was compressed
@@ -95,47 +98,31 @@ class StreamHeads(Hook):
         where each row's tokens start (its sink; None: at 0)."""
         self.at = None if at is None else torch.as_tensor(at, dtype=torch.long).reshape(-1)
         self.at_on = OnDevice(lambda _, dev: self.at.to(dev))
+        self.at_min = None if at is None else int(self.at.min())  # host-side: read at every step
         self.start = None if start is None else torch.as_tensor(start, dtype=torch.long).reshape(-1)
         self.start_on = OnDevice(lambda _, dev: self.start.to(dev))
 
     def check(self, shape: ModelShape) -> None:
         check_heads(self.heads, shape)
 
-    def _keep(self, call: Call, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+    def _at(self, device: torch.device) -> torch.Tensor | None:
         if self.at is None and self.decode_only:
             raise RuntimeError("a decode-phase stream hook needs each row's compression point (the prompt's "
                                "prefill length): pass at=..., or call compress(at) before decoding")
-        at = None if self.at is None else self.at_on.get(None, kpos.device)
+        return None if self.at is None else self.at_on.get(None, device)
+
+    def touched(self, call: Call) -> torch.Tensor:
+        return self.on_device.get(call.layer, call.query.device)  # [b or 1, H]
+
+    def first_row(self, call: Call) -> int | None:
+        if self._at(call.query.device) is None:
+            return 0  # compressed at every step: every row streams
+        return rows_from(call, self.at_min)
+
+    def sees(self, call: Call, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
         start = None if self.start is None else self.start_on.get(None, kpos.device)
-        return stream_keep(qpos, kpos, self.sink, self.recent, at, start)
-
-    def computes(self, call: Call) -> bool:
-        return call.is_decode
-
-    def hides(self, call: Call) -> torch.Tensor:
-        heads = self.on_device.get(call.layer, call.query.device)  # [b or 1, H]
-        keep = self._keep(call, call.qpos(), call.kpos())  # [1, T] or [b, 1, 1, T]
-        return heads[:, :, None, None] & ~keep.reshape(-1, 1, 1, keep.shape[-1])
-
-    def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
-        """A multi-token call (not decode-only): the streamed heads recomputed as one group."""
-        if call.is_decode or self.decode_only:
-            return out  # a decode step was computed whole, its hidden keys hidden
-        heads = self.on_device.get(call.layer, call.query.device)
-        idx = heads.any(0).nonzero().flatten()
-        qpos, kpos = call.qpos(), call.kpos()
-        if len(idx) == 0 or (self.at is not None and bool((qpos[-1] < self.at_on.get(None, qpos.device)).all())):
-            return out  # nothing streamed here, or every row precedes the compression
-        allowed = ~blocked_by_position(qpos, kpos, call.window) & self._keep(call, qpos, kpos)
-        allowed = allowed[None, None] if allowed.ndim == 2 else allowed  # [b or 1, 1, q, T], shared by the group
-        m = backend_mask(call.mask, slice(-len(qpos), None), len(kpos))
-        if m is not None:
-            allowed = allowed & as_allowed(m)
-        o = attend_heads(call, idx, allowed).to(out.dtype)  # [b, q, n, d]
-        sel = heads[:, idx].reshape(heads.shape[0], 1, len(idx), 1)
-        out = out.clone()
-        out[:, :, idx] = torch.where(sel, o, out[:, :, idx])
-        return out
+        keep = stream_keep(qpos, kpos, self.sink, self.recent, self._at(kpos.device), start)
+        return keep if keep.ndim == 4 else keep[None, None]  # [b or 1, 1, r, T], shared by the streamed heads
 
 
 def full_kv_heads(shape: ModelShape, kept: torch.Tensor) -> torch.Tensor:

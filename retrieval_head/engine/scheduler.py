@@ -35,7 +35,7 @@ import torch
 from ..core.decode import decode_rows, row_masks
 from ..core.intervene import intervene
 from ..core.kvcache import snapshot, stack_rows
-from ..core.mask import HeadMask
+from ..core.mask import HeadMask, PressMask
 from ..core.probe import ArgmaxProbe
 from ..core.tap import AttentionTap
 from ..inputs.prompt import Prompt
@@ -135,6 +135,10 @@ class Scheduler:
         shows those before the first row: batching holds the first rows until several
         prompts are prefilled)."""
         masks = list(masks)
+        if any(isinstance(m, PressMask) for m in masks):  # its prefill is outside the scope, and partly reused
+            raise ValueError("a press condition (PressMask) must see each prompt's prefill, which the scheduler runs "
+                             "outside the scope and reuses across prompts: run it with intervene(model, "
+                             "hooks=[mask.hook(shape, at)]) around the whole generate")
         self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
         self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
