@@ -76,13 +76,27 @@ def test_prompt_from_stdin_and_several_keep_values(tiny, tmp_path, capsys, monke
     assert len(memory) == 2 and "0/4 KV heads full" in memory[0] and "4/4 KV heads full" in memory[1]
 
 
+def plain_text_with_a_fact() -> str:
+    """~900 words of the default haystack, a fact in the middle, a question at the end (1,181
+    tokens through the chat template)."""
+    from retrieval_head.inputs.haystack import default_haystack_dir
+
+    essays = sorted(default_haystack_dir().glob("*.txt"))
+    body = " ".join(essays[1].read_text(encoding="utf-8").split()[:900])
+    cut = body.rfind(". ", 0, len(body) // 2) + 2
+    fact = "The best thing to do in the town of Vellmoor is to ride the old red tram up to the glass observatory. "
+    return f"{body[:cut]}{fact}{body[cut:]}\n\nWhat is the best thing to do in the town of Vellmoor?"
+
+
 @pytest.mark.slow
 def test_the_embedded_model_answers_a_plain_question(tmp_path, capsys):
-    """Every KV head full, and a quarter of the KV heads full by the shipped head file."""
+    """Every KV head full, and a quarter of the KV heads full by the shipped head file (phase
+    decode, sink 4 + recent 64: 30 % of the cache's bytes)."""
     head_file = Path(__file__).resolve().parents[1] / "head_score" / "SmolLM2-135M-Instruct.kv_max.json"
     prompt = tmp_path / "p.txt"
-    prompt.write_text(f"{TEXT}\n\n{QUESTION}")
+    prompt.write_text(plain_text_with_a_fact())
     for extra in ([], ["--head_score", str(head_file), "--keep_fraction", "0.25"]):
-        code, out, _ = run([str(prompt), "--max_new_tokens", "16", *extra], capsys)
-        assert code == 0 and "Amber Falcon" in out, (extra, out)
-        assert "KV heads full" in out.splitlines()[-1]
+        code, out, _ = run([str(prompt), "--max_new_tokens", "32", *extra], capsys)
+        assert code == 0 and "red tram" in out and "glass observatory" in out, (extra, out)
+        memory = out.splitlines()[-1]
+        assert ("90/90 KV heads full" if not extra else "22/90 KV heads full") in memory, memory
