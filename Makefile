@@ -151,8 +151,9 @@ test-latest:
 	$(LATEST_ENV) $(call EMBEDDED_WITH,$(PY_LATEST)) smollm2
 	$(PY_LATEST) scripts/lock.py --exclude $(HAYSTACK_PACKAGE) > $(VENV_LATEST)/requirements.lock
 	@sed 's/ *#.*//;/^$$/d' $(LOCK_FILE) > $(VENV_LATEST)/locked.txt
-	@echo "newest versions against $(LOCK_FILE) (< locked, > newest):"
-	@sed 's/ *#.*//;/^$$/d' $(VENV_LATEST)/requirements.lock | diff $(VENV_LATEST)/locked.txt - || true
+	@$(PY_LATEST) -m pip freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|huggingface.hub|numpy|safetensors)=='
+	@echo "newest versions against $(LOCK_FILE) (< locked, > newest; torch is TORCH_SPEC's):"
+	@sed 's/ *#.*//;/^$$/d' $(VENV_LATEST)/requirements.lock | diff $(VENV_LATEST)/locked.txt - && echo "  none differ" || true
 	$(LATEST_ENV) $(OFFLINE) $(PY_LATEST) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not full"
 
 # Rewrite requirements.lock from a venv the suite passed in (LOCK_FROM, default $(VENV)).

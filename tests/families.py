@@ -172,6 +172,15 @@ FAMILIES: list[Family] = [
                initializer_range=0.2, bos_token_id=None, eos_token_id=None),
            (), layers="h", attn="attn", out_proj="c_proj", q_site="c_attn",
            notes="learned positions, Conv1D c_attn/c_proj"),
+    # ---- decided by behaviour: refused where its attention bypasses the interface (transformers
+    # before 5.25: its own sdpa/eager code), in the matrix where it routes through it (5.25 on)
+    Family("Falcon", "FalconForCausalLM",
+           lambda vocab: transformers.FalconConfig(
+               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+               max_position_embeddings=512, initializer_range=0.2, bos_token_id=None, eos_token_id=None),
+           ("GQA",), layers="h", attn="self_attention", out_proj="dense", q_site="query_key_value", refused=None,
+           notes="multi-query (one KV head), fused query_key_value, parallel block; status by behaviour: "
+                 "refused where its attention bypasses the interface (transformers < 5.25)"),
     # ---- refused: their attention never reaches the interface
     Family("GPT-Neo", "GPTNeoForCausalLM",
            lambda vocab: transformers.GPTNeoConfig(
@@ -182,15 +191,6 @@ FAMILIES: list[Family] = [
     Family("Bloom", "BloomForCausalLM",
            lambda vocab: transformers.BloomConfig(vocab_size=vocab, hidden_size=HIDDEN, n_layer=2, n_head=HEADS),
            refused=True),
-    # ---- decided by behaviour: refused where its attention bypasses the interface (transformers
-    # before 5.25: its own sdpa/eager code), in the matrix where it routes through it (5.25 on)
-    Family("Falcon", "FalconForCausalLM",
-           lambda vocab: transformers.FalconConfig(
-               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-               max_position_embeddings=512, initializer_range=0.2, bos_token_id=None, eos_token_id=None),
-           ("GQA",), layers="h", attn="self_attention", out_proj="dense", q_site="query_key_value", refused=None,
-           notes="multi-query (one KV head), fused query_key_value, parallel block; status by behaviour: "
-                 "refused where its attention bypasses the interface (transformers < 5.25)"),
 ]
 
 
