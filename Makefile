@@ -27,10 +27,12 @@ EMBEDDED := $(call EMBEDDED_WITH,$(PY))
 # it as pip constraints.  torch is TORCH_VERSION above.  Where another torch build is chosen
 # (TORCH_SPEC or TORCH_INDEX given, or a GPU present) that build brings its own requirements:
 # the lock's torch-only section (sympy, networkx, mpmath) is left out of the constraints
-# ($(VENV)/constraints.txt).  LOCK= installs without the lock (pyproject.toml's ranges, as
-# test-latest does), e.g. on a Python other than the lock's (CPython 3.11).
-LOCK_FILE := requirements.lock
-LOCK      ?= $(LOCK_FILE)
+# ($(VENV)/constraints.txt).  The lock was made on CPython LOCK_PYTHON; on another Python (some
+# pins need 3.11) and with LOCK= the install takes pyproject.toml's ranges, as test-latest does.
+LOCK_FILE   := requirements.lock
+LOCK_PYTHON := 3.11
+VENV_PYTHON := $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+LOCK        ?= $(if $(filter $(LOCK_PYTHON),$(VENV_PYTHON)),$(LOCK_FILE),)
 OWN_TORCH := $(strip $(HAS_GPU) $(filter-out file,$(origin TORCH_SPEC) $(origin TORCH_INDEX)))
 CONSTRAINTS := $(if $(LOCK),$(if $(OWN_TORCH),$(VENV)/constraints.txt,$(LOCK)),)
 LOCK_ARG  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
@@ -82,6 +84,7 @@ MODEL_DEPS      := $(if $(MODEL_PATH),,$(if $(filter gemma3,$(MODEL)),install-ge
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(LOCK),,@echo "note: installing without $(LOCK_FILE) (made on CPython $(LOCK_PYTHON), this is $(VENV_PYTHON))")
 	$(if $(filter $(VENV)/constraints.txt,$(CONSTRAINTS)),$(DROP_TORCH_ONLY) $(LOCK) > $(CONSTRAINTS),)
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX_ARG) $(TORCH_LOCK_ARG)
 	$(PIP) install -q $(LOCK_ARG) -e ".[test]"
@@ -159,7 +162,7 @@ test-latest:
 # Rewrite requirements.lock from a venv the suite passed in (LOCK_FROM, default $(VENV)).
 LOCK_FROM ?= $(VENV)
 lock:
-	$(LOCK_FROM)/bin/python scripts/lock.py --torch $(TORCH_VERSION) --exclude $(HAYSTACK_PACKAGE) > $(LOCK_FILE).tmp
+	$(LOCK_FROM)/bin/python scripts/lock.py --torch $(TORCH_VERSION) --python $(LOCK_PYTHON) --exclude $(HAYSTACK_PACKAGE) > $(LOCK_FILE).tmp
 	mv $(LOCK_FILE).tmp $(LOCK_FILE)
 
 # The house's contracts: the layers (import-linter, pyproject.toml) and ruff.

