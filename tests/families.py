@@ -6,7 +6,12 @@ config factory ``vocab -> config`` (3 layers, 4 heads, hidden size 64, sliding w
 sliding window, MoE, softcap, q/k norm, attention sinks), free-text notes, and the module
 names a test needs to hook its attention. ``build`` turns an entry into a model with fixed
 random weights. A family whose attention never reaches transformers' AttentionInterface is
-marked ``refused``: the library must refuse it by class name.
+marked ``refused``: the library must refuse it by class name. A family whose attention moved
+to the interface in some transformers release (Falcon, in 5.25) is marked ``refused=None``:
+its status is what the installed transformers' modeling file does, found by behaviour when
+this module is imported (``routes_through_interface``: does one forward of the built model
+call a function registered in the interface?), never by a version number. Where it routes,
+it joins the matrix with every check of the others; where not, it must be refused by name.
 
 ``tests/test_families.py`` runs every supported family through the probe, mask and
 detection checks (and checks that the declared features are really in the built model);
@@ -17,17 +22,21 @@ architecture takes Llama-style kwargs, a lambda otherwise), list in ``features``
 the features its built model has, give the module names where they differ from Llama's,
 then run ``tests/test_families.py`` and ``scripts/support_table.py --docs``.
 
-    >>> len(SUPPORTED), len(REFUSED)
-    (24, 3)
-    >>> mistral = next(f for f in FAMILIES if f.name == "Mistral")
-    >>> model = build(mistral)
+    >>> len(SUPPORTED) + len(REFUSED), len(FAMILIES)
+    (27, 27)
+    >>> sorted(f.name for f in REFUSED if f.name not in BY_ROUTING)   # refused whatever transformers does
+    ['Bloom', 'GPT-Neo']
+    >>> len([f for f in SUPPORTED if f.name not in BY_ROUTING]), sorted(BY_ROUTING)
+    (24, ['Falcon'])
+    >>> model = build(family("Mistral"))
     >>> type(model).__name__, model.config.sliding_window, model.config.num_attention_heads
     ('MistralForCausalLM', 16, 4)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -70,7 +79,10 @@ class Family:
       norm's 4-d output is ``bshd`` [b, s, H, d] or ``bhsd`` [b, H, s, d].
     moe: the model routes tokens through experts (not visible in its attention module).
     refused: the family must be refused by ``check_supported`` (its attention bypasses the
-      interface); then only ``config`` and ``model_class`` matter.
+      interface); then only ``config`` and ``model_class`` matter. ``None``: decided when
+      this module is imported by what the installed transformers does
+      (``routes_through_interface`` on the built model); such an entry names its modules as
+      a supported one does, and ``FAMILIES`` holds it with ``refused`` True or False.
     """
 
     name: str
@@ -84,7 +96,7 @@ class Family:
     q_site: str = "q_proj"
     q_layout: str = "split"
     moe: bool = False
-    refused: bool = False
+    refused: bool | None = False
 
 
 FAMILIES: list[Family] = [
@@ -160,6 +172,15 @@ FAMILIES: list[Family] = [
                initializer_range=0.2, bos_token_id=None, eos_token_id=None),
            (), layers="h", attn="attn", out_proj="c_proj", q_site="c_attn",
            notes="learned positions, Conv1D c_attn/c_proj"),
+    # ---- decided by behaviour: refused where its attention bypasses the interface (transformers
+    # before 5.25: its own sdpa/eager code), in the matrix where it routes through it (5.25 on)
+    Family("Falcon", "FalconForCausalLM",
+           lambda vocab: transformers.FalconConfig(
+               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+               max_position_embeddings=512, initializer_range=0.2, bos_token_id=None, eos_token_id=None),
+           ("GQA",), layers="h", attn="self_attention", out_proj="dense", q_site="query_key_value", refused=None,
+           notes="multi-query (one KV head), fused query_key_value, parallel block; status by behaviour: "
+                 "refused where its attention bypasses the interface (transformers < 5.25)"),
     # ---- refused: their attention never reaches the interface
     Family("GPT-Neo", "GPTNeoForCausalLM",
            lambda vocab: transformers.GPTNeoConfig(
@@ -170,18 +191,68 @@ FAMILIES: list[Family] = [
     Family("Bloom", "BloomForCausalLM",
            lambda vocab: transformers.BloomConfig(vocab_size=vocab, hidden_size=HIDDEN, n_layer=2, n_head=HEADS),
            refused=True),
-    Family("Falcon", "FalconForCausalLM",
-           lambda vocab: transformers.FalconConfig(
-               vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
-               max_position_embeddings=512, bos_token_id=None, eos_token_id=None),
-           refused=True, notes="own sdpa/eager code paths, no AttentionInterface"),
 ]
 
+
+def build(fam: Family, vocab: int = 128, seed: int = 0):
+    """The family's tiny model, random weights drawn after ``torch.manual_seed(seed)``,
+    fp32, eval mode."""
+    torch.manual_seed(seed)
+    model = getattr(transformers, fam.model_class)(fam.config(vocab))
+    return model.to(torch.float32).eval()
+
+
+@torch.no_grad()
+def routes_through_interface(model) -> bool:
+    """Whether ``model``'s attention calls transformers' AttentionInterface: one forward of 3
+    tokens with a counting function registered under a fresh name (it hands each call to the
+    sdpa entry). Independent of the library (``check_supported`` decides the same for itself).
+
+    >>> routes_through_interface(build(family("Llama (MHA)"))), routes_through_interface(build(family("GPT-Neo")))
+    (True, False)
+    """
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    calls = []
+
+    def counting(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, *args, **kwargs)
+
+    name, impl = f"families_routing_{uuid.uuid4().hex[:8]}", model.config._attn_implementation
+    AttentionInterface.register(name, counting)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    try:
+        model.config._attn_implementation = name
+        model(input_ids=torch.zeros(1, 3, dtype=torch.long))
+    finally:
+        model.config._attn_implementation = impl
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+    return bool(calls)
+
+
+def decided(fam: Family) -> Family:
+    """``fam`` with ``refused`` True or False: a ``refused=None`` entry is refused exactly when
+    its tiny model's attention does not route through the interface."""
+    if fam.refused is not None:
+        return fam
+    return replace(fam, refused=not routes_through_interface(build(fam)))
+
+
+BY_ROUTING = {f.name for f in FAMILIES if f.refused is None}
+FAMILIES = [decided(f) for f in FAMILIES]
 SUPPORTED = [f for f in FAMILIES if not f.refused]
 REFUSED = [f for f in FAMILIES if f.refused]
 # The fast tier (`make test-fast`) checks these, one per feature of the matrix: plain MHA,
 # GQA, sliding window, softcap, q/k norm, attention sinks, MoE, learned positions.
 REPRESENTATIVE = ("Llama (GQA)", "Mistral", "Gemma2", "Gemma3", "GPT-OSS", "GPT-2")
+
+
+def family(name: str) -> Family:
+    """The entry of ``FAMILIES`` named ``name``."""
+    return next(f for f in FAMILIES if f.name == name)
 
 
 def matrix(families: list[Family]) -> list:
@@ -191,10 +262,3 @@ def matrix(families: list[Family]) -> list:
 
     return [pytest.param(f, id=f.name, marks=() if f.name in REPRESENTATIVE else pytest.mark.full) for f in families]
 
-
-def build(fam: Family, vocab: int = 128, seed: int = 0):
-    """The family's tiny model, random weights drawn after ``torch.manual_seed(seed)``,
-    fp32, eval mode."""
-    torch.manual_seed(seed)
-    model = getattr(transformers, fam.model_class)(fam.config(vocab))
-    return model.to(torch.float32).eval()

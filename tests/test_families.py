@@ -18,8 +18,12 @@ is built and:
 (c) ``detect``: a one-trial detection with the default tokenizer runs end to end.
 
 Families whose attention does not reach transformers' AttentionInterface are refused by
-``check_supported`` with their class name. Expected values are computed without
-``retrieval_head.core.intervene``: hooks, the eager weights and the cache's value vectors.
+``check_supported`` with their class name. A family whose status follows the installed
+transformers (``refused=None`` in ``families``: Falcon) is checked both ways: where its
+attention routes through the interface it is in the matrix above, and with its modeling file's
+interface lookup bypassed (its own attention code, as before 5.25) the library refuses it.
+Expected values are computed without ``retrieval_head.core.intervene``: hooks, the eager
+weights and the cache's value vectors.
 
 ``scripts/support_table.py`` runs this file under pytest and tabulates its outcomes by test
 name and family id: renaming a test below means renaming it there too.
@@ -33,7 +37,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import REFUSED, SUPPORTED, WINDOW, Family, build, matrix
+from families import (
+    BY_ROUTING,
+    REFUSED,
+    SUPPORTED,
+    WINDOW,
+    Family,
+    build,
+    decided,
+    family,
+    matrix,
+    routes_through_interface,
+)
 from helpers import IdsTokenizer, one_thread
 from transformers import DynamicCache
 
@@ -466,3 +481,48 @@ def test_detection_runs(fam, default_tokenizer, tmp_path):
 @pytest.mark.parametrize("fam", REFUSED, ids=_ids(REFUSED))
 def test_refused_by_class_name(fam):
     check_refused(fam)
+
+
+# --------------------------------------------------------------------------- status by behaviour
+
+
+@pytest.mark.parametrize("name", sorted(BY_ROUTING))
+def test_status_follows_what_the_attention_does(name):
+    """The installed transformers decides: in the matrix exactly when the tiny model's attention
+    calls the interface, and the library's own check agrees either way."""
+    fam = family(name)
+    model = build(fam)
+    routes = routes_through_interface(model)
+    assert fam.refused is (not routes)
+    assert (fam in SUPPORTED) is routes and (fam in REFUSED) is (not routes)
+    if routes:
+        check_supported(model)
+    else:
+        check_refused(fam, model)
+
+
+class _OwnAttention:
+    """Stands for a modeling file's ``ALL_ATTENTION_FUNCTIONS``: every lookup answers the
+    file's own ``eager_attention_forward``, so the attention bypasses the interface."""
+
+    def get_interface(self, name, default):
+        return default
+
+    def __getitem__(self, name):
+        raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(BY_ROUTING))
+def test_refused_when_its_attention_bypasses_the_interface(name, monkeypatch):
+    """The same family with its attention computed by its own code (the modeling file's lookup
+    bypassed; what it does before it routes): the oracle says so, the entry is decided refused,
+    and ``check_supported`` refuses it by class name."""
+    import importlib
+
+    fam = family(name)
+    module = importlib.import_module(type(build(fam)).__module__)
+    monkeypatch.setattr(module, "ALL_ATTENTION_FUNCTIONS", _OwnAttention(), raising=False)
+    model = build(fam)
+    assert not routes_through_interface(model)
+    assert decided(Family(fam.name, fam.model_class, fam.config, refused=None)).refused is True
+    check_refused(fam, model)

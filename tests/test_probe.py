@@ -47,11 +47,11 @@ def test_probe_output_matches_backend():
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         c1, c2 = DynamicCache(config=model.config), DynamicCache(config=model.config)
-        model(ids[:, :-1], past_key_values=c1)
-        model(ids[:, :-1], past_key_values=c2)
-        ref = model(ids[:, -1:], past_key_values=c1).logits
+        model(ids[:, :-1], cache=c1)
+        model(ids[:, :-1], cache=c2)
+        ref = model(ids[:, -1:], cache=c1).logits
         with intervene(model, probe=ArgmaxProbe()):
-            got = model(ids[:, -1:], past_key_values=c2).logits
+            got = model(ids[:, -1:], cache=c2).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 

@@ -48,8 +48,19 @@ def stop_token_mask(model, tokenizer, newline: bool = True) -> torch.Tensor:
 
 
 def cache_kwarg(model) -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache``; use what forward takes."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward's cache keyword: ``cache`` (transformers 5.24 renamed ``past_key_values``;
+    every model of the supported range takes it, and 5.25 warns on the old name), or
+    ``past_key_values`` for a model whose forward names only that (remote code).
+
+    >>> class Old:
+    ...     def forward(self, input_ids, past_key_values=None): ...
+    >>> class Wrapped:  # a forward that hides its parameters still takes the current name
+    ...     def forward(self, *args, **kwargs): ...
+    >>> cache_kwarg(Old()), cache_kwarg(Wrapped())
+    ('past_key_values', 'cache')
+    """
+    params = inspect.signature(model.forward).parameters
+    return "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
 
 
 def input_device(model) -> torch.device:
