@@ -60,7 +60,7 @@ def test_keep_full_runs_records_and_draws(tmp_path, default_tokenizer):
     assert not (out / "tiny_side_by_side.png").exists()  # one masking condition: nothing to set side by side
     # the KV unit: K counts KV heads, each streamed with all its query heads
     kv = tmp_path / "kv"
-    assert cli_niah.cli(argv[:-1] + [str(kv), "--mask_unit", "kv", "--mask_phase", "all", "--keep_full", "1"]) == 0
+    assert cli_niah.cli(argv[:-1] + [str(kv), "--unit", "kv", "--phase", "all", "--keep_full", "1"]) == 0
     rec = json.loads((kv / "tiny_stream_keep_top1_s2_r8_all_kv" / "tiny_len_300_depth_2000.json").read_text())
     assert rec["mask"]["unit"] == "kv" and rec["mask"]["kept"] == [[1, 1]] and rec["mask"]["phase"] == "all"
     assert rec["mask"]["kv_kept_exact"] == "11/40"

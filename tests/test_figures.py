@@ -146,7 +146,9 @@ def test_no_text_leaves_the_compression_figure(tmp_path):
 
 def test_a_head_heatmap_names_the_method_of_its_file(tmp_path, monkeypatch):
     drawn = {}
-    monkeypatch.setattr(heads, "render", lambda fig, out: drawn.setdefault("fig", fig) and Path(out))
+    from retrieval_head.plots import niah  # heads draws through it, imported when a figure is drawn
+
+    monkeypatch.setattr(niah, "render", lambda fig, out: drawn.setdefault("fig", fig) and Path(out))
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "M.query-focus.json"
     f.write_text(json.dumps({f"{layer}-{h}": [0.1 * h] for layer in range(2) for h in range(3)}) + "\n")

@@ -215,7 +215,7 @@ def test_judge_masks_each_methods_top_k_and_random_k_in_one_run(tiny_inputs, tmp
     induction = write_scores(tmp_path / "tiny.induction.json", [[0.0, 0.0, 0.7, 0.0], [0.0, 0.0, 0.0, 0.3]])
     out = tmp_path / "judge"
     argv = ["--model_path", str(tiny_inputs["tiny"]), "--needles", str(tiny_inputs["needles_ok"]), *TINY_RUN,
-            "--head_scores", str(retrieval), str(induction), "--k", "1", "2", "--seeds", "0", "1",
+            "--head_score", str(retrieval), str(induction), "--mask_top", "1", "2", "--seeds", "0", "1",
             "--output_dir", str(out)]
     with one_thread():
         assert judge.cli(argv) == 0
@@ -231,7 +231,7 @@ def test_judge_masks_each_methods_top_k_and_random_k_in_one_run(tiny_inputs, tmp
     capsys.readouterr()
     # a file made for another model shape: one line, before the weights, nothing written
     other = write_scores(tmp_path / "other.echo.json", [[0.1] * 4] * 3)
-    assert judge.cli(argv[:-1] + [str(tmp_path / "j2"), "--head_scores", str(retrieval), str(other)]) == 2
+    assert judge.cli(argv[:-1] + [str(tmp_path / "j2"), "--head_score", str(retrieval), str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "3 layers" in err[0] and not (tmp_path / "j2").exists()
 

@@ -33,8 +33,8 @@ def inputs(tmp_path_factory, default_tokenizer):
 def run(p, out, phase: str, cache: str, unit: str = "kv", task: str = "single") -> dict:
     argv = ["--model_path", str(p["tiny"]), "--needles", str(p["needles_ok"]), "--context_lengths", "300",
             "--depth_percents", "20", "80", "--max_new_tokens", str(STEPS), "--mask_top", "0",
-            "--keep_full", "1", "0", "-1", "--sink", str(SINK), "--recent", str(RECENT), "--mask_phase", phase,
-            "--mask_unit", unit, "--head_score", str(p["hs_tiny"]), "--quiet", "--no_plot", "--output_dir",
+            "--keep_full", "1", "0", "-1", "--sink", str(SINK), "--recent", str(RECENT), "--phase", phase,
+            "--unit", unit, "--head_score", str(p["hs_tiny"]), "--quiet", "--no_plot", "--output_dir",
             str(out), "--cache", cache, "--task", task]
     assert cli_niah.cli(argv) == 0
     return {f.relative_to(out).as_posix(): json.loads(f.read_text()) for f in sorted(out.glob("*/tiny_len_*.json"))}

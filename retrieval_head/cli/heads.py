@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import UserError
 from ..headfiles.order import format_rows, top_rows
 from ..headfiles.original import mean_grid, states_kv, validate_head_scores
+from ..headfiles.validate import HEAD_KEY
 from ..methods.registry import scored_by
 from ..store.manifest import shape_beside
 from . import parsers
@@ -118,6 +119,7 @@ def compare_all(grids: dict[str, torch.Tensor], k: int = 20) -> dict:
     "spearman"}``, the last two as ``n x n`` lists (``compare`` of row i with column j; the
     diagonal is each grid with itself).
 
+    >>> import torch
     >>> r = compare_all({"a": torch.tensor([[3., 2., 1.]]), "b": torch.tensor([[1., 2., 3.]])}, k=1)
     >>> r["overlap"], r["spearman"]
     ([[1, 0], [0, 1]], [[1.0, -1.0], [-1.0, 1.0]])
@@ -244,8 +246,9 @@ def _original_grid(path: Path) -> list[list[float]] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not data or not all(isinstance(v, list) for v in data.values()):
-        return None
+    if not isinstance(data, dict) or not data or not all(isinstance(k, str) and HEAD_KEY.fullmatch(k) and
+                                                         isinstance(v, list) for k, v in data.items()):
+        return None  # not the original's {"layer-head": [...]} (razor's {"layer": [...]} looks alike)
     return mean_grid(validate_head_scores(data, path), path)
 
 
