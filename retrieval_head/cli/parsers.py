@@ -23,7 +23,7 @@ from ..experiments.detect_settings import DetectSettings
 from ..experiments.settings import JudgeSettings, NiahSettings
 from ..models.spec import ModelSpec
 from ..options import add_options, add_term, old_spelling, option
-from ..vocabulary import DUO_RECENT, DUO_SINK, MAX_DRAWS, MAX_ORDERS, PHASES, SIDE_BY_SIDE, UNITS
+from ..vocabulary import DUO_RECENT, DUO_SINK, MAX_DRAWS, MAX_ORDERS, PHASES, PRESSES, SIDE_BY_SIDE, UNITS
 from .common import Parser, RunOptions
 
 FMT = argparse.RawDescriptionHelpFormatter  # the option dataclasses write each default into the help
@@ -69,6 +69,13 @@ class GenerateOptions:
                                                      "each); none (and no --keep_fraction): every head full")
     keep_fraction: tuple[float, ...] | None = option(None, "as --keep_full, as a share of all heads (rounded)",
                                                      metavar="F")
+    press: str | None = option(None, "a KV-cache press instead of streamed heads (docs/presses.md), simulated on "
+                                     "the full cache: the answer it gives, and the bytes its kept keys would hold; "
+                                     "duo and headkv rank heads by --head_score read per KV head (none: "
+                                     "head_score/<model>.kv_max.json)", choices=PRESSES)
+    budget: tuple[float, ...] | None = option(None, "the share of the prompt's KV cache the press keeps, in (0, 1] "
+                                                    "(several values: one answer each)", metavar="F")
+    press_args: tuple[str, ...] | None = option(None, metavar="KEY=VALUE")
     sink: int = option(4)
     recent: int = option(64)
     phase: str = option("decode", choices=PHASES)
