@@ -283,6 +283,17 @@ CASES = [
      "not both"),
     ("generate --press duo without a head file", "generate", ["{a_file}", "--press", "duo", "--budget", "0.5"],
      "--press duo ranks heads by a head file"),
+    ("leaderboard press unknown", "leaderboard", ["--press", "snap"], "'snap' is not a press"),
+    ("leaderboard ranking of a press that ranks no heads", "leaderboard", ["--press", "snapkv@random"],
+     "only duo and headkv take a ranking"),
+    ("leaderboard press listed twice", "leaderboard", ["--press", "knorm", "knorm"], "--press lists knorm twice"),
+    ("leaderboard without a press", "leaderboard", ["--press", "full"], "names no press"),
+    ("leaderboard budget above 1", "leaderboard", ["--press", "knorm", "--budget", "2"], "--budget 2 is not a share"),
+    ("leaderboard --draws 0", "leaderboard", ["--press", "knorm", "--draws", "0"], "--draws 0 is not in 1..100000"),
+    ("leaderboard duo without a head file", "leaderboard", ["--press", "duo", "duo@random"],
+     "--press duo ranks heads by a head file: pass --head_score FILE"),
+    ("leaderboard output folder not writable", "leaderboard", ["--press", "knorm", "--output_dir", "{a_file}/sub"],
+     "not a writable folder"),
 ]
 # The weights are what these cases are about (the refusal by class name runs the model).
 NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
@@ -293,9 +304,11 @@ MODEL = ["--model_path", "{tiny}", "--needles", "{needles_ok}"]
 DEFAULTS = {"detect": MODEL + GRID + ["--output_dir", "{out}"],
             "niah": MODEL + GRID + ["--no_plot", "--output_dir", "{out}"],
             "judge": MODEL + GRID + ["--output_dir", "{out}"], "heads": [], "plot": [], "compress": [],
-            "generate": ["--model_path", "{tiny}"]}
+            "generate": ["--model_path", "{tiny}"],
+            "leaderboard": MODEL + ["--context_lengths", "300", "--depth_percents", "50", "--quiet", "--output_dir",
+                                    "{out}"]}
 COMMAND = {"detect": "detect", "niah": "mask", "judge": "judge", "heads": "heads", "plot": "plot",
-           "compress": "compress", "generate": "generate"}
+           "compress": "compress", "generate": "generate", "leaderboard": "leaderboard"}
 
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"

@@ -9,7 +9,7 @@ commands themselves (``cli/<command>.py``) parse with these same parsers.
     >>> args.phase, args.unit
     ('all', 'kv')
     >>> sorted(PARSERS)
-    ['compress', 'detect', 'generate', 'heads', 'judge', 'mask', 'plot']
+    ['compress', 'detect', 'generate', 'heads', 'judge', 'leaderboard', 'mask', 'plot']
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..experiments.detect_settings import DetectSettings
+from ..experiments.leaderboard_settings import LeaderboardSettings
 from ..experiments.settings import JudgeSettings, NiahSettings
 from ..models.spec import ModelSpec
 from ..options import add_options, add_term, old_spelling, option
@@ -50,6 +51,12 @@ class DetectRun(RunOptions):
 class NiahRun(RunOptions):
     output_dir: str = option("results/graph", "where the condition folders go")
     no_plot: bool = option(False, "skip the heatmaps and the side-by-side figure")
+
+
+@dataclass(frozen=True)
+class LeaderboardRun(RunOptions):
+    output_dir: str = option("results/leaderboard", "where the condition folders, the table, the figures and the "
+                                                    "manifest go")
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class GenerateOptions:
 GROUPS = {"detect": [(ModelSpec, "model"), (DetectSettings, "sweep"), (DetectRun, "run")],
           "mask": [(ModelSpec, "model"), (NiahSettings, "needle test"), (NiahRun, "run")],
           "judge": [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")],
+          "leaderboard": [(ModelSpec, "model"), (LeaderboardSettings, "leaderboard"), (LeaderboardRun, "run")],
           "generate": [(GenerateOptions, "generate"), (ModelSpec, "model")]}
 
 
@@ -104,6 +112,10 @@ def mask(prog: str) -> argparse.ArgumentParser:
 
 def judge(prog: str) -> argparse.ArgumentParser:
     return _grouped(prog, doc("../experiments/judge"), GROUPS["judge"])
+
+
+def leaderboard(prog: str) -> argparse.ArgumentParser:
+    return _grouped(prog, doc("leaderboard"), GROUPS["leaderboard"])
 
 
 def _grouped(prog: str, description: str, groups) -> argparse.ArgumentParser:
@@ -235,7 +247,7 @@ def _export(sub) -> None:
 
 
 PARSERS = {"detect": detect, "mask": mask, "judge": judge, "generate": generate, "heads": heads, "plot": plot,
-           "compress": compress}
+           "compress": compress, "leaderboard": leaderboard}
 
 
 def build(command: str, prog: str) -> argparse.ArgumentParser:
