@@ -121,3 +121,13 @@ def test_a_cell_is_the_mean_its_bootstrap_interval_and_the_bytes_share():
     text = board("M", (0.5, 0.25, 0.1), [("vt", p)], 4, 500, 3)
     assert f"| snapkv | — | {fmt(p['presses']['snapkv'][0][1])} | {fmt(p['presses']['snapkv'][1][1])} |" in text
     assert "62.5 [" in text and "· 25.0% |" in text and "## vt (string match x100)" in text
+
+
+def test_the_leaderboard_in_phase_context(tiny, tmp_path, capsys):
+    out = tmp_path / "board"
+    args = ["--task", "single", "--context_lengths", "300", "--depth_percents", "50", "--press", "knorm",
+            "--budget", "0.25", "--max_new_tokens", "4", "--quiet", "--phase", "context"]
+    assert commands.main(["leaderboard", "--model_path", str(tiny), *args, "--output_dir", str(out)]) == 0
+    (r,) = records(out / "tiny_press_knorm_b0.25_context")
+    assert r["mask"]["phase"] == "context" and r["mask"]["kv_kept"] > 0.25  # the question kept whole
+    assert f"| knorm | {fmt(cell([r], 'score', 1000, 0))} |" in (out / "tiny.leaderboard.md").read_text()

@@ -64,6 +64,24 @@ def test_mask_writes_a_folder_per_budget_with_the_bytes_held(tiny, head_file, tm
     assert "mask" not in records(out / "tiny")[0] or records(out / "tiny")[0]["mask"]["kind"] == "none"
 
 
+def test_mask_phase_context_keeps_the_question_whole(tiny, tmp_path, capsys, default_tokenizer):
+    from transformers import AutoConfig
+
+    from retrieval_head.experiments.settings import NiahSettings
+    from retrieval_head.experiments.sweep import plan
+
+    out = tmp_path / "out"
+    assert commands.main(["mask", "--model_path", str(tiny), *GRID, "--output_dir", str(out), "--press", "knorm",
+                          "--budget", "0.25", "--phase", "context"]) == 0, capsys.readouterr().err
+    st = NiahSettings(context_lengths=(300,), depth_percents=(20, 80))
+    cells = plan(default_tokenizer, ModelShape.from_config(AutoConfig.from_pretrained(tiny)), st, [st.the_needle()])
+    for key, r in zip(cells.keys(), records(out / "tiny_press_knorm_b0.25_context")):
+        context = cells.prompt(key).context_end  # its keys a quarter kept, the question's every one
+        m = r["mask"]
+        assert (r["depth_percent"], m["phase"]) == (key.depth_percent, "context") and 200 < context < 290
+        assert m["kv_bytes"] == 2 * round(0.25 * 2 * context) * 2 * 8 * 4 + (300 - context) * 256
+
+
 def test_generate_answers_as_the_press_alone_and_prints_the_bytes(tiny, tmp_path, capsys, default_tokenizer):
     from transformers import AutoModelForCausalLM
 

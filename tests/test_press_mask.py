@@ -61,12 +61,12 @@ def test_a_press_mask_must_be_told_its_compression_point():
     assert model.config._attn_implementation == before
 
 
-def test_the_scheduler_refuses_a_context_phase_press():
-    """Phase decode runs there (tests/test_schedule_press.py); context would need a prefill per press."""
+def test_the_scheduler_runs_no_press_under_the_probe():
+    """Presses run there (tests/test_schedule_press.py), but not beside detection's probe or tap."""
     model, shape, _ = family("Llama (GQA)")
     scheduler = Scheduler(model, shape, torch.zeros(128, dtype=torch.bool), 2, Levers())
-    with pytest.raises(ValueError, match="phase decode only"):
-        list(scheduler.run([], masks=[None, PressMask(NormPress(), BUDGET, "context")]))
+    with pytest.raises(ValueError, match="without the probe"):
+        list(scheduler.run([], masks=[None, PressMask(NormPress(), BUDGET, "context")], probe=True))
 
 
 def test_a_planned_press_is_planned_at_the_compression_point():

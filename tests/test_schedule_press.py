@@ -3,7 +3,10 @@ alone under ``intervene(model, hooks=[PressHeads(...)])`` around a plain greedy 
 (the whole prompt prefilled inside the scope, compressed at its length), whatever the levers
 (prefix reuse, batched rows, rows in chunks, chunked prefills), beside unmasked and masked rows
 that stay what ``greedy_decode`` gives them; each prompt is prefilled once, its presses
-re-running only its last window of tokens."""
+re-running only its last window of tokens (phase context: from the window before the
+context's end, one press at a time)."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -47,10 +50,11 @@ def masks():
 
 
 @torch.no_grad()
-def press_alone(model, shape, ids: list[int], mask: PressMask) -> list[int]:
-    """The reference: the prompt alone, generated greedily inside the press's scope."""
+def press_alone(model, shape, ids: list[int], mask: PressMask, at: int | None = None) -> list[int]:
+    """The reference: the prompt alone, generated greedily inside the press's scope, compressed
+    at ``at`` (none: the prompt's length)."""
     x = torch.tensor([ids])
-    with intervene(model, hooks=[mask.hook(shape, len(ids))]):
+    with intervene(model, hooks=[mask.hook(shape, len(ids) if at is None else at)]):
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), cache=GrowingCache(),
                              max_new_tokens=STEPS, do_sample=False, pad_token_id=0)
     return out[0, len(ids):].tolist()
@@ -108,8 +112,31 @@ def test_presses_share_the_first_decode_pass():
     assert [p.index for p in passes(ms)] == [[0, 1, 2], [3], [4]]
 
 
-def test_a_context_phase_press_is_refused():
-    model = tiny_model()
-    scheduler = Scheduler(model, ModelShape.of(model), STOP, 2, Levers())
-    with pytest.raises(ValueError, match="phase decode only"):
-        list(scheduler.run(jobs(), masks=[PressMask(Knorm(), 0.5, "context")]))
+QUESTION = 12  # the prompts' last tokens: the question after the context
+
+
+def context_jobs():
+    return [Job(j.key, dataclasses.replace(j.prompt, context_end=len(j.prompt.ids) - QUESTION)) for j in jobs()]
+
+
+@pytest.mark.parametrize("levers", [Levers(), Levers(prefix_reuse=False, batch_tokens=0), Levers(prefill_chunk=5)],
+                         ids=["defaults", "independent", "prefill chunks"])
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_context_phase_press_rows_equal_each_prompt_generated_alone(family, levers):
+    """Phase context: the context compressed at its end, the question run on it; each such row
+    decodes alone on the shared cache, which the other rows then find plain again."""
+    model = tiny_model(family=family, max_positions=512)
+    shape, todo = ModelShape.of(model), context_jobs()
+    conditions = [PressMask(SnapKV(window=8, kernel=3), 0.25, "context"), None, PressMask(Knorm(), 0.5),
+                  PressMask(Knorm(), 0.3, "context"), HeadMask(masks()[2].heads)]
+    rows = list(Scheduler(model, shape, STOP, STEPS, levers).run(todo, masks=conditions))
+    assert sorted((r.job.key, r.mask) for r in rows) == sorted((j.key, i) for j in todo for i in range(5))
+    got = {(r.job.key, r.mask): r.ids for r in rows}
+    for r in rows:
+        m = conditions[r.mask]
+        at = r.job.prompt.context_end if isinstance(m, PressMask) and m.phase == "context" else len(r.job.prompt.ids)
+        want = press_alone(model, shape, r.job.prompt.ids, m, at) if isinstance(m, PressMask) else \
+            alone(model, shape, r.job.prompt.ids, m)
+        assert r.ids == want, f"{r.job.key} under {r.mask}"
+    changed = {i for i in (0, 3) if any(got[j.key, i] != got[j.key, 1] for j in todo)}
+    assert changed == ({0, 3} if family == "llama" else {3})  # mistral's window of 8 is SnapKV's own

@@ -20,13 +20,22 @@ The decode then runs every row under ``kept_hook``: a ``KeptKeys`` holding, per 
 row's keep set (all keys for a row without a press), so rows of several prompts (of one
 length) and presses decode as one batch, each as ``intervene(model, hooks=[PressHeads(...)])``
 around its own generate would (``tests/test_schedule_press.py``).
+
+A phase-``context`` press compresses the context once, at its end ``C`` (the prompt's
+``context_end``), and the question after it runs on the compressed context: its keys differ
+per press. ``context_row`` therefore gives each such condition the shared cache in turn: it
+keeps the plain keys from ``C - w`` on, crops the cache there, re-runs the prompt from
+``C - w`` inside the press's scope (the press sees the context's keys and its window of
+queries; the question's rows see the kept keys), decodes the row on that cache alone, then
+puts the plain keys back: one plain prefill per prompt still, plus ``w`` + the question's
+tokens per context press, whose rows decode one at a time.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..core.decode import input_device, prefill
+from ..core.decode import decode_rows, input_device, prefill
 from ..core.intervene import intervene
 from ..core.mask import PressMask
 from ..core.pressing import KeptKeys
@@ -61,6 +70,27 @@ def choose_keep(model, shape: ModelShape, cache, ids: list[int], presses: dict[i
         prefill(model, torch.tensor([ids[length - w:]], device=input_device(model)), chunk, cache=cache)
     cache.crop(-1)  # back to ids[:-1]: the last token is the first decode step
     return {i: h.kept for i, h in hooks.items()}
+
+
+@torch.no_grad()
+def context_row(model, shape: ModelShape, cache, ids: list[int], context_end: int, mask: PressMask,
+                stop: torch.Tensor, max_new_tokens: int, chunk: int | None = None) -> tuple[list[int], Kept]:
+    """The answer of the prompt ``ids`` under a phase-context press, and its keep sets, from
+    ``cache`` (holding ``ids[:-1]``, as it does again on return; see the module's docstring)."""
+    length, at = len(ids), context_end
+    if at is None or not 0 < at < length:
+        raise ValueError(f"a context-phase press needs the prompt's context end inside it, got {at} of {length}")
+    start = at - min(max(1, mask.press.window), at)
+    plain = [(layer.keys[..., start:, :].clone(), layer.values[..., start:, :].clone()) for layer in cache.layers]
+    cache.crop(-(cache.get_seq_length() - start))
+    hook = mask.hook(shape, at)
+    with intervene(model, hooks=[hook]):
+        prefill(model, torch.tensor([ids[start:-1]], device=input_device(model)), chunk, cache=cache)
+    out = decode_rows(model, [ids[-1]], length - 1, cache, stop, max_new_tokens, hooks=[hook])[0]
+    cache.crop(-(cache.get_seq_length() - start))
+    for layer, (k, v) in zip(cache.layers, plain):
+        layer.update(k, v)  # the plain keys back, for the prompt's other conditions
+    return out, hook.kept
 
 
 def kept_keys(kept: Kept, at: int) -> int:

@@ -10,11 +10,13 @@ would give for it (tests/test_prefix.py, tests/test_batched.py):
   each prefilling only what follows the prefix it shares with the last one;
 - **one prefill per prompt** for all decode-phase masks; a phase-``all`` mask changes the
   prefill, so it gets its own pass over the prompts (its prefill under the mask);
-- **press conditions** (``PressMask``, phase decode) join the first decode pass: they share
-  its plain prefill, and each prompt's presses all see its keys and their window of queries
+- **press conditions** (``PressMask``) join the first decode pass: they share its plain
+  prefill; in phase decode each prompt's presses all see its keys and their window of queries
   in one re-run of its last ``w`` tokens (``pressed.choose_keep``: ``w`` the largest window),
-  before its rows decode, each row under its own keep sets (``pressed.kept_hook``); phase
-  context is refused (each press would need its own prefill of the question);
+  before its rows decode with the others, each under its own keep sets
+  (``pressed.kept_hook``); in phase context each press re-runs the prompt from its window
+  before the context's end and decodes its row alone on the shared cache, which then gets its
+  plain keys back (``pressed.context_row``);
 - **batched decoding** (``batching.RowBatcher``): prompts of one length decode together,
   a row per (prompt, mask), while their caches hold at most ``batch_tokens`` tokens; a
   prompt whose rows alone exceed the budget decodes them in chunks that fit, from its one
@@ -47,7 +49,7 @@ from ..inputs.prompt import Prompt
 from ..models.shape import ModelShape
 from .batching import Row, RowBatcher, auto_budget
 from .prefix import FreshPrefix, SharedPrefix
-from .pressed import Kept, choose_keep, kept_hook, kept_keys, window
+from .pressed import Kept, choose_keep, context_row, kept_hook, kept_keys, window
 from .progress import Status, count, silent
 
 log = logging.getLogger(__name__)
@@ -146,11 +148,8 @@ class Scheduler:
         prompts are prefilled)."""
         masks = list(masks)
         presses = [m for m in masks if isinstance(m, PressMask)]
-        if any(m.phase != "decode" for m in presses):
-            raise ValueError("the scheduler runs presses in phase decode only: a press compressing the context "
-                             "(phase context) needs its own prefill of the question per press")
-        if presses and tap_for is not None:
-            raise ValueError("an attention tap reads a plain prefill; run press conditions without tap_for")
+        if presses and (tap_for is not None or probe):
+            raise ValueError("press conditions run without the probe and the attention tap (detection's)")
         self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
         self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
@@ -161,9 +160,13 @@ class Scheduler:
                  self.stats["prompt_tokens"], len(self.stats["decode_batches"]))
 
     def _pass(self, jobs: list[Job], p: _Pass, probe: bool) -> Iterator[Decoded]:
+        context = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask) and m.phase == "context"}
+        if context:  # decoded one at a time on the shared cache (pressed.context_row); the others batched
+            rest = [k for k, i in enumerate(p.index) if i not in context]
+            p = _Pass([p.masks[k] for k in rest], [p.index[k] for k in rest], p.prefill_mask)
         lv, reserve, copies = self.levers, self.max_new_tokens, len(p.masks)
         source = (SharedPrefix if lv.prefix_reuse else FreshPrefix)(self.model, chunk=lv.prefill_chunk, reserve=reserve)
-        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=copies)
+        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=max(copies, 1))
         presses = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask)}
         for k, job in enumerate(jobs, 1):
             self._say(f"prefilling prompt {k} of {len(jobs)} ({len(job.prompt.ids)} tokens)")
@@ -184,6 +187,9 @@ class Scheduler:
                 self.stats["tap_s"] = self.stats.get("tap_s", 0.0) + tap.seconds
             row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
             self.stats["prompt_tokens"] += row.length - 1
+            yield from self._in_context(job, cache, context)
+            if not p.masks:
+                continue
             if copies * row.length > self.budget or (copies == 1 and batcher.rows_for(row.length) == 1):
                 yield from self._on_its_own(row, cache, p, probe)
                 self._kept.pop(id(job), None)
@@ -197,6 +203,18 @@ class Scheduler:
             self._forget(group)
         self._reused_tokens += source.reused_tokens
         self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
+
+    def _in_context(self, job: Job, cache, context: dict[int, PressMask]) -> Iterator[Decoded]:
+        """The prompt's rows under phase-context presses, one at a time on its cache."""
+        at = job.prompt.context_end
+        for i, m in context.items():
+            self._say(f"decoding 1 row under {m.press.name}, its context compressed")
+            t0 = time.perf_counter()
+            ids, kept = context_row(self.model, self.shape, cache, job.prompt.ids, at, m, self.stop,
+                                    self.max_new_tokens, self.levers.prefill_chunk)
+            self.stats["press_tokens"] = self.stats.get("press_tokens", 0) + len(job.prompt.ids) - 1 - at + \
+                min(max(1, m.press.window), at)
+            yield Decoded(job, i, ids, None, time.perf_counter() - t0, kept_keys=kept_keys(kept, at))
 
     def _forget(self, group: list[Row[Job]]) -> None:
         for r in group:

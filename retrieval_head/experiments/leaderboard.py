@@ -68,7 +68,8 @@ def board_conditions(st: LeaderboardSettings, model_name: str, shape: ModelShape
                                 f"{path}), or drop {name} from --press")
             scores = load_ranking(path, shape, "kv")[0]
         rows.append((entry_label(name, ranking),
-                     press_conditions(model_name, name, st.budget, shape, scores, ranking=ranking, seed=seed)))
+                     press_conditions(model_name, name, st.budget, shape, scores, phase=st.phase, ranking=ranking,
+                                      seed=seed)))
     return rows, notes
 
 

@@ -56,6 +56,9 @@ class LeaderboardSettings(SweepSettings):
                                     metavar="PRESS[@RANKING]")
     budget: tuple[float, ...] = option(BUDGETS, "the shares of the KV cache each press keeps, in (0, 1]",
                                        metavar="F")
+    phase: str = option("decode", "when each press compresses: decode (the prompt's cache after its prefill, as "
+                                  "kvpress's presses) or context (the context's, the question appended whole, as "
+                                  "kvpress's pipeline)", choices=("decode", "context"))
     head_score: str | None = option(None, "the head file duo and headkv rank KV heads by (any accepted format, read "
                                           "per KV head); none: head_score/<model>.kv_max.json")
     seed: int = option(0, "the seed of the random head ranking (duo@random) and of the bootstrap")

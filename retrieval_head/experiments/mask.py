@@ -208,7 +208,8 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
     if c.kind == "press" and shape is not None and row.kept_keys is not None:
         from .press import press_fields
 
-        mask.update(press_fields(row.kept_keys, len(row.job.prompt.ids), shape, itemsize))
+        at = row.job.prompt.context_end if c.mask.phase == "context" else None
+        mask.update(press_fields(row.kept_keys, len(row.job.prompt.ids), shape, itemsize, at))
     elif isinstance(c.mask, HeadMask) and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
         mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",

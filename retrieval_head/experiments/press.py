@@ -7,8 +7,9 @@ the scheduler shares each prompt's plain prefill with the other conditions,
 the ranking of a press that ranks heads by other scores than the head file's: ``duo-random``).
 Its record's ``mask`` holds the press, its parameters (``PressMask.describe``), the budget and
 the bytes the kept keys would hold (``kv_bytes``: keys kept x 2 (K and V) x head_dim x the
-weights' itemsize, over every layer and KV head, at the compression point), those of the full
-cache (``kv_bytes_full``) and their share (``kv_kept``)::
+weights' itemsize, over every layer and KV head, at the compression point; in phase context
+plus the question's tokens, kept whole), those of the full prompt's cache (``kv_bytes_full``)
+and their share (``kv_kept``)::
 
     >>> press_fields(kept_keys=300, length=100, shape=SHAPE, itemsize=2)
     {'kv_bytes': 9600, 'kv_bytes_full': 25600, 'kv_kept': 0.375}
@@ -56,13 +57,14 @@ def press_params(name: str, args) -> dict:
     return {k: _typed(name, k, v, fields[k] if fields[k] in (int, float, bool) else str) for k, v in raw.items()}
 
 
-def press_folder(model_name: str, name: str, budget: float, ranking: str | None = None) -> str:
-    """``<model>_press_<name>[-<ranking>]_b<budget>``.
+def press_folder(model_name: str, name: str, budget: float, ranking: str | None = None, phase: str = "decode") -> str:
+    """``<model>_press_<name>[-<ranking>]_b<budget>[_context]``.
 
-    >>> press_folder("M", "snapkv", 0.25), press_folder("M", "duo", 0.1, "random")
-    ('M_press_snapkv_b0.25', 'M_press_duo-random_b0.1')
+    >>> press_folder("M", "snapkv", 0.25), press_folder("M", "duo", 0.1, "random", "context")
+    ('M_press_snapkv_b0.25', 'M_press_duo-random_b0.1_context')
     """
-    return f"{model_name}_press_{name}{f'-{ranking}' if ranking else ''}_b{budget:g}"
+    return f"{model_name}_press_{name}{f'-{ranking}' if ranking else ''}_b{budget:g}" + \
+        ("" if phase == "decode" else f"_{phase}")
 
 
 def press_conditions(model_name: str, name: str, budgets, shape: ModelShape, scores: torch.Tensor | None = None,
@@ -79,7 +81,7 @@ def press_conditions(model_name: str, name: str, budgets, shape: ModelShape, sco
     for b in budgets:
         mask = PressMask(press, b, phase)
         mask.planned(shape.max_positions or 1).layer_shares(shape, b)  # a press refusing the budget, refused now
-        out.append(Condition("press", 0, mask, seed, press_folder(model_name, name, b, ranking), "kv",
+        out.append(Condition("press", 0, mask, seed, press_folder(model_name, name, b, ranking, phase), "kv",
                              method=ranking))
     return out
 
@@ -91,10 +93,12 @@ def random_ranking(shape: ModelShape, seed: int) -> torch.Tensor:
     return torch.rand(shape.num_layers, shape.num_kv_heads, generator=g, dtype=torch.float64)
 
 
-def press_fields(kept_keys: int, length: int, shape: ModelShape, itemsize: int) -> dict:
-    """A press record's bytes: the kept keys' (K and V), the full cache's at ``length`` tokens,
-    and their share."""
-    held = kept_keys * 2 * shape.head_dim * itemsize
+def press_fields(kept_keys: int, length: int, shape: ModelShape, itemsize: int, at: int | None = None) -> dict:
+    """A press record's bytes: the kept keys' (K and V) and every token's from the compression
+    point ``at`` on (phase context: the question's; none: ``length``), the full cache's at
+    ``length`` tokens, and their share."""
+    later = 0 if at is None else (length - at) * shape.kv_bytes_per_token(itemsize)
+    held = kept_keys * 2 * shape.head_dim * itemsize + later
     full = length * shape.kv_bytes_per_token(itemsize)
     return {"kv_bytes": held, "kv_bytes_full": full, "kv_kept": held / full}
 

@@ -248,9 +248,11 @@ class NiahSettings(SweepSettings):
             if not -1.0 <= f <= 1.0:
                 raise UserError(f"--keep_fraction {f:g} is not a share of the heads; pass values in -1..1")
         check_press(self.press, self.budget, self.press_args, self.phase)
-        if self.phase == "context":  # the scheduler compresses at the prompt's end: context needs its own point
-            raise UserError("--phase context is not in the needle test yet (generate has it: retrieval-head generate "
-                            "PROMPT --question Q --phase context); pass --phase decode or all")
+        masked = self.keep_counts(1) is not None or any(self.mask_top)
+        if self.phase == "context" and masked:  # streamed or masked heads: the scheduler's point is the prompt's end
+            raise UserError("--phase context is not in the needle test yet for streamed or masked heads (presses have "
+                            "it: --press NAME --budget F; generate has it: retrieval-head generate PROMPT --question Q "
+                            "--phase context); pass --phase decode or all")
 
     def keep_counts(self, units: int) -> tuple[int, ...] | None:
         """``keep_full`` with ``keep_fraction`` turned into counts of ``units`` heads (each once).
