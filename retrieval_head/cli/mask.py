@@ -187,6 +187,24 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     return results
 
 
+def all_conditions(settings: NiahSettings, name: str, shape: ModelShape) -> list[Condition]:
+    """Every condition asked: ``--mask_top``'s, ``--keep_full`` / ``--keep_fraction``'s, ``--press``'s."""
+    (scores, unit), seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
+    group = shape.group if unit == "kv" else None
+    units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
+    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.phase, seeds,
+                                 seed_folders=settings.seeds is not None, group=group)
+    keep = settings.keep_counts(units[0] * units[1])
+    if keep:
+        conditions += keep_conditions(name, list(keep), scores, settings.phase, seeds,
+                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
+    if settings.press:
+        ranking = press_scores(settings, name, shape)
+        conditions += press_conditions(name, settings.press, settings.budget, shape, ranking, settings.press_args,
+                                       settings.phase)
+    return conditions
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
     spec, settings, run = from_args(ModelSpec, args), from_args(NiahSettings, args), from_args(parsers.NiahRun, args)
@@ -203,19 +221,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     opened = open_checked(spec, world)
     shape = opened.shape
     settings.check_stream(shape)
-    (scores, unit), seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
-    group = shape.group if unit == "kv" else None
-    units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
-    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.phase, seeds,
-                                 seed_folders=settings.seeds is not None, group=group)
-    keep = settings.keep_counts(units[0] * units[1])
-    if keep:
-        conditions += keep_conditions(name, list(keep), scores, settings.phase, seeds,
-                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
-    if settings.press:
-        ranking = press_scores(settings, name, shape)
-        conditions += press_conditions(name, settings.press, settings.budget, shape, ranking, settings.press_args,
-                                       settings.phase)
+    conditions = all_conditions(settings, name, shape)
     route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
     per_task = {t: task_conditions(conditions, t) for t in settings.task}
     guard_outputs([out / c.folder / f"manifest{sfx}.json" for cs in per_task.values() for c in cs],
