@@ -29,6 +29,9 @@ MAX_DRAWS = 100_000  # the commands' cap on --draws: intervals settle long befor
 MAX_ORDERS = 100_000  # random trial orders of the convergence curve (a Python loop each)
 SIDE_BY_SIDE = "results/graph/side_by_side.png"  # `plot`'s figure of several folders
 DUO_SINK, DUO_RECENT = 64, 256  # DuoAttention's defaults (its config.json sink_size / recent_size)
+# the presses (presses.registry.PRESSES, which imports torch: its names are listed here for the parsers)
+PRESSES = ("streaming_llm", "snapkv", "pyramidkv", "adakv", "knorm", "duo", "headkv")
+RANKED_PRESSES = ("duo", "headkv")  # the presses that rank heads by a head file (--head_score)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,12 @@ _TERMS = [
     Term("max_new_tokens", "answer length", "tokens generated at most (greedy)", "tokens"),
     Term("threads", "threads", "torch threads for this process (recorded: thread counts can change float bits)",
          "integer"),
+    Term("press", "press", "a KV-cache press: which keys each KV head keeps once the prompt is in the cache "
+         f"({', '.join(PRESSES)}; docs/presses.md; several where a command compares them)", "name"),
+    Term("budget", "budget", "the share of the KV cache a press keeps, its bytes counted, in (0, 1] (several "
+         "values: one condition each)", "fraction of the cache"),
+    Term("press_args", "press parameters", "the press's parameters as key=value, its dataclass fields "
+         "(docs/presses.md), e.g. window=32 or press=knorm for adakv", "key=value"),
     Term("prefix_reuse", "prefix reuse", "run prompts in insertion order, prefilling only what follows the "
          "prefix they share", "on by default"),
 ]

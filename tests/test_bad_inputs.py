@@ -233,7 +233,28 @@ CASES = [
     ("judge --resume", "judge", ["--head_score", "{hs_tiny}", "--mask_top", "1", "--resume"], "does not resume"),
     ("judge output folder not writable", "judge", ["--head_score", "{hs_tiny}", "--mask_top", "1", "--output_dir",
                                                     "{a_file}/sub"], "not a writable folder"),
-    ("mask --phase context", "niah", ["--keep_full", "0", "--phase", "context"], "not in the needle test yet"),
+    ("mask --phase context", "niah", ["--keep_full", "0", "--phase", "context"],
+     "not in the needle test yet for streamed or masked heads"),
+    ("--press unknown", "niah", ["--press", "snap", "--budget", "0.5"], "argument --press: invalid choice: 'snap'"),
+    ("--press without --budget", "niah", ["--press", "snapkv"], "--press snapkv needs --budget F"),
+    ("--budget without --press", "niah", ["--budget", "0.5"], "add --press NAME"),
+    ("--budget above 1", "niah", ["--press", "snapkv", "--budget", "1.5"], "--budget 1.5 is not a share of the KV"),
+    ("--budget 0", "niah", ["--press", "snapkv", "--budget", "0"], "--budget 0 is not a share of the KV cache"),
+    ("--budget listed twice", "niah", ["--press", "knorm", "--budget", "0.5", "0.5"], "--budget lists 0.5 twice"),
+    ("--press_args not key=value", "niah", ["--press", "snapkv", "--budget", "0.5", "--press_args", "window"],
+     "--press_args window is not key=value"),
+    ("--press_args unknown parameter", "niah", ["--press", "snapkv", "--budget", "0.5", "--press_args", "alpha=0.1"],
+     "--press snapkv has no parameter alpha"),
+    ("--press_args value of another type", "niah",
+     ["--press", "snapkv", "--budget", "0.5", "--press_args", "window=wide"], "snapkv's window is an int"),
+    ("--press_args value the press refuses", "niah",
+     ["--press", "snapkv", "--budget", "0.5", "--press_args", "kernel=4"], "kernel odd"),
+    ("--press duo without a head file", "niah", ["--press", "duo", "--budget", "0.5"],
+     "--press duo ranks heads by a head file: pass --head_score FILE"),
+    ("--press headkv, head file of another model", "niah",
+     ["--press", "headkv", "--budget", "0.5", "--head_score", "{hs_other}"], "32 layers"),
+    ("--press with --phase all", "niah", ["--press", "knorm", "--budget", "0.5", "--phase", "all"],
+     "--phase all is streaming's"),
     ("generate prompt file missing", "generate", ["{root}/none.txt", "--keep_full", "1", "--head_score", "{hs_tiny}"],
      "does not exist"),
     ("generate with both --keep_full and --keep_fraction", "generate",
@@ -257,6 +278,23 @@ CASES = [
     ("generate head_score file missing", "generate", ["{a_file}", "--keep_full", "1", "--head_score",
                                                      "{root}/none.json"], "does not exist"),
     ("generate keeps heads without a head_score", "generate", ["{a_file}", "--keep_full", "1"], "pass --head_score"),
+    ("generate --press without --budget", "generate", ["{a_file}", "--press", "knorm"], "needs --budget F"),
+    ("generate --press with --keep_full", "generate",
+     ["{a_file}", "--press", "knorm", "--budget", "0.5", "--keep_full", "1", "--head_score", "{hs_tiny}"],
+     "not both"),
+    ("generate --press duo without a head file", "generate", ["{a_file}", "--press", "duo", "--budget", "0.5"],
+     "--press duo ranks heads by a head file"),
+    ("leaderboard press unknown", "leaderboard", ["--press", "snap"], "'snap' is not a press"),
+    ("leaderboard ranking of a press that ranks no heads", "leaderboard", ["--press", "snapkv@random"],
+     "only duo and headkv take a ranking"),
+    ("leaderboard press listed twice", "leaderboard", ["--press", "knorm", "knorm"], "--press lists knorm twice"),
+    ("leaderboard without a press", "leaderboard", ["--press", "full"], "names no press"),
+    ("leaderboard budget above 1", "leaderboard", ["--press", "knorm", "--budget", "2"], "--budget 2 is not a share"),
+    ("leaderboard --draws 0", "leaderboard", ["--press", "knorm", "--draws", "0"], "--draws 0 is not in 1..100000"),
+    ("leaderboard duo without a head file", "leaderboard", ["--press", "duo", "duo@random"],
+     "--press duo ranks heads by a head file: pass --head_score FILE"),
+    ("leaderboard output folder not writable", "leaderboard", ["--press", "knorm", "--output_dir", "{a_file}/sub"],
+     "not a writable folder"),
 ]
 # The weights are what these cases are about (the refusal by class name runs the model).
 NEEDS_WEIGHTS = {"weights file truncated", "attention not through the interface"}
@@ -267,9 +305,11 @@ MODEL = ["--model_path", "{tiny}", "--needles", "{needles_ok}"]
 DEFAULTS = {"detect": MODEL + GRID + ["--output_dir", "{out}"],
             "niah": MODEL + GRID + ["--no_plot", "--output_dir", "{out}"],
             "judge": MODEL + GRID + ["--output_dir", "{out}"], "heads": [], "plot": [], "compress": [],
-            "generate": ["--model_path", "{tiny}"]}
+            "generate": ["--model_path", "{tiny}"],
+            "leaderboard": MODEL + ["--context_lengths", "300", "--depth_percents", "50", "--quiet", "--output_dir",
+                                    "{out}"]}
 COMMAND = {"detect": "detect", "niah": "mask", "judge": "judge", "heads": "heads", "plot": "plot",
-           "compress": "compress", "generate": "generate"}
+           "compress": "compress", "generate": "generate", "leaderboard": "leaderboard"}
 
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"

@@ -61,11 +61,23 @@ def test_a_press_mask_must_be_told_its_compression_point():
     assert model.config._attn_implementation == before
 
 
-def test_the_scheduler_refuses_a_press_condition():
+def test_the_scheduler_runs_no_press_under_the_probe():
+    """Presses run there (tests/test_schedule_press.py), but not beside detection's probe or tap."""
     model, shape, _ = family("Llama (GQA)")
     scheduler = Scheduler(model, shape, torch.zeros(128, dtype=torch.bool), 2, Levers())
-    with pytest.raises(ValueError, match="must see each prompt's prefill"):
-        list(scheduler.run([], masks=[None, PressMask(NormPress(), BUDGET)]))
+    with pytest.raises(ValueError, match="without the probe"):
+        list(scheduler.run([], masks=[None, PressMask(NormPress(), BUDGET, "context")], probe=True))
+
+
+def test_a_planned_press_is_planned_at_the_compression_point():
+    from retrieval_head.presses.duo import Duo
+
+    _, shape, _ = family("Llama (GQA)")
+    duo = Duo(torch.ones(shape.num_layers, shape.num_kv_heads))
+    mask = PressMask(duo, 0.5)
+    assert mask.hook(shape, 30).press.length == 30 and mask.planned(40).length == 40
+    assert PressMask(Duo(duo.scores, length=12), 0.5).hook(shape, 30).press.length == 12  # its own kept
+    assert mask.describe()["params"]["scores"] == f"tensor [{shape.num_layers}, {shape.num_kv_heads}]"
 
 
 @torch.no_grad()

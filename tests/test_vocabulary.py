@@ -14,7 +14,7 @@ from retrieval_head.options import OldSpelling
 from retrieval_head.vocabulary import ALIASES, TERMS
 
 # a value each option can take, by the concept's name (the others need none or take any number)
-VALUES = {"head_score": ["h.json"], "unit": ["kv"], "phase": ["all"], "mask_top": ["3", "-2"], "prefix_reuse": []}
+VALUES = {"head_score": ["h.json"], "unit": ["kv"], "phase": ["context"], "mask_top": ["3", "-2"], "prefix_reuse": []}
 NEW_FORM = {"prefix_reuse": ["--no_prefix_reuse"]}  # the on|off alias of a flag that is on by default
 OLD_VALUES = {"prefix_reuse": ["off"]}
 # what a command line needs besides the option tested (positionals, required flags)

@@ -185,6 +185,22 @@ def resample_weights(n: int, draws: int, g: torch.Generator, strata: list | None
     return counts
 
 
+def mean_interval(values, draws: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of ``values`` and its percentile bootstrap interval, the cells
+    resampled with replacement as ``bootstrap`` resamples trials (seeded, ``resample_weights``).
+
+    >>> mean_interval([100.0, 100.0, 0.0, 0.0], draws=2000)[0], mean_interval([7.0, 7.0])
+    (50.0, (7.0, 7.0, 7.0))
+    """
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if x.numel() == 0:
+        raise UserError("no values to resample")
+    means = (resample_weights(x.numel(), draws, torch.Generator().manual_seed(seed), None) @ x) / x.numel()
+    alpha = (1 - confidence) / 2
+    lo, hi = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return float(x.mean()), lo, hi
+
+
 def bootstrap(trials: torch.Tensor, k: int, draws: int = 1000, seed: int = 0, confidence: float = 0.95,
               strata: list | None = None) -> Stability:
     """The trial bootstrap of ``trials`` (``[n, layers, heads]``); see the module docstring."""

@@ -7,6 +7,7 @@
     retrieval-head heads top|heatmap|compare|export|stability|convergence ...  # = python -m retrieval_head.heads
     retrieval-head judge --head_score A B ...   # = python -m retrieval_head.judge ...
     retrieval-head generate PROMPT_FILE --head_score F --keep_fraction 0.25   # a head-wise KV cache
+    retrieval-head leaderboard --press snapkv duo --budget 0.25 0.1    # presses x budgets x tasks
 
 ``python -m retrieval_head ...`` is the same command. Each subcommand takes exactly the
 options of the script it names (``--help`` lists them with their defaults), runs behind the
@@ -28,11 +29,13 @@ COMMANDS = {"detect": ("detect", "detect retrieval heads (retrieval_head_detecti
             "heads": ("heads", "inspect head-score files: top, heatmap, compare, export, stability, convergence"),
             "judge": ("judge", "mask each method's top-K heads and random-K in one needle test (judge.py)"),
             "generate": ("generate", "answer a prompt with a head-wise KV cache (retrieval heads full) and "
-                                     "report its memory")}
+                                     "report its memory"),
+            "leaderboard": ("leaderboard", "KV-cache presses x budgets x tasks on one model: the table and "
+                                           "figures")}
 
 
 def usage(prog: str = "retrieval-head") -> str:
-    rows = "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+    rows = "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
     return (f"usage: {prog} {{{','.join(COMMANDS)}}} [options]\n\n{rows}\n\n"
             f"`{prog} COMMAND --help` lists a command's options.")
 

@@ -149,7 +149,7 @@ def setup_logging(verbose: bool) -> None:
 def check_writable(paths: list[Path], flag: str = "--output_dir") -> None:
     """Refuse outputs whose folder cannot be made or written; creates nothing. ``flag``: the
     option that names the output, for the hint."""
-    for folder in {Path(p).parent for p in paths}:
+    for folder in dict.fromkeys(Path(p).parent for p in paths):  # in order: the first named is the one told
         base = folder
         while not base.exists() and base != base.parent:
             base = base.parent

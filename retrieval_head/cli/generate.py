@@ -4,13 +4,18 @@ every key, the others only their sink and recent keys) and report the memory it 
     retrieval-head generate prompt.txt --keep_fraction 0.25          # head_score/<model>.json ranks
     retrieval-head generate prompt.txt --head_score head_score/M.kv_max.json --keep_full 9 27
     cat prompt.txt | retrieval-head generate - --question "What is the code?" --phase context
+    retrieval-head generate prompt.txt --press snapkv --budget 0.25 0.1       # a press, simulated
 
 The prompt goes through the model's chat template as one user message (``--chat_template
 auto``, as ``detect`` and ``mask``), ``--question`` on a line after it. The answer is printed
 as it is generated, then one line: the cache's bytes against a full cache of the same length,
 and the process's peak memory. Several ``--keep_full`` / ``--keep_fraction`` values answer
 once each (one model load). With neither, every head keeps its whole cache: exactly
-transformers' own greedy ``generate``. Every input is checked before the weights load.
+transformers' own greedy ``generate``. ``--press NAME --budget F...`` answers under a press
+instead, simulated on the full cache (``core.pressing``: the prompt's cache compressed once
+after its prefill, or the context's with ``--phase context``); its memory line counts the bytes
+the kept keys would hold (keys kept x 2 x head_dim x itemsize) plus every token after the
+compression point. Every input is checked before the weights load.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import UserError
-from ..experiments.settings import check_chat_template
+from ..experiments.settings import check_chat_template, check_press
 from ..models.spec import ModelSpec
 from ..options import from_args
 from . import parsers
@@ -69,6 +74,9 @@ def check_args(o: parsers.GenerateOptions) -> None:
         raise UserError("--keep_full counts the top heads kept full; pass K >= 0 (random heads are mask's)")
     if any(not 0.0 <= f <= 1.0 for f in o.keep_fraction or ()):
         raise UserError("--keep_fraction is a share of the heads; pass values in 0..1")
+    check_press(o.press, o.budget, o.press_args, o.phase)
+    if o.press and (o.keep_full is not None or o.keep_fraction is not None):
+        raise UserError("give --press NAME or --keep_full / --keep_fraction (streamed heads), not both")
     if o.phase == "context" and o.question is None:
         raise UserError("--phase context compresses the prompt as the context and appends the question whole: "
                         "pass --question TEXT")
@@ -143,7 +151,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     opened = open_checked(spec, 1)
     shape, tok = opened.shape, opened.tokenizer
-    keeps = keep_sets(o, shape, model_name(spec.model_path))
+    name = model_name(spec.model_path)
+    keeps = press_masks(o, shape, name) if o.press else keep_sets(o, shape, name)
     ids, context = user_prompt(tok, text, o.question, uses_chat_template(tok, o.chat_template))
     check_fits(o, shape, len(ids))
     apply_threads(o.threads)
@@ -151,8 +160,54 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     for label, keep in keeps:
         if len(keeps) > 1:
             print(f"== {label} ==")
-        answer(model, tok, shape, keep, ids, context, o)
+        (answer_pressed if o.press else answer)(model, tok, shape, keep, ids, context, o)
     return 0
+
+
+def press_masks(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str, object]]:
+    """``[(label, PressMask)]``, one per ``--budget``; duo and headkv rank heads by ``--head_score``
+    per KV head (none: ``head_score/<model>.kv_max.json``)."""
+    from ..experiments.press import press_conditions
+    from ..headfiles.load import load_ranking
+    from ..vocabulary import RANKED_PRESSES
+
+    scores = None
+    if o.press in RANKED_PRESSES:
+        path = Path(o.head_score or Path("head_score") / f"{name}.kv_max.json")
+        if o.head_score is None and not path.exists():
+            raise UserError(f"--press {o.press} ranks heads by a head file: pass --head_score FILE (there is no "
+                            f"{path})")
+        scores = load_ranking(path, shape, "kv")[0]
+    conditions = press_conditions(name, o.press, o.budget, shape, scores, o.press_args, o.phase)
+    return [(c.label(), c.mask) for c in conditions]
+
+
+def answer_pressed(model, tok, shape, mask, ids: list[int], context: int, o: parsers.GenerateOptions) -> None:
+    """Generate greedily under a press simulated on the full cache, printing the answer as it
+    comes, then the memory line: the bytes the kept keys would hold, plus every token after
+    the compression point (the question's in phase context, and the answer's)."""
+    import torch
+    from transformers import TextStreamer
+
+    from ..core.intervene import intervene
+    from ..core.kvcache import GrowingCache
+    from ..engine.pressed import kept_keys
+
+    at = context if o.phase == "context" else len(ids)
+    hook, cache = mask.hook(shape, at), GrowingCache(reserve=o.max_new_tokens)
+    x = torch.tensor([ids], device=next(model.parameters()).device)
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad(), intervene(model, hooks=[hook]):
+        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=o.max_new_tokens,
+                       do_sample=False, cache=cache, streamer=streamer,
+                       pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    itemsize, length = next(model.parameters()).element_size(), cache.get_seq_length()
+    held = kept_keys(hook.kept, at) * 2 * shape.head_dim * itemsize + (length - at) * shape.kv_bytes_per_token(itemsize)
+    full = length * shape.kv_bytes_per_token(itemsize)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"memory: KV cache {held / 2**20:.2f} MiB of {full / 2**20:.2f} MiB full ({held / full:.1%}) at {length} "
+          f"tokens, simulated: {mask.press.name} kept {mask.budget:.0%} of the {at} tokens before its compression "
+          f"point (their bytes as kept keys would hold them), every later token whole; peak RSS {peak:.0f} MiB")
 
 
 def answer(model, tok, shape, keep, ids: list[int], context: int, o: parsers.GenerateOptions) -> None:

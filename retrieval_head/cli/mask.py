@@ -5,7 +5,8 @@
 
 Each condition writes a folder under ``--output_dir`` (default ``results/graph/``):
 ``<model>`` (K = 0), ``<model>_block_top{K}``, ``<model>_block_random{K}`` (``_seed{S}``
-with ``--seeds``), plus ``_zero`` / ``_all`` for non-default mask mode / phase. Each holds
+with ``--seeds``), plus ``_zero`` / ``_all`` for non-default mask mode / phase;
+``<model>_press_<name>_b<F>`` per ``--budget F`` of ``--press NAME``. Each holds
 one JSON per (length, depth) in the original's fields plus the mask, a manifest.json and
 heatmap.png; with several conditions, ``<model>_side_by_side.png`` shows them together.
 """
@@ -25,6 +26,7 @@ from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
+from ..experiments.press import press_conditions
 from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_ranking
@@ -34,6 +36,7 @@ from ..models.shape import ModelShape
 from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..vocabulary import RANKED_PRESSES
 from . import parsers
 from .common import (
     apply_threads,
@@ -66,6 +69,17 @@ def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> tuple[tor
         return None, st.unit or "query"
     default = f"{name}.kv_max.json" if st.unit == "kv" else f"{name}.json"
     return load_ranking(Path(st.head_score or Path("head_score") / default), shape, st.unit)
+
+
+def press_scores(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor | None:
+    """The head ranking per KV head a press that ranks heads (duo, headkv) reads: ``--head_score``
+    (any accepted format), else ``head_score/<model>.kv_max.json``; None for the other presses."""
+    if st.press not in RANKED_PRESSES:
+        return None
+    path = Path(st.head_score) if st.head_score else Path("head_score") / f"{name}.kv_max.json"
+    if st.head_score is None and not path.exists():
+        raise UserError(f"--press {st.press} ranks heads by a head file: pass --head_score FILE (there is no {path})")
+    return load_ranking(path, shape, "kv")[0]
 
 
 def summarize(tables: list[tuple[str, list[Condition], dict[str, list[dict]]]]) -> None:
@@ -159,8 +173,8 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
         write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:
             heatmap(folder)
-    masking = [c for c in conditions if c.mask is None or c.mask.mode != "stream"]
-    streaming = [c for c in conditions if c.mask is not None and c.mask.mode == "stream"]
+    masking = [c for c in conditions if getattr(c.mask, "mode", None) != "stream"]  # presses beside them
+    streaming = [c for c in conditions if getattr(c.mask, "mode", None) == "stream"]
     if plot and len(masking) > 1:
         print(f"side by side: {side_by_side([out / c.folder for c in masking], out / f'{name}{tag}_side_by_side.png')}")
     if plot and streaming:
@@ -171,6 +185,24 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
                                   out / f"{name}{tag}_compression_{kind}.png")
         print(f"compression curve: {path}")
     return results
+
+
+def all_conditions(settings: NiahSettings, name: str, shape: ModelShape) -> list[Condition]:
+    """Every condition asked: ``--mask_top``'s, ``--keep_full`` / ``--keep_fraction``'s, ``--press``'s."""
+    (scores, unit), seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
+    group = shape.group if unit == "kv" else None
+    units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
+    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.phase, seeds,
+                                 seed_folders=settings.seeds is not None, group=group)
+    keep = settings.keep_counts(units[0] * units[1])
+    if keep:
+        conditions += keep_conditions(name, list(keep), scores, settings.phase, seeds,
+                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
+    if settings.press:
+        ranking = press_scores(settings, name, shape)
+        conditions += press_conditions(name, settings.press, settings.budget, shape, ranking, settings.press_args,
+                                       settings.phase)
+    return conditions
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
@@ -189,15 +221,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     opened = open_checked(spec, world)
     shape = opened.shape
     settings.check_stream(shape)
-    (scores, unit), seeds = head_scores_for(settings, name, shape), list(settings.seeds or [settings.seed])
-    group = shape.group if unit == "kv" else None
-    units = (shape.num_layers, shape.num_kv_heads if group else shape.num_heads)
-    conditions = make_conditions(name, list(settings.mask_top), scores, settings.mask_mode, settings.phase, seeds,
-                                 seed_folders=settings.seeds is not None, group=group)
-    keep = settings.keep_counts(units[0] * units[1])
-    if keep:
-        conditions += keep_conditions(name, list(keep), scores, settings.phase, seeds,
-                                      settings.seeds is not None, settings.sink, settings.recent, group, units)
+    conditions = all_conditions(settings, name, shape)
     route(shape, conditions, settings.cache)  # --cache real where it cannot apply: refused before the model loads
     per_task = {t: task_conditions(conditions, t) for t in settings.task}
     guard_outputs([out / c.folder / f"manifest{sfx}.json" for cs in per_task.values() for c in cs],

@@ -9,7 +9,7 @@ commands themselves (``cli/<command>.py``) parse with these same parsers.
     >>> args.phase, args.unit
     ('all', 'kv')
     >>> sorted(PARSERS)
-    ['compress', 'detect', 'generate', 'heads', 'judge', 'mask', 'plot']
+    ['compress', 'detect', 'generate', 'heads', 'judge', 'leaderboard', 'mask', 'plot']
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..experiments.detect_settings import DetectSettings
+from ..experiments.leaderboard_settings import LeaderboardSettings
 from ..experiments.settings import JudgeSettings, NiahSettings
 from ..models.spec import ModelSpec
 from ..options import add_options, add_term, old_spelling, option
-from ..vocabulary import DUO_RECENT, DUO_SINK, MAX_DRAWS, MAX_ORDERS, PHASES, SIDE_BY_SIDE, UNITS
+from ..vocabulary import DUO_RECENT, DUO_SINK, MAX_DRAWS, MAX_ORDERS, PHASES, PRESSES, SIDE_BY_SIDE, UNITS
 from .common import Parser, RunOptions
 
 FMT = argparse.RawDescriptionHelpFormatter  # the option dataclasses write each default into the help
@@ -53,6 +54,12 @@ class NiahRun(RunOptions):
 
 
 @dataclass(frozen=True)
+class LeaderboardRun(RunOptions):
+    output_dir: str = option("results/leaderboard", "where the condition folders, the table, the figures and the "
+                                                    "manifest go")
+
+
+@dataclass(frozen=True)
 class JudgeRun(RunOptions):
     output_dir: str = option("results/judge", "where the records, table, figure and manifest go")
 
@@ -69,6 +76,13 @@ class GenerateOptions:
                                                      "each); none (and no --keep_fraction): every head full")
     keep_fraction: tuple[float, ...] | None = option(None, "as --keep_full, as a share of all heads (rounded)",
                                                      metavar="F")
+    press: str | None = option(None, "a KV-cache press instead of streamed heads (docs/presses.md), simulated on "
+                                     "the full cache: the answer it gives, and the bytes its kept keys would hold; "
+                                     "duo and headkv rank heads by --head_score read per KV head (none: "
+                                     "head_score/<model>.kv_max.json)", choices=PRESSES)
+    budget: tuple[float, ...] | None = option(None, "the share of the prompt's KV cache the press keeps, in (0, 1] "
+                                                    "(several values: one answer each)", metavar="F")
+    press_args: tuple[str, ...] | None = option(None, metavar="KEY=VALUE")
     sink: int = option(4)
     recent: int = option(64)
     phase: str = option("decode", choices=PHASES)
@@ -84,6 +98,7 @@ class GenerateOptions:
 GROUPS = {"detect": [(ModelSpec, "model"), (DetectSettings, "sweep"), (DetectRun, "run")],
           "mask": [(ModelSpec, "model"), (NiahSettings, "needle test"), (NiahRun, "run")],
           "judge": [(ModelSpec, "model"), (JudgeSettings, "judge"), (JudgeRun, "run")],
+          "leaderboard": [(ModelSpec, "model"), (LeaderboardSettings, "leaderboard"), (LeaderboardRun, "run")],
           "generate": [(GenerateOptions, "generate"), (ModelSpec, "model")]}
 
 
@@ -97,6 +112,10 @@ def mask(prog: str) -> argparse.ArgumentParser:
 
 def judge(prog: str) -> argparse.ArgumentParser:
     return _grouped(prog, doc("../experiments/judge"), GROUPS["judge"])
+
+
+def leaderboard(prog: str) -> argparse.ArgumentParser:
+    return _grouped(prog, doc("leaderboard"), GROUPS["leaderboard"])
 
 
 def _grouped(prog: str, description: str, groups) -> argparse.ArgumentParser:
@@ -228,7 +247,7 @@ def _export(sub) -> None:
 
 
 PARSERS = {"detect": detect, "mask": mask, "judge": judge, "generate": generate, "heads": heads, "plot": plot,
-           "compress": compress}
+           "compress": compress, "leaderboard": leaderboard}
 
 
 def build(command: str, prog: str) -> argparse.ArgumentParser:

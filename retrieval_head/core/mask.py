@@ -156,11 +156,12 @@ class PressMask:
 
     def params(self) -> dict:
         """The press's parameters, JSON-ready: its dataclass fields (else its public
-        attributes), anything not a number, string or bool as its repr."""
+        attributes), a tensor (a head ranking) as its shape, anything else not a number,
+        string or bool as its repr."""
         p = self.press
         items = ({f.name: getattr(p, f.name) for f in dataclasses.fields(p)} if dataclasses.is_dataclass(p)
                  else {k: v for k, v in vars(p).items() if not k.startswith("_")})
-        return {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v) for k, v in items.items()}
+        return {k: _param(v) for k, v in items.items()}
 
     def describe(self) -> dict:
         """JSON-ready record of the condition: the press's name and parameters, the budget, the phase."""
@@ -169,8 +170,28 @@ class PressMask:
     def needs_prefill_length(self) -> bool:
         return True  # every phase compresses once, at a point the hook is told
 
+    def planned(self, at: torch.Tensor | int):
+        """The press, planned for its compression point: a press that plans for one context
+        length (``presses.duo.Duo``'s ``length``) and was given none plans for the keys at ``at``
+        (the longest row's)."""
+        if getattr(self.press, "length", 0) is not None or not dataclasses.is_dataclass(self.press):
+            return self.press
+        return dataclasses.replace(self.press, length=int(torch.as_tensor(at).max()))
+
     def hook(self, shape: ModelShape, at: torch.Tensor | int, start: torch.Tensor | None = None) -> PressHeads:
         """The intervention, for one scope: ``at`` per batch row (long ``[b]`` or an int), the
         prompt's length (phase decode) or the context's (phase context); ``start`` per batch
-        row, its first real position (left padding)."""
-        return PressHeads(self.press, self.press.layer_shares(shape, self.budget), at, start)
+        row, its first real position (left padding). A press planned for one length and given
+        none is planned at ``at`` (``planned``)."""
+        press = self.planned(at)
+        return PressHeads(press, press.layer_shares(shape, self.budget), at, start)
+
+
+def _param(v):
+    """A press parameter as a record holds it: a number, string, bool or None as it is, a
+    tensor (a head ranking) as its shape, anything else as its repr."""
+    if isinstance(v, (bool, int, float, str, type(None))):
+        return v
+    if isinstance(v, torch.Tensor):
+        return f"tensor {list(v.shape)}"
+    return repr(v)

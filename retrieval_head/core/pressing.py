@@ -28,6 +28,10 @@ keeps only its window, and is refused at its first decode step). Worked example:
 A row's compression point may differ per batch row (``at`` long ``[b]``: left-padded rows
 whose questions differ in length); the press is then asked once per distinct point, for the
 rows that share it. ``compress(at, start)`` starts the next prompt in the same scope.
+
+``KeptKeys`` applies keep sets already chosen (``PressHeads`` is one that chooses its own as
+the prompt runs): the scheduler asks each press once per prompt, then decodes rows of several
+prompts and presses as one batch, each row with its own keep sets.
 """
 
 from __future__ import annotations
@@ -43,39 +47,24 @@ from .seen import Press, Seen
 from .visible import HidesKeys, rows_from, sees_compressed
 
 
-class PressHeads(HidesKeys):
-    """Every KV head sees, from ``at`` on, only the keys before ``at`` that ``press`` keeps.
+class KeptKeys(HidesKeys):
+    """Every KV head sees, from ``at`` on, only the keys before ``at`` its keep set holds: keep
+    sets already chosen (``PressHeads`` chooses them as the prompt runs). The scheduler decodes
+    rows of several prompts under several presses as one batch with one of these.
 
-    shares: per layer, the share of its keys it keeps (``press.layer_shares(shape, budget)``).
-    at: per batch row (long ``[b]``, or an int for all), where its cache is compressed.
-    start: per batch row (long ``[b]``), its first real position (left padding: the press
-        never keeps nor counts the pads); None: every row starts at 0.
+    kept: per layer, bool ``[b, kv, A]`` (A >= every row's ``at``; columns from a row's ``at``
+        on are not read); at: per batch row (long ``[b]``, or an int for all).
     """
 
-    def __init__(self, press: Press, shares: Sequence[float], at: torch.Tensor | int,
-                 start: torch.Tensor | None = None):
-        self.press, self.shares = press, [float(s) for s in shares]
+    def __init__(self, kept: dict[int, torch.Tensor], at: torch.Tensor | int):
         self.every_head = OnDevice(lambda h, dev: torch.ones(1, h, dtype=torch.bool, device=dev))
-        self.compress(at, start)
+        self.kept = kept
+        self._point(at)
 
-    def compress(self, at: torch.Tensor | int, start: torch.Tensor | None = None) -> None:
-        """Where each batch row's cache is compressed (the next prompt), and where its tokens
-        start; every keep set and query held for the last prompt is dropped."""
-        if at is None:
-            raise ValueError(f"press {self.press.name!r} compresses the cache once, at a point it must be told "
-                             "(phase decode: the prompt's length; context: the context's); phase all is only "
-                             "for streaming heads (HeadMask(heads, 'stream', 'all', sink, recent))")
+    def _point(self, at: torch.Tensor | int) -> None:
         self.at = torch.as_tensor(at, dtype=torch.long).reshape(-1)
         self.points = sorted(set(self.at.tolist()))  # host-side: the calls that compress, found from shapes
         self.at_on = OnDevice(lambda _, dev: self.at.to(dev))
-        self.start = None if start is None else torch.as_tensor(start, dtype=torch.long).reshape(-1)
-        self.kept: dict[int, torch.Tensor] = {}  # layer -> bool [b, kv, max at], True = kept
-        self.done: dict[int, set[int]] = {}  # layer -> the points compressed so far
-        self.recent_q: dict[int, torch.Tensor] = {}  # layer -> the last queries [b, H, <= window, d]
-
-    def check(self, shape: ModelShape) -> None:
-        if len(self.shares) != shape.num_layers:
-            raise ValueError(f"{len(self.shares)} layer shares for a model of {shape.num_layers} layers")
 
     def touched(self, call: Call) -> torch.Tensor:
         return self.every_head.get(call.query.shape[1], call.query.device)  # a press restricts every head
@@ -90,6 +79,43 @@ class PressHeads(HidesKeys):
         cols = torch.cat([kept, kept.new_zeros(b, kv, len(kpos) - n)], dim=-1)  # keys from A on: the rule's
         cols = cols.repeat_interleave(call.query.shape[1] // kv, dim=1)[:, :, None, :]  # [b, H, 1, T]
         return sees_compressed(qpos, kpos, self.at_on.get(None, kpos.device), cols)
+
+    def _check_compressed(self, call: Call) -> None:
+        if call.layer not in self.kept:
+            raise RuntimeError(f"layer {call.layer} has no keep set")
+
+
+class PressHeads(KeptKeys):
+    """Every KV head sees, from ``at`` on, only the keys before ``at`` that ``press`` keeps.
+
+    shares: per layer, the share of its keys it keeps (``press.layer_shares(shape, budget)``).
+    at: per batch row (long ``[b]``, or an int for all), where its cache is compressed.
+    start: per batch row (long ``[b]``), its first real position (left padding: the press
+        never keeps nor counts the pads); None: every row starts at 0.
+    """
+
+    def __init__(self, press: Press, shares: Sequence[float], at: torch.Tensor | int,
+                 start: torch.Tensor | None = None):
+        self.press, self.shares = press, [float(s) for s in shares]
+        super().__init__({}, 0)
+        self.compress(at, start)
+
+    def compress(self, at: torch.Tensor | int, start: torch.Tensor | None = None) -> None:
+        """Where each batch row's cache is compressed (the next prompt), and where its tokens
+        start; every keep set and query held for the last prompt is dropped."""
+        if at is None:
+            raise ValueError(f"press {self.press.name!r} compresses the cache once, at a point it must be told "
+                             "(phase decode: the prompt's length; context: the context's); phase all is only "
+                             "for streaming heads (HeadMask(heads, 'stream', 'all', sink, recent))")
+        self._point(at)
+        self.start = None if start is None else torch.as_tensor(start, dtype=torch.long).reshape(-1)
+        self.kept: dict[int, torch.Tensor] = {}  # layer -> bool [b, kv, max at], True = kept
+        self.done: dict[int, set[int]] = {}  # layer -> the points compressed so far
+        self.recent_q: dict[int, torch.Tensor] = {}  # layer -> the last queries [b, H, <= window, d]
+
+    def check(self, shape: ModelShape) -> None:
+        if len(self.shares) != shape.num_layers:
+            raise ValueError(f"{len(self.shares)} layer shares for a model of {shape.num_layers} layers")
 
     def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
         self._observe(call)

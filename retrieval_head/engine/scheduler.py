@@ -10,6 +10,13 @@ would give for it (tests/test_prefix.py, tests/test_batched.py):
   each prefilling only what follows the prefix it shares with the last one;
 - **one prefill per prompt** for all decode-phase masks; a phase-``all`` mask changes the
   prefill, so it gets its own pass over the prompts (its prefill under the mask);
+- **press conditions** (``PressMask``) join the first decode pass: they share its plain
+  prefill; in phase decode each prompt's presses all see its keys and their window of queries
+  in one re-run of its last ``w`` tokens (``pressed.choose_keep``: ``w`` the largest window),
+  before its rows decode with the others, each under its own keep sets
+  (``pressed.kept_hook``); in phase context each press re-runs the prompt from its window
+  before the context's end and decodes its row alone on the shared cache, which then gets its
+  plain keys back (``pressed.context_row``);
 - **batched decoding** (``batching.RowBatcher``): prompts of one length decode together,
   a row per (prompt, mask), while their caches hold at most ``batch_tokens`` tokens; a
   prompt whose rows alone exceed the budget decodes them in chunks that fit, from its one
@@ -42,6 +49,7 @@ from ..inputs.prompt import Prompt
 from ..models.shape import ModelShape
 from .batching import Row, RowBatcher, auto_budget
 from .prefix import FreshPrefix, SharedPrefix
+from .pressed import Kept, choose_keep, context_row, kept_hook, kept_keys, window
 from .progress import Status, count, silent
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,7 @@ class Decoded:
     tapped: float64 ``[layers, heads]``, the prefill tap's mean mass (``run(tap_for=...)``).
     span_mass: float64 ``[layers, heads]``, each head's softmax mass on the prompt's needle
     span, averaged over the row's decode steps (``run(span_mass=True)``).
+    kept_keys: a press row's keys kept at its compression point, over every layer and KV head.
     """
 
     job: Job
@@ -75,6 +84,7 @@ class Decoded:
     seconds: float
     tapped: torch.Tensor | None = None
     span_mass: torch.Tensor | None = None
+    kept_keys: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,26 +97,27 @@ class Levers:
 @dataclass
 class _Pass:
     """Masks that share one prefill of each prompt: ``prefill_mask`` is None (decode-phase
-    masks, one mode) or the single phase-``all`` mask of the pass."""
+    masks, one mode, and presses) or the single phase-``all`` mask of the pass."""
 
-    masks: list[HeadMask | None]
+    masks: list[HeadMask | PressMask | None]
     index: list[int]
     prefill_mask: HeadMask | None = None
 
 
-def passes(masks: list[HeadMask | None]) -> list[_Pass]:
-    """Decode-phase masks of one kind (mode, sink, recent) and None share a prefill; a
-    phase-all mask prefills alone.
+def passes(masks: list[HeadMask | PressMask | None]) -> list[_Pass]:
+    """Decode-phase masks of one kind (mode, sink, recent), None and presses share a prefill;
+    a phase-all mask prefills alone.
 
     >>> on = torch.ones(1, 1, dtype=torch.bool)
     >>> [p.index for p in passes([None, HeadMask(on), HeadMask(on, phase="all"), HeadMask(on, "zero")])]
     [[0, 1], [3], [2]]
     """
     decode = [i for i, m in enumerate(masks) if m is None or m.phase != "all"]
-    kinds = list(dict.fromkeys(masks[i].kind() for i in decode if masks[i] is not None)) or [None]
+    kind = lambda m: m.kind() if isinstance(m, HeadMask) else None  # noqa: E731
+    kinds = list(dict.fromkeys(kind(masks[i]) for i in decode if isinstance(masks[i], HeadMask))) or [None]
     out = []
-    for kind in kinds:  # unmasked rows join the first kind's pass
-        idx = [i for i in decode if (masks[i].kind() if masks[i] is not None else kinds[0]) == kind]
+    for k in kinds:  # unmasked rows and presses join the first kind's pass
+        idx = [i for i in decode if (kind(masks[i]) if isinstance(masks[i], HeadMask) else kinds[0]) == k]
         out.append(_Pass([masks[i] for i in idx], idx))
     out += [_Pass([m], [i], prefill_mask=m) for i, m in enumerate(masks) if m is not None and m.phase == "all"]
     return [p for p in out if p.masks]
@@ -123,8 +134,9 @@ class Scheduler:
         self._span_mass = False
         self._tapped: dict[int, torch.Tensor] = {}  # id(job) -> its prefill tap's [layers, heads]
         self._say: Status = silent
+        self._kept: dict[int, dict[int, Kept]] = {}  # id(job) -> its press conditions' keep sets, by mask index
 
-    def run(self, jobs: list[Job], masks: list[HeadMask | None] = (None,), probe: bool = False,
+    def run(self, jobs: list[Job], masks: list[HeadMask | PressMask | None] = (None,), probe: bool = False,
             tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False,
             say: Status | None = None) -> Iterator[Decoded]:
         """Every (job, mask) row, as its batch finishes.
@@ -135,10 +147,9 @@ class Scheduler:
         shows those before the first row: batching holds the first rows until several
         prompts are prefilled)."""
         masks = list(masks)
-        if any(isinstance(m, PressMask) for m in masks):  # its prefill is outside the scope, and partly reused
-            raise ValueError("a press condition (PressMask) must see each prompt's prefill, which the scheduler runs "
-                             "outside the scope and reuses across prompts: run it with intervene(model, "
-                             "hooks=[mask.hook(shape, at)]) around the whole generate")
+        presses = [m for m in masks if isinstance(m, PressMask)]
+        if presses and (tap_for is not None or probe):
+            raise ValueError("press conditions run without the probe and the attention tap (detection's)")
         self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
         self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
@@ -149,9 +160,14 @@ class Scheduler:
                  self.stats["prompt_tokens"], len(self.stats["decode_batches"]))
 
     def _pass(self, jobs: list[Job], p: _Pass, probe: bool) -> Iterator[Decoded]:
+        context = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask) and m.phase == "context"}
+        if context:  # decoded one at a time on the shared cache (pressed.context_row); the others batched
+            rest = [k for k, i in enumerate(p.index) if i not in context]
+            p = _Pass([p.masks[k] for k in rest], [p.index[k] for k in rest], p.prefill_mask)
         lv, reserve, copies = self.levers, self.max_new_tokens, len(p.masks)
         source = (SharedPrefix if lv.prefix_reuse else FreshPrefix)(self.model, chunk=lv.prefill_chunk, reserve=reserve)
-        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=copies)
+        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=max(copies, 1))
+        presses = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask)}
         for k, job in enumerate(jobs, 1):
             self._say(f"prefilling prompt {k} of {len(jobs)} ({len(job.prompt.ids)} tokens)")
             t0 = time.perf_counter()
@@ -161,21 +177,48 @@ class Scheduler:
             scoped = p.prefill_mask is not None or tap is not None
             with intervene(self.model, mask=p.prefill_mask, tap=tap) if scoped else contextlib.nullcontext():
                 cache = source.cache_for(job.prompt.ids, None if tap is None else int(tap.rows.min()))
+            if presses:  # every press of the pass sees the prompt's keys and its window of queries
+                self._kept[id(job)] = choose_keep(self.model, self.shape, cache, job.prompt.ids, presses,
+                                                  lv.prefill_chunk)
+                self.stats["press_tokens"] = self.stats.get("press_tokens", 0) + min(window(presses),
+                                                                                     len(job.prompt.ids))
             if tap is not None:
                 self._tapped[id(job)] = tap.mean(self.shape.num_layers)[:, 0]
                 self.stats["tap_s"] = self.stats.get("tap_s", 0.0) + tap.seconds
             row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
             self.stats["prompt_tokens"] += row.length - 1
+            yield from self._in_context(job, cache, context)
+            if not p.masks:
+                continue
             if copies * row.length > self.budget or (copies == 1 and batcher.rows_for(row.length) == 1):
                 yield from self._on_its_own(row, cache, p, probe)
+                self._kept.pop(id(job), None)
                 continue
             row.snapshot = snapshot(cache)
             for group in batcher.add(row):
                 yield from self._decode(group, self._stack(group, copies), p, probe)
+                self._forget(group)
         for group in batcher.flush():
             yield from self._decode(group, self._stack(group, copies), p, probe)
+            self._forget(group)
         self._reused_tokens += source.reused_tokens
         self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
+
+    def _in_context(self, job: Job, cache, context: dict[int, PressMask]) -> Iterator[Decoded]:
+        """The prompt's rows under phase-context presses, one at a time on its cache."""
+        at = job.prompt.context_end
+        for i, m in context.items():
+            self._say(f"decoding 1 row under {m.press.name}, its context compressed")
+            t0 = time.perf_counter()
+            ids, kept = context_row(self.model, self.shape, cache, job.prompt.ids, at, m, self.stop,
+                                    self.max_new_tokens, self.levers.prefill_chunk)
+            self.stats["press_tokens"] = self.stats.get("press_tokens", 0) + len(job.prompt.ids) - 1 - at + \
+                min(max(1, m.press.window), at)
+            yield Decoded(job, i, ids, None, time.perf_counter() - t0, kept_keys=kept_keys(kept, at))
+
+    def _forget(self, group: list[Row[Job]]) -> None:
+        for r in group:
+            self._kept.pop(id(r.item), None)
 
     def _stack(self, group: list[Row[Job]], copies: int):
         snaps = [r.snapshot for r in group for _ in range(copies)]  # row j * copies + i
@@ -201,12 +244,15 @@ class Scheduler:
         """Decode ``group``'s rows (row j * len(masks) + i: prompt j under mask i) as one batch."""
         n = len(p.masks)
         rows = [(r, i) for r in group for i in range(n)]
+        heads = [None if isinstance(p.masks[i], PressMask) else p.masks[i] for _, i in rows]
         if p.prefill_mask is not None:
             mask = p.prefill_mask  # phase all: one mask for every row, prefill and decode
-        elif all(m is None for m in p.masks):
+        elif all(m is None for m in heads):
             mask = None
         else:
-            mask = row_masks(self.shape, [p.masks[i] for _, i in rows])
+            mask = row_masks(self.shape, heads)
+        kept = [self._kept[id(r.item)].get(p.index[i]) if id(r.item) in self._kept else None for r, i in rows]
+        hooks = [] if all(k is None for k in kept) else [kept_hook(kept, group[0].length, self.shape)]
         steps: list[list[torch.Tensor]] = [[] for _ in rows]
         mass: list[list[torch.Tensor]] = [[] for _ in rows]
         spans = torch.tensor([r.item.prompt.needle_span for r, _ in rows]) if self._span_mass else None
@@ -222,10 +268,12 @@ class Scheduler:
         t0 = time.perf_counter()
         outs = decode_rows(self.model, [r.item.prompt.ids[-1] for r, _ in rows], group[0].length - 1, cache,
                            self.stop, self.max_new_tokens, probe=the_probe, mask=mask,
-                           on_step=on_step if probe else None)
+                           on_step=on_step if probe else None, hooks=hooks)
         self.stats["decode_batches"].append(len(rows))
         share = (time.perf_counter() - t0) / len(rows)
         for k, ((r, i), ids) in enumerate(zip(rows, outs)):
             pos = torch.cat(steps[k], dim=1).transpose(0, 1) if probe else None  # [steps, layers, heads]
             m = torch.stack(mass[k]).double().mean(0) if spans is not None else None  # over the row's steps
-            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n, self._tapped.get(id(r.item)), m)
+            held = None if kept[k] is None else kept_keys(kept[k], group[0].length)
+            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n, self._tapped.get(id(r.item)), m,
+                          held)

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from ..core.decode import check_supported, stop_token_mask
-from ..core.mask import HeadMask
+from ..core.mask import HeadMask, PressMask
 from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
 from ..engine.progress import Progress, Status, count, tell
@@ -94,14 +94,14 @@ def select_random(scores: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 class Condition:
     """One masking condition of a run, and where its results go."""
 
-    kind: str  # none | top | random (masking); keep_top | keep_random (streaming, compress.py)
+    kind: str  # none | top | random (masking); keep_top | keep_random (streaming, compress.py); press (press.py)
     k: int
-    mask: HeadMask | None
+    mask: HeadMask | PressMask | None
     seed: int | None = None
     folder: str = ""
     unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
     kept: torch.Tensor | None = None  # streaming: bool [layers, units], the heads kept at full cache
-    method: str | None = None  # the judge: which method's heads (recorded only when set)
+    method: str | None = None  # the judge, a press: which method's heads (recorded only when set)
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
@@ -115,6 +115,10 @@ class Condition:
     def label(self) -> str:
         if self.kind == "none":
             return "no heads masked"
+        if self.kind == "press":
+            from .press import press_label
+
+            return press_label(self)
         seed = f", seed {self.seed}" if self.seed is not None and "random" in self.kind else ""
         unit = " KV" if self.unit == "kv" else ""
         m = self.mask
@@ -176,11 +180,12 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     new_tokens, newline = settings.decoding(cells.task)
     scheduler = Scheduler(model, shape, stop_token_mask(model, tokenizer, newline), new_tokens, settings.levers())
     out: dict[str, list[dict]] = {c.folder: [] for c in conditions}
+    itemsize = next(model.parameters()).element_size()
     with Progress(len(jobs) * len(conditions), "niah", "trial", progress, status) as bar:
         bar.say(f"{count(len(jobs), 'cell')} x {count(len(conditions), 'condition')} = {count(bar.total, 'trial')}")
         for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache, bar.say):  # prefill -> decode
             c = conditions[row.mask]
-            record = niah_record(tokenizer, row, needle, c, model_name, shape)  # -> score -> record
+            record = niah_record(tokenizer, row, needle, c, model_name, shape, itemsize)  # -> score -> record
             if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)
                 record.update(max_new_tokens=new_tokens, stop="eos or newline" if newline else "eos")
             out[c.folder].append(record)
@@ -193,13 +198,19 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
 
 
 def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_name: str,
-                shape: ModelShape | None = None) -> dict:
+                shape: ModelShape | None = None, itemsize: int = 2) -> dict:
     """One condition's answer in one cell, in the original's format plus the intervention
-    (with, for streaming, the fraction of the KV cache a compressed cache keeps) and ids."""
+    (with, for streaming, the fraction of the KV cache a compressed cache keeps; for a press,
+    the bytes its keep sets hold, ``press.press_fields``) and ids."""
     key: TrialKey = row.job.key
     text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
     mask = c.describe()
-    if c.mask is not None and c.mask.mode == "stream" and shape is not None:
+    if c.kind == "press" and shape is not None and row.kept_keys is not None:
+        from .press import press_fields
+
+        at = row.job.prompt.context_end if c.mask.phase == "context" else None
+        mask.update(press_fields(row.kept_keys, len(row.job.prompt.ids), shape, itemsize, at))
+    elif isinstance(c.mask, HeadMask) and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
         mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",
                     **cache_fields(row))

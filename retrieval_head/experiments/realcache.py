@@ -75,7 +75,7 @@ def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
     are whole KV heads; None when not streaming, or when a KV head serves both kept and
     streamed query heads (the real cache runs it too, ``--cache real``, but frees less than
     it streams: ``--cache auto`` leaves it to the simulation)."""
-    if c.mask is None or c.mask.mode != "stream" or c.kept is None:
+    if getattr(c.mask, "mode", None) != "stream" or c.kept is None:
         return None
     kept = c.kept.bool()
     if c.unit == "kv":
@@ -92,7 +92,7 @@ def route(shape: ModelShape, conditions: list[Condition], choice: str) -> list[b
     if choice == "masked":
         return [False] * len(conditions)
     if choice == "real":
-        streaming = [c.mask is not None and c.mask.mode == "stream" and c.kept is not None for c in conditions]
+        streaming = [getattr(c.mask, "mode", None) == "stream" and c.kept is not None for c in conditions]
         if not any(streaming):
             raise UserError("--cache real is for streaming conditions: add --keep_full K, or drop --cache")
         return streaming

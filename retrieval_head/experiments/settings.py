@@ -18,7 +18,7 @@ from ..inputs.haystack import NEEDLES_NAME, Needle, load_needles, original_layou
 from ..inputs.tasks import ANSWER_TOKENS, MULTI_ANSWER, TASKS, check_tasks
 from ..models.shape import ModelShape
 from ..options import option
-from ..vocabulary import CACHE_CHOICES, CHAT_TEMPLATE, MASK_MODES, PHASES, UNITS
+from ..vocabulary import CACHE_CHOICES, CHAT_TEMPLATE, MASK_MODES, PHASES, PRESSES, UNITS
 
 
 def check_chat_template(value: str) -> None:
@@ -58,6 +58,50 @@ def check_distinct(flag: str, values) -> None:
         if v in seen:
             raise UserError(f"{flag} lists {v} twice; pass each value once")
         seen.add(v)
+
+
+def press_args(items) -> dict[str, str]:
+    """``--press_args key=value ...`` as a dict of strings (each press types its own values).
+
+    >>> press_args(("window=32", "press=knorm"))
+    {'window': '32', 'press': 'knorm'}
+    >>> press_args(("window",))
+    Traceback (most recent call last):
+    ...
+    retrieval_head.errors.UserError: --press_args window is not key=value; pass e.g. --press_args window=32
+    """
+    out = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise UserError(f"--press_args {item} is not key=value; pass e.g. --press_args window=32")
+        if key.strip() in out:
+            raise UserError(f"--press_args names {key.strip()} twice; pass each parameter once")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def check_press(presses, budgets, args, phase: str = "decode") -> None:
+    """``--press``, ``--budget`` and ``--press_args`` as the command line can check them: known
+    presses, budgets in (0, 1], each once, parameters as key=value, one compression point."""
+    presses = (presses,) if isinstance(presses, str) else tuple(presses or ())
+    for name in presses:
+        if name not in PRESSES:
+            raise UserError(f"--press {name} is not a press; choose from {', '.join(PRESSES)}")
+    if presses and not budgets:
+        raise UserError(f"--press {presses[0]} needs --budget F (the share of the KV cache it keeps, in (0, 1])")
+    if budgets and not presses:
+        raise UserError("--budget is a press's share of the KV cache: add --press NAME")
+    if args and not presses:
+        raise UserError("--press_args are a press's parameters: add --press NAME")
+    for b in budgets or ():
+        if not 0.0 < b <= 1.0:
+            raise UserError(f"--budget {b:g} is not a share of the KV cache; pass values in (0, 1]")
+    check_distinct("--budget", budgets)
+    press_args(args)
+    if presses and phase == "all":
+        raise UserError("a press compresses the cache once (--phase decode); --phase all is streaming's "
+                        "(--keep_full)")
 
 
 @dataclass(frozen=True)
@@ -173,6 +217,11 @@ class NiahSettings(SweepSettings):
     unit: str | None = option(None, choices=UNITS)
     keep_full: tuple[int, ...] | None = option(None)
     keep_fraction: tuple[float, ...] | None = option(None, metavar="F")
+    press: str | None = option(None, "a KV-cache press (docs/presses.md): the prompt's cache compressed once after "
+                                     "its prefill to --budget of its keys; duo and headkv rank heads by --head_score "
+                                     "read per KV head (none: head_score/<model>.kv_max.json)", choices=PRESSES)
+    budget: tuple[float, ...] | None = option(None, metavar="F")
+    press_args: tuple[str, ...] | None = option(None, metavar="KEY=VALUE")
     sink: int = option(4)
     recent: int = option(64)
     cache: str = option("auto", "streaming (--keep_full): real runs a head-wise KV cache that drops the streamed "
@@ -198,9 +247,12 @@ class NiahSettings(SweepSettings):
         for f in self.keep_fraction or ():
             if not -1.0 <= f <= 1.0:
                 raise UserError(f"--keep_fraction {f:g} is not a share of the heads; pass values in -1..1")
-        if self.phase == "context":  # the scheduler compresses at the prompt's end: context needs its own point
-            raise UserError("--phase context is not in the needle test yet (generate has it: retrieval-head generate "
-                            "PROMPT --question Q --phase context); pass --phase decode or all")
+        check_press(self.press, self.budget, self.press_args, self.phase)
+        masked = self.keep_counts(1) is not None or any(self.mask_top)
+        if self.phase == "context" and masked:  # streamed or masked heads: the scheduler's point is the prompt's end
+            raise UserError("--phase context is not in the needle test yet for streamed or masked heads (presses have "
+                            "it: --press NAME --budget F; generate has it: retrieval-head generate PROMPT --question Q "
+                            "--phase context); pass --phase decode or all")
 
     def keep_counts(self, units: int) -> tuple[int, ...] | None:
         """``keep_full`` with ``keep_fraction`` turned into counts of ``units`` heads (each once).

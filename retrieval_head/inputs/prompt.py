@@ -41,6 +41,7 @@ class Prompt:
     insert_at: int  # index into the trimmed haystack where the needle went
     haystack_tokens: int
     question_span: tuple[int, int] | None = None  # the question's tokens [s, e) (None: no offsets)
+    context_end: int | None = None  # where the template's part after the context starts (the question's part)
 
 
 def uses_chat_template(tokenizer, mode: str) -> bool:
@@ -200,4 +201,5 @@ class PromptBuilder:
         s = len(before) + at + a
         q0 = len(ids) - len(after)
         question = (q0 + q[0], q0 + q[1]) if q is not None else None
-        return Prompt(ids=ids, needle_span=(s, s + b - a), insert_at=at, haystack_tokens=n, question_span=question)
+        return Prompt(ids=ids, needle_span=(s, s + b - a), insert_at=at, haystack_tokens=n, question_span=question,
+                      context_end=q0)

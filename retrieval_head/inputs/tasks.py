@@ -216,7 +216,7 @@ def build_task_prompt(builder: PromptBuilder, trial: Trial, context_length: int)
     q0 = len(ids) - len(after)
     first = next(j for j, i in enumerate(trial.inserts) if i.asked)
     return TaskPrompt(ids=ids, needle_span=spans[first], insert_at=points[first], haystack_tokens=n,
-                      question_span=(q0 + q[0], q0 + q[1]) if q is not None else None, trial=trial,
+                      question_span=(q0 + q[0], q0 + q[1]) if q is not None else None, context_end=q0, trial=trial,
                       spans=tuple(spans), sentences=tuple(sentences), points=tuple(points))
 
 

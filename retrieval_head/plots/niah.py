@@ -123,9 +123,14 @@ def describe_mask(mask: dict | None) -> str:
     'keep top-9 KV heads full, rest streamed (4+64, decode)'
     >>> describe_mask({"kind": "keep_top", "k": 0, "mode": "stream", "sink": 4, "recent": 64, "phase": "all"})
     'every head streamed (4+64, all)'
+    >>> describe_mask({"kind": "press", "k": 0, "press": "snapkv", "budget": 0.25, "phase": "decode"})
+    'press snapkv keeping 25% of the KV cache (decode)'
     """
     if is_unmasked(mask):
         return "no heads masked"
+    if "press" in mask:
+        by = f" by {mask['method']} heads" if mask.get("method") else ""
+        return f"press {mask['press']}{by} keeping {mask['budget']:.0%} of the KV cache ({mask.get('phase')})"
     k = mask.get("k", len(mask.get("heads") or []))
     unit = "KV heads" if mask.get("unit") == "kv" else "heads"
     seed = f", seed {mask['seed']}" if "random" in str(mask.get("kind")) and mask.get("seed") is not None else ""
@@ -140,7 +145,9 @@ def describe_mask(mask: dict | None) -> str:
 
 def is_unmasked(mask: dict | None) -> bool:
     """No mask, kind ``none`` or ``k == 0`` masked heads: the baseline run (streaming every
-    head, ``--keep_full 0``, keeps none full: not a baseline)."""
+    head, ``--keep_full 0``, keeps none full, and a press compresses: neither is a baseline)."""
+    if mask and "press" in mask:
+        return False
     return not mask or mask.get("kind") == "none" or (mask.get("k") == 0 and mask.get("mode") != "stream")
 
 
