@@ -110,8 +110,8 @@ def test_judge_on_a_task_scores_string_match(tiny, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "retrieval_head", "judge", "--model_path", str(tiny["tiny"]),
                         "--needles", str(tiny["needles_ok"]), "--context_lengths", "300", "--depth_percents", "50",
-                        "--max_new_tokens", "6", "--head_score", str(tiny["hs_tiny"]), "--mask_top", "1", "--seeds", "0",
-                        "--quiet", "--output_dir", str(tmp_path), "--task", "multiquery"],
+                        "--max_new_tokens", "6", "--head_score", str(tiny["hs_tiny"]), "--mask_top", "1",
+                        "--seeds", "0", "--quiet", "--output_dir", str(tmp_path), "--task", "multiquery"],
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(x) for x in (tmp_path / "tiny_multiquery.judge.jsonl").read_text().splitlines()]
