@@ -20,9 +20,11 @@ The layouts, each filled with the same keys:
 
 Bytes are the caches' own (``nbytes``, checked against ``keep.pressed_bytes``); step times are
 whole-model greedy decode steps through each cache (the head-wise attention in scope), the
-caches taking turns step by step, medians. Prints markdown rows.
+caches taking turns step by step, medians. Prints markdown rows. ``--real``: bytes only, from
+keep sets on the real SmolLM2-135M-Instruct's own keys (a prompt of this repository's docs).
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/pressed_storage.py --lengths 2048 8192 --budgets 0.1 0.25
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pressed_storage.py --lengths 2048 8192 --budgets 0.1 0.25
+    OMP_NUM_THREADS=2 .venv/bin/python bench/pressed_storage.py --real --lengths 2048 --presses adakv headkv snapkv
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from bench.headwise_memory import Stepper, interleaved  # noqa: E402
 from retrieval_head.core.attend import Call, attend_grouped  # noqa: E402
 from retrieval_head.core.headwise_attend import HeadwiseAttention  # noqa: E402
-from retrieval_head.core.keep import pressed_bytes, row_slots  # noqa: E402
+from retrieval_head.core.intervene import intervene  # noqa: E402
+from retrieval_head.core.keep import PRESSED_GROUPS, pressed_bytes, row_slots  # noqa: E402
 from retrieval_head.core.kvcache import GrowingCache  # noqa: E402
 from retrieval_head.core.pressed import PressedCache  # noqa: E402
 from retrieval_head.core.pressing import PressHeads  # noqa: E402
@@ -151,6 +154,35 @@ def row(model, shape, name: str, budget: float, length: int, args, scores) -> st
             f"{ms['plain']:.1f} | {ms['padded']:.1f} | {ms['grouped']:.1f} | {alone:.2f} | {flat:.2f} |")
 
 
+def real_keys(lengths: list[int], presses: list[str], budgets: list[float]) -> None:
+    """The bytes of the layouts from keep sets on the real SmolLM2-135M-Instruct's own keys (the
+    embedded model, a prompt of this repository's docs): a real model's heads differ more than
+    random data's, AdaKV's included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retrieval_head.models.embedded import default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir()).eval()
+    shape = ModelShape.of(model)
+    text = " ".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+    scores, _ = load_ranking(SCORES, shape, "kv")
+    print("| tokens | press | budget | exact MiB | padded MiB | grouped MiB |\n|---|---|---|---|---|---|")
+    for length in lengths:
+        ids = tok(text, return_tensors="pt").input_ids[:, :length]
+        for name in presses:
+            press = make_press(name, shape, scores if name == "headkv" else None)
+            for budget in budgets:
+                hook = PressHeads(press, press.layer_shares(shape, budget), length)
+                with torch.no_grad(), intervene(model, hooks=[hook]):
+                    model(input_ids=ids, cache=GrowingCache(), use_cache=True)
+                kept = [hook.kept[i] for i in range(shape.num_layers)]
+                exact = sum(int(k.sum()) for k in kept) * 2 * shape.head_dim * 4
+                cols = [pressed_bytes(kept, length, shape.head_dim, 4, most=most) for most in (1, PRESSED_GROUPS)]
+                print(f"| {length} | {name} | {budget:.2f} | {exact / MIB:.2f} | "
+                      + " | ".join(f"{c / MIB:.2f} ({c / exact:.2f}x)" for c in cols) + " |", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
@@ -158,8 +190,11 @@ def main(argv=None) -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--groups", type=int, default=PressedCache.__init__.__defaults__[-1])
+    p.add_argument("--groups", type=int, default=PRESSED_GROUPS)
+    p.add_argument("--real", action="store_true", help="bytes only, from the real SmolLM2's keys (embedded model)")
     args = p.parse_args(argv)
+    if args.real:
+        return real_keys(args.lengths, args.presses, args.budgets)
     print(f"batch {args.batch}, {torch.get_num_threads()} threads; MiB of keys and values; ms: whole-model "
           "decode step (median); attn ms: a step's attention alone, padded as held / flattened and gathered back")
     print("| tokens | press | budget | plain MiB | exact MiB | padded MiB | grouped MiB | groups/layer "

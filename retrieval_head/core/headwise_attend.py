@@ -13,6 +13,11 @@ masked simulation lets each row see. A keep set of query heads can stream some q
 of a full KV head: those are recomputed after the full group against its keys under the
 same rule (``mixed_output``, ``attend.attend_heads``).
 
+A ``pressed.PressedCache`` layer hands it a ``PressedKV`` (``pressed_output``): before its
+compression point every key, run through the press's own simulation around the backend
+(``intervene.through``, then the layer compressed); after it, one ``attend_grouped`` per group
+of KV heads over the keys the group holds, a per-KV-head mask from their positions.
+
 Worked example (a notebook; ``generate`` is ``retrieval_head.headwise_generate``)::
 
     keep = keep_top(head_scores, shape.group, fraction=0.25)          # [layers, kv_heads]

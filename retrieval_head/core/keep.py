@@ -12,7 +12,10 @@ see only their sink and recent keys all the same, so the answers are the simulat
 ``stored`` counts what a streamed head holds between calls: exactly the keys the next query
 may see (its sink and recent keys, within the layer's window, or every key from the
 compression point ``at`` on); ``cache_bytes`` turns a keep set into the bytes a
-``headwise.HeadwiseCache`` holds (its tests check it to the byte).
+``headwise.HeadwiseCache`` holds (its tests check it to the byte). A press's keep sets (bool
+``[b, kv, A]`` per layer, each row and KV head its own keys) are held by a
+``pressed.PressedCache`` in groups of KV heads of similar lengths (``length_groups``);
+``pressed_bytes`` predicts its bytes, padding included.
 
     >>> scores = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.2, 0.3, 0.8, 0.0]])  # [layers, heads], 2 KV heads of 2
     >>> keep_top(scores, group=2, k=2).tolist()

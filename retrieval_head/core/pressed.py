@@ -19,20 +19,22 @@ the question after it appended whole. Left padding (``pad_left``): pads are neve
 counted (``Seen.start``), so each row compresses as it would alone.
 
 Storage: a layer's KV heads are split into at most ``groups`` groups by the keys their longest
-row keeps (``keep.length_groups``: the split that holds the fewest slots), each group one
-tensor ``[b, n, P + t, d]`` padded to its longest row and head, with the kept keys' positions
-``pos [b, n, P]`` and ``valid [b, n, P]`` (False: a padding slot, never seen), then the ``t``
-keys written since the compression. Why (``bench/pressed_storage.py``, SmolLM2-135M-shaped
-random data, 2K/8K tokens, budgets 10-25 %): AdaKV's heads keep about as many keys as each
-other (one tensor padded to the longest holds 3-9 % more than the keys kept), but HeadKV gives
-its best-scored heads several times the others' keys, and one padded tensor per layer then
-holds 1.6-2.1x the keys kept, where the grouping holds within 1-5 % of them at the cost of one
-attention call per group (a decode step of the whole model no slower than one padded tensor
-on CPU). A flattened layout (every head its own run of keys at an offset) holds exactly the
-keys kept but needs a variable-length kernel to attend over: through the attention functions
-of ``core/attend.py`` it costs a copy back into padded tensors at every step, or one call per
-row and head. ``keep.pressed_bytes`` predicts the bytes held exactly, padding included; a
-layer whose press keeps every real key stays a plain cache (bit for bit a plain cache).
+row keeps (``keep.length_groups``: the fewest groups within 1/16 of the fewest slots), each
+group one tensor ``[b, n, P + t, d]`` padded to its longest row and head, with the kept keys'
+positions ``pos [b, n, P]`` and ``valid [b, n, P]`` (False: a padding slot, never seen), then
+the ``t`` keys written since the compression. Why (``bench/pressed_storage.py``, SmolLM2-135M
+shape, 2K and 8K tokens, AdaKV and HeadKV at 10 % and 25 %; docs/compression.md has the
+tables): one tensor per layer padded to its longest head holds 1.03-1.08x the keys kept under
+AdaKV on random keys but 1.16-1.37x on the real model's keys, and 1.62-2.07x under HeadKV,
+whose best-scored heads keep several times the others' keys; the groups hold 1.01-1.03x in
+every case, for one attention call per group (1.0-1.8 groups a layer; whole-model decode
+steps as fast as one padded tensor's). A flattened layout (each row and head a run of keys at
+an offset) holds exactly the keys kept but needs a variable-length kernel: through the
+attention functions of ``core/attend.py`` (the one softmax) it must be gathered back into
+padded tensors at every step, which doubled the attention's time (1.6-3x). ``keep.pressed_bytes``
+predicts the bytes held exactly, padding included; a layer whose press keeps every real key
+stays a plain cache (bit for bit a plain cache). Not dropped: keys a sliding layer's window no
+longer shows (the press's keep set is what is held, as kvpress keeps it).
 
 What a compressed prefix cannot do (crop back, beam reorder, row selection, offloading) is
 refused with a ``UserError`` (``cachebase``). Worked example (SnapKV at 25 %)::
