@@ -89,7 +89,7 @@ class GroupedDecode(Hook):
     heads as rows of one sdpa call, as the head-wise cache computes its groups): separates
     what the kernel gains from what the dropped keys gain."""
 
-    def attends(self, call):
+    def attends(self, call, backend):
         if call.is_decode and call.mask is None and call.window is None and call.softcap is None and call.sinks is None:
             return attend_grouped(call, None)
         return None

@@ -13,7 +13,8 @@ The subpackages, top to bottom; each imports only from those below it (the contr
   engine       the speed levers, changing no result: scheduler, prefix reuse, batching, shards
   core         the algorithm: attend (all attention arithmetic), hook + intervene (scoped),
                probe, mask, stream, tap, decode, scoring; reference: one trial on one screen;
-               keep + headwise + headwise_attend: a head-wise KV cache (streamed heads really cut)
+               keep + headwise + headwise_attend: a head-wise KV cache (streamed heads really cut);
+               pressed: a press's KV cache (each KV head only the keys the press keeps)
   inputs       haystack text and needles, prompts in token space, the grid, the RULER-style tasks
   headfiles    the original's head_score JSON, foreign formats in and out, ranking (the one top-K rule)
   store        atomic files, the trial log, the run manifest
@@ -43,6 +44,7 @@ _LAZY = {
     "intervene": (".core.intervene", "intervene"),
     "HeadwiseCache": (".core.headwise", "HeadwiseCache"),
     "HeadwiseAttention": (".core.headwise_attend", "HeadwiseAttention"),
+    "PressedCache": (".core.pressed", "PressedCache"),
     "headwise_generate": (".core.headwise_attend", "generate"),
     "keep_top": (".core.keep", "keep_top"),
     "UnsupportedModelError": (".errors", "UnsupportedModelError"),
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from .core.intervene import intervene
     from .core.keep import keep_top
     from .core.mask import HeadMask
+    from .core.pressed import PressedCache
     from .core.probe import ArgmaxProbe
     from .errors import UnsupportedModelError, UserError
     from .experiments.detect import DetectionResult, DetectSettings, detect
@@ -80,6 +83,7 @@ __all__ = [
     "ArgmaxProbe", "HeadMask", "intervene", "DetectionResult", "DetectSettings", "detect", "UnsupportedModelError",
     "UserError", "ModelSpec", "load_model", "NiahSettings", "make_conditions", "run_niah", "load_head_scores",
     "top_heads", "ModelShape", "HeadwiseCache", "HeadwiseAttention", "headwise_generate", "keep_top",
+    "PressedCache",
 ]
 
 

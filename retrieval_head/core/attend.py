@@ -133,8 +133,11 @@ def logits(query: torch.Tensor, key: torch.Tensor, scale: float, softcap: float 
 
 def key_columns(kpos: torch.Tensor) -> torch.Tensor:
     """Key positions laid out to compare with query rows ``[r, 1]``: ``kpos [T]`` as ``[1, T]``,
-    per batch row ``[b, T]`` as ``[b, 1, 1, T]`` (the comparison then ``[b, 1, r, T]``)."""
-    return kpos[None, :] if kpos.ndim == 1 else kpos[:, None, None, :]
+    per batch row ``[b, T]`` as ``[b, 1, 1, T]`` (the comparison then ``[b, 1, r, T]``), per
+    batch row and KV head ``[b, kv, T]`` as ``[b, kv, 1, T]``."""
+    if kpos.ndim == 1:
+        return kpos[None, :]
+    return kpos[:, None, None, :] if kpos.ndim == 2 else kpos[:, :, None, :]
 
 
 def blocked_by_position(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -247,20 +250,25 @@ def decode_step(call: Call, blocked: torch.Tensor | None = None) -> Step:
 def attend_grouped(call: Call, allowed: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
     """Output ``[b, q, H, d]`` of every query head of the call against its grouped keys
     ``[b, KV, T, d]`` (no key copied per query head) under one bool mask ``allowed``
-    (``[b or 1, 1 or H, q, T]``, True = may attend; None: every key, or with ``causal`` the causal
-    order of a call whose queries are all its keys): sdpa where it can, the float32 path where
-    it cannot (logit softcap, sink logits)."""
+    (``[b or 1, 1 or KV or H, q, T]``, True = may attend: shared, per KV head, per query head;
+    None: every key, or with ``causal`` the causal order of a call whose queries are all its
+    keys): sdpa where it can, the float32 path where it cannot (logit softcap, sink logits)."""
+    b, num_heads, q, d = call.query.shape
+    kv = call.key.shape[1]
+    per_kv = allowed is not None and allowed.shape[1] == kv and kv not in (1, num_heads)  # grouped: expand it
     if call.softcap is None and call.sinks is None:
-        b, num_heads, q, d = call.query.shape
-        kv = call.key.shape[1]
-        if q == 1 and (allowed is None or allowed.shape[1] == 1):  # a KV head's query heads as rows of one
-            # head (as ``logits`` does): 2-3x faster on CPU; a per-head mask cannot be shared that way
-            rows = None if allowed is None else allowed.reshape(allowed.shape[0], 1, 1, allowed.shape[-1])
+        if q == 1 and (allowed is None or allowed.shape[1] == 1 or per_kv):  # a KV head's query heads as rows
+            # of one head (as ``logits`` does): 2-3x faster on CPU; a per-query-head mask cannot be shared that way
+            rows = None if allowed is None else allowed.reshape(allowed.shape[0], allowed.shape[1], 1, -1)
             out = F.scaled_dot_product_attention(call.query.reshape(b, kv, num_heads // kv, d), call.key, call.value,
                                                  attn_mask=rows, scale=call.scale)
             return out.reshape(b, num_heads, q, d).transpose(1, 2)
+        if per_kv:
+            allowed = allowed.repeat_interleave(num_heads // kv, dim=1)
         return F.scaled_dot_product_attention(call.query, call.key, call.value, attn_mask=allowed, scale=call.scale,
                                               is_causal=causal and allowed is None, enable_gqa=True).transpose(1, 2)
+    if per_kv:
+        allowed = allowed.repeat_interleave(num_heads // kv, dim=1)
     scores = logits(call.query, call.key, call.scale, call.softcap, upcast=True)
     if allowed is not None:
         scores.masked_fill_(~allowed, NEG_INF)

@@ -35,7 +35,7 @@ says; a query head it streams on a full KV head ("mixed", ``keep.mixed_heads``) 
 only its sink and recent keys (``headwise_attend.mixed_output``), so such a layer too goes
 through the head-wise attention.
 What a compressed prefix cannot do (crop back, beam reorder, row selection, offloading) is
-refused with a ``UserError``.
+refused with a ``UserError`` (``cachebase``: what this cache shares with the pressed one).
 
     >>> from transformers import LlamaConfig
     >>> shape = ModelShape.from_config(LlamaConfig(num_hidden_layers=1, num_attention_heads=2,
@@ -54,24 +54,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
 from ..errors import UserError
 from ..models.shape import ModelShape
+from .cachebase import CompressedCache, CompressedLayer, check_rows, refused_by_backends
 from .keep import KEEP_PHASES, check_keep, mixed_heads, row_slots, stored_positions
 from .kvcache import GrowingLayer, Growth
 from .stream import full_kv_heads
 
-RUN_IT = ("a head-wise cache's keys are read only by its attention: call retrieval_head.headwise_generate(model, "
-          "cache, ...), or run the model inside `with retrieval_head.intervene(model, "
-          "hooks=[retrieval_head.HeadwiseAttention()])`")
 
-
-def read_by_a_backend(split) -> None:
-    """Only the head-wise attention reads a ``SplitKV``: a backend that tries is told the fix."""
-    raise UserError(RUN_IT)
-
-
+@refused_by_backends
 @dataclass
 class SplitKV:
     """What a head-wise layer's update returns for keys (or values): the full KV heads' part
@@ -99,9 +92,6 @@ class SplitKV:
     def kv_heads(self) -> int:
         return len(self.full_idx) + len(self.stream_idx)
 
-    # What a backend reads first (sdpa and eager: shape; flash: transpose): refused, with the fix
-    shape = dtype = device = size = transpose = view = reshape = contiguous = to = property(read_by_a_backend)
-
 
 def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
     """The query heads (long) served by KV heads ``kv_idx``, grouped per KV head.
@@ -112,32 +102,13 @@ def query_heads(kv_idx: torch.Tensor, group: int) -> torch.Tensor:
     return (kv_idx[:, None] * group + torch.arange(group, device=kv_idx.device)).flatten()
 
 
-def refuse(what: str) -> UserError:
-    return UserError(f"a head-wise cache cannot {what}: its streamed heads' dropped keys are gone "
-                     "(use a plain cache, with retrieval_head.HeadMask(heads, \"stream\", ...) for the same answers)")
-
-
-def check_rows(layer: "HeadwiseLayer", rows: int) -> None:
-    """Refuse a call whose batch is not the rows the layer holds, or was told the padding of."""
-    held = next((t.shape[0] for t in layer.tensors()), None)
-    if held is not None and held != rows:
-        raise UserError(f"a head-wise cache holding {held} rows got a call of {rows} rows: a filled cache keeps "
-                        "its batch (num_return_sequences > 1 needs a fresh cache)")
-    if layer.start is not None and len(layer.start) != rows:
-        raise UserError(f"the head-wise cache was told the padding of {len(layer.start)} rows (pad_left) but the "
-                        f"model runs {rows}: pass pad_left the mask of the rows it runs, e.g. "
-                        "attention_mask.repeat_interleave(num_return_sequences, dim=0)")
-
-
-class HeadwiseLayer(CacheLayerMixin):
+class HeadwiseLayer(CompressedLayer):
     """One layer: ``full`` (a ``GrowingLayer`` over the full KV heads) and the streamed
     heads' ``stream_keys``/``stream_values`` at positions ``stream_pos``. ``mixed`` (given as
     bool ``[heads]``, held as indices into ``full_q``): query heads that stream on a full KV
     head, which the attention restricts."""
 
-    is_sliding = False  # every layer keeps logical positions: masks are built for the whole length
-    is_compileable = False
-    is_croppable = False
+    kind = "head-wise"
 
     def __init__(self, keep_row: torch.Tensor, window: int | None, sink: int, recent: int, phase: str,
                  context_length: int | None, growth: Growth, group: int = 1, mixed: torch.Tensor | None = None):
@@ -152,9 +123,6 @@ class HeadwiseLayer(CacheLayerMixin):
         self.stream_keys = self.stream_values = self.stream_pos = None
         self.start = None  # long [b]: each row's first real position (left padding; HeadwiseCache.pad_left)
         self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device, self.is_initialized = key_states.device, True
 
     def _part(self, states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return states if len(idx) == states.shape[1] else states[:, idx.to(states.device)]
@@ -207,15 +175,6 @@ class HeadwiseLayer(CacheLayerMixin):
             self.stream_values = sv.gather(-2, idx.expand(*sv.shape[:2], -1, sv.shape[-1]))
             self.stream_pos = pos.gather(-1, idx[:, 0, :, 0])
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0  # one logical position per column; attention picks a head's
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return -1
-
     def tensors(self) -> list[torch.Tensor]:
         """The tensors held: the full heads' keys and values (filled part), the streamed heads'."""
         out = [] if self.full is None or self.full.keys is None else [self.full.keys, self.full.values]
@@ -228,32 +187,16 @@ class HeadwiseLayer(CacheLayerMixin):
         self.length, self.is_initialized = 0, False
         self.at = self.at if self.phase == "context" else None
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise refuse("be cropped back (a compressed prefix is gone)")
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise refuse("reorder rows (beam search)")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise refuse("select rows")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise refuse("repeat its rows once filled (num_return_sequences > 1 needs a fresh cache)")
-
-    def offload(self):
-        raise refuse("be offloaded")
-
-    def prefetch(self):
-        raise refuse("be offloaded")
-
-
-class HeadwiseCache(Cache):
+class HeadwiseCache(CompressedCache):
     """A KV cache that keeps every key only for the KV heads of ``keep`` (bool ``[layers,
     kv_heads]``, or query heads ``[layers, heads]``: a KV head is full when any of its query
     heads is kept); the others stream (``sink`` first keys, ``recent`` last, the query
     included), compressed as ``phase`` says (``decode``, ``all``, ``context`` with
     ``context_length``). ``reserve``: spare tokens of the full heads' buffers. ``keep`` is
     then the KV heads kept, ``mixed`` the query heads streamed on full ones."""
+
+    kind = "head-wise"
 
     def __init__(self, shape: ModelShape, keep: torch.Tensor, sink: int, recent: int, phase: str = "decode",
                  context_length: int | None = None, reserve: int = 64):
@@ -271,17 +214,6 @@ class HeadwiseCache(Cache):
                                 shape.group, self.mixed[i]) for i in range(shape.num_layers)]
         super().__init__(layers=layers)
 
-    def offload(self, layer_idx: int, only_non_sliding: bool = True):
-        raise refuse("be offloaded")
-
-    def compress_at(self, at: int) -> None:
-        """Phase decode: where the prompt's cache is compressed (its length), told before the
-        prefill (a prefill in chunks); untold, at the end of the first call."""
-        if self.phase != "decode" or self.get_seq_length():
-            raise UserError("compress_at is for a fresh phase-decode cache (before its prefill)")
-        for layer in self.layers:
-            layer.at = at
-
     def absorb(self, prefilled: Cache) -> "HeadwiseCache":
         """Fill a fresh phase-decode cache from a plain cache holding the prompt's prefill
         (``layers[i].keys``/``values`` ``[b, kv_heads, T, d]``, every key): a kvpress press
@@ -295,26 +227,6 @@ class HeadwiseCache(Cache):
                 raise UserError("absorb takes a cache holding every key (not a sliding-window layer's last ones)")
             layer.update(plain.keys, plain.values)
         return self
-
-    def pad_left(self, attention_mask: torch.Tensor) -> None:
-        """Tell a fresh cache its rows' left padding (``attention_mask [b, T]``: 0 = pad), so
-        each row's sink is its own first ``sink`` tokens, not its pads (``stream.stream_keep``'s
-        ``start``); the same ``start`` makes the masked simulation's (``HeadMask.hook``)."""
-        if self.get_seq_length():
-            raise UserError("pad_left is for a fresh cache (before its prefill)")
-        real = attention_mask.bool()
-        start = real.long().argmax(-1)  # [b]: each row's first real token
-        after = torch.arange(real.shape[-1], device=real.device)[None, :] >= start[:, None]
-        if not bool(torch.equal(real, after)):
-            raise UserError("a head-wise cache takes left padding only (each row: pads, then its tokens); "
-                            "pad on the left (tokenizer.padding_side = 'left')")
-        for layer in self.layers:
-            layer.start = start if bool(start.any()) else None
-
-    def nbytes(self) -> int:
-        """Bytes of the keys and values held (the full heads' filled part; ``allocated``
-        adds their spare room)."""
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors())
 
     def allocated(self) -> int:
         """Bytes allocated for keys and values, spare room of the full heads' buffers included."""

@@ -13,6 +13,11 @@ masked simulation lets each row see. A keep set of query heads can stream some q
 of a full KV head: those are recomputed after the full group against its keys under the
 same rule (``mixed_output``, ``attend.attend_heads``).
 
+A ``pressed.PressedCache`` layer hands it a ``PressedKV`` (``pressed_output``): before its
+compression point every key, run through the press's own simulation around the backend
+(``intervene.through``, then the layer compressed); after it, one ``attend_grouped`` per group
+of KV heads over the keys the group holds, a per-KV-head mask from their positions.
+
 Worked example (a notebook; ``generate`` is ``retrieval_head.headwise_generate``)::
 
     keep = keep_top(head_scores, shape.group, fraction=0.25)          # [layers, kv_heads]
@@ -31,9 +36,11 @@ import torch
 
 from ..errors import UserError
 from .attend import Call, as_allowed, attend_grouped, attend_heads, backend_mask, blocked_by_position
+from .cachebase import CompressedCache
 from .headwise import HeadwiseCache, SplitKV, query_heads  # noqa: F401 (query_heads: the API)
 from .hook import Hook
-from .intervene import intervene
+from .intervene import intervene, through
+from .pressed import Group, PressedKV
 from .stream import stream_keep
 
 
@@ -85,36 +92,86 @@ def mixed_output(call: Call, split: SplitKV, values: SplitKV, qpos: torch.Tensor
     out[:, :, split.full_q[split.mixed]] = o.to(out.dtype)
 
 
-class HeadwiseAttention(Hook):
-    """Computes every call whose keys are a ``SplitKV`` (others go the usual way)."""
+def split_output(call: Call) -> torch.Tensor:
+    """A head-wise layer's call (keys and values ``SplitKV``): its full group, its streamed
+    query heads on full KV heads (``mixed_output``), its streamed group."""
+    split, values = call.key, call.value
+    query = call.query
+    b, num_heads, q, d = query.shape
+    length, dev = split.length, query.device
+    qpos = torch.arange(length - q, length, device=dev)
+    m = backend_mask(call.mask, slice(-q, None), length)  # [b or 1, 1, q or 1, length]
+    m = None if m is None else as_allowed(m).to(dev)
+    out = query.new_empty(b, q, num_heads, values.stream.shape[-1])
+    if split.full is not None:
+        # Without padding or window, a decode step sees every key and a fresh prefill is causal: no mask
+        plain = m is None and call.window is None and q in (1, length)
+        allowed = None
+        if not plain:
+            allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
+            allowed = allowed if m is None else allowed & m
+        heads = split.full_q
+        out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
+        mixed_output(call, split, values, qpos, m, out)
+    if not len(split.stream_q):
+        return out  # every KV head full, some of their query heads streamed (mixed_output)
+    sees = stream_sees(call, split, qpos, split.pos, m)
+    heads = split.stream_q
+    out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
+    return out
 
-    def attends(self, call: Call) -> torch.Tensor | None:
-        split, values = call.key, call.value
-        if not isinstance(split, SplitKV):
-            return None
-        query = call.query
-        b, num_heads, q, d = query.shape
-        length, dev = split.length, query.device
-        qpos = torch.arange(length - q, length, device=dev)
-        m = backend_mask(call.mask, slice(-q, None), length)  # [b or 1, 1, q or 1, length]
-        m = None if m is None else as_allowed(m).to(dev)
-        out = query.new_empty(b, q, num_heads, values.stream.shape[-1])
-        if split.full is not None:
-            # Without padding or window, a decode step sees every key and a fresh prefill is causal: no mask
-            plain = m is None and call.window is None and q in (1, length)
-            allowed = None
-            if not plain:
-                allowed = ~blocked_by_position(qpos, torch.arange(length, device=dev), call.window)[None, None]
-                allowed = allowed if m is None else allowed & m
-            heads = split.full_q
-            out[:, :, heads] = group_output(call, heads, split.full, values.full, allowed, causal=q > 1).to(out.dtype)
-            mixed_output(call, split, values, qpos, m, out)
-        if not len(split.stream_q):
-            return out  # every KV head full, some of their query heads streamed (mixed_output)
-        sees = stream_sees(call, split, qpos, split.pos, m)
-        heads = split.stream_q
-        out[:, :, heads] = group_output(call, heads, split.stream, values.stream, sees).to(out.dtype)
+
+def held_sees(call: Call, group: Group, qpos: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    """bool ``[b, n, q, P]``: the compressed keys of a pressed layer's ``group`` (at
+    ``group.pos``) each query row sees: its kept ones (``valid``) within the layer's window and
+    the backend's mask ``m`` (``[b or 1, 1, q or 1, length]``, its columns at their positions)."""
+    pos = group.pos
+    sees = group.valid[:, :, None, :] & ~blocked_by_position(qpos, pos, call.window)  # [b, n, q, P]
+    if m is None:
+        return sees
+    b, n, rows, held = *pos.shape[:2], m.shape[2], pos.shape[-1]
+    return sees & m.expand(b, n, rows, -1).gather(-1, pos[:, :, None, :].expand(b, n, rows, held))
+
+
+def pressed_output(call: Call, backend) -> torch.Tensor:
+    """A pressed layer's call (keys and values ``PressedKV``). Before its compression: every
+    key, through the press's own simulation (``intervene.through``: the backend, the rows from
+    the point on recomputed with the dropped keys hidden), the layer compressed right after the
+    call that reaches its last point. After: each group of KV heads over what it holds (its
+    compressed keys, then every key since), one ``attend_grouped`` per group."""
+    keys, values = call.key, call.value
+    layer = keys.layer
+    if layer.groups is None:
+        plain = call.replace(key=keys.parts[0], value=values.parts[0])
+        out, _ = through((layer.simulation,), plain, backend)
+        if layer.simulation.compressed(layer.index):
+            layer.compress()
         return out
+    b, num_heads, q, _ = call.query.shape
+    length, dev = layer.length, call.query.device
+    qpos = torch.arange(length - q, length, device=dev)
+    m = backend_mask(call.mask, slice(-q, None), length)
+    m = None if m is None else as_allowed(m).to(dev)
+    since = ~blocked_by_position(qpos, torch.arange(layer.since, length, device=dev), call.window)[None, None]
+    since = since if m is None else since & m[..., layer.since:]  # [b or 1, 1, q, t]: the keys since
+    out = call.query.new_empty(b, q, num_heads, values.parts[0].shape[-1])
+    for group, k, v in zip(layer.groups, keys.parts, values.parts):
+        held = held_sees(call, group, qpos, m)
+        allowed = torch.cat([held, since.expand(b, held.shape[1], -1, -1)], dim=-1)
+        out[:, :, group.q_heads] = group_output(call, group.q_heads, k, v, allowed).to(out.dtype)
+    return out
+
+
+class HeadwiseAttention(Hook):
+    """Computes every call whose keys a head-wise cache (``SplitKV``) or a pressed cache
+    (``PressedKV``) wrapped; others go the usual way."""
+
+    def attends(self, call: Call, backend) -> torch.Tensor | None:
+        if isinstance(call.key, SplitKV):
+            return split_output(call)
+        if isinstance(call.key, PressedKV):
+            return pressed_output(call, backend)
+        return None
 
 
 REFUSED_GENERATE = {
@@ -139,14 +196,14 @@ def check_generate(model, kwargs: dict) -> int:
     return int(setting["num_return_sequences"] or 1)
 
 
-def generate(model, cache: HeadwiseCache, **kwargs):
+def generate(model, cache: CompressedCache, **kwargs):
     """``model.generate(**kwargs)`` on ``cache`` with the head-wise attention in scope (the
     model left exactly as before); unsupported settings refused first. A fresh cache is told
     where the prompt ends (phase decode) and each row's left padding (``pad_left``, the rows
     ``num_return_sequences`` makes included): what ``model.generate`` on it inside
     ``intervene(model, hooks=[HeadwiseAttention()])`` leaves to the caller."""
-    if not isinstance(cache, HeadwiseCache):
-        raise UserError(f"{CALL} takes a retrieval_head.HeadwiseCache, not a {type(cache).__name__}")
+    if not isinstance(cache, CompressedCache):
+        raise UserError(f"{CALL} takes a retrieval_head.HeadwiseCache or PressedCache, not a {type(cache).__name__}")
     copies = check_generate(model, kwargs)
     prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
     if copies > 1 and cache.get_seq_length():

@@ -16,9 +16,11 @@ asks every hook, in the order given:
 4. ``output(call, out)``: the call's output ``[b, q, H, d]`` (zeroed heads, the streamed
    heads' prefill).
 
-Before all of these, ``attends(call)`` lets one hook compute the whole call itself (a
-head-wise cache's split keys, ``headwise_attend.HeadwiseAttention``): the first output it
-returns is the call's, and the other steps are skipped.
+Before all of these, ``attends(call, backend)`` lets one hook compute the whole call itself (a
+head-wise or pressed cache's wrapped keys, ``headwise_attend.HeadwiseAttention``): the first
+output it returns is the call's, and the other steps are skipped. ``backend(call)`` runs the
+model's own attention on a call of plain tensors (``(out, weights)``), for a hook that computes
+some calls around it (a pressed cache before its compression).
 
 ``check(shape)`` runs once, before the scope opens: a hook that does not fit the model
 (a head mask of another shape) refuses it there. Every method's default leaves the call
@@ -51,8 +53,9 @@ class Hook:
     def check(self, shape: ModelShape) -> None:
         """Refuse a model this hook does not fit (raise ValueError), before the scope opens."""
 
-    def attends(self, call: Call) -> torch.Tensor | None:
-        """The whole call's output ``[b, q, H, d]`` computed by this hook, or None (the usual path)."""
+    def attends(self, call: Call, backend) -> torch.Tensor | None:
+        """The whole call's output ``[b, q, H, d]`` computed by this hook, or None (the usual
+        path); ``backend(call)``: the model's own attention on a call of plain tensors."""
         return None
 
     def query(self, call: Call) -> torch.Tensor:

@@ -106,25 +106,38 @@ class ScopedAttention:
         self.scope.layers_seen.add(layer)
         call = Call(layer, query, key, value, attention_mask, scaling, kwargs.get("softcap"), kwargs.get("s_aux"),
                     layer_window(module, kwargs))
-        for h in self.hooks:  # a hook that computes the whole call (split keys) takes it
-            out = h.attends(call)
+
+        def backend(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:  # the call's keys and query, this mask
+            return self.backend(module, c.query, c.key, c.value, attention_mask, scaling, dropout, kwargs)
+
+        for h in self.hooks:  # a hook that computes the whole call (a compressed cache's keys) takes it
+            out = h.attends(call, backend)
             if out is not None:
                 return out, None
-        for h in self.hooks:
-            call = call.replace(query=h.query(call))
-        weights = None
-        if call.is_decode and any(h.computes(call) for h in self.hooks):
-            step = decode_step(call, either(h.hides(call) for h in self.hooks))
-            for h in self.hooks:
-                h.computed(call, step)
-            out = step.out
-        else:
-            for h in self.hooks:
-                h.delegated(call)
-            out, weights = self.backend(module, call.query, key, value, attention_mask, scaling, dropout, kwargs)
-        for h in self.hooks:
-            out = h.output(call, out)
-        return out, weights
+        return through(self.hooks, call, backend)
+
+
+def through(hooks: Iterable[Hook], call: Call, backend) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One call through ``hooks`` (``hook.Hook``'s order, ``attends`` aside): computed here
+    where a hook says so (a decode step), else by ``backend`` (``Call -> (out, weights)``), then
+    every hook's ``output``. A pressed cache runs its calls before the compression this way, its
+    press's simulation as the only hook (``pressed_attend``)."""
+    hooks = tuple(hooks)
+    for h in hooks:
+        call = call.replace(query=h.query(call))
+    weights = None
+    if call.is_decode and any(h.computes(call) for h in hooks):
+        step = decode_step(call, either(h.hides(call) for h in hooks))
+        for h in hooks:
+            h.computed(call, step)
+        out = step.out
+    else:
+        for h in hooks:
+            h.delegated(call)
+        out, weights = backend(call)
+    for h in hooks:
+        out = h.output(call, out)
+    return out, weights
 
 
 def either(masks: Iterable[torch.Tensor | None]) -> torch.Tensor | None:

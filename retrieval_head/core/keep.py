@@ -12,7 +12,10 @@ see only their sink and recent keys all the same, so the answers are the simulat
 ``stored`` counts what a streamed head holds between calls: exactly the keys the next query
 may see (its sink and recent keys, within the layer's window, or every key from the
 compression point ``at`` on); ``cache_bytes`` turns a keep set into the bytes a
-``headwise.HeadwiseCache`` holds (its tests check it to the byte).
+``headwise.HeadwiseCache`` holds (its tests check it to the byte). A press's keep sets (bool
+``[b, kv, A]`` per layer, each row and KV head its own keys) are held by a
+``pressed.PressedCache`` in groups of KV heads of similar lengths (``length_groups``);
+``pressed_bytes`` predicts its bytes, padding included.
 
     >>> scores = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.2, 0.3, 0.8, 0.0]])  # [layers, heads], 2 KV heads of 2
     >>> keep_top(scores, group=2, k=2).tolist()
@@ -120,6 +123,71 @@ def cache_bytes(shape: ModelShape, keep: torch.Tensor | None, batch: int, length
         n_stream = shape.num_kv_heads - n_full
         streamed = stored(length, sink, recent, window, at, start) if n_stream else 0
         total += per_key * (n_full * length + n_stream * streamed)
+    return total
+
+
+PRESSED_GROUPS = 4  # the most tensors a pressed layer's KV heads are held in (``pressed``: why)
+PRESSED_SLACK = 1 / 16  # and the slots a split into fewer tensors may hold beyond the fewest
+
+
+def drops_keys(kept: torch.Tensor, start: torch.Tensor | None = None) -> bool:
+    """Whether keep sets ``kept`` (bool ``[b, kv, A]``, one layer's) drop any real key (one
+    at or after its row's ``start``, long ``[b]``; pads are never kept)."""
+    pads = torch.arange(kept.shape[-1], device=kept.device)[None, :] < (
+        0 if start is None else start.to(kept.device)[:, None])
+    return not bool((kept | pads[:, None, :]).all())
+
+
+def length_groups(lengths: list[int], most: int, slack: float = PRESSED_SLACK) -> list[list[int]]:
+    """KV heads grouped for a pressed layer's storage: each group is one tensor padded to its
+    longest head, a group's slots ``len(g) * max(lengths[g])``. Of the splits into at most
+    ``most`` groups (each a run of the heads sorted by length), the fewest groups whose slots
+    are within ``slack`` of the fewest any split holds. ``lengths``: per KV head, the keys its
+    longest row keeps. Groups longest first, heads in order within each.
+
+    >>> length_groups([10, 200, 12, 190], 2), length_groups([10, 200, 12, 190], 1)
+    ([[1, 3], [0, 2]], [[0, 1, 2, 3]])
+    >>> length_groups([100, 104, 98], 3)  # one tensor holds 312 slots, 3 groups 302: within 1/16
+    [[0, 1, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda h: (-lengths[h], h))
+    n, inf = len(order), float("inf")
+    # best[g][i]: the fewest slots holding the i longest heads in g groups (a group: a run of the order)
+    best = [[0.0] + [inf] * n] + [[inf] * (n + 1) for _ in range(most)]
+    cut = [[0] * (n + 1) for _ in range(most + 1)]
+    for g in range(1, most + 1):
+        for i in range(1, n + 1):
+            for j in range(i):  # the last group: order[j:i], as long as its first head
+                cost = best[g - 1][j] + (i - j) * lengths[order[j]]
+                if cost < best[g][i]:
+                    best[g][i], cut[g][i] = cost, j
+    fewest = min(best[g][n] for g in range(1, most + 1))
+    g = next(g for g in range(1, most + 1) if best[g][n] <= fewest * (1 + slack))
+    groups, i = [], n
+    while i:
+        j = cut[g][i]
+        groups.append(sorted(order[j:i]))
+        i, g = j, g - 1
+    return groups[::-1]
+
+
+def pressed_bytes(kept: list[torch.Tensor], length: int, head_dim: int, itemsize: int,
+                  start: torch.Tensor | None = None, most: int = PRESSED_GROUPS) -> int:
+    """Bytes of keys and values a ``pressed.PressedCache`` holds at ``length`` tokens, padding
+    included, from its keep sets ``kept``: per layer bool ``[b, kv, A]`` (``PressHeads.kept``:
+    the keys before ``A`` each KV head of each row holds; every key from ``A`` on is held).
+    A layer that drops no real key (``drops_keys``) stays a plain cache (pads included); the
+    others hold each group of KV heads (``length_groups``, at most ``most``) padded to its
+    longest row and head, plus every key written after the compression."""
+    total = 0
+    for layer in kept:
+        b, kv, a = layer.shape
+        if not drops_keys(layer, start):
+            slots = kv * length
+        else:
+            longest = layer.sum(-1).amax(0).tolist()  # per KV head, its longest row
+            slots = sum(len(g) * (max(longest[h] for h in g) + length - a) for g in length_groups(longest, most))
+        total += 2 * b * slots * head_dim * itemsize
     return total
 
 

@@ -43,6 +43,7 @@ import torch
 from ..models.shape import ModelShape
 from .attend import Call
 from .hook import OnDevice
+from .keep import drops_keys
 from .seen import Press, Seen
 from .visible import HidesKeys, rows_from, sees_compressed
 
@@ -119,7 +120,14 @@ class PressHeads(KeptKeys):
 
     def output(self, call: Call, out: torch.Tensor) -> torch.Tensor:
         self._observe(call)
+        kept = self.kept.get(call.layer)
+        if kept is not None and not drops_keys(kept, self.start):
+            return out  # every real key kept: the rows from the point on see what the backend gave them
         return super().output(call, out)
+
+    def compressed(self, layer: int) -> bool:
+        """Whether ``layer`` was compressed at every point (its keep sets ``kept[layer]`` final)."""
+        return len(self.done.get(layer, ())) == len(self.points)
 
     def _check_compressed(self, call: Call) -> None:
         """Refuse rows past a compression point the layer never reached: the call that covers
