@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..core.decode import check_supported, stop_token_mask
-from ..core.mask import HeadMask, PressMask
+from ..core.mask import HeadMask
 from ..core.scoring import rouge1_recall
 from ..core.stream import full_kv_heads, kv_kept
 from ..engine.progress import Progress, Status, count, tell
@@ -40,6 +39,7 @@ from ..inputs.haystack import Needle
 from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
 from ..store.manifest import utc_now
+from .condition import Condition  # noqa: F401 (re-exported: the API and the commands read it here)
 from .realcache import cache_fields, decode_all
 from .settings import NiahSettings
 from .sweep import Plan, TrialKey, plan
@@ -88,45 +88,6 @@ def select_random(scores: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     for i in torch.randperm(len(pool), generator=g)[:k].tolist():
         out[pool[i]] = True
     return out
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One masking condition of a run, and where its results go."""
-
-    kind: str  # none | top | random (masking); keep_top | keep_random (streaming, compress.py); press (press.py)
-    k: int
-    mask: HeadMask | PressMask | None
-    seed: int | None = None
-    folder: str = ""
-    unit: str = "query"  # query | kv: K counts query heads or whole KV-head groups
-    kept: torch.Tensor | None = None  # streaming: bool [layers, units], the heads kept at full cache
-    method: str | None = None  # the judge, a press: which method's heads (recorded only when set)
-
-    def describe(self) -> dict:
-        d = {"kind": self.kind, "k": self.k, "seed": self.seed, "unit": self.unit}
-        if self.method is not None:
-            d["method"] = self.method
-        d.update(self.mask.describe() if self.mask is not None else {"heads": [], "mode": None, "phase": None})
-        if self.kept is not None:
-            d["kept"] = self.kept.nonzero().tolist()
-        return d
-
-    def label(self) -> str:
-        if self.kind == "none":
-            return "no heads masked"
-        if self.kind == "press":
-            from .press import press_label
-
-            return press_label(self)
-        seed = f", seed {self.seed}" if self.seed is not None and "random" in self.kind else ""
-        unit = " KV" if self.unit == "kv" else ""
-        m = self.mask
-        if m.mode == "stream":
-            what = "every head streamed" if self.k == 0 else \
-                f"{self.kind.replace('keep_', 'keep ')}-{self.k}{unit} full, rest streamed"
-            return f"{what} ({m.sink}+{m.recent}, {m.phase}{seed})"
-        return f"{self.kind}-{self.k}{unit} heads masked ({m.mode}, {m.phase}{seed})"
 
 
 def make_conditions(model_name: str, ks: list[int], scores: torch.Tensor | None, mode: str, phase: str,

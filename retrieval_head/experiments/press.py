@@ -11,8 +11,8 @@ weights' itemsize, over every layer and KV head, at the compression point; in ph
 plus the question's tokens, kept whole), those of the full prompt's cache (``kv_bytes_full``)
 and their share (``kv_kept``)::
 
-    >>> press_fields(kept_keys=300, length=100, shape=SHAPE, itemsize=2)
-    {'kv_bytes': 9600, 'kv_bytes_full': 25600, 'kv_kept': 0.375}
+    >>> press_fields(kept_keys=300, length=100, shape=SHAPE, itemsize=2)   # 300 of 2 layers x 2 KV heads x 100
+    {'kv_bytes': 9600, 'kv_bytes_full': 12800, 'kv_kept': 0.75}
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..core.mask import PressMask
 from ..errors import UserError
 from ..models.shape import ModelShape
 from ..presses.registry import PRESSES, RANKED, make_press
-from .mask import Condition
+from .condition import Condition, press_label  # noqa: F401 (press_label: re-exported)
 from .settings import press_args
 
 SHAPE = ModelShape(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_positions=None, windows=(None,) * 2)
@@ -103,14 +103,3 @@ def press_fields(kept_keys: int, length: int, shape: ModelShape, itemsize: int, 
     return {"kv_bytes": held, "kv_bytes_full": full, "kv_kept": held / full}
 
 
-def press_label(c: Condition) -> str:
-    """A press condition as the run's table says it.
-
-    >>> from retrieval_head.presses.knorm import Knorm
-    >>> press_label(Condition("press", 0, PressMask(Knorm(), 0.25), folder="M_press_knorm_b0.25"))
-    'press knorm keeping 25% of the KV cache (decode)'
-    """
-    m = c.mask
-    by = f" by {c.method} heads" if c.method else ""
-    seed = f", seed {c.seed}" if c.seed is not None else ""
-    return f"press {m.press.name}{by} keeping {m.budget:.0%} of the KV cache ({m.phase}{seed})"
