@@ -1,6 +1,7 @@
 """``--press NAME --budget F...`` on the command line: the needle test writes a folder per
 budget whose records carry the press, its parameters, the budget and the bytes its keep sets
-hold; ``generate`` answers as the press's simulation does alone and prints those bytes."""
+hold; ``generate`` answers on the press's real cache as its simulation does alone and prints
+the bytes that cache holds."""
 
 from __future__ import annotations
 
@@ -102,5 +103,5 @@ def test_generate_answers_as_the_press_alone_and_prints_the_bytes(tiny, tmp_path
     length = len(ids) + 9  # the last answer token is never cached
     kept = 2 * round(0.25 * 2 * len(ids))  # keys kept, per layer: a quarter of the prompt's over its KV heads
     held = (kept + 9 * 2 * 2) * 2 * 8 * 4
-    assert memory.startswith(f"memory: KV cache {held / 2**20:.2f} MiB of {length * 256 / 2**20:.2f} MiB full "
+    assert memory.startswith(f"memory: KV cache {held / 2**20:.2f} MiB held of {length * 256 / 2**20:.2f} MiB full "
                              f"({held / (length * 256):.1%}) at {length} tokens"), memory

@@ -12,10 +12,10 @@ as it is generated, then one line: the cache's bytes against a full cache of the
 and the process's peak memory. Several ``--keep_full`` / ``--keep_fraction`` values answer
 once each (one model load). With neither, every head keeps its whole cache: exactly
 transformers' own greedy ``generate``. ``--press NAME --budget F...`` answers under a press
-instead, simulated on the full cache (``core.pressing``: the prompt's cache compressed once
-after its prefill, or the context's with ``--phase context``); its memory line counts the bytes
-the kept keys would hold (keys kept x 2 x head_dim x itemsize) plus every token after the
-compression point. Every input is checked before the weights load.
+instead, on its real cache (``core.pressed.PressedCache``: the prompt's cache compressed once
+after its prefill, or the context's with ``--phase context``, each KV head keeping its own
+keys; token for token the press's masked simulation, tests/test_pressed_cache.py); its
+memory line is the bytes the cache holds, measured. Every input is checked before the weights load.
 """
 
 from __future__ import annotations
@@ -183,31 +183,30 @@ def press_masks(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str,
 
 
 def answer_pressed(model, tok, shape, mask, ids: list[int], context: int, o: parsers.GenerateOptions) -> None:
-    """Generate greedily under a press simulated on the full cache, printing the answer as it
-    comes, then the memory line: the bytes the kept keys would hold, plus every token after
-    the compression point (the question's in phase context, and the answer's)."""
+    """Generate greedily on the press's real cache (``core.pressed.PressedCache``: each KV head
+    keeps its own keys, the rest freed), printing the answer as it comes, then the memory line:
+    the bytes the cache holds (measured) against a full cache of the same length."""
     import torch
     from transformers import TextStreamer
 
-    from ..core.intervene import intervene
-    from ..core.kvcache import GrowingCache
-    from ..engine.pressed import kept_keys
+    from ..core.headwise_attend import generate
+    from ..core.keep import cache_bytes
+    from ..core.pressed import PressedCache
 
     at = context if o.phase == "context" else len(ids)
-    hook, cache = mask.hook(shape, at), GrowingCache(reserve=o.max_new_tokens)
+    cache = PressedCache(shape, mask.planned(at), mask.budget, o.phase, context if o.phase == "context" else None,
+                         reserve=o.max_new_tokens)
     x = torch.tensor([ids], device=next(model.parameters()).device)
-    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    with torch.no_grad(), intervene(model, hooks=[hook]):
-        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=o.max_new_tokens,
-                       do_sample=False, cache=cache, streamer=streamer,
-                       pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    itemsize, length = next(model.parameters()).element_size(), cache.get_seq_length()
-    held = kept_keys(hook.kept, at) * 2 * shape.head_dim * itemsize + (length - at) * shape.kv_bytes_per_token(itemsize)
-    full = length * shape.kv_bytes_per_token(itemsize)
+    with torch.no_grad():
+        generate(model, cache, input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=o.max_new_tokens,
+                 do_sample=False, streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    length, itemsize = cache.get_seq_length(), next(model.parameters()).element_size()
+    held, full = cache.nbytes(), cache_bytes(shape, None, 1, length, itemsize)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(f"memory: KV cache {held / 2**20:.2f} MiB of {full / 2**20:.2f} MiB full ({held / full:.1%}) at {length} "
-          f"tokens, simulated: {mask.press.name} kept {mask.budget:.0%} of the {at} tokens before its compression "
-          f"point (their bytes as kept keys would hold them), every later token whole; peak RSS {peak:.0f} MiB")
+    print(f"memory: KV cache {held / 2**20:.2f} MiB held of {full / 2**20:.2f} MiB full ({held / full:.1%}) at "
+          f"{length} tokens: {mask.press.name} at a budget of {mask.budget:.0%} of the {at} tokens before its "
+          f"compression point, every later token whole; peak RSS {peak:.0f} MiB")
 
 
 def answer(model, tok, shape, keep, ids: list[int], context: int, o: parsers.GenerateOptions) -> None:
