@@ -21,8 +21,7 @@ from typing import ClassVar
 import pytest
 import torch
 from families import build
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
+from oracle_attention import attention_as
 
 from retrieval_head.core.seen import Seen
 from retrieval_head.models.shape import ModelShape
@@ -138,16 +137,8 @@ def oracle(model, press, shares: list[float], at: torch.Tensor, start: torch.Ten
         return eager(module, query, key, value, base + torch.zeros(b, H, q, T).masked_fill(hidden, float("-inf")),
                      **kw)
 
-    AttentionInterface.register(name, attention)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    saved = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
+    with attention_as(model, name, attention):
         yield
-    finally:
-        model.config._attn_implementation = saved
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 @torch.no_grad()

@@ -21,8 +21,7 @@ import pytest
 import torch
 from families import SUPPORTED, build, matrix
 from helpers import one_thread
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
+from oracle_attention import attention_as
 
 from retrieval_head.core.intervene import HeadMask
 from retrieval_head.core.stream import full_kv_heads, kv_kept
@@ -83,16 +82,8 @@ def oracle(model, streamed: torch.Tensor, phase: str, prefill_len: int):
         kw.pop("sliding_window", None)  # the window is in `base` already (eager's mask)
         return eager(module, query, key, value, base + extra, **kw)
 
-    AttentionInterface.register(name, attention)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    saved = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
+    with attention_as(model, name, attention):
         yield
-    finally:
-        model.config._attn_implementation = saved
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 @torch.no_grad()
