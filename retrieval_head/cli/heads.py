@@ -47,7 +47,7 @@ from ..methods.registry import scored_by
 from ..store.manifest import shape_beside
 from . import parsers
 from .common import check_writable, run_cli, writing
-from .stability import check_count, run_stability
+from .stability import check_count, convergence_cmd, stability_cmd
 
 if TYPE_CHECKING:
     import torch
@@ -330,8 +330,7 @@ def parser(prog: str = PROG):
 
 
 COMMANDS = {"top": _cmd_top, "heatmap": _cmd_heatmap, "compare": _cmd_compare, "export": _cmd_export,
-            "stability": lambda args: run_stability(args, _png_out), "convergence": lambda args: run_stability(
-                args, _png_out)}
+            "stability": stability_cmd, "convergence": lambda args: convergence_cmd(args, _png_out)}
 
 
 def run(argv: list[str] | None = None, prog: str = PROG) -> int:

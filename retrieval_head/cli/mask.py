@@ -64,7 +64,7 @@ def head_scores_for(st: NiahSettings, name: str, shape: ModelShape) -> tuple[tor
     head file states (a ``<model>.kv_max.json`` is per KV head), else query heads; from a head
     file of any accepted format (``headfiles.load.load_ranking``). No file is read when no
     condition ranks heads."""
-    keeps = st.keep_counts(1) is not None and any(k > 0 for k in st.keep_counts(shape.num_layers * shape.num_heads))
+    keeps = any(k > 0 for k in st.keep_counts(shape.num_layers * shape.num_heads) or ())
     if all(k == 0 for k in st.mask_top) and not keeps:
         return None, st.unit or "query"
     default = f"{name}.kv_max.json" if st.unit == "kv" else f"{name}.json"

@@ -47,7 +47,7 @@ def _load(args):
     return t
 
 
-def _cmd_stability(args) -> None:
+def stability_cmd(args) -> None:
     from ..analysis import stability
 
     check_count("--top", args.top)
@@ -64,7 +64,7 @@ def _cmd_stability(args) -> None:
         print(stability.format_stability(s, args.rows))
 
 
-def _cmd_convergence(args, png_out) -> None:
+def convergence_cmd(args, png_out) -> None:
     from ..analysis import convergence
     from .common import writing
 
@@ -83,12 +83,3 @@ def _cmd_convergence(args, png_out) -> None:
     title = f"{stem}: how fast the top-{args.top} heads by {by} settle ({t.scores.shape[0]} counted trials)"
     with writing(out):
         print(convergence.write_figure(c, out, title, lengths))
-
-
-def run_stability(args, png_out) -> None:
-    """``heads stability`` or ``heads convergence`` (``args.cmd``); ``png_out`` resolves and
-    checks a figure's ``--out`` / ``--output_dir``."""
-    if args.cmd == "stability":
-        _cmd_stability(args)
-    else:
-        _cmd_convergence(args, png_out)
