@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     for m in needle:  # query-focus: its question tokens, found by character offsets
         m.check(checked.prompt(checked.keys()[0]))
     if repeats:
-        check_fits(opened.shape, settings.repeat())
+        check_fits(opened.shape, repeats[0].settings())
     model, info = load_checked(opened, say)
     config = dict(settings.applied(), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}
