@@ -102,7 +102,9 @@ class _Steps:
 
 class _Argmax(_Steps):
     def at(self, t: int) -> torch.Tensor:
-        return self.hook.positions(self.query_position + t, self.num_layers)  # [layers, rows, heads]
+        pos = self.hook.positions(self.query_position + t, self.num_layers)  # [layers, rows, heads]
+        self.hook.clear()  # a layer the next step does not reach is then refused, not read stale
+        return pos
 
     def result(self, row: int) -> torch.Tensor:
         return torch.stack(self.steps[row], dim=1).transpose(0, 1)  # [steps, layers, heads]
@@ -138,7 +140,9 @@ class SpanMassHook(Hook):
 
 class _SpanMass(_Steps):
     def at(self, t: int) -> torch.Tensor:
-        return torch.stack([self.hook.mass[i].float().cpu() for i in range(self.num_layers)])  # [layers, rows, heads]
+        mass = torch.stack([self.hook.mass[i].float().cpu() for i in range(self.num_layers)])  # [layers, rows, heads]
+        self.hook.mass = {}  # each step's own
+        return mass
 
     def result(self, row: int) -> torch.Tensor:
         return torch.stack(self.steps[row]).double().mean(0)  # over the row's steps
