@@ -26,7 +26,7 @@ from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
-from ..experiments.press import press_conditions
+from ..experiments.press import kv_scores, press_conditions
 from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_ranking
@@ -79,7 +79,7 @@ def press_scores(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor
     path = Path(st.head_score) if st.head_score else Path("head_score") / f"{name}.kv_max.json"
     if st.head_score is None and not path.exists():
         raise UserError(f"--press {st.press} ranks heads by a head file: pass --head_score FILE (there is no {path})")
-    return load_ranking(path, shape, "kv")[0]
+    return kv_scores(path, shape)
 
 
 def summarize(tables: list[tuple[str, list[Condition], dict[str, list[dict]]]]) -> None:
