@@ -89,8 +89,8 @@ def keep_sets(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str, o
     full when no value is given."""
     import torch
 
-    from ..experiments.mask import select_top
     from ..headfiles.load import load_ranking
+    from ..headfiles.ranking import select_top
 
     asked = o.keep_full if o.keep_full is not None else o.keep_fraction
     if asked is None:

@@ -16,7 +16,6 @@ from ..engine.shard import from_env
 from ..errors import UserError
 from ..experiments.judge import (
     JudgeSettings,
-    figure,
     judge_conditions,
     labelled,
     press_judge_conditions,
@@ -30,6 +29,7 @@ from ..models.loading import ModelSpec, model_name
 from ..options import from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..store.results import MATCH, ROUGE, SINGLE
 from . import parsers
 from .common import (
     apply_threads,
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     text = table(s, st.levels(), st.press)
     write_atomic(paths["md"], f"# {name}: the causal judge ({how}, decode phase; {grid}; "
                               f"{what}; {count(len(st.seeds), 'random seed')})\n\n{text}")
-    from ..plots.niah import MATCH, ROUGE, SINGLE  # matplotlib: imported once the run is done
+    from ..plots.judge import figure  # matplotlib: imported once the run is done
 
     scored = ROUGE if task == "single" else MATCH
     asked = "each method's top-K heads masked" if st.press is None else f"{st.press} ranking KV heads by each method"

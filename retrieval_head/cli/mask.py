@@ -36,6 +36,7 @@ from ..models.shape import ModelShape
 from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..store.results import read_records, record_path
 from ..vocabulary import RANKED_PRESSES
 from . import parsers
 from .common import (
@@ -116,11 +117,6 @@ def record_match(record: dict) -> float:
     return 100 * string_match(record["model_response"], [record["real_needle"]])
 
 
-def record_path(folder: Path, model: str, key: TrialKey) -> Path:
-    """The original's file name for one (length, depth) result."""
-    return folder / f"{model}_len_{key.context_length}_depth_{key.depth_percent * 100}.json"
-
-
 def prepare_folders(out: Path, conditions, manifest: dict, run: parsers.NiahRun, mine: list[TrialKey], sfx: str) -> set:
     """Write each folder's (shard) manifest first; on --resume check it and return this shard's
     done cells. --overwrite removes the old results of this shard's cells only, so a shard
@@ -168,7 +164,7 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     name, results = manifest["config"]["model_name"], {}
     for c in conditions:
         folder = out / c.folder
-        results[c.folder] = [json.loads(record_path(folder, name, key).read_text()) for key in keys]
+        results[c.folder] = read_records(folder, name, keys)
         m = json.loads((folder / f"manifest{sfx}.json").read_text())
         write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:

@@ -26,6 +26,7 @@ Outputs in ``--output_dir`` (default ``results/judge``):
                             and the bytes its keep sets hold) and the method
   <model>.judge.md          the table: mean score per method and K (or budget), random as mean [min, max]
   <model>.judge.png         score vs K (or budget), a line per method, random as a min-max band
+                            (``plots.judge``)
   <model>.judge.manifest.json
 """
 
@@ -37,9 +38,10 @@ from pathlib import Path
 
 from ..core.mask import HeadMask
 from ..errors import UserError
+from ..headfiles.ranking import select_top
 from ..methods.registry import method_of
 from ..models.shape import ModelShape
-from .mask import Condition, select_random, select_top
+from .mask import Condition, select_random
 from .press import kv_scores, press_conditions, random_ranking
 from .settings import JudgeSettings  # noqa: F401 (re-exported: the API)
 
@@ -136,44 +138,3 @@ def table(s: dict, ks, press: str | None = None) -> str:
     wins = "" if press is None else \
         "Higher wins: the method whose ranking keeps the most retrieval at a budget picks the best budgets.\n\n"
     return wins + head + "\n".join(rows) + "\n"
-
-
-def figure(s: dict, ks, out_png: Path, title: str, ylabel: str = "ROUGE-1 recall x100",
-           press: str | None = None) -> Path:
-    """``judge_figure`` written to ``out_png``."""
-    from ..plots.niah import render
-
-    return render(judge_figure(s, ks, title, ylabel, press), out_png)
-
-
-def judge_figure(s: dict, ks, title: str, ylabel: str = "ROUGE-1 recall x100", press: str | None = None):
-    """Score vs K: a line per method, random as a min-max band around its mean, none dashed;
-    ``ylabel``: the task's metric. ``press``: score vs the budget the press keeps (the full
-    cache dashed; higher wins)."""
-    from matplotlib.figure import Figure
-
-    from ..plots.niah import figure_title
-
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    ks = list(ks)
-    line, rnd, ceiling, xlabel = ("top-K {}", "random-K", "no heads masked", "K (heads masked)") if press is None \
-        else (f"{press} by {{}}", f"{press} by random", "full cache", "budget (share of the KV cache kept)")
-    for m, v in s.items():
-        if m not in ("none", "random"):
-            ax.plot(ks, [v[k] for k in ks], marker="o", label=line.format(m))
-    rand = s["random"]
-    lo, hi = [min(rand[k]) for k in ks], [max(rand[k]) for k in ks]
-    seeds = len(rand[ks[0]])
-    if seeds > 1:  # one seed has no spread: its line alone
-        ax.fill_between(ks, lo, hi, color="grey", alpha=0.3, label=f"{rnd} (min-max over {seeds} seeds)")
-    ax.plot(ks, [statistics.fmean(rand[k]) for k in ks], color="grey", linestyle=":",
-            label=f"{rnd} (mean)" if seeds > 1 else f"{rnd} (1 seed)")
-    ax.axhline(s["none"], color="black", linestyle="--", linewidth=1, label=ceiling)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_xticks(ks)
-    ax.set_ylim(-2, 102)
-    ax.legend(fontsize=8, loc="best")
-    figure_title(fig, title)
-    return fig

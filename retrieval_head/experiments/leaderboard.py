@@ -8,7 +8,7 @@ test (``cli.mask.run_task``: resumable, one record per cell and condition), so e
 shares each prompt's one plain prefill (``engine.pressed``).
 
 The table (``board``): per task, a row per press and a column per budget; a cell is the mean
-of the task's metric over the grid's cells (``plots.niah.metric_of``: ROUGE-1 recall for the
+of the task's metric over the grid's cells (``store.results.metric_of``: ROUGE-1 recall for the
 single needle, string match for the generated tasks), its 95 % percentile bootstrap interval
 over the cells (``analysis.stability.mean_interval``, seeded) and the share of the full
 cache's bytes the kept keys hold (predicted from the keep sets, mean over the cells)::
@@ -26,7 +26,7 @@ from pathlib import Path
 from ..analysis.stability import mean_interval
 from ..errors import UserError
 from ..models.shape import ModelShape
-from ..plots.niah import metric_of, task_of
+from ..store.results import metric_of, task_of
 from ..vocabulary import RANKED_PRESSES
 from .leaderboard_settings import RANDOM, LeaderboardSettings
 from .mask import Condition
