@@ -79,4 +79,6 @@ def test_detection_reproduces_the_shipped_trials(default_model):
     for r in got:
         i = at[(r["needle_id"], r["depth_percent"])]
         grid = [[focus[f"{l}-{h}"][i] for h in range(len(row))] for l, row in enumerate(r["query_focus"])]
-        assert r["query_focus"] == pytest.approx(grid, rel=1e-5, abs=1e-7)
+        # approx compares flat sequences only: one row per layer
+        for got_row, want_row in zip(r["query_focus"], grid, strict=True):
+            assert got_row == pytest.approx(want_row, rel=1e-5, abs=1e-7)
