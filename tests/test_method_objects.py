@@ -128,6 +128,16 @@ def test_methods_are_made_by_name_with_their_parameters():
     assert focus_tap(prompt()).rows.tolist() == [5, 6]
 
 
+def test_the_repeated_token_pass_reads_the_registered_keys():
+    # repeat_scores's default columns (notebooks, bench) are the registry's repeat methods and their keys,
+    # the keys repeat_rows's worked example spells out: induction p - period + 1, echo p - period
+    from retrieval_head.methods.repeat import KEYS, repeat_rows
+
+    assert registry.repeat_keys() == dict(KEYS) == {"induction": 1, "echo": 0}
+    rows, ind, echo = repeat_rows(period=3, repeats=2, offset=1)
+    assert (ind - rows + 3).unique().tolist() == [Induction.key] and (echo - rows + 3).unique().tolist() == [Echo.key]
+
+
 def test_output_files_are_the_originals_names(tmp_path):
     assert list(Retrieval().outputs(tmp_path, "M").values()) == [
         tmp_path / "M.json",

@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     written = []
     if repeats:  # first: a shard that does not merge the sweep returns early
         tell(say, f"running repeated random tokens through the model for {' and '.join(m.name for m in repeats)} ...")
-        rep = repeat_scores(model, opened.tokenizer, repeats[0].settings())
-        family = "+".join(repeat_keys())  # one forward pass for every repeat method
+        keys = repeat_keys()  # one forward pass for every repeat method
+        rep = repeat_scores(model, opened.tokenizer, repeats[0].settings(), keys)
+        family = "+".join(keys)
         seconds[family] = round(rep["seconds"], 3)
         seconds[f"{family} tap"] = round(rep["tap_seconds"], 3)
         written += [p for m in repeats for p in write_method(m, m.counters(rep))]
