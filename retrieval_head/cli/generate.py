@@ -4,7 +4,7 @@ every key, the others only their sink and recent keys) and report the memory it 
     retrieval-head generate prompt.txt --keep_fraction 0.25          # head_score/<model>.json ranks
     retrieval-head generate prompt.txt --head_score head_score/M.kv_max.json --keep_full 9 27
     cat prompt.txt | retrieval-head generate - --question "What is the code?" --phase context
-    retrieval-head generate prompt.txt --press snapkv --budget 0.25 0.1       # a press, simulated
+    retrieval-head generate prompt.txt --press snapkv --budget 0.25 0.1       # a press, its real cache
 
 The prompt goes through the model's chat template as one user message (``--chat_template
 auto``, as ``detect`` and ``mask``), ``--question`` on a line after it. The answer is printed
