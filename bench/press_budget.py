@@ -10,12 +10,12 @@ given: a seeded random ranking; the row says which):
 1. **Largest batch**: the most rows whose cache fits ``--memory_mib`` right after the prefill, by
    the exact prediction: ``keep.pressed_bytes`` of the press's keep sets (``keep.cache_bytes``
    for the full cache). The press is asked layer by layer on random keys, values and window
-   queries (``pressed_storage.random_layers``), ``--chunk`` rows at a time, until the rows'
-   bytes pass the budget; the batch is the largest ``n`` whose first ``n`` rows fit (and every
-   fewer: ``largest_batch``). Rows of one length keep the same counts per head under every
-   press but AdaKV, so their bytes are linear in the batch; AdaKV's rows differ and each head
-   pads to its longest row (on random keys its heads differ less than on a real model's:
-   ``pressed_storage --real``).
+   queries (``pressed_storage.random_layers``), ``--chunk`` rows at a time; the batch is the
+   largest ``n`` whose first ``n`` rows fit (``largest_batch``). Rows of one length keep the same
+   counts per head under every press but AdaKV (seen on the first draw; ``KeepRows`` repeats
+   them), so their bytes are linear in the batch; AdaKV's rows differ and each head pads to its
+   longest row, so its rows are drawn up to the batch (on random keys its heads differ less than
+   on a real model's: ``pressed_storage --real``).
 2. **Tokens/s**: at that batch, or at ``--max_batch`` where smaller (the row says ``capped``), a
    real ``PressedCache`` holds the first rows' keep sets over random keys (updated and
    compressed as its prefill leaves it; its ``nbytes()`` checked equal to the prediction) and
@@ -61,37 +61,50 @@ FULL = "full"
 
 
 def largest_batch(bytes_of, budget: int, most: int) -> int:
-    """The largest ``n`` (at most ``most``) such that ``bytes_of(m) <= budget`` for every
-    ``m <= n`` (0: not even one row fits).
+    """The largest ``n`` (at most ``most``; 0: not even one row fits) with ``bytes_of(n) <=
+    budget``, ``bytes_of`` never decreasing in ``n`` (more rows, each head padded to its longest
+    row, never hold less): doubling, then bisecting, so a slow ``bytes_of`` is asked ~2 log n times.
 
     >>> largest_batch(lambda n: 100 * n, 350, 1000), largest_batch(lambda n: 100 * n, 400, 1000)
     (3, 4)
     >>> largest_batch(lambda n: 100 * n, 99, 1000), largest_batch(lambda n: 100 * n, 10**6, 7)
     (0, 7)
     """
-    n = 0
-    while n < most and bytes_of(n + 1) <= budget:
-        n += 1
-    return n
+    if most < 1 or bytes_of(1) > budget:
+        return 0
+    lo, hi = 1, 2  # bytes_of(lo) fits
+    while hi <= most and bytes_of(hi) <= budget:
+        lo, hi = hi, 2 * hi
+    hi = min(hi, most + 1)  # bytes_of(hi) does not fit, or hi is past most
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if bytes_of(mid) <= budget else (lo, mid)
+    return lo
 
 
 class KeepRows:
     """A press's keep sets on random rows (per layer, bool ``[n, kv, length]``, on the CPU),
-    drawn ``chunk`` rows at a time (each draw its own seed) as more rows are asked for."""
+    drawn ``chunk`` rows at a time (each draw its own seed) as more rows are asked for. Where
+    every row drawn keeps the same counts per head in every layer (``uniform``: every press but
+    AdaKV, whose counts depend on the keys), more rows repeat the drawn ones: a pressed cache's
+    bytes depend on its rows' counts per head only (``keep.pressed_bytes``), so theirs are exact."""
 
     def __init__(self, shape, press, budget: float, length: int, chunk: int, dtype, device):
         self.shape, self.press, self.budget, self.length, self.chunk = shape, press, budget, length, chunk
         self.dtype, self.device = dtype, device
         self.kept: list[torch.Tensor] = []
-        self.draws = 0
+        self.draws, self.uniform = 0, False
 
     def first(self, n: int) -> list[torch.Tensor]:
-        while not self.kept or self.kept[0].shape[0] < n:
+        while not self.uniform and (not self.kept or self.kept[0].shape[0] < n):
             new = [keep.cpu() for _, _, keep in random_layers(self.shape, self.press, self.budget, self.chunk,
                                                               self.length, self.draws, self.dtype, self.device)]
             self.kept = new if not self.kept else [torch.cat([a, b]) for a, b in zip(self.kept, new)]
             self.draws += 1
-        return [k[:n] for k in self.kept]
+            self.uniform = all(bool((k.sum(-1) == k[:1].sum(-1)).all()) for k in self.kept)
+        drawn = self.kept[0].shape[0]
+        rows = torch.arange(n) % drawn  # the first n rows, the drawn ones repeated past them (uniform)
+        return [k[:n] if n <= drawn else k[rows] for k in self.kept]
 
     def nbytes(self, n: int, itemsize: int) -> int:
         """What a pressed cache of the first ``n`` rows holds right after the prefill."""
@@ -181,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_batch", type=int, default=None, help="time at most this many rows (the largest batch "
                    "is still predicted in full)")
     p.add_argument("--most_rows", type=int, default=4096, help="stop counting rows here")
-    p.add_argument("--chunk", type=int, default=16, help="rows of keep sets drawn at a time")
+    p.add_argument("--chunk", type=int, default=8, help="rows of keep sets drawn at a time")
     p.add_argument("--dry", action="store_true", help="the largest batches only: no cache filled, no step timed")
     p.add_argument("--out", default=None, help="append one JSON line per row")
     args = p.parse_args(argv)
