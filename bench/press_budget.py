@@ -7,7 +7,7 @@ pyramidkv, adakv (over SnapKV), knorm, duo and headkv, the last two ranked by a 
 (SmolLM2: the shipped ``head_score/SmolLM2-135M-Instruct.kv_max.json``; other shapes, or none
 given: a seeded random ranking; the row says which):
 
-1. **Largest batch**: the most rows whose cache fits ``--memory_mib`` right after the prefill, by
+1. **Largest batch**: the most rows whose cache fits ``--memory_mib`` (each of them) right after the prefill, by
    the exact prediction: ``keep.pressed_bytes`` of the press's keep sets (``keep.cache_bytes``
    for the full cache). The press is asked layer by layer on random keys, values and window
    queries (``pressed_storage.random_layers``), ``--chunk`` rows at a time; the batch is the
@@ -97,8 +97,12 @@ class KeepRows:
 
     def first(self, n: int) -> list[torch.Tensor]:
         while not self.uniform and (not self.kept or self.kept[0].shape[0] < n):
-            new = [keep.cpu() for _, _, keep in random_layers(self.shape, self.press, self.budget, self.chunk,
-                                                              self.length, self.draws, self.dtype, self.device)]
+            new = [
+                keep.cpu()
+                for _, _, keep in random_layers(
+                    self.shape, self.press, self.budget, self.chunk, self.length, self.draws, self.dtype, self.device
+                )
+            ]
             self.kept = new if not self.kept else [torch.cat([a, b]) for a, b in zip(self.kept, new)]
             self.draws += 1
             self.uniform = all(bool((k.sum(-1) == k[:1].sum(-1)).all()) for k in self.kept)
@@ -138,14 +142,26 @@ def press_row(model, shape, name: str, length: int, full: dict, args, scores) ->
     cache = pressed(shape, press, args.budget, layers, PRESSED_GROUPS, args.steps + 2)
     held, predicted = cache.nbytes(), pressed_bytes(kept, length, shape.head_dim, itemsize)
     assert held == predicted, (name, held, predicted)  # the cache holds exactly what the batch was sized by
-    times = interleaved({FULL: Stepper(model, full["cache"], full["timed_batch"]),
-                         name: Stepper(model, cache, batch, HeadwiseAttention())}, args.steps)
+    times = interleaved(
+        {
+            FULL: Stepper(model, full["cache"], full["timed_batch"]),
+            name: Stepper(model, cache, batch, HeadwiseAttention()),
+        },
+        args.steps,
+    )
     full["times"] += times[FULL]
     step_ms, tokens_s = rate(batch, times[name])
     full_tokens_s = rate(full["timed_batch"], times[FULL])[1]
-    row.update(timed_batch=batch, capped=batch < most, held_mib=round(held / MIB, 2), as_predicted=True,
-               step_ms=round(step_ms, 1), tokens_s=round(tokens_s, 1), full_tokens_s=round(full_tokens_s, 1),
-               vs_full=round(tokens_s / full_tokens_s, 2))
+    row.update(
+        timed_batch=batch,
+        capped=batch < most,
+        held_mib=round(held / MIB, 2),
+        as_predicted=True,
+        step_ms=round(step_ms, 1),
+        tokens_s=round(tokens_s, 1),
+        full_tokens_s=round(full_tokens_s, 1),
+        vs_full=round(tokens_s / full_tokens_s, 2),
+    )
     return row
 
 
@@ -154,10 +170,12 @@ def length_rows(model, shape, scores, length: int, args):
     turns with each press's cache in turn; its row: the median over all its steps)."""
     itemsize = next(model.parameters()).element_size()
     dtype, device = next(model.parameters()).dtype, input_device(model)
-    most = largest_batch(lambda n: cache_bytes(shape, None, n, length, itemsize), args.memory_mib * MIB,
-                         args.most_rows)
-    full = {"press": FULL, "largest_batch": most,
-            "largest_mib": round(cache_bytes(shape, None, most, length, itemsize) / MIB, 2)}
+    most = largest_batch(lambda n: cache_bytes(shape, None, n, length, itemsize), args.memory_mib * MIB, args.most_rows)
+    full = {
+        "press": FULL,
+        "largest_batch": most,
+        "largest_mib": round(cache_bytes(shape, None, most, length, itemsize) / MIB, 2),
+    }
     if not args.dry and most:
         full.update(timed_batch=min(most, args.max_batch or most), times=[])
         full["cache"] = GrowingCache(reserve=(args.steps + 1) * len(args.presses) + 2)
@@ -166,21 +184,33 @@ def length_rows(model, shape, scores, length: int, args):
         yield press_row(model, shape, name, length, full, args, scores)
     if full.pop("cache", None) is not None and full["times"]:
         step_ms, tokens_s = rate(full["timed_batch"], full.pop("times"))
-        full.update(capped=full["timed_batch"] < most, step_ms=round(step_ms, 1), tokens_s=round(tokens_s, 1),
-                    full_tokens_s=round(tokens_s, 1), vs_full=1.0)
+        full.update(
+            capped=full["timed_batch"] < most,
+            step_ms=round(step_ms, 1),
+            tokens_s=round(tokens_s, 1),
+            full_tokens_s=round(tokens_s, 1),
+            vs_full=1.0,
+        )
     full.pop("times", None)
     yield full
 
 
-def table(rows: list[dict], memory_mib: int) -> str:
-    """The markdown table of ``rows`` (JSON rows of one or more lengths)."""
-    lines = [f"| tokens | press | budget | largest batch in {memory_mib} MiB | MiB at it | timed batch "
-             "| held MiB (= predicted) | step ms | tokens/s | vs full, same turns |", "|---|" * 1 + "---|" * 9]
-    for r in sorted(rows, key=lambda r: (r["shape"], r["tokens"], r["press"] != FULL)):  # stable: presses in order
+def table(rows: list[dict]) -> str:
+    """The markdown table of ``rows`` (JSON rows of one or more shapes, lengths, memory budgets)."""
+    lines = [
+        "| shape | tokens | MiB budget | press | budget | largest batch | MiB at it | timed batch "
+        "| held MiB (= predicted) | step ms | tokens/s | vs full, same turns |",
+        "|---|" * 1 + "---|" * 11,
+    ]
+    order = sorted(rows, key=lambda r: (r["shape"], r["tokens"], r["memory_mib"], r["press"] != FULL))  # stable
+    for r in order:
         timed = f"{r['timed_batch']}{' (capped)' if r['capped'] else ''}" if "timed_batch" in r else "-"
-        lines.append(f"| {r['tokens']} | {r['press']} | {r['budget'] if r['press'] != FULL else 1.0:g} | "
-                     f"{r['largest_batch']} | {r['largest_mib']} | {timed} | {r.get('held_mib', '-')} | "
-                     f"{r.get('step_ms', '-')} | {r.get('tokens_s', '-')} | {r.get('vs_full', '-')} |")
+        lines.append(
+            f"| {r['shape']} | {r['tokens']} | {r['memory_mib']} | {r['press']} | "
+            f"{r['budget'] if r['press'] != FULL else 1.0:g} | "
+            f"{r['largest_batch']} | {r['largest_mib']} | {timed} | {r.get('held_mib', '-')} | "
+            f"{r.get('step_ms', '-')} | {r.get('tokens_s', '-')} | {r.get('vs_full', '-')} |"
+        )
     return "\n".join(lines)
 
 
@@ -189,10 +219,20 @@ def main(argv=None) -> int:
     p.description = __doc__.splitlines()[0]
     p.set_defaults(lengths=[8000], steps=6)
     p.add_argument("--budget", type=float, default=0.1, help="the part of the KV cache each press keeps")
-    p.add_argument("--memory_mib", type=int, default=2048, help="MiB of keys and values each cache may hold")
+    p.add_argument(
+        "--memory_mib",
+        type=int,
+        nargs="+",
+        default=[2048],
+        help="MiB of keys and values each cache may hold (several: a row of each)",
+    )
     p.add_argument("--presses", nargs="+", default=list(PRESSES), choices=PRESSES)
-    p.add_argument("--max_batch", type=int, default=None, help="time at most this many rows (the largest batch "
-                   "is still predicted in full)")
+    p.add_argument(
+        "--max_batch",
+        type=int,
+        default=None,
+        help="time at most this many rows (the largest batch is still predicted in full)",
+    )
     p.add_argument("--most_rows", type=int, default=4096, help="stop counting rows here")
     p.add_argument("--chunk", type=int, default=8, help="rows of keep sets drawn at a time")
     p.add_argument("--dry", action="store_true", help="the largest batches only: no cache filled, no step timed")
@@ -206,20 +246,26 @@ def main(argv=None) -> int:
         head = args.head_score or (str(SCORES) if name == "smollm2" else None)
         model, shape, scores, _ = load(name, argparse.Namespace(**{**vars(args), "head_score": head}))
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        common = {"shape": name, "device": device, "threads": torch.get_num_threads(),
-                  "weights": "real (embedded)" if name in ("smollm2", "gemma3") else "random",
-                  "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-                  "ranking": Path(head).name if head else "seeded random", "budget": args.budget,
-                  "memory_mib": args.memory_mib, "steps": args.steps}
-        for length in args.lengths:
-            for r in length_rows(model, shape, scores, length, args):
-                rows.append({**common, "tokens": length, **r})
+        common = {
+            "shape": name,
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "weights": "real (embedded)" if name in ("smollm2", "gemma3") else "random",
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "ranking": Path(head).name if head else "seeded random",
+            "budget": args.budget,
+            "steps": args.steps,
+        }
+        for length, mib in ((n, m) for n in args.lengths for m in args.memory_mib):
+            at = argparse.Namespace(**{**vars(args), "memory_mib": mib})
+            for r in length_rows(model, shape, scores, length, at):
+                rows.append({**common, "tokens": length, "memory_mib": mib, **r})
                 print(json.dumps(rows[-1]), flush=True)
                 if args.out:
                     with open(args.out, "a") as f:
                         f.write(json.dumps(rows[-1]) + "\n")
         model = None  # free the weights before the next shape
-    print(table(rows, args.memory_mib))
+    print(table(rows))
     return 0
 
 

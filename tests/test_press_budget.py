@@ -23,8 +23,8 @@ LENGTH, ROW, FULL_ROW = 100, 7680, 76800
 def args(**kw):
     from argparse import Namespace
 
-    return Namespace(**{**dict(budget=0.1, memory_mib=1, max_batch=3, most_rows=4096, chunk=4, steps=1,
-                               dry=False, presses=["streaming_llm", "adakv"]), **kw})
+    given = dict(budget=0.1, memory_mib=1, max_batch=3, most_rows=4096, chunk=4, steps=1, dry=False)
+    return Namespace(**{**given, "presses": ["streaming_llm", "adakv"], **kw})
 
 
 def test_largest_batch_is_the_last_that_fits():
@@ -75,8 +75,7 @@ def test_adakv_rows_are_drawn_not_repeated():
 
 
 def test_dry_times_nothing(capsys):
-    main(["--device", "cpu", "--shapes", "tiny", "--lengths", "64", "--memory_mib", "1", "--dry",
-          "--presses", "duo", "headkv"])
+    main("--device cpu --shapes tiny --lengths 64 --memory_mib 1 --dry --presses duo headkv".split())
     out = capsys.readouterr().out
-    assert "| 64 | duo | 0.1 |" in out and "| 64 | full | 1 |" in out
+    assert "| tiny | 64 | 1 | duo | 0.1 |" in out and "| tiny | 64 | 1 | full | 1 |" in out
     assert "step_ms" not in out  # no JSON row carries a timing
