@@ -142,26 +142,17 @@ def press_row(model, shape, name: str, length: int, full: dict, args, scores) ->
     cache = pressed(shape, press, args.budget, layers, PRESSED_GROUPS, args.steps + 2)
     held, predicted = cache.nbytes(), pressed_bytes(kept, length, shape.head_dim, itemsize)
     assert held == predicted, (name, held, predicted)  # the cache holds exactly what the batch was sized by
-    times = interleaved(
-        {
-            FULL: Stepper(model, full["cache"], full["timed_batch"]),
-            name: Stepper(model, cache, batch, HeadwiseAttention()),
-        },
-        args.steps,
-    )
-    full["times"] += times[FULL]
+    steppers = {name: Stepper(model, cache, batch, HeadwiseAttention())}
+    if "cache" in full:  # (not even one full row fits: the press is timed alone)
+        steppers[FULL] = Stepper(model, full["cache"], full["timed_batch"])
+    times = interleaved(steppers, args.steps)
     step_ms, tokens_s = rate(batch, times[name])
-    full_tokens_s = rate(full["timed_batch"], times[FULL])[1]
-    row.update(
-        timed_batch=batch,
-        capped=batch < most,
-        held_mib=round(held / MIB, 2),
-        as_predicted=True,
-        step_ms=round(step_ms, 1),
-        tokens_s=round(tokens_s, 1),
-        full_tokens_s=round(full_tokens_s, 1),
-        vs_full=round(tokens_s / full_tokens_s, 2),
-    )
+    row.update(timed_batch=batch, capped=batch < most, held_mib=round(held / MIB, 2), as_predicted=True)
+    row.update(step_ms=round(step_ms, 1), tokens_s=round(tokens_s, 1))
+    if FULL in times:
+        full["times"] += times[FULL]
+        full_tokens_s = rate(full["timed_batch"], times[FULL])[1]
+        row.update(full_tokens_s=round(full_tokens_s, 1), vs_full=round(tokens_s / full_tokens_s, 2))
     return row
 
 

@@ -74,6 +74,16 @@ def test_adakv_rows_are_drawn_not_repeated():
     assert all(b >= a for a, b in zip(sizes, sizes[1:])) and sizes[-1] > 9 * 10 * ROW
 
 
+def test_no_full_row_fits():
+    """A budget below one full row (76,800 bytes) still sizes and times the presses, alone."""
+    with one_thread():
+        model = tiny_llama()
+        got = {r["press"]: r for r in length_rows(model, ModelShape.of(model), None, LENGTH, args(memory_mib=0.05))}
+    assert got[FULL]["largest_batch"] == 0 and "tokens_s" not in got[FULL]
+    assert got["streaming_llm"]["largest_batch"] == int(0.05 * MIB) // ROW == 6
+    assert got["streaming_llm"]["tokens_s"] > 0 and "vs_full" not in got["streaming_llm"]
+
+
 def test_dry_times_nothing(capsys):
     main("--device cpu --shapes tiny --lengths 64 --memory_mib 1 --dry --presses duo headkv".split())
     out = capsys.readouterr().out
