@@ -73,8 +73,10 @@ def random_kv(shape: ModelShape, batch: int, length: int, dtype, device="cpu"):
     g = torch.Generator(device=device).manual_seed(0)
     size = (batch, shape.num_kv_heads, length, shape.head_dim)
     for _ in range(shape.num_layers):  # drawn in the model's dtype: no float32 copy inside a peak
-        yield (torch.randn(size, generator=g, device=device, dtype=dtype),
-               torch.randn(size, generator=g, device=device, dtype=dtype))
+        yield (
+            torch.randn(size, generator=g, device=device, dtype=dtype),
+            torch.randn(size, generator=g, device=device, dtype=dtype),
+        )
 
 
 def fill(cache, shape: ModelShape, batch: int, length: int, dtype, device="cpu") -> None:

@@ -67,8 +67,9 @@ def model_and_shape(length: int):
     return model, ModelShape.of(model)
 
 
-def random_layers(shape: ModelShape, press, budget: float, batch: int, length: int, seed: int = 0,
-                  dtype=torch.float32, device="cpu"):
+def random_layers(
+    shape: ModelShape, press, budget: float, batch: int, length: int, seed: int = 0, dtype=torch.float32, device="cpu"
+):
     """Per layer, lazily (one layer's keys in memory at a time): (keys, values, keep set) of
     random data, the press asked as at a prefill's end; ``seed``: another draw of rows."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -79,7 +80,7 @@ def random_layers(shape: ModelShape, press, budget: float, batch: int, length: i
         v = torch.randn(size, generator=g, device=device, dtype=dtype)
         q_size = (batch, shape.num_heads, min(press.window, length), shape.head_dim)
         q = torch.randn(q_size, generator=g, device=device, dtype=dtype)
-        seen = Seen(layer, k, v, q, shape.head_dim ** -0.5, torch.zeros(batch, dtype=torch.long, device=device))
+        seen = Seen(layer, k, v, q, shape.head_dim**-0.5, torch.zeros(batch, dtype=torch.long, device=device))
         yield k, v, press.keep(seen, shares[layer])
 
 
