@@ -59,7 +59,7 @@ from retrieval_head.core.hook import Hook  # noqa: E402
 from retrieval_head.core.intervene import intervene  # noqa: E402
 from retrieval_head.core.keep import cache_bytes, keep_top  # noqa: E402
 from retrieval_head.core.kvcache import GrowingCache  # noqa: E402
-from retrieval_head.headfiles.load import load_head_scores  # noqa: E402
+from retrieval_head.headfiles.load import load_ranking  # noqa: E402
 from retrieval_head.models.loading import ModelSpec, load_model  # noqa: E402
 from retrieval_head.models.shape import ModelShape  # noqa: E402
 
@@ -68,13 +68,21 @@ EMBEDDED = {"smollm2": "embedded:smollm2", "gemma3": "embedded:gemma3"}  # the r
 MIB = 2**20
 
 
+def random_kv(shape: ModelShape, batch: int, length: int, dtype, device="cpu"):
+    """Per layer, lazily: ``length`` random keys and values, ``[batch, kv_heads, length, head_dim]``."""
+    g = torch.Generator(device=device).manual_seed(0)
+    size = (batch, shape.num_kv_heads, length, shape.head_dim)
+    for _ in range(shape.num_layers):  # drawn in the model's dtype: no float32 copy inside a peak
+        yield (
+            torch.randn(size, generator=g, device=device, dtype=dtype),
+            torch.randn(size, generator=g, device=device, dtype=dtype),
+        )
+
+
 def fill(cache, shape: ModelShape, batch: int, length: int, dtype, device="cpu") -> None:
     """Every layer's prefix: one update of ``length`` random keys and values (as a prefill)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    for layer in range(shape.num_layers):
-        size = (batch, shape.num_kv_heads, length, shape.head_dim)
-        k = torch.randn(size, generator=g, device=device, dtype=dtype)  # no float32 copy inside a peak
-        cache.update(k, torch.randn(size, generator=g, device=device, dtype=dtype), layer)
+    for layer, (k, v) in enumerate(random_kv(shape, batch, length, dtype, device)):
+        cache.update(k, v, layer)
 
 
 def held_bytes(cache) -> int:
@@ -267,7 +275,7 @@ def load(name: str, args):
     else:
         model = build(name, max(args.lengths) + args.steps + 2, args.device)
     shape = ModelShape.of(model)
-    scores = (load_head_scores(Path(args.head_score), shape, unit="kv") if args.head_score
+    scores = (load_ranking(Path(args.head_score), shape, "kv")[0] if args.head_score
               else torch.rand(shape.num_layers, shape.num_kv_heads, generator=torch.Generator().manual_seed(0)))
     return model, shape, scores, tokenizer
 

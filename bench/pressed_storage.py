@@ -67,25 +67,29 @@ def model_and_shape(length: int):
     return model, ModelShape.of(model)
 
 
-def random_layers(shape: ModelShape, press, budget: float, batch: int, length: int):
-    """Per layer: (keys, values, keep set) of random data, the press asked as at a prefill's end."""
-    g = torch.Generator().manual_seed(0)
+def random_layers(
+    shape: ModelShape, press, budget: float, batch: int, length: int, seed: int = 0, dtype=torch.float32, device="cpu"
+):
+    """Per layer, lazily (one layer's keys in memory at a time): (keys, values, keep set) of
+    random data, the press asked as at a prefill's end; ``seed``: another draw of rows."""
+    g = torch.Generator(device=device).manual_seed(seed)
     shares = press.layer_shares(shape, budget)
     size = (batch, shape.num_kv_heads, length, shape.head_dim)
-    out = []
     for layer in range(shape.num_layers):
-        k, v = torch.randn(size, generator=g), torch.randn(size, generator=g)
-        q = torch.randn(batch, shape.num_heads, min(press.window, length), shape.head_dim, generator=g)
-        seen = Seen(layer, k, v, q, shape.head_dim ** -0.5, torch.zeros(batch, dtype=torch.long))
-        out.append((k, v, press.keep(seen, shares[layer])))
-    return out
+        k = torch.randn(size, generator=g, device=device, dtype=dtype)
+        v = torch.randn(size, generator=g, device=device, dtype=dtype)
+        q_size = (batch, shape.num_heads, min(press.window, length), shape.head_dim)
+        q = torch.randn(q_size, generator=g, device=device, dtype=dtype)
+        seen = Seen(layer, k, v, q, shape.head_dim**-0.5, torch.zeros(batch, dtype=torch.long, device=device))
+        yield k, v, press.keep(seen, shares[layer])
 
 
 def pressed(shape: ModelShape, press, budget: float, layers, groups: int, reserve: int) -> PressedCache:
-    """A phase-decode pressed cache holding ``layers`` as its prefill would have left them."""
+    """A phase-decode pressed cache holding ``layers`` (an iterable of each layer's keys, values
+    and keep set, ``random_layers``) as its prefill would have left them."""
     cache = PressedCache(shape, press, budget, groups=groups, reserve=reserve)
-    length = layers[0][0].shape[2]
     for i, (layer, (k, v, keep)) in enumerate(zip(cache.layers, layers)):
+        length = k.shape[2]
         layer.update(k, v)  # every key, as a prefill's update
         layer.simulation = PressHeads(press, cache.shares, length)
         layer.simulation.kept[i], layer.simulation.done[i] = keep, {length}  # what the press answered
@@ -132,7 +136,7 @@ def attention_ms(shape: ModelShape, layers, steps: int) -> tuple[float, float]:
 
 def row(model, shape, name: str, budget: float, length: int, args, scores) -> str:
     press = make_press(name, shape, scores if name == "headkv" else None)
-    layers = random_layers(shape, press, budget, args.batch, length)
+    layers = list(random_layers(shape, press, budget, args.batch, length))
     reserve = args.steps + 2
     caches = {"plain": plain(layers, reserve), "padded": pressed(shape, press, budget, layers, 1, reserve),
               "grouped": pressed(shape, press, budget, layers, args.groups, reserve)}
