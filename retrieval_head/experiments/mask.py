@@ -39,8 +39,7 @@ from ..inputs.haystack import Needle
 from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
 from ..store.manifest import utc_now
-from .condition import Condition  # noqa: F401 (re-exported: the API and the commands read it here)
-from .realcache import cache_fields, decode_all
+from .condition import Condition, scheduled  # Condition re-exported: the API and the commands read it here
 from .settings import NiahSettings
 from .sweep import Plan, TrialKey, plan
 
@@ -144,7 +143,8 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     itemsize = next(model.parameters()).element_size()
     with Progress(len(jobs) * len(conditions), "niah", "trial", progress, status) as bar:
         bar.say(f"{count(len(jobs), 'cell')} x {count(len(conditions), 'condition')} = {count(bar.total, 'trial')}")
-        for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache, bar.say):  # prefill -> decode
+        masks = scheduled(shape, conditions, settings.cache)  # each condition's mask, or its real cache
+        for row in scheduler.run(jobs, masks=masks, say=bar.say):  # prefill -> decode
             c = conditions[row.mask]
             record = niah_record(tokenizer, row, needle, c, model_name, shape, itemsize)  # -> score -> record
             if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)
@@ -187,6 +187,13 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
         "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": mask,
     }
     return record if trial is None else record | task_fields(row.job.prompt, text)
+
+
+def cache_fields(row: Decoded) -> dict:
+    """What a streaming record adds: which cache ran it, and for the real one its bytes."""
+    if row.kv_bytes is not None:
+        return {"cache": "real", "kv_bytes": row.kv_bytes, "kv_bytes_full": row.kv_bytes_full}
+    return {"cache": "masked"}
 
 
 def task_fields(prompt: TaskPrompt, response: str) -> dict:
