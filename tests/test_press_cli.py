@@ -65,6 +65,25 @@ def test_mask_writes_a_folder_per_budget_with_the_bytes_held(tiny, head_file, tm
     assert "mask" not in records(out / "tiny")[0] or records(out / "tiny")[0]["mask"]["kind"] == "none"
 
 
+def test_mask_cache_real_runs_the_press_on_the_pressed_cache(tiny, tmp_path, capsys):
+    """``--cache real``: the same answers as the simulation (``--cache masked``), the record
+    saying so with the bytes the pressed cache held once compressed: a knorm budget of a half
+    keeps every KV head the same count, so its groups hold no padding and the bytes are the kept
+    keys' exactly, as the simulation's record computes them."""
+    got = {}
+    for cache in ("real", "masked"):
+        out = tmp_path / cache
+        assert commands.main(["mask", "--model_path", str(tiny), *GRID, "--output_dir", str(out), "--press", "knorm",
+                              "--budget", "0.5", "--cache", cache]) == 0, capsys.readouterr().err
+        got[cache] = records(out / "tiny_press_knorm_b0.5")
+    assert len(got["real"]) == 2
+    for real, masked in zip(got["real"], got["masked"]):
+        assert real["response_ids"] == masked["response_ids"]
+        r, m = real["mask"], masked["mask"]
+        assert r.pop("cache") == "real" and "cache" not in m
+        assert r == m and r["kv_kept"] == 0.5
+
+
 def test_mask_phase_context_keeps_the_question_whole(tiny, tmp_path, capsys, default_tokenizer):
     from transformers import AutoConfig
 

@@ -17,13 +17,15 @@ from retrieval_head.cli import mask as cli_niah
 from retrieval_head.core.decode import greedy_decode
 from retrieval_head.core.intervene import HeadMask
 from retrieval_head.core.keep import cache_bytes, mixed_heads
-from retrieval_head.engine.realrows import RealCache
+from retrieval_head.core.mask import PressMask
+from retrieval_head.engine.realrows import RealCache, RealPress
 from retrieval_head.engine.scheduler import Job, Levers, Scheduler
 from retrieval_head.errors import UserError
 from retrieval_head.experiments.condition import kv_keep, route, scheduled
 from retrieval_head.experiments.mask import Condition
 from retrieval_head.inputs.prompt import Prompt
 from retrieval_head.models.shape import ModelShape
+from retrieval_head.presses.knorm import Knorm
 
 SINK, RECENT, STEPS = 2, 8, 6
 
@@ -108,6 +110,11 @@ def test_auto_runs_on_the_real_cache_only_whole_kv_heads_real_every_streaming_co
     assert route(shape, [none, whole, split, kv], "real") == [False, True, True, True]  # every streaming one
     with pytest.raises(UserError, match="add --keep_full"):
         route(shape, [none], "real")
+    press = Condition("press", 0, PressMask(Knorm(), 0.5), folder="tiny_press_knorm_b0.5")
+    later = Condition("press", 0, PressMask(Knorm(), 0.5, "context"), folder="tiny_press_knorm_b0.5_context")
+    assert route(shape, [none, press, later], "real") == [False, True, False]  # a press compressing the prompt
+    assert route(shape, [none, press, kv], "auto") == [False, False, True]  # auto: presses simulated
+    assert type(scheduled(shape, [press], "real")[0]) is RealPress
     masks = scheduled(shape, [none, whole, split, kv], "auto")  # what the scheduler runs for each
     assert masks[0] is None and masks[2] is split.mask
     assert [type(m) for m in masks[1::2]] == [RealCache, RealCache]

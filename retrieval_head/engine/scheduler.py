@@ -57,9 +57,11 @@ from .batching import Row, RowBatcher, auto_budget
 from .prefix import FreshPrefix, SharedPrefix
 from .pressed import Kept, choose_keep, context_row, kept_hook, kept_keys, window
 from .progress import Status, count, silent
-from .realrows import RealCache, decode_on
+from .realrows import REAL, RealCache, RealPress, decode_on, row_of
 
 log = logging.getLogger(__name__)
+
+Mask = HeadMask | PressMask | RealCache | RealPress | None  # what a row runs under (None: unmasked)
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,12 @@ class _Pass:
     masks, one mode, presses and phase-decode real caches) or the single phase-``all`` mask
     (or real cache) of the pass."""
 
-    masks: list[HeadMask | PressMask | RealCache | None]
+    masks: list[Mask]
     index: list[int]
     prefill_mask: HeadMask | RealCache | None = None
 
 
-def passes(masks: list[HeadMask | PressMask | RealCache | None]) -> list[_Pass]:
+def passes(masks: list[Mask]) -> list[_Pass]:
     """Decode-phase masks of one kind (mode, sink, recent), None and presses share a prefill;
     a phase-all mask prefills alone.
 
@@ -148,7 +150,7 @@ class Scheduler:
         self._say: Status = silent
         self._kept: dict[int, dict[int, Kept]] = {}  # id(job) -> its press conditions' keep sets, by mask index
 
-    def run(self, jobs: list[Job], masks: list[HeadMask | PressMask | RealCache | None] = (None,), probe: bool = False,
+    def run(self, jobs: list[Job], masks: list[Mask] = (None,), probe: bool = False,
             tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False,
             say: Status | None = None) -> Iterator[Decoded]:
         """Every (job, mask) row, as its batch finishes.
@@ -162,7 +164,7 @@ class Scheduler:
         presses = [m for m in masks if isinstance(m, PressMask)]
         if presses and (tap_for is not None or probe):
             raise ValueError("press conditions run without the probe and the attention tap (detection's)")
-        if any(isinstance(m, RealCache) for m in masks) and (tap_for is not None or probe):
+        if any(isinstance(m, REAL) for m in masks) and (tap_for is not None or probe):
             raise ValueError("real-cache conditions run without the probe and the attention tap (detection's)")
         self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
         self._say = say or silent
@@ -178,7 +180,7 @@ class Scheduler:
             yield from self._fresh(jobs, p.index[0], p.prefill_mask)
             return
         context = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask) and m.phase == "context"}
-        real = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, RealCache)}  # on caches of their own
+        real = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, REAL)}  # on caches of their own
         if context or real:  # context: one at a time on the shared cache (pressed.context_row); the others batched
             rest = [k for k, i in enumerate(p.index) if i not in context and i not in real]
             p = _Pass([p.masks[k] for k in rest], [p.index[k] for k in rest], p.prefill_mask)
@@ -235,23 +237,29 @@ class Scheduler:
                 min(max(1, m.press.window), at)
             yield Decoded(job, i, ids, None, time.perf_counter() - t0, kept_keys=kept_keys(kept, at))
 
-    def _group(self, group: list[Row[Job]], real: dict[int, RealCache], shares: int, p: _Pass,
+    def _group(self, group: list[Row[Job]], real: dict[int, RealCache | RealPress], shares: int, p: _Pass,
                probe: bool) -> Iterator[Decoded]:
         yield from self._real(group, None, real, shares)
         if p.masks:
             yield from self._decode(group, self._stack(group, len(p.masks)), p, probe)
         self._forget(group)
 
-    def _real(self, group: list[Row[Job]], cache, real: dict[int, RealCache], shares: int) -> Iterator[Decoded]:
+    def _real(self, group: list[Row[Job]], cache, real: dict[int, RealCache | RealPress],
+              shares: int) -> Iterator[Decoded]:
         """The group's rows under each phase-decode real-cache condition, from one plain cache of
         their prompts (``cache``, a prompt's own, or None: their snapshots stacked once), which
-        each condition compresses into its own (``RealCache.compress``) and leaves as it was."""
+        each condition compresses into its own (``compress``; a press: one per row) and leaves
+        as it was."""
         if not real:
             return
         plain = cache if cache is not None else stack_rows([r.snapshot for r in group], 0)
+        chunk, reserve = self.levers.prefill_chunk, self.max_new_tokens
         for i, m in real.items():
-            yield from self._on_real(group, i, m, lambda m=m: m.compress(self.shape, plain, self.max_new_tokens),
-                                     shares)
+            alone = not m.batched and len(group) > 1
+            for rows, p in ((([r], row_of(plain, j)) for j, r in enumerate(group)) if alone else [(group, plain)]):
+                prompts = [r.item.prompt.ids for r in rows]
+                yield from self._on_real(rows, i, m, lambda m=m, p=p, prompts=prompts: m.compress(
+                    self.model, self.shape, p, prompts, chunk, reserve), shares)
         for r in group:  # what is left of each prompt's prefill: its masked rows' share
             r.prefill_s *= (shares - len(real)) / shares
 
@@ -276,7 +284,7 @@ class Scheduler:
             yield from prefilled(group)
         self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
 
-    def _on_real(self, group: list[Row[Job]], i: int, m: RealCache, build: Callable[[], object],
+    def _on_real(self, group: list[Row[Job]], i: int, m: RealCache | RealPress, build: Callable[[], object],
                  shares: int) -> Iterator[Decoded]:
         """Decode ``group``'s rows under real-cache condition ``i`` as one batch, on the cache
         ``build()`` makes (its time counted in the rows'), each row also given its prefill's share."""
@@ -286,7 +294,8 @@ class Scheduler:
                       self.stop, self.max_new_tokens)
         self.stats["decode_batches"].append(len(group))
         for r, ids in zip(group, b.outs):
-            yield Decoded(r.item, i, ids, None, b.seconds + r.prefill_s / shares, kv_bytes=b.held, kv_bytes_full=b.full)
+            yield Decoded(r.item, i, ids, None, b.seconds + r.prefill_s / shares, kept_keys=b.kept_keys,
+                          kv_bytes=b.held, kv_bytes_full=b.full)
 
     def _forget(self, group: list[Row[Job]]) -> None:
         for r in group:

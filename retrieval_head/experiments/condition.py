@@ -12,8 +12,10 @@ simulation's answers on it, but only one whose kept set is whole KV heads (``--u
 query heads kept or streamed a whole group at a time; keeping nothing always is) frees the
 memory of every head it streams. ``--cache``: ``real`` (every streaming condition; refused
 without one), ``masked`` (the simulation, the reference), ``auto`` (the default: real where
-the kept set is whole KV heads, the simulation for the others). ``scheduled`` gives the
-scheduler each condition's mask or real cache.
+the kept set is whole KV heads, the simulation for the others). A press (``--press``) runs on
+the real pressed cache under ``--cache real`` (``engine.realrows.RealPress``: each KV head
+holds only the keys the press keeps; phase decode), else as the scheduler's masked
+simulation. ``scheduled`` gives the scheduler each condition's mask or real cache.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from ..core.keep import mixed_heads
 from ..core.mask import HeadMask, PressMask
 from ..core.stream import full_kv_heads
-from ..engine.realrows import RealCache
+from ..engine.realrows import RealCache, RealPress
 from ..errors import UserError
 from ..models.shape import ModelShape
 from ..vocabulary import CACHE_CHOICES
@@ -97,24 +99,27 @@ def kv_keep(shape: ModelShape, c: Condition) -> torch.Tensor | None:
 
 def route(shape: ModelShape, conditions: list[Condition], choice: str) -> list[bool]:
     """Per condition: whether it runs on the real cache under ``--cache choice`` (``real``:
-    every streaming condition, refused without one, in one line before the model loads;
-    ``auto``: those whose kept set is whole KV heads)."""
+    every streaming condition and phase-decode press, refused without one, in one line before
+    the model loads; ``auto``: the streaming ones whose kept set is whole KV heads)."""
     if choice not in CACHE_CHOICES:
         raise UserError(f"--cache must be one of {CACHE_CHOICES}, got {choice!r}")
     if choice == "masked":
         return [False] * len(conditions)
     if choice == "real":
-        streaming = [getattr(c.mask, "mode", None) == "stream" and c.kept is not None for c in conditions]
-        if not any(streaming):
-            raise UserError("--cache real is for streaming conditions: add --keep_full K, or drop --cache")
-        return streaming
+        real = [getattr(c.mask, "mode", None) == "stream" and c.kept is not None or
+                isinstance(c.mask, PressMask) and c.mask.phase == "decode" for c in conditions]
+        if not any(real):
+            raise UserError("--cache real is for streaming conditions and presses: add --keep_full K or --press NAME "
+                            "--budget F (phase decode), or drop --cache")
+        return real
     return [kv_keep(shape, c) is not None for c in conditions]
 
 
 def scheduled(shape: ModelShape, conditions: list[Condition], choice: str
-              ) -> list[HeadMask | PressMask | RealCache | None]:
+              ) -> list[HeadMask | PressMask | RealCache | RealPress | None]:
     """What the scheduler runs for each condition under ``--cache choice`` (``route``): its mask,
-    or its kept set on the real head-wise cache (the kept set as it is, of KV or query heads:
-    ``HeadwiseCache`` takes both)."""
+    or its real cache: a press's pressed cache, a streaming condition's kept set on the
+    head-wise cache (as it is, of KV or query heads: ``HeadwiseCache`` takes both)."""
     real = route(shape, conditions, choice)
-    return [RealCache(c.kept.bool(), c.mask) if r else c.mask for c, r in zip(conditions, real)]
+    return [(RealPress(c.mask) if isinstance(c.mask, PressMask) else RealCache(c.kept.bool(), c.mask)) if r
+            else c.mask for c, r in zip(conditions, real)]

@@ -171,6 +171,8 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
 
         at = row.job.prompt.context_end if c.mask.phase == "context" else None
         mask.update(press_fields(row.kept_keys, len(row.job.prompt.ids), shape, itemsize, at))
+        if row.kv_bytes is not None:  # on the real pressed cache: the bytes it held, measured
+            mask.update(cache_fields(row), kv_kept=row.kv_bytes / row.kv_bytes_full)
     elif isinstance(c.mask, HeadMask) and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
         mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",
