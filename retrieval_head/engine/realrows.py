@@ -17,7 +17,12 @@ scheduler does the rest as for any condition (prefix reuse, batching, timing, pr
 
 Either way a row is exactly the masked simulation's (``mask``, the reference semantics,
 ``core.reference.masked_trial``) token for token (tests/test_realrows.py), and records the
-bytes its cache held once the prompt was in it (``held``), next to a plain cache's.
+bytes its cache held once the prompt was in it (``RealBatch.held``), next to a plain cache's.
+
+A press (``RealPress``, phase decode) runs the same way on a ``pressed.PressedCache``, one row
+per cache: it absorbs the plain prefill up to the press's window, re-runs the window, and
+compresses in the first decode step, equal token for token to the scheduler's masked press
+rows (``engine.pressed``), its bytes read once compressed.
 
     >>> keep = torch.tensor([[True, False]])  # 1 layer, 2 KV heads of 1 query head each
     >>> real = RealCache(keep, HeadMask(~keep, "stream", "all", sink=2, recent=8))

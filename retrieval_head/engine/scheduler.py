@@ -20,9 +20,10 @@ would give for it (tests/test_prefix.py, tests/test_batched.py):
 - **real-cache conditions** (``realrows.RealCache``: the cache as a lever) decode on a cache
   that really drops keys, which their factory builds: in phase decode they join the first
   decode pass, each batch's plain prefill (prefix reused) stacked once and compressed per
-  condition, each condition's rows a batch of their own on its cache; in phase all each gets
-  a pass of its own, its batches prefilled under its rule into a fresh cache (no prefix
-  reuse: a compressed cache cannot be cropped back);
+  condition, each condition's rows a batch of their own on its cache (a press on the real
+  pressed cache, ``realrows.RealPress``: a cache per row); in phase all each gets a pass of
+  its own, its batches prefilled under its rule into a fresh cache (no prefix reuse: a
+  compressed cache cannot be cropped back);
 - **batched decoding** (``batching.RowBatcher``): prompts of one length decode together,
   a row per (prompt, mask), while their caches hold at most ``batch_tokens`` tokens; a
   prompt whose rows alone exceed the budget decodes them in chunks that fit, from its one
