@@ -56,4 +56,6 @@ def test_the_api_page_has_a_runnable_example():
 @pytest.mark.parametrize("page, code", CASES)
 def test_the_example_runs_as_written(page, code, capsys):
     with one_thread():
-        exec(compile(code, str(page), "exec"), {"__name__": "__doc_example__"})
+        # dont_inherit: the block runs as a user's script would, without this file's
+        # ``from __future__ import annotations`` (which would turn its annotations into strings)
+        exec(compile(code, str(page), "exec", dont_inherit=True), {"__name__": "__doc_example__"})

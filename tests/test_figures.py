@@ -12,9 +12,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Annotation, Text
 
 from retrieval_head.cli import heads
-from retrieval_head.experiments.compress import curve_figure, curves
-from retrieval_head.experiments.judge import judge_figure
+from retrieval_head.experiments.compress import curves
+from retrieval_head.plots import heads as head_plots
 from retrieval_head.plots import niah as plot
+from retrieval_head.plots.compress import curve_figure
+from retrieval_head.plots.judge import judge_figure
 
 MODEL = "Meta-Llama-3.1-8B-Instruct-with-a-long-suffix"
 TOP2 = {"kind": "top", "k": 2, "mode": "uniform", "phase": "decode"}
@@ -157,7 +159,7 @@ def test_a_head_heatmap_names_the_method_of_its_file(tmp_path, monkeypatch):
     words = all_text(fig)
     assert "M.query-focus: query-focus score per head" in words and "retrieval" not in words
     assert "query-focus score (mean over trials)" in [t.get_text() for t in texts(fig)]  # the colour bar
-    assert outside(heads.heads_figure(torch.rand(30, 9), "M: echo score per head",
+    assert outside(head_plots.heads_figure(torch.rand(30, 9), "M: echo score per head",
                                       label="echo score (mean over seeds)")) == []
 
 

@@ -28,8 +28,8 @@ from retrieval_head.experiments.mask import (
     random_pool,
     run_niah,
     select_random,
-    select_top,
 )
+from retrieval_head.headfiles.ranking import select_top
 from retrieval_head.inputs.haystack import Needle
 from retrieval_head.inputs.prompt import PromptBuilder
 from retrieval_head.models.shape import ModelShape

@@ -9,8 +9,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
+from retrieval_head.analysis import compare as stats
 from retrieval_head.cli import heads
 from retrieval_head.cli import plot as plot_cli
+from retrieval_head.plots import heads as head_plots
 from retrieval_head.plots import niah as plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -112,28 +114,28 @@ def test_plot_cli(folders, tmp_path, capsys):
 
 
 def test_average_ranks_and_spearman():
-    ranks = heads.average_ranks(torch.tensor([10.0, 20.0, 10.0, 30.0]).numpy())
+    ranks = stats.average_ranks(torch.tensor([10.0, 20.0, 10.0, 30.0]).numpy())
     assert ranks.tolist() == [1.5, 3.0, 1.5, 4.0]
-    assert math.isnan(heads.spearman(torch.ones(4).numpy(), torch.arange(4.0).numpy()))
+    assert math.isnan(stats.spearman(torch.ones(4).numpy(), torch.arange(4.0).numpy()))
 
 
 def test_compare_known_answers():
     a = torch.arange(12.0).reshape(3, 4)
-    same = heads.compare(a, a.clone(), k=5)
+    same = stats.compare(a, a.clone(), k=5)
     assert same["overlap"] == 5 and same["jaccard"] == 1.0 and same["spearman"] == pytest.approx(1.0)
     assert same["shared"] == [(2, 3), (2, 2), (2, 1), (2, 0), (1, 3)]
-    rev = heads.compare(a, -a, k=3)
+    rev = stats.compare(a, -a, k=3)
     assert rev["spearman"] == pytest.approx(-1.0)
     assert rev["overlap"] == 0 and rev["jaccard"] == 0.0 and rev["shared"] == []
-    r = heads.compare(torch.tensor([[0.9, 0.1], [0.5, 0.0]]), torch.tensor([[0.8, 0.6], [0.2, 0.0]]), k=2)
+    r = stats.compare(torch.tensor([[0.9, 0.1], [0.5, 0.0]]), torch.tensor([[0.8, 0.6], [0.2, 0.0]]), k=2)
     assert (r["overlap"], r["jaccard"], r["shared"]) == (1, 0.333, [(0, 0)])
     assert r["spearman"] == pytest.approx(0.8)
     with pytest.raises(plot.UserError, match="3 x 4 grid with a 4 x 3"):
-        heads.compare(a, a.reshape(4, 3))
+        stats.compare(a, a.reshape(4, 3))
 
 
 def test_heads_heatmap_png(tmp_path):
-    out = heads.heads_heatmap(torch.rand(4, 6), tmp_path / "h.png", "tiny")
+    out = head_plots.heads_heatmap(torch.rand(4, 6), tmp_path / "h.png", "tiny")
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert no_temp_files(tmp_path)
 
@@ -156,7 +158,7 @@ def inside(box, outer) -> bool:
 @pytest.mark.parametrize("shape", [(30, 9), (4, 2), (80, 64)])
 def test_heads_title_fits_the_figure(shape):
     """The CLI's title of a 30 x 9 grid was wider than the 5.7-inch figure, cut off on both sides."""
-    fig = heads.heads_figure(torch.rand(*shape), LONG_TITLE)
+    fig = head_plots.heads_figure(torch.rand(*shape), LONG_TITLE)
     FigureCanvasAgg(fig)
     assert inside(title_box(fig, LONG_TITLE), fig.bbox)
 

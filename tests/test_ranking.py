@@ -19,11 +19,12 @@ from retrieval_head.analysis.convergence import convergence
 from retrieval_head.analysis.stability import bootstrap, load_trials
 from retrieval_head.cli import heads
 from retrieval_head.experiments.adaptive import decide
-from retrieval_head.experiments.mask import random_pool, select_top
+from retrieval_head.experiments.mask import random_pool
 from retrieval_head.headfiles.export import keep_set
 from retrieval_head.headfiles.load import load_head_scores
+from retrieval_head.headfiles.order import top_rows
 from retrieval_head.headfiles.original import write_head_scores
-from retrieval_head.headfiles.ranking import DECIMALS, top_heads, top_indices, top_order
+from retrieval_head.headfiles.ranking import DECIMALS, select_top, top_heads, top_indices, top_order
 
 NEAR = 1e-15
 GRID = [[0.025, 0.05 - NEAR], [0.05, 0.01]]  # [layers, heads]
@@ -53,6 +54,16 @@ def test_the_rule_itself():
     apart = grid([[0.025, 0.05 - 1e-11], [0.05, 0.01]])                    # not a tie: the higher one first
     assert [(l, h) for l, h, _ in top_heads(apart, 2)] == [(1, 0), (0, 1)]
     assert top_heads(grid().float(), 1)[0][:2] == TOP1                     # float32 scores rank the same
+
+
+@pytest.mark.parametrize("rows", [GRID, [[0.0, 0.0, 0.3], [0.3, 0.1, 0.0]], [[0.2, 0.1 + 0.1, 0.2 + 1e-15]]])
+def test_select_top_is_the_torch_free_rule(rows):
+    """``ranking.select_top`` (torch, masking's) marks exactly the heads ``order.top_rows``
+    (plain Python, ``heads top``'s) lists, for every K, near ties and zero ties included."""
+    n = sum(map(len, rows))
+    for k in range(1, n + 1):
+        want = sorted((l, h) for l, h, _ in top_rows(rows, k))
+        assert [tuple(x) for x in select_top(grid(rows), k).nonzero().tolist()] == want, k
 
 
 def test_masking_export_and_the_table_agree(tmp_path, capsys):

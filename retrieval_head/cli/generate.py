@@ -4,7 +4,7 @@ every key, the others only their sink and recent keys) and report the memory it 
     retrieval-head generate prompt.txt --keep_fraction 0.25          # head_score/<model>.json ranks
     retrieval-head generate prompt.txt --head_score head_score/M.kv_max.json --keep_full 9 27
     cat prompt.txt | retrieval-head generate - --question "What is the code?" --phase context
-    retrieval-head generate prompt.txt --press snapkv --budget 0.25 0.1       # a press, simulated
+    retrieval-head generate prompt.txt --press snapkv --budget 0.25 0.1       # a press, its real cache
 
 The prompt goes through the model's chat template as one user message (``--chat_template
 auto``, as ``detect`` and ``mask``), ``--question`` on a line after it. The answer is printed
@@ -89,8 +89,8 @@ def keep_sets(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str, o
     full when no value is given."""
     import torch
 
-    from ..experiments.mask import select_top
     from ..headfiles.load import load_ranking
+    from ..headfiles.ranking import select_top
 
     asked = o.keep_full if o.keep_full is not None else o.keep_fraction
     if asked is None:
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 def press_masks(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str, object]]:
     """``[(label, PressMask)]``, one per ``--budget``; duo and headkv rank heads by ``--head_score``
     per KV head (none: ``head_score/<model>.kv_max.json``)."""
-    from ..experiments.press import press_conditions
-    from ..headfiles.load import load_ranking
+    from ..experiments.press import kv_scores, press_conditions
     from ..vocabulary import RANKED_PRESSES
 
     scores = None
@@ -177,7 +176,7 @@ def press_masks(o: parsers.GenerateOptions, shape, name: str) -> list[tuple[str,
         if o.head_score is None and not path.exists():
             raise UserError(f"--press {o.press} ranks heads by a head file: pass --head_score FILE (there is no "
                             f"{path})")
-        scores = load_ranking(path, shape, "kv")[0]
+        scores = kv_scores(path, shape)
     conditions = press_conditions(name, o.press, o.budget, shape, scores, o.press_args, o.phase)
     return [(c.label(), c.mask) for c in conditions]
 

@@ -1,5 +1,6 @@
-"""``retrieval-head judge``: mask each method's top-K heads and random-K in one needle test
-(the experiment is ``experiments.judge``; this is its command: options, outputs, manifest)."""
+"""``retrieval-head judge``: mask each method's top-K heads and random-K in one needle test, or
+(``--press``) press the KV cache ranked by each method's heads and by random rankings (the
+experiment is ``experiments.judge``; this is its command: options, outputs, manifest)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from ..engine.shard import from_env
 from ..errors import UserError
 from ..experiments.judge import (
     JudgeSettings,
-    figure,
     judge_conditions,
     labelled,
+    press_judge_conditions,
     summary,
     table,
 )
@@ -28,6 +29,7 @@ from ..models.loading import ModelSpec, model_name
 from ..options import from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..store.results import MATCH, ROUGE, SINGLE
 from . import parsers
 from .common import (
     apply_threads,
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     say = status_printer(run.quiet)
     opened = open_checked(spec, 1)
     files = labelled(st.head_score, name)
-    scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
-    conditions = judge_conditions(scores, st.mask_top, st.seeds, st.mask_mode)
+    if st.press:  # each file read per KV head, as the press reads it
+        conditions = press_judge_conditions(files, st.press, st.budget, st.seeds, opened.shape, st.press_args)
+    else:
+        scores = {m: load_head_scores(p, opened.shape) for m, p in files.items()}  # one shape: the model's
+        conditions = judge_conditions(scores, st.mask_top, st.seeds, st.mask_mode)
     niah = st.niah()
     checked = plan(opened.tokenizer, opened.shape, niah, [niah.the_needle()], task)  # all before the weights
     model, info = load_checked(opened, say)
@@ -82,19 +87,21 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     seconds = time.perf_counter() - t0
     write_atomic(paths["jsonl"], "".join(json.dumps(r) + "\n" for c in conditions for r in results[c.folder]))
     metric = "score" if task == "single" else "string_match"  # a task is scored as RULER does
-    s = summary(conditions, results, st.mask_top, metric)
+    s = summary(conditions, results, st.levels(), metric)
     grid = f"{', '.join(map(str, checked.lengths))} tokens x depths {', '.join(map(str, checked.depths))}"
     what = f"needle {st.needle_id}" if task == "single" else f"task {task} (string match x100, seed {st.task_seed})"
-    text = table(s, st.mask_top)
-    write_atomic(paths["md"], f"# {name}: the causal judge ({st.mask_mode} masking, decode phase; {grid}; "
+    how = f"{st.mask_mode} masking" if st.press is None else f"press {st.press} keeping each budget of the KV cache"
+    text = table(s, st.levels(), st.press)
+    write_atomic(paths["md"], f"# {name}: the causal judge ({how}, decode phase; {grid}; "
                               f"{what}; {count(len(st.seeds), 'random seed')})\n\n{text}")
-    from ..plots.niah import MATCH, ROUGE, SINGLE  # matplotlib: imported once the run is done
+    from ..plots.judge import figure  # matplotlib: imported once the run is done
 
     scored = ROUGE if task == "single" else MATCH
-    title = (f"{name}, {SINGLE if task == 'single' else task}: {scored.label} with each method's top-K heads "
-             f"masked\n({st.mask_mode} masking, decode phase; methods {', '.join(files)}; random K over "
-             f"{count(len(st.seeds), 'seed')}; {grid})")
-    figure(s, st.mask_top, paths["png"], title, scored.label)
+    asked = "each method's top-K heads masked" if st.press is None else f"{st.press} ranking KV heads by each method"
+    random = "random K" if st.press is None else "random rankings"
+    title = (f"{name}, {SINGLE if task == 'single' else task}: {scored.label} with {asked}\n({how}, decode phase; "
+             f"methods {', '.join(files)}; {random} over {count(len(st.seeds), 'seed')}; {grid})")
+    figure(s, st.levels(), paths["png"], title, scored.label, st.press)
     config = dict(st.applied(), **dataclasses.asdict(run), model_name=name,
                   files={m: str(p) for m, p in files.items()})
     write_atomic(paths["manifest"], dump_json(dict(build_manifest("judge", config, info, None, started),

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..experiments.compress import keep_conditions
 from ..experiments.condition import route
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
-from ..experiments.press import press_conditions
+from ..experiments.press import kv_scores, press_conditions
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_ranking
 from ..inputs.tasks import string_match
@@ -36,6 +36,7 @@ from ..models.shape import ModelShape
 from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
 from ..store.manifest import build_manifest, utc_now
+from ..store.results import read_records, record_path
 from ..vocabulary import RANKED_PRESSES
 from . import parsers
 from .common import (
@@ -79,7 +80,7 @@ def press_scores(st: NiahSettings, name: str, shape: ModelShape) -> torch.Tensor
     path = Path(st.head_score) if st.head_score else Path("head_score") / f"{name}.kv_max.json"
     if st.head_score is None and not path.exists():
         raise UserError(f"--press {st.press} ranks heads by a head file: pass --head_score FILE (there is no {path})")
-    return load_ranking(path, shape, "kv")[0]
+    return kv_scores(path, shape)
 
 
 def summarize(tables: list[tuple[str, list[Condition], dict[str, list[dict]]]]) -> None:
@@ -114,11 +115,6 @@ def record_match(record: dict) -> float:
     if "string_match" in record:
         return record["string_match"]
     return 100 * string_match(record["model_response"], [record["real_needle"]])
-
-
-def record_path(folder: Path, model: str, key: TrialKey) -> Path:
-    """The original's file name for one (length, depth) result."""
-    return folder / f"{model}_len_{key.context_length}_depth_{key.depth_percent * 100}.json"
 
 
 def prepare_folders(out: Path, conditions, manifest: dict, run: parsers.NiahRun, mine: list[TrialKey], sfx: str) -> set:
@@ -168,7 +164,7 @@ def finish(out: Path, conditions, manifest: dict, keys: list[TrialKey], sfx: str
     name, results = manifest["config"]["model_name"], {}
     for c in conditions:
         folder = out / c.folder
-        results[c.folder] = [json.loads(record_path(folder, name, key).read_text()) for key in keys]
+        results[c.folder] = read_records(folder, name, keys)
         m = json.loads((folder / f"manifest{sfx}.json").read_text())
         write_atomic(folder / "manifest.json", dump_json(dict(m, status="finished", finished_utc=utc_now())))
         if plot:

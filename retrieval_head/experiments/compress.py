@@ -34,7 +34,8 @@ import torch
 
 from ..core.intervene import HeadMask
 from ..errors import UserError
-from .mask import Condition, select_top
+from ..headfiles.ranking import select_top
+from .mask import Condition
 
 
 def keep_random(shape: tuple[int, int], k: int, seed: int) -> torch.Tensor:
@@ -87,11 +88,11 @@ def curves(dirs) -> dict:
     """The compression curve's points from result folders (of one run or of several, e.g.
     one per needle: records of the same condition are pooled): ``{"reference": score or
     None, "top": [(kv_kept, score, k)], "random": [(kv_kept, mean, lo, hi, k, seeds)]}``;
-    a score is the mean over the condition's cells of the task's metric (``plots.niah.metric_of``:
+    a score is the mean over the condition's cells of the task's metric (``store.results.metric_of``:
     ROUGE-1 recall for the single needle, string match for a generated task), kv_kept too
     (it depends on the length); random points pool each seed's cells, then take the mean and
     range over seeds. ``about`` says what was run (``describe``), for the figure's title."""
-    from ..plots.niah import metric_of, read_trials  # matplotlib, when a figure or curve is asked for
+    from ..store.results import metric_of, read_trials
 
     pooled: dict[tuple, list[dict]] = {}
     for d in dirs:
@@ -126,7 +127,7 @@ def describe(records: list[dict], metric: str) -> dict[str, str]:
     ...            "recent": 64, "phase": "decode"}}], "ROUGE-1 recall x100")["streaming"]
     'KV heads kept full, the rest streamed (sink 4 + recent 64, phase decode); 300 tokens'
     """
-    from ..plots.niah import task_of
+    from ..store.results import task_of
 
     joined = lambda values: " + ".join(str(v) for v in dict.fromkeys(values)) or "?"  # noqa: E731
     stream = [r["mask"] for r in records if r["mask"].get("mode") == "stream"]
@@ -136,11 +137,6 @@ def describe(records: list[dict], metric: str) -> dict[str, str]:
     setting = f"sink {field('sink')} + recent {field('recent')}, phase {field('phase')}"
     return {"model": joined(r.get("model", "?") for r in records), "task": task_of(records), "metric": metric,
             "streaming": f"{units} heads kept full, the rest streamed ({setting}); {lengths} tokens"}
-
-
-def compression_title(about: dict[str, str]) -> str:
-    """``model, task: metric vs KV cache kept`` and, on a line of its own, the streaming setting."""
-    return f"{about['model']}, {about['task']}: {about['metric']} vs KV cache kept\n{about['streaming']}"
 
 
 def measured(pooled: dict[tuple, list[dict]]) -> dict[tuple[str, int], tuple[float, float]]:
@@ -184,52 +180,12 @@ def table(c: dict, heads: int) -> str:
 def compression_figure(dirs, out_png, title: str | None = None) -> Path:
     """NIAH score against the fraction of the KV cache kept: retrieval-ranked heads kept full,
     random heads kept full (mean over seeds, min-max band), the full cache as a reference.
-    ``title``: none names what the records ran (``compression_title``)."""
+    ``title``: none names what the records ran (``plots.compress.compression_title``); the
+    drawing is ``plots.compress.curve_figure``."""
+    from ..plots.compress import curve_figure
     from ..plots.niah import render
 
     c = curves(dirs)
     if not c["top"] and not c["random"]:
         raise UserError("no streaming results in these folders; run the mask script with --keep_full")
     return render(curve_figure(c, title), Path(out_png))
-
-
-def curve_figure(c: dict, title: str | None = None):
-    """``compression_figure``'s drawing of ``curves``' points; the legend sits below the axes,
-    off the points, and a point's label turns left near the right edge, so nothing leaves the figure."""
-    from matplotlib.figure import Figure
-
-    from ..plots.niah import figure_title
-
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
-    ax = fig.add_subplot()
-    if c["top"]:
-        x, y, ks = zip(*c["top"])
-        ax.plot([100 * v for v in x], y, "o-", color="#C0392B", label="top-K retrieval heads kept full")
-        m = c["measured"]
-        xs = [p[0] for p in c["top"] + c["random"]]
-        lo, span = min(xs), max(xs) - min(xs)
-        for xi, yi, k in zip(x, y, ks):  # K, and where the real cache ran, the MiB it held
-            text = f"{k}: {m['keep_top', k][0] / 2**20:.2f} MiB" if ("keep_top", k) in m else str(k)
-            # in the right part of the points' range or near the top, the label goes left / below: inside the axes
-            right, high = xi - lo > 0.6 * span, yi > 90
-            ax.annotate(text, (100 * xi, yi), textcoords="offset points", fontsize=8,
-                        xytext=(-4 if right else 4, -4 if high else 4), ha="right" if right else "left",
-                        va="top" if high else "bottom")
-    if c["random"]:
-        x, m, lo, hi, _, n = zip(*c["random"])
-        seeds = max(n)
-        ax.plot([100 * v for v in x], m, "s--", color="#2E86C1",
-                label="K random heads kept full " + (f"(mean of {seeds} seeds)" if seeds > 1 else "(1 seed)"))
-        if seeds > 1:  # one seed has no spread to show
-            ax.fill_between([100 * v for v in x], lo, hi, color="#2E86C1", alpha=0.2,
-                            label="random: min-max over seeds")
-    if c["reference"] is not None:
-        ax.axhline(c["reference"], color="grey", linestyle=":", label=f"full cache: {c['reference']:.1f}")
-    ax.set_xlabel("KV cache kept (% of the full cache)" + ("; labels: K, MiB the real cache held" if c["measured"]
-                                                           else "; labels: K"))
-    ax.set_ylabel(c["about"]["metric"])
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
-    figure_title(fig, title if title is not None else compression_title(c["about"]))
-    return fig

@@ -8,7 +8,7 @@ test (``cli.mask.run_task``: resumable, one record per cell and condition), so e
 shares each prompt's one plain prefill (``engine.pressed``).
 
 The table (``board``): per task, a row per press and a column per budget; a cell is the mean
-of the task's metric over the grid's cells (``plots.niah.metric_of``: ROUGE-1 recall for the
+of the task's metric over the grid's cells (``store.results.metric_of``: ROUGE-1 recall for the
 single needle, string match for the generated tasks), its 95 % percentile bootstrap interval
 over the cells (``analysis.stability.mean_interval``, seeded) and the share of the full
 cache's bytes the kept keys hold (predicted from the keep sets, mean over the cells)::
@@ -25,13 +25,12 @@ from pathlib import Path
 
 from ..analysis.stability import mean_interval
 from ..errors import UserError
-from ..headfiles.load import load_ranking
 from ..models.shape import ModelShape
-from ..plots.niah import metric_of, task_of
+from ..store.results import metric_of, task_of
 from ..vocabulary import RANKED_PRESSES
 from .leaderboard_settings import RANDOM, LeaderboardSettings
 from .mask import Condition
-from .press import press_conditions, random_ranking
+from .press import kv_scores, press_conditions, random_ranking
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def board_conditions(st: LeaderboardSettings, model_name: str, shape: ModelShape
                     continue
                 raise UserError(f"--press {name} ranks heads by a head file: pass --head_score FILE (there is no "
                                 f"{path}), or drop {name} from --press")
-            scores = load_ranking(path, shape, "kv")[0]
+            scores = kv_scores(path, shape)
         rows.append((entry_label(name, ranking),
                      press_conditions(model_name, name, st.budget, shape, scores, phase=st.phase, ranking=ranking,
                                       seed=seed)))

@@ -12,11 +12,7 @@ of the answer) and record it. Decode-phase masks (the default, as the original) 
 cell's prefill; how prompts are prefilled and decoded together is the ``schedule`` layer's
 business and changes no response.
 
-Worked example::
-
-    >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])
-    >>> select_top(scores, 2).nonzero().tolist()
-    [[0, 0], [1, 0]]
+The top-K rule is ``headfiles.ranking.select_top`` (the one rule, ties layer-major).
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from ..core.stream import full_kv_heads, kv_kept
 from ..engine.progress import Progress, Status, count, tell
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..errors import UserError
-from ..headfiles.ranking import top_heads
+from ..headfiles.ranking import select_top, top_heads
 from ..inputs.haystack import Needle
 from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
@@ -48,22 +44,6 @@ log = logging.getLogger(__name__)
 RANDOM_EXCLUDE_SCORE = 0.1  # a head scoring this much is a retrieval head: never a random pick
 RANDOM_EXCLUDE_FRACTION = 0.10  # ... and the top max(K, 10%) heads are excluded regardless
 RECORD_VERSION = 1  # the original's "version" field of a result file
-
-
-def select_top(scores: torch.Tensor, k: int, option: str = "--mask_top") -> torch.Tensor:
-    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order);
-    ``option`` names the flag in the error a too-large k gets."""
-    total = scores.numel()
-    if k > total:
-        raise UserError(f"{option} {k} is larger than the model's {total} heads")
-    nonzero = int((scores > 0).sum())
-    if k > nonzero:
-        log.warning("selecting the top %d heads, but only %d heads have a nonzero score (the rest tie at 0, "
-                    "taken in layer-major order)", k, nonzero)
-    out = torch.zeros(scores.shape, dtype=torch.bool)
-    for l, h, _ in top_heads(scores, k):
-        out[l, h] = True
-    return out
 
 
 def random_pool(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import torch
 
 from ..core.mask import PressMask
 from ..errors import UserError
+from ..headfiles.load import load_ranking
 from ..models.shape import ModelShape
 from ..presses.registry import PRESSES, RANKED, make_press
 from .condition import Condition, press_label  # noqa: F401 (press_label: re-exported)
@@ -84,6 +86,14 @@ def press_conditions(model_name: str, name: str, budgets, shape: ModelShape, sco
         out.append(Condition("press", 0, mask, seed, press_folder(model_name, name, b, ranking, phase), "kv",
                              method=ranking))
     return out
+
+
+def kv_scores(path: Path, shape: ModelShape) -> torch.Tensor:
+    """float64 ``[layers, kv_heads]``: the ranking a press that ranks heads (duo, headkv) reads
+    from a head file of any accepted format, per KV head (a per-query-head file: each group's
+    max). The one reader of ``--head_score`` for a ranked press: the needle test, generate, the
+    leaderboard's ``headkv@<method>`` and the judge's ``--press``."""
+    return load_ranking(Path(path), shape, "kv")[0]
 
 
 def random_ranking(shape: ModelShape, seed: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..inputs.haystack import NEEDLES_NAME, Needle, load_needles, original_layou
 from ..inputs.tasks import ANSWER_TOKENS, MULTI_ANSWER, TASKS, check_tasks
 from ..models.shape import ModelShape
 from ..options import option
-from ..vocabulary import CACHE_CHOICES, CHAT_TEMPLATE, MASK_MODES, PHASES, PRESSES, UNITS
+from ..vocabulary import CACHE_CHOICES, CHAT_TEMPLATE, MASK_MODES, PHASES, PRESSES, RANKED_PRESSES, UNITS
 
 
 def check_chat_template(value: str) -> None:
@@ -290,25 +290,54 @@ class NiahSettings(SweepSettings):
         return needles[self.needle_id]
 
 
+JUDGE_KS = (5, 11, 19, 27)  # the judge's K without --press
+
+
 @dataclass(frozen=True)
 class JudgeSettings(SweepSettings):
+    """The causal judge: each method's top-K heads masked (``mask_top``), or (``press``) a press
+    that ranks heads (duo, headkv) ranked by each method's file at each ``budget``."""
+
     s: int = option(1000, "shortest context length", flags=("-s", "--s_len"))
     head_score: tuple[str, ...] | None = option(None, "head-score files, one per method (<model>.<method>.json "
                                                       "names its method; any accepted format); the first named "
                                                       "retrieval's (else the first) is the random draws' pool")
-    mask_top: tuple[int, ...] = option((5, 11, 19, 27), "K: each method's top-K heads masked, and K random heads")
-    seeds: tuple[int, ...] = option((0, 1, 2), "random draws per K, one row each")
+    mask_top: tuple[int, ...] | None = option(None, "K: each method's top-K heads masked, and K random heads; "
+                                                    f"none: {' '.join(map(str, JUDGE_KS))} (none with --press)")
+    seeds: tuple[int, ...] = option((0, 1, 2), "random draws per K (per budget with --press: random head "
+                                               "rankings), one row each")
     mask_mode: str = option("uniform", "uniform: zero the query (the original); zero: zero the head's output",
                             choices=MASK_MODES)
+    press: str | None = option(None, "judge by a press instead of masking: duo or headkv, ranking KV heads by each "
+                                     "method's file (read per KV head), at each --budget; higher scores win",
+                               choices=PRESSES)
+    budget: tuple[float, ...] | None = option(None, "with --press: the shares of the KV cache it keeps, in (0, 1]",
+                                              metavar="F")
+    press_args: tuple[str, ...] | None = option(None, metavar="KEY=VALUE")
     needle_id: int = option(0, "which needle of --needles (0-based)")
     task: tuple[str, ...] = option(("single",), f"the retrieval task, one ({', '.join(TASKS)}): single is the one "
                                                "needle of --needles; the others are RULER-style (docs/tasks.md)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask_top is None and self.press is None:  # masking, the judge's first question: its Ks
+            object.__setattr__(self, "mask_top", JUDGE_KS)
+
+    def levels(self) -> tuple:
+        """What the judge varies: K (heads masked) or, with a press, the budget."""
+        return self.budget if self.press else self.mask_top
 
     def check(self) -> None:
         super().check()
         if not self.head_score:
             raise UserError("the judge needs head-score files: pass --head_score FILE [FILE ...] (one per method)")
-        if any(k < 1 for k in self.mask_top):
+        if self.press is not None and self.press not in RANKED_PRESSES:
+            raise UserError(f"--press {self.press} ranks no heads, so no method's file can change it: the judge takes "
+                            f"{' or '.join(RANKED_PRESSES)} (compare every press with retrieval-head leaderboard)")
+        if self.press is not None and self.mask_top is not None:
+            raise UserError("--mask_top and --press ask different questions (heads masked, budgets kept): pass one "
+                            "of them per run")
+        if any(k < 1 for k in self.mask_top or ()):
             raise UserError("--mask_top values must be positive (random-K is drawn for each K anyway)")
         if len(self.task) > 1:
             raise UserError(f"the judge runs one task at a time (one table each); pass one --task, not "
@@ -318,9 +347,16 @@ class JudgeSettings(SweepSettings):
         check_seeds("--seeds", *self.seeds)
         check_distinct("--mask_top", self.mask_top)
         check_distinct("--seeds", self.seeds)
+        check_press(self.press, self.budget, self.press_args)
+
+    def applied(self) -> dict:
+        """As ``SweepSettings.applied``; the press's fields only when a press judges (a masking
+        run's manifest reads as before presses came to the judge), the masking's only when not."""
+        out = super().applied()
+        for name in ("mask_top", "mask_mode") if self.press else ("press", "budget", "press_args"):
+            out.pop(name)
+        return out
 
     def niah(self) -> NiahSettings:
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(SweepSettings)}
         return NiahSettings(**shared, needle_id=self.needle_id, mask_mode=self.mask_mode)
-
-

@@ -32,9 +32,14 @@ Worked example: head 0-1 scored ``0.1 + 0.2`` (0.30000000000000004 in floating p
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from ..errors import UserError
 from .order import DECIMALS, format_rows
+
+log = logging.getLogger(__name__)
 
 
 def tie_key(scores: torch.Tensor) -> torch.Tensor:
@@ -71,6 +76,27 @@ def top_heads(scores: torch.Tensor, k: int | None = None) -> list[tuple[int, int
     flat = scores.flatten().tolist()
     heads = scores.shape[1]
     return [(i // heads, i % heads, flat[i]) for i in top_order(scores, k)]
+
+
+def select_top(scores: torch.Tensor, k: int, option: str = "--mask_top") -> torch.Tensor:
+    """bool ``[layers, heads]``: the k best heads (ties broken in layer-major order, the rule
+    above; ``order.top_rows`` picks the same heads without torch); ``option`` names the flag in
+    the error a too-large k gets. Masking's top-K, streaming's kept heads and the judge's.
+
+    >>> select_top(torch.tensor([[0.9, 0.0], [0.5, 0.2]]), 2).nonzero().tolist()
+    [[0, 0], [1, 0]]
+    """
+    total = scores.numel()
+    if k > total:
+        raise UserError(f"{option} {k} is larger than the model's {total} heads")
+    nonzero = int((scores > 0).sum())
+    if k > nonzero:
+        log.warning("selecting the top %d heads, but only %d heads have a nonzero score (the rest tie at 0, "
+                    "taken in layer-major order)", k, nonzero)
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for l, h, _ in top_heads(scores, k):
+        out[l, h] = True
+    return out
 
 
 def format_top_table(scores: torch.Tensor, k: int = 20) -> str:

@@ -9,7 +9,7 @@ Files named ``manifest.json`` and files without ``context_length``, ``depth_perc
 ``score`` are ignored. Worked example: a folder with three trials at 1000 tokens scoring
 100 (depth 0), 50 (depth 50) and 0 (depth 50) gives depths ``[0, 50]``, lengths
 ``[1000]``, cells ``[[100], [25]]`` (the mean of the trials in each cell) and an overall
-mean of 50 (the mean over trials). The value drawn is the task's metric (``metric_of``): the
+mean of 50 (the mean over trials). The value drawn is the task's metric (``store.results.metric_of``): the
 single needle's ``score`` (ROUGE-1 recall x100, the original's), a generated RULER-style
 task's ``string_match`` (x100, RULER's); every title names the model, the task, the metric
 and the condition::
@@ -32,7 +32,6 @@ so importing this module never changes the pyplot backend of a notebook.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import textwrap
 from dataclasses import dataclass
@@ -48,47 +47,13 @@ from matplotlib.text import Text
 from ..engine.progress import count
 from ..errors import UserError
 from ..store.files import write_atomic
+from ..store.results import ROUGE, SINGLE, metric_of, read_trials, task_of
 from ..vocabulary import SIDE_BY_SIDE
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("context_length", "depth_percent", "score")
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
 DEFAULT_SIDE_BY_SIDE = Path(SIDE_BY_SIDE)
-
-
-SINGLE = "single needle"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How a task is scored: the records' ``field`` and its name on a figure."""
-
-    field: str
-    label: str
-
-
-ROUGE = Metric("score", "ROUGE-1 recall x100")
-MATCH = Metric("string_match", "string match x100")
-
-
-def metric_of(records: list[dict]) -> Metric:
-    """The metric of the records' task: a generated task's records carry RULER's string match
-    and are scored by it; the single needle's by the ROUGE-1 recall of its answer.
-
-    >>> metric_of([{"score": 50.0}]).label, metric_of([{"score": 0.0, "string_match": 100.0}]).field
-    ('ROUGE-1 recall x100', 'string_match')
-    """
-    return MATCH if records and all(MATCH.field in r for r in records) else ROUGE
-
-
-def task_of(records: list[dict]) -> str:
-    """The task the records ran, as a figure names it.
-
-    >>> task_of([{"score": 1.0}]), task_of([{"task": "multikey"}])
-    ('single needle', 'multikey')
-    """
-    return " + ".join(sorted({SINGLE if r.get("task", "single") == "single" else r["task"] for r in records}))
 
 
 @dataclass
@@ -149,26 +114,6 @@ def is_unmasked(mask: dict | None) -> bool:
     if mask and "press" in mask:
         return False
     return not mask or mask.get("kind") == "none" or (mask.get("k") == 0 and mask.get("mode") != "stream")
-
-
-def read_trials(folder: Path) -> list[dict]:
-    """Every trial record in ``folder`` (sorted by file name)."""
-    trials = []
-    for path in sorted(folder.glob("*.json")):
-        if path.name == "manifest.json":
-            continue
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("skipping %s: not JSON", path)
-            continue
-        if not isinstance(rec, dict) or not all(key in rec for key in REQUIRED_KEYS):
-            continue
-        if not all(isinstance(rec[key], (int, float)) for key in REQUIRED_KEYS):
-            log.warning("skipping %s: context_length, depth_percent or score is not a number", path)
-            continue
-        trials.append(rec)
-    return trials
 
 
 def _joined(values: list[str], what: str, folder: Path) -> str:
