@@ -66,7 +66,7 @@ def rows() -> list[Row]:
 def test_the_table_is_read():
     """The extraction itself: a parser that found nothing could not fail."""
     found = [m for r in rows() for m in r.modules]
-    assert {"core/attend", "experiments/realcache", "headfiles/ranking", "options"} <= set(found)
+    assert {"core/attend", "engine/realrows", "headfiles/ranking", "options"} <= set(found)
     assert len(found) == len(set(found)), "a module named twice"
 
 

@@ -65,6 +65,35 @@ def test_mask_writes_a_folder_per_budget_with_the_bytes_held(tiny, head_file, tm
     assert "mask" not in records(out / "tiny")[0] or records(out / "tiny")[0]["mask"]["kind"] == "none"
 
 
+TIMES = ("test_duration_seconds", "test_timestamp_utc")
+
+
+@pytest.mark.parametrize("press, budget", [("knorm", "0.5"), ("headkv", "0.25")])
+def test_mask_cache_real_runs_the_press_on_the_pressed_cache(tiny, head_file, tmp_path, capsys, press, budget):
+    """``needle_in_haystack_with_mask.py ... --cache real`` (its entry point, in process): the
+    same records as the simulation (``--cache masked``) but for the times, the record saying
+    ``cache: real`` with the bytes the pressed cache held once compressed, those the keep sets
+    predict (the simulation's ``kv_bytes``): the tiny model's two KV heads are each a length
+    group of their own (``keep.pressed_bytes``), so no padding, whether the press keeps every
+    head the same count (knorm: exactly half) or each its own (headkv's shares: not exactly a
+    quarter). tests/test_realrows.py checks the padded bytes of larger groups."""
+    extra = ["--head_score", str(head_file), "--press_args", "window=8"] if press == "headkv" else []
+    got = {}
+    for cache in ("real", "masked"):
+        out = tmp_path / cache
+        argv = ["--model_path", str(tiny), *GRID, "--output_dir", str(out), "--press", press, "--budget", budget,
+                *extra, "--cache", cache]
+        assert commands.run_command("mask", argv, "needle_in_haystack_with_mask.py") == 0, capsys.readouterr().err
+        got[cache] = records(out / f"tiny_press_{press}_b{budget}")
+    assert len(got["real"]) == len(got["masked"]) == 2
+    for real, masked in zip(got["real"], got["masked"]):
+        r, m = real.pop("mask"), masked.pop("mask")
+        assert {k: v for k, v in real.items() if k not in TIMES} == {k: v for k, v in masked.items() if k not in TIMES}
+        assert r.pop("cache") == "real" and "cache" not in m  # not the simulation run again
+        assert r == m and r["kv_bytes"] / r["kv_bytes_full"] == r["kv_kept"] < 1
+        assert r["kv_kept"] == 0.5 if press == "knorm" else r["kv_kept"] != 0.25
+
+
 def test_mask_phase_context_keeps_the_question_whole(tiny, tmp_path, capsys, default_tokenizer):
     from transformers import AutoConfig
 

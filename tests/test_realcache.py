@@ -17,10 +17,15 @@ from retrieval_head.cli import mask as cli_niah
 from retrieval_head.core.decode import greedy_decode
 from retrieval_head.core.intervene import HeadMask
 from retrieval_head.core.keep import cache_bytes, mixed_heads
+from retrieval_head.core.mask import PressMask
+from retrieval_head.engine.realrows import RealCache, RealPress
+from retrieval_head.engine.scheduler import Job, Levers, Scheduler
 from retrieval_head.errors import UserError
+from retrieval_head.experiments.condition import kv_keep, route, scheduled
 from retrieval_head.experiments.mask import Condition
-from retrieval_head.experiments.realcache import decode_real, kv_keep, route
+from retrieval_head.inputs.prompt import Prompt
 from retrieval_head.models.shape import ModelShape
+from retrieval_head.presses.knorm import Knorm
 
 SINK, RECENT, STEPS = 2, 8, 6
 
@@ -105,6 +110,15 @@ def test_auto_runs_on_the_real_cache_only_whole_kv_heads_real_every_streaming_co
     assert route(shape, [none, whole, split, kv], "real") == [False, True, True, True]  # every streaming one
     with pytest.raises(UserError, match="add --keep_full"):
         route(shape, [none], "real")
+    press = Condition("press", 0, PressMask(Knorm(), 0.5), folder="tiny_press_knorm_b0.5")
+    later = Condition("press", 0, PressMask(Knorm(), 0.5, "context"), folder="tiny_press_knorm_b0.5_context")
+    assert route(shape, [none, press, later], "real") == [False, True, False]  # a press compressing the prompt
+    assert route(shape, [none, press, kv], "auto") == [False, False, True]  # auto: presses simulated
+    assert type(scheduled(shape, [press], "real")[0]) is RealPress
+    masks = scheduled(shape, [none, whole, split, kv], "auto")  # what the scheduler runs for each
+    assert masks[0] is None and masks[2] is split.mask
+    assert [type(m) for m in masks[1::2]] == [RealCache, RealCache]
+    assert masks[1].mask is whole.mask and torch.equal(masks[3].keep, kv.kept)
 
 
 class NoText:
@@ -117,28 +131,25 @@ class NoText:
 @pytest.mark.parametrize("phase", ["decode", "all"])
 @pytest.mark.parametrize("fam", matrix(SUPPORTED))
 def test_each_batched_real_row_is_the_masked_decode_of_its_prompt(fam, phase):
-    """decode_real's batches (two prompts of one length, one of another; phase decode: one
-    shared plain prefill, compressed per condition) on every family, sliding windows shorter
-    than the prompts included: each row is the masked simulation's greedy decode of its prompt
-    alone, and holds the predicted bytes. Kept: query head 0 of every layer (under GQA it
-    splits KV heads)."""
-    from types import SimpleNamespace
-
+    """The scheduler's real-cache rows (two prompts of one length, one of another, batched;
+    phase decode: each batch's plain prefill stacked once, compressed per condition) on every
+    family, sliding windows shorter than the prompts included: each row is the masked
+    simulation's greedy decode of its prompt alone, and holds the predicted bytes. Kept: query
+    head 0 of every layer (under GQA it splits KV heads)."""
     with one_thread():
         model = build(fam)
         shape = ModelShape.of(model)
         stop = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-        scheduler = SimpleNamespace(max_new_tokens=STEPS, levers=SimpleNamespace(prefill_chunk=None),
-                                    budget=10_000, stop=stop)
+        scheduler = Scheduler(model, shape, stop, STEPS, Levers(batch_tokens=10_000))
         g = torch.Generator().manual_seed(0)
-        jobs = [SimpleNamespace(prompt=SimpleNamespace(ids=torch.randint(1, model.config.vocab_size, (n,),
-                                                                          generator=g).tolist())) for n in (30, 30, 41)]
+        prompts = [torch.randint(1, model.config.vocab_size, (n,), generator=g).tolist() for n in (30, 30, 41)]
+        jobs = [Job(k, Prompt(ids, (0, 1), 0, len(ids))) for k, ids in enumerate(prompts)]
         kept = torch.zeros(shape.num_layers, shape.num_heads, dtype=torch.bool)
         kept[:, 0] = True
         mask = HeadMask(~kept, "stream", phase, SINK, RECENT)
-        c = SimpleNamespace(mask=mask, kept=kept, folder="keep0")
-        rows = list(decode_real(model, shape, scheduler, jobs, [(0, c)]))
+        rows = list(scheduler.run(jobs, masks=[RealCache(kept, mask)]))
         assert sorted(len(r.job.prompt.ids) for r in rows) == [30, 30, 41]
+        assert sorted(scheduler.stats["decode_batches"]) == [1, 2]  # the two of one length: one batch
         itemsize = next(model.parameters()).element_size()
         for row in rows:
             ids = row.job.prompt.ids

@@ -25,9 +25,9 @@ from ..engine.progress import Status
 from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
 from ..experiments.compress import keep_conditions
+from ..experiments.condition import route
 from ..experiments.mask import Condition, NiahSettings, make_conditions, run_niah
 from ..experiments.press import kv_scores, press_conditions
-from ..experiments.realcache import route
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.load import load_ranking
 from ..inputs.tasks import string_match

@@ -195,6 +195,27 @@ class PressedCache(CompressedCache):
                   for i in range(shape.num_layers)]
         super().__init__(layers=layers)
 
+    def absorb(self, prefilled, upto: int) -> "PressedCache":
+        """Fill a fresh phase-decode cache, told its point (``compress_at``), with the first
+        ``upto`` keys of a plain cache holding the prompt's prefill (``layers[i].keys``/``values``
+        ``[b, kv_heads, T, d]``, every key), uncompressed, as if its own prefill had run them
+        as a first chunk: run the prompt's tokens from ``upto`` on it (at least the press's
+        window of queries before the point, which the press reads) and it compresses at the
+        point as its own prefill would. ``prefilled`` is left as it was."""
+        if self.phase != "decode" or self.get_seq_length() or any(layer.at is None for layer in self.layers):
+            raise UserError("absorb is for a fresh phase-decode pressed cache told its point (compress_at)")
+        if upto > self.layers[0].at - max(1, self.press.window):
+            raise UserError(f"absorb holds keys before the press's window of queries only (up to "
+                            f"{self.layers[0].at - max(1, self.press.window)}), got {upto}")
+        for layer, plain in zip(self.layers, prefilled.layers):
+            if plain.keys.shape[-2] < upto:
+                raise UserError("absorb takes a cache holding every key (not a sliding-window layer's last ones)")
+            if upto:
+                layer.lazy_initialization(plain.keys, plain.values)
+                layer.plain.update(plain.keys[..., :upto, :], plain.values[..., :upto, :])
+                layer.length = upto
+        return self
+
     def kept(self) -> list[torch.Tensor]:
         """Per layer, its keep sets (bool ``[b, kv, A]``, ``PressHeads.kept``): what
         ``keep.pressed_bytes`` predicts the bytes held from."""

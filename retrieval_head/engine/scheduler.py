@@ -18,6 +18,13 @@ would give for it (tests/test_prefix.py, tests/test_batched.py):
   (``pressed.kept_hook``); in phase context each press re-runs the prompt from its window
   before the context's end and decodes its row alone on the shared cache, which then gets its
   plain keys back (``pressed.context_row``);
+- **real-cache conditions** (``realrows.RealCache``: the cache as a lever) decode on a cache
+  that really drops keys, which their factory builds: in phase decode they join the first
+  decode pass, each batch's plain prefill (prefix reused) stacked once and compressed per
+  condition, each condition's rows a batch of their own on its cache (a press on the real
+  pressed cache, ``realrows.RealPress``: a cache per row); in phase all each gets a pass of
+  its own, its batches prefilled under its rule into a fresh cache (no prefix reuse: a
+  compressed cache cannot be cropped back);
 - **batched decoding** (``batching.RowBatcher``): prompts of one length decode together,
   a row per (prompt, mask), while their caches hold at most ``batch_tokens`` tokens; a
   prompt whose rows alone exceed the budget decodes them in chunks that fit, from its one
@@ -37,7 +44,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 
@@ -52,8 +59,11 @@ from .prefix import FreshPrefix, SharedPrefix
 from .pressed import Kept, choose_keep, context_row, kept_hook, kept_keys, window
 from .progress import Status, count, silent
 from .reads import DECODE, PREFILL, ArgmaxRead, Read, Reading
+from .realrows import REAL, RealCache, RealPress, decode_on, row_of
 
 log = logging.getLogger(__name__)
+
+Mask = HeadMask | PressMask | RealCache | RealPress | None  # what a row runs under (None: unmasked)
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Decoded:
     seconds: the row's share of its prompt's prefill and of its batch's decode.
     reads: each read's result for the row, by the read's name (``run(reads=...)``, ``engine.reads``).
     kept_keys: a press row's keys kept at its compression point, over every layer and KV head.
+    kv_bytes, kv_bytes_full: a real-cache row's (``realrows``) bytes its cache held once the
+    prompt was in it (compressed), and a plain cache's at the same length.
     """
 
     job: Job
@@ -84,6 +96,8 @@ class Decoded:
     seconds: float
     reads: dict[str, Any] = field(default_factory=dict)
     kept_keys: int | None = None
+    kv_bytes: int | None = None
+    kv_bytes_full: int | None = None
 
     def __post_init__(self):
         if self.positions is None:
@@ -100,14 +114,15 @@ class Levers:
 @dataclass
 class _Pass:
     """Masks that share one prefill of each prompt: ``prefill_mask`` is None (decode-phase
-    masks, one mode, and presses) or the single phase-``all`` mask of the pass."""
+    masks, one mode, presses and phase-decode real caches) or the single phase-``all`` mask
+    (or real cache) of the pass."""
 
-    masks: list[HeadMask | PressMask | None]
+    masks: list[Mask]
     index: list[int]
-    prefill_mask: HeadMask | None = None
+    prefill_mask: HeadMask | RealCache | None = None
 
 
-def passes(masks: list[HeadMask | PressMask | None]) -> list[_Pass]:
+def passes(masks: list[Mask]) -> list[_Pass]:
     """Decode-phase masks of one kind (mode, sink, recent), None and presses share a prefill;
     a phase-all mask prefills alone.
 
@@ -138,7 +153,7 @@ class Scheduler:
         self._say: Status = silent
         self._kept: dict[int, dict[int, Kept]] = {}  # id(job) -> its press conditions' keep sets, by mask index
 
-    def run(self, jobs: list[Job], masks: list[HeadMask | PressMask | None] = (None,), reads: Sequence[Read] = (),
+    def run(self, jobs: list[Job], masks: list[Mask] = (None,), reads: Sequence[Read] = (),
             say: Status | None = None, probe: bool = False) -> Iterator[Decoded]:
         """Every (job, mask) row, as its batch finishes.
 
@@ -154,6 +169,8 @@ class Scheduler:
         reads = tuple(reads) + ((ArgmaxRead(),) if probe and not any(r.name == ArgmaxRead.name for r in reads) else ())
         if presses and reads:
             raise ValueError("press conditions run without the probe and the methods' reads (detection's)")
+        if any(isinstance(m, REAL) for m in masks) and reads:
+            raise ValueError("real-cache conditions run without the probe and the methods' reads (detection's)")
         self._reads, self._prefilled = reads, {}
         self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
@@ -164,13 +181,19 @@ class Scheduler:
                  self.stats["prompt_tokens"], len(self.stats["decode_batches"]))
 
     def _pass(self, jobs: list[Job], p: _Pass) -> Iterator[Decoded]:
+        if isinstance(p.prefill_mask, RealCache):
+            yield from self._fresh(jobs, p.index[0], p.prefill_mask)
+            return
         context = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask) and m.phase == "context"}
-        if context:  # decoded one at a time on the shared cache (pressed.context_row); the others batched
-            rest = [k for k, i in enumerate(p.index) if i not in context]
+        real = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, REAL)}  # on caches of their own
+        if context or real:  # context: one at a time on the shared cache (pressed.context_row); the others batched
+            rest = [k for k, i in enumerate(p.index) if i not in context and i not in real]
             p = _Pass([p.masks[k] for k in rest], [p.index[k] for k in rest], p.prefill_mask)
         lv, reserve, copies = self.levers, self.max_new_tokens, len(p.masks)
+        held = copies + bool(real)  # a batch's caches: a copy per masked condition, the real ones' stacked plain one
+        shares = copies + len(real)  # the rows that share each prompt's prefill
         source = (SharedPrefix if lv.prefix_reuse else FreshPrefix)(self.model, chunk=lv.prefill_chunk, reserve=reserve)
-        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=max(copies, 1))
+        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=max(held, 1))
         presses = {i: m for i, m in zip(p.index, p.masks) if isinstance(m, PressMask)}
         for k, job in enumerate(jobs, 1):
             self._say(f"prefilling prompt {k} of {len(jobs)} ({len(job.prompt.ids)} tokens)")
@@ -194,19 +217,18 @@ class Scheduler:
             row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
             self.stats["prompt_tokens"] += row.length - 1
             yield from self._in_context(job, cache, context)
-            if not p.masks:
+            if not held:
                 continue
-            if copies * row.length > self.budget or (copies == 1 and batcher.rows_for(row.length) == 1):
+            if held * row.length > self.budget or (held == 1 and batcher.rows_for(row.length) == 1):
+                yield from self._real([row], cache, real, shares)
                 yield from self._on_its_own(row, cache, p)
                 self._kept.pop(id(job), None)
                 continue
             row.snapshot = snapshot(cache)
             for group in batcher.add(row):
-                yield from self._decode(group, self._stack(group, copies), p)
-                self._forget(group)
+                yield from self._group(group, real, shares, p)
         for group in batcher.flush():
-            yield from self._decode(group, self._stack(group, copies), p)
-            self._forget(group)
+            yield from self._group(group, real, shares, p)
         self._reused_tokens += source.reused_tokens
         self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
 
@@ -221,6 +243,66 @@ class Scheduler:
             self.stats["press_tokens"] = self.stats.get("press_tokens", 0) + len(job.prompt.ids) - 1 - at + \
                 min(max(1, m.press.window), at)
             yield Decoded(job, i, ids, None, time.perf_counter() - t0, kept_keys=kept_keys(kept, at))
+
+    def _group(self, group: list[Row[Job]], real: dict[int, RealCache | RealPress], shares: int,
+               p: _Pass) -> Iterator[Decoded]:
+        yield from self._real(group, None, real, shares)
+        if p.masks:
+            yield from self._decode(group, self._stack(group, len(p.masks)), p)
+        self._forget(group)
+
+    def _real(self, group: list[Row[Job]], cache, real: dict[int, RealCache | RealPress],
+              shares: int) -> Iterator[Decoded]:
+        """The group's rows under each phase-decode real-cache condition, from one plain cache of
+        their prompts (``cache``, a prompt's own, or None: their snapshots stacked once), which
+        each condition compresses into its own (``compress``; a press: one per row) and leaves
+        as it was."""
+        if not real:
+            return
+        plain = cache if cache is not None else stack_rows([r.snapshot for r in group], 0)
+        chunk, reserve = self.levers.prefill_chunk, self.max_new_tokens
+        for i, m in real.items():
+            alone = not m.batched and len(group) > 1
+            for rows, p in ((([r], row_of(plain, j)) for j, r in enumerate(group)) if alone else [(group, plain)]):
+                prompts = [r.item.prompt.ids for r in rows]
+                yield from self._on_real(rows, i, m, lambda m=m, p=p, prompts=prompts: m.compress(
+                    self.model, self.shape, p, prompts, chunk, reserve), shares)
+        for r in group:  # what is left of each prompt's prefill: its masked rows' share
+            r.prefill_s *= (shares - len(real)) / shares
+
+    def _fresh(self, jobs: list[Job], i: int, m: RealCache) -> Iterator[Decoded]:
+        """A phase-all real-cache condition's pass: prompts of one length prefilled together under
+        its rule into a fresh cache, and decoded on it. No prefix reuse: a compressed cache
+        cannot be cropped back to the prefix two prompts share (its dropped keys are gone)."""
+        batcher: RowBatcher[Job] = RowBatcher(self.budget, copies=1)
+
+        def prefilled(group: list[Row[Job]]) -> Iterator[Decoded]:
+            self._say(f"prefilling {count(len(group), 'prompt')} together ({group[0].length} tokens each) into a "
+                      "compressed cache")
+            self.stats["prompt_tokens"] += len(group) * (group[0].length - 1)
+            prompts, chunk = [r.item.prompt.ids for r in group], self.levers.prefill_chunk
+            yield from self._on_real(group, i, m, lambda: m.prefilled(self.model, self.shape, prompts, chunk,
+                                                                      self.max_new_tokens), 1)
+
+        for job in jobs:
+            for group in batcher.add(Row(job, len(job.prompt.ids), None)):
+                yield from prefilled(group)
+        for group in batcher.flush():
+            yield from prefilled(group)
+        self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
+
+    def _on_real(self, group: list[Row[Job]], i: int, m: RealCache | RealPress, build: Callable[[], object],
+                 shares: int) -> Iterator[Decoded]:
+        """Decode ``group``'s rows under real-cache condition ``i`` as one batch, on the cache
+        ``build()`` makes (its time counted in the rows'), each row also given its prefill's share."""
+        self._say(f"decoding {count(len(group), 'row')} together on a compressed cache (up to "
+                  f"{count(self.max_new_tokens, 'new token')} each)")
+        b = decode_on(self.model, self.shape, m, build, [r.item.prompt.ids[-1] for r in group], group[0].length - 1,
+                      self.stop, self.max_new_tokens)
+        self.stats["decode_batches"].append(len(group))
+        for r, ids in zip(group, b.outs):
+            yield Decoded(r.item, i, ids, None, b.seconds + r.prefill_s / shares, kept_keys=b.kept_keys,
+                          kv_bytes=b.held, kv_bytes_full=b.full)
 
     def _forget(self, group: list[Row[Job]]) -> None:
         for r in group:

@@ -14,7 +14,7 @@ Streamed heads see their first ``--sink`` and last ``--recent`` keys (``streamin
 appended whole (kvpress's pipeline). Every result records the heads kept and
 streamed, sink, recent, phase, unit and ``kv_kept``: the fraction of the full KV cache a
 compressed cache would hold (``streaming.kv_kept``); a condition run on the real head-wise
-cache (``--cache real``, ``realcache``) also the bytes it held, ``kv_bytes`` of
+cache (``--cache real``, ``engine.realrows``) also the bytes it held, ``kv_bytes`` of
 ``kv_bytes_full``, which the table and the figure show where the records have them.
 
     >>> scores = torch.tensor([[0.9, 0.0], [0.5, 0.2]])

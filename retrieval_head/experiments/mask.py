@@ -35,8 +35,7 @@ from ..inputs.haystack import Needle
 from ..inputs.tasks import TaskPrompt, string_match
 from ..models.shape import ModelShape
 from ..store.manifest import utc_now
-from .condition import Condition  # noqa: F401 (re-exported: the API and the commands read it here)
-from .realcache import cache_fields, decode_all
+from .condition import Condition, scheduled  # Condition re-exported: the API and the commands read it here
 from .settings import NiahSettings
 from .sweep import Plan, TrialKey, plan
 
@@ -124,7 +123,8 @@ def run_niah(model, tokenizer, settings: NiahSettings, conditions: list[Conditio
     itemsize = next(model.parameters()).element_size()
     with Progress(len(jobs) * len(conditions), "niah", "trial", progress, status) as bar:
         bar.say(f"{count(len(jobs), 'cell')} x {count(len(conditions), 'condition')} = {count(bar.total, 'trial')}")
-        for row in decode_all(model, shape, scheduler, jobs, conditions, settings.cache, bar.say):  # prefill -> decode
+        masks = scheduled(shape, conditions, settings.cache)  # each condition's mask, or its real cache
+        for row in scheduler.run(jobs, masks=masks, say=bar.say):  # prefill -> decode
             c = conditions[row.mask]
             record = niah_record(tokenizer, row, needle, c, model_name, shape, itemsize)  # -> score -> record
             if cells.task != "single":  # what decoding applied (a single-needle record stays as it was)
@@ -151,6 +151,8 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
 
         at = row.job.prompt.context_end if c.mask.phase == "context" else None
         mask.update(press_fields(row.kept_keys, len(row.job.prompt.ids), shape, itemsize, at))
+        if row.kv_bytes is not None:  # on the real pressed cache: the bytes it held, measured
+            mask.update(cache_fields(row), kv_kept=row.kv_bytes / row.kv_bytes_full)
     elif isinstance(c.mask, HeadMask) and c.mask.mode == "stream" and shape is not None:
         kept = kv_kept(shape, key.context_length, c.mask.sink, c.mask.recent, full_kv_heads(shape, c.kept))
         mask.update(kv_kept=float(kept), kv_kept_exact=f"{kept.numerator}/{kept.denominator}",
@@ -167,6 +169,13 @@ def niah_record(tokenizer, row: Decoded, needle: Needle, c: Condition, model_nam
         "needle_span": list(row.job.prompt.needle_span), "response_ids": row.ids, "mask": mask,
     }
     return record if trial is None else record | task_fields(row.job.prompt, text)
+
+
+def cache_fields(row: Decoded) -> dict:
+    """What a streaming record adds: which cache ran it, and for the real one its bytes."""
+    if row.kv_bytes is not None:
+        return {"cache": "real", "kv_bytes": row.kv_bytes, "kv_bytes_full": row.kv_bytes_full}
+    return {"cache": "masked"}
 
 
 def task_fields(prompt: TaskPrompt, response: str) -> dict:

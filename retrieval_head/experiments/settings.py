@@ -227,7 +227,8 @@ class NiahSettings(SweepSettings):
     cache: str = option("auto", "streaming (--keep_full): real runs a head-wise KV cache that drops the streamed "
                                 "KV heads' keys (a KV head serving a kept query head stays full); masked simulates "
                                 "it on a full cache; auto: real where the kept heads are whole KV heads "
-                                "(--unit kv)", choices=CACHE_CHOICES)
+                                "(--unit kv). A press (--press): real runs a pressed KV cache holding only the "
+                                "keys it keeps (auto: masked)", choices=CACHE_CHOICES)
     seed: int = option(0)
     seeds: tuple[int, ...] | None = option(None)
     needle: str | None = option(None, "the needle sentence (with --question and --real_needle)")
