@@ -38,3 +38,13 @@ def default_model():
         pytest.skip("default model not installed (run `make install`)")
     model, tok, info = load_model(ModelSpec(device="cpu"))
     return model, tok, info
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """torch on one thread for a whole module (``pytestmark = pytest.mark.usefixtures(
+    "one_thread_module")``); helpers.one_thread says why."""
+    from helpers import one_thread
+
+    with one_thread():
+        yield

@@ -9,7 +9,7 @@ Presses on the real pressed cache (``RealPress``) likewise answer as the masked 
 
 import pytest
 import torch
-from helpers import HEADS, KV_HEADS, LAYERS, ids_of, one_thread, tiny_model
+from helpers import HEADS, KV_HEADS, LAYERS, ids_of, tiny_model
 
 from retrieval_head.core.headwise_attend import generate as headwise_generate
 from retrieval_head.core.keep import cache_bytes, mixed_heads, pressed_bytes
@@ -29,11 +29,7 @@ STEPS, SINK, RECENT = 6, 4, 3
 NEEDLE = [7, 8, 9, 10, 11]
 STOP = torch.zeros(128, dtype=torch.bool)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def jobs() -> list[Job]:
