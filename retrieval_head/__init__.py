@@ -9,9 +9,11 @@ The subpackages, top to bottom; each imports only from those below it (the contr
                adaptive (--until_stable); sweep: the plan both share
   analysis     stability (the trial bootstrap), convergence (top-K as trials accrue)
   plots        niah: needle-test heatmaps in the original's look
-  methods      registry (the identification methods as a table), focus, repeat
-  engine       the speed levers, changing no result: scheduler, prefix reuse, batching, shards,
-               realrows (the cache as a lever: conditions on a real compressed KV cache)
+  methods      the identification methods, each a small object of the presses' shape (method: the
+               contract; registry: by name, make_method): retrieval, focus, induction (+ repeat's pass)
+  engine       the speed levers, changing no result: scheduler, prefix reuse, batching, shards;
+               reads: what the scheduler reads on a trial as the methods ask; realrows (the cache as a
+               lever: conditions on a real compressed KV cache)
   core         the algorithm: attend (all attention arithmetic), hook + intervene (scoped),
                probe, mask, stream, tap, decode, scoring; reference: one trial on one screen;
                keep + headwise + headwise_attend: a head-wise KV cache (streamed heads really cut);

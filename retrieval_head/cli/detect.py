@@ -36,15 +36,14 @@ import torch
 from ..engine.progress import Status, tell
 from ..engine.shard import from_env, shard_suffix
 from ..errors import UserError
-from ..experiments.detect import DetectionResult, DetectSettings, detect
+from ..experiments.detect import DetectionResult, DetectSettings, detect, sweep_methods
 from ..experiments.sweep import TrialKey, plan
 from ..headfiles.original import write_head_scores
 from ..headfiles.ranking import format_top_table
 from ..inputs.haystack import Needle
-from ..methods.focus import check_question
-from ..methods.registry import ALL, METHODS, NEEDLE, PASSING, REPEAT, RETRIEVAL, of_data, score_path
-from ..methods.repeat import check_fits, repeat_scores, repeated_tokens, token_pool
-from ..methods.repeat import head_counter as repeat_counter
+from ..methods.method import Method
+from ..methods.registry import ALL, METHODS, NEEDLE, PASSING, REPEAT, RETRIEVAL, chosen, of_data, repeat_keys
+from ..methods.repeat import check_fits, repeat_scores
 from ..models.loading import ModelSpec, model_identity, model_name
 from ..options import fingerprint, from_args
 from ..store.files import dump_json, write_atomic
@@ -129,60 +128,31 @@ def resumed_trials(paths: dict, fp: dict) -> dict:
 def output_paths(out: Path, name: str, rank: int, world: int) -> dict[str, Path]:
     """Final outputs, and this shard's trial log and manifest (the same files for one process)."""
     sfx = shard_suffix(rank, world)
-    paths = {k: out / f"{name}{ext}" for k, ext in (("scores", ".json"), ("kv_max", ".kv_max.json"),
-                                                      ("kv_mean", ".kv_mean.json"), ("distractor", ".distractor.json"))}
+    paths = dict(METHODS[RETRIEVAL].outputs(out, name), distractor=out / f"{name}.distractor.json")
     paths.update(trials=out / f"{name}{sfx}.trials.jsonl", manifest=out / f"{name}{sfx}.manifest.json")
     if world > 1:
         paths.update(merged_trials=out / f"{name}.trials.jsonl", merged_manifest=out / f"{name}.manifest.json")
     return paths
 
 
-def method_paths(out: Path, name: str, methods: tuple[str, ...]) -> dict[str, tuple[Path, Path]]:
-    """Each non-retrieval method's head-score file and manifest (retrieval's are the sweep's)."""
-    return {m: (score_path(out, name, m), out / f"{name}.{m}.manifest.json") for m in methods if m != RETRIEVAL}
+def write_distractor(paths: dict, result: DetectionResult) -> list[Path]:
+    """A generated task's copies from its distractors (every trial counts: written first)."""
+    if not (result.trials and "distractor_scores" in result.trials[0]):
+        return []
+    write_head_scores(paths["distractor"], result.distractor_counter())
+    return [paths["distractor"]]
 
 
-def method_parameters(method: str, settings: DetectSettings, tokenizer=None, vocab: int | None = None) -> dict:
-    """What defines a method's scores besides the model (recorded in its manifest)."""
-    spec = METHODS[method]
-    if spec.data == REPEAT:
-        r = settings.repeat()
-        pool = token_pool(tokenizer, vocab)
-        return dict(period=r.period, repeats=r.repeats, seeds=list(r.seeds), tokens="distinct random tokens per "
-                    "repeat, drawn from the vocabulary without special tokens", vocabulary_pool=len(pool),
-                    excluded_special_ids=sorted(set(tokenizer.all_special_ids)),
-                    bos_prepended=repeated_tokens(tokenizer, vocab, r)[1] == 1,
-                    target=spec.reads)
-    trials = "all" if spec.counts == ALL else f"passing (ROUGE-1 recall > {settings.rouge_threshold})"
-    return dict(span="the needle's answer span", grid="the detection sweep's trials (see the manifest's config)",
-                rows=spec.reads, trials=trials)
-
-
-def write_results(paths: dict, result: DetectionResult, info: dict, threshold: float,
-                  written: list[Path] | None = None, unwritten: tuple[str, ...] = ()) -> list[Path]:
-    """The retrieval head-score files of a finished sweep (written whenever the sweep ran,
-    whatever ``--method`` asked for). A sweep where no trial passed is refused in one line
-    that names the files already ``written`` and the methods ``unwritten`` besides retrieval.
-    A generated task's distractor file counts every trial: it is written first."""
-    out = []
-    if result.trials and "distractor_scores" in result.trials[0]:  # a generated task: copies from distractors
-        out.append(paths["distractor"])
-        write_head_scores(out[-1], result.distractor_counter())
+def refuse_unpassed(paths: dict, result: DetectionResult, threshold: float, written: list[Path],
+                    unwritten: tuple[str, ...]) -> None:
+    """A sweep where no trial passed, refused in one line that names the files already
+    ``written`` and the methods ``unwritten`` (they need passing trials)."""
     if not result.passed():
-        done = ", ".join(map(str, [*(written or []), *out])) or "nothing"
         raise UserError(
-            f"no trial passed (ROUGE-1 recall > {threshold}): wrote {done}; not written: "
-            f"{', '.join(('retrieval',) + tuple(unwritten))} (they need passing trials); "
+            f"no trial passed (ROUGE-1 recall > {threshold}): wrote {', '.join(map(str, written)) or 'nothing'}; "
+            f"not written: {', '.join(unwritten)} (they need passing trials); "
             f"read the responses in {paths['trials']}, try shorter lengths or another --needles"
         )
-    write_head_scores(paths["scores"], result.head_counter())
-    out.append(paths["scores"])
-    kv = info["num_kv_heads"]
-    if kv < info["num_heads"]:  # GQA: the granularity KV-cache compression works at
-        for agg in ("max", "mean"):
-            out.append(paths[f"kv_{agg}"])
-            write_head_scores(out[-1], result.kv_head_counter(kv, agg))
-    return out
 
 
 def merge_shards(paths: dict, manifest: dict, world: int, stats: dict | None = None) -> DetectionResult | None:
@@ -234,13 +204,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     out = Path(run.output_dir)
     methods = settings.methods()
     sweep = bool(of_data(methods, NEEDLE))  # needle trials; induction and echo need none
-    repeats = of_data(methods, REPEAT) if rank == 0 else ()  # one forward pass, on the first process only
+    needle = sweep_methods(settings) if sweep else ()  # retrieval first: every trial's record holds its scores
+    # one forward pass, on the first process only
+    repeats = chosen(settings, of_data(methods, REPEAT)) if rank == 0 else ()
     paths = output_paths(out, files, rank, world)
     if task == "single":  # no distractors: no file to guard or write
         paths.pop("distractor")
-    extra = method_paths(out, files, of_data(methods, NEEDLE) + repeats)
-    guard_outputs((list(paths.values()) if sweep else []) + [p for pair in extra.values() for p in pair],
-                  run.overwrite or run.resume)
+    own = [p for m in needle[1:] + repeats for p in m.outputs(out, files).values()]  # retrieval's: in paths
+    guard_outputs((list(paths.values()) if sweep else []) + own, run.overwrite or run.resume)
     started = utc_now()
     torch.manual_seed(INIT_SEED)
     say = status_printer(run.quiet)
@@ -248,40 +219,45 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
     checked = plan(opened.tokenizer, opened.shape, settings, task=task) if sweep else None
-    if any(METHODS[m].question for m in methods):  # query-focus: its question tokens, found by character offsets
-        check_question(checked.prompt(checked.keys()[0]))
+    for m in needle:  # query-focus: its question tokens, found by character offsets
+        m.check(checked.prompt(checked.keys()[0]))
     if repeats:
-        check_fits(opened.shape, settings.repeat())
+        check_fits(opened.shape, repeats[0].settings())
     model, info = load_checked(opened, say)
     config = dict(settings.applied(), **dataclasses.asdict(run), model_name=name)
     seconds: dict[str, float] = {}
     vocab = model.get_input_embeddings().weight.shape[0]
 
-    def write_method(m: str, counter: dict, **more) -> Path:
-        scores, mpath = extra[m]
-        write_head_scores(scores, counter)
-        counted = len(next(iter(counter.values()), []))
-        manifest = build_manifest("retrieval_head_detection", config, info, settings.seed, started)
-        write_atomic(mpath, dump_json(dict(manifest,
-                                           method=m, parameters=method_parameters(m, settings, opened.tokenizer, vocab),
-                                           scores=str(scores), seconds=dict(seconds),
-                                           **dict(more, trials=dict(more.get("trials", {}), counted=counted)))))
-        return scores
+    def write_method(m: Method, counters: dict, **more) -> list[Path]:
+        """``m``'s head-score files (``counters``: what each of its ``outputs`` holds) and its manifest."""
+        outs = m.outputs(out, files)
+        for key, counter in counters.items():
+            write_head_scores(outs[key], counter)
+        if "manifest" in outs:  # retrieval's is the sweep's
+            counted = len(next(iter(counters["scores"].values()), []))
+            manifest = build_manifest("retrieval_head_detection", config, info, settings.seed, started)
+            write_atomic(outs["manifest"], dump_json(dict(
+                manifest, method=m.name, parameters=m.parameters(settings, opened.tokenizer, vocab),
+                scores=str(outs["scores"]), seconds=dict(seconds),
+                **dict(more, trials=dict(more.get("trials", {}), counted=counted)))))
+        return [outs[key] for key in counters]
 
     written = []
     if repeats:  # first: a shard that does not merge the sweep returns early
-        tell(say, f"running repeated random tokens through the model for {' and '.join(repeats)} ...")
-        rep = repeat_scores(model, opened.tokenizer, settings.repeat())
-        seconds["induction+echo"] = round(rep["seconds"], 3)  # one forward pass for both
-        seconds["induction+echo tap"] = round(rep["tap_seconds"], 3)
-        written += [write_method(m, repeat_counter(rep[m])) for m in repeats]
+        tell(say, f"running repeated random tokens through the model for {' and '.join(m.name for m in repeats)} ...")
+        keys = repeat_keys()  # one forward pass for every repeat method
+        rep = repeat_scores(model, opened.tokenizer, repeats[0].settings(), keys)
+        family = "+".join(keys)
+        seconds[family] = round(rep["seconds"], 3)
+        seconds[f"{family} tap"] = round(rep["tap_seconds"], 3)
+        written += [p for m in repeats for p in write_method(m, m.counters(rep))]
     if sweep:
         result = sweep_run(paths, settings, run, checked, model, info, opened, config, started, (rank, world), say)
         if result is None:
             return 0
         seconds["sweep"] = round(result.stats.get("seconds", 0.0), 3)
-        for m in (m for m in methods if METHODS[m].question):  # the prefill tap of the question's rows
-            seconds[f"{m} tap"] = round(result.stats.get("tap_s", 0.0), 3)
+        for m in (m for m in needle if m.question):  # the prefill tap of the question's rows
+            seconds[f"{m.name} tap"] = round(result.stats.get("tap_s", 0.0), 3)
         report(result, run.top)
         if "adaptive" in result.stats:
             print(adaptive_summary(result.stats["adaptive"]))
@@ -289,13 +265,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         more = dict(haystacks=checked.pairing(), trials=dict(total=len(result.trials), passed=len(result.passed())))
         if "adaptive" in result.stats:
             more["stopping"] = result.stats["adaptive"]
-        # the methods that count every trial (query-focus) first: written before a sweep with no passing trial
-        # is refused; then retrieval's files and the other methods that need passing trials (needle-mass)
-        needle = of_data(methods, NEEDLE)
-        passing = tuple(m for m in needle if METHODS[m].counts == PASSING and m != RETRIEVAL)
-        written += [write_method(m, result.head_counter(m), **more) for m in needle if METHODS[m].counts == ALL]
-        written += write_results(paths, result, info, settings.rouge_threshold, written, passing)
-        written += [write_method(m, result.head_counter(m), **more) for m in passing]
+        # the methods that count every trial (query-focus) and a task's distractor file first: written before a
+        # sweep with no passing trial is refused; then the methods that need passing trials (retrieval, needle-mass)
+        written += [p for m in needle if m.counts == ALL for p in write_method(m, m.counters(result, info), **more)]
+        written += write_distractor(paths, result)
+        passing = tuple(m for m in needle if m.counts == PASSING)
+        refuse_unpassed(paths, result, settings.rouge_threshold, written, tuple(m.name for m in passing))
+        written += [p for m in passing for p in write_method(m, m.counters(result, info), **more)]
     print(f"\nwrote {', '.join(map(str, written))}")
     if methods != (RETRIEVAL,):
         print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))

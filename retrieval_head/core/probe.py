@@ -3,9 +3,9 @@
 The retrieval score asks, at every decode step, which key each query head attends to most.
 ``ArgmaxProbe`` is the hook (``hook.Hook``) that answers: it has every decode step computed
 from one float32 score row per head (``attend.decode_step``: masked as the backend masks it,
-softcapped, with sink logits), takes the argmax over keys and, given the needle's span per
-row, the softmax mass on it (needle-mass). The output is the step's own, so the model
-decodes as it would under the backend.
+softcapped, with sink logits) and takes the argmax over keys. The output is the step's own,
+so the model decodes as it would under the backend. ``span_mass`` reads the same step's
+softmax mass on a key span (needle-mass: ``engine.reads.SpanMassHook``).
 
 Worked example (a notebook)::
 
@@ -34,12 +34,8 @@ class ArgmaxProbe(Hook):
     which orders keys exactly as the attention weights do; a sink logit never wins it.
     """
 
-    def __init__(self, spans: torch.Tensor | None = None):
+    def __init__(self):
         self.rel: dict[int, torch.Tensor] = {}  # layer_idx -> [batch, heads] long
-        # spans: long [batch, 2], each row's key span (the needle); the probe then also keeps
-        # each head's softmax mass on it (needle-mass), from the same float32 row.
-        self.spans = spans
-        self.mass: dict[int, torch.Tensor] = {}  # layer_idx -> [batch, heads] float
 
     def computes(self, call: Call) -> bool:
         return call.is_decode
@@ -47,16 +43,9 @@ class ArgmaxProbe(Hook):
     def computed(self, call: Call, step: Step) -> None:
         b, num_heads, _, kv_len = step.scores.shape
         self.rel[call.layer] = step.scores.argmax(dim=-1).reshape(b, num_heads) - kv_len
-        if self.spans is not None:
-            self.mass[call.layer] = span_mass(step.probs, self.spans)
 
     def clear(self) -> None:
         self.rel = {}
-        self.mass = {}
-
-    def masses(self, num_layers: int) -> torch.Tensor:
-        """float ``[layers, batch, heads]``: the last step's mass on each row's span."""
-        return torch.stack([self.mass[i].float().cpu() for i in range(num_layers)])
 
     def positions(self, query_position: int | torch.Tensor, num_layers: int) -> torch.Tensor:
         """Absolute argmax positions ``[layers, batch, heads]`` of the last decode step.

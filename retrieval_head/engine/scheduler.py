@@ -1,7 +1,8 @@
 """The speed levers beneath both experiments, behind one typed interface.
 
 The experiments say *what* to decode: ``Job``s (a prompt each) under a list of head masks
-(one row per mask; ``None`` = unmasked), with or without the argmax probe. The
+(one row per mask; ``None`` = unmasked), and what to read on the way (``reads``: the argmax
+probe, a prefill tap... as the head-identification methods ask, ``engine.reads``). The
 ``Scheduler`` decides *how*, and yields one ``Decoded`` row at a time, each exactly what
 ``decode.greedy_decode(model, tok, job.prompt.ids, stop, n, mask=masks[i], probe=...)``
 would give for it (tests/test_prefix.py, tests/test_batched.py):
@@ -32,8 +33,9 @@ would give for it (tests/test_prefix.py, tests/test_batched.py):
   layers get their window from the mask), so it can be cropped back and stacked.
 
     scheduler = Scheduler(model, shape, stop, max_new_tokens=50, levers=Levers())
-    for row in scheduler.run(jobs, masks=[None], probe=True):
+    for row in scheduler.run(jobs, masks=[None], reads=[ArgmaxRead()]):   # or probe=True
         row.job, row.ids, row.positions          # positions: [steps, layers, heads]
+        row.reads                                # each read's result, by its name
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 
@@ -50,14 +52,13 @@ from ..core.decode import decode_rows, row_masks
 from ..core.intervene import intervene
 from ..core.kvcache import snapshot, stack_rows
 from ..core.mask import HeadMask, PressMask
-from ..core.probe import ArgmaxProbe
-from ..core.tap import AttentionTap
 from ..inputs.prompt import Prompt
 from ..models.shape import ModelShape
 from .batching import Row, RowBatcher, auto_budget
 from .prefix import FreshPrefix, SharedPrefix
 from .pressed import Kept, choose_keep, context_row, kept_hook, kept_keys, window
 from .progress import Status, count, silent
+from .reads import DECODE, PREFILL, ArgmaxRead, Read, Reading
 from .realrows import REAL, RealCache, RealPress, decode_on, row_of
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,10 @@ class Decoded:
     """One (job, mask) row, decoded.
 
     mask: the index of its mask in the ``masks`` given to ``run``.
-    positions: the probe's absolute argmax positions, ``[steps, layers, heads]`` (None without it).
+    positions: the probe's absolute argmax positions, ``[steps, layers, heads]`` (None without it):
+    ``reads["positions"]``, the ``ArgmaxRead``'s result.
     seconds: the row's share of its prompt's prefill and of its batch's decode.
-    tapped: float64 ``[layers, heads]``, the prefill tap's mean mass (``run(tap_for=...)``).
-    span_mass: float64 ``[layers, heads]``, each head's softmax mass on the prompt's needle
-    span, averaged over the row's decode steps (``run(span_mass=True)``).
+    reads: each read's result for the row, by the read's name (``run(reads=...)``, ``engine.reads``).
     kept_keys: a press row's keys kept at its compression point, over every layer and KV head.
     kv_bytes, kv_bytes_full: a real-cache row's (``realrows``) bytes its cache held once the
     prompt was in it (compressed), and a plain cache's at the same length.
@@ -94,11 +94,14 @@ class Decoded:
     ids: list[int]
     positions: torch.Tensor | None
     seconds: float
-    tapped: torch.Tensor | None = None
-    span_mass: torch.Tensor | None = None
+    reads: dict[str, Any] = field(default_factory=dict)
     kept_keys: int | None = None
     kv_bytes: int | None = None
     kv_bytes_full: int | None = None
+
+    def __post_init__(self):
+        if self.positions is None:
+            self.positions = self.reads.get(ArgmaxRead.name)
 
 
 @dataclass(frozen=True)
@@ -145,38 +148,39 @@ class Scheduler:
         self.stats: dict = {"prefix_reuse": levers.prefix_reuse, "batch_tokens": self.budget, "prompt_tokens": 0,
                             "prefilled_tokens": 0, "decode_batches": []}
         self._reused_tokens = 0
-        self._tap_for: Callable[[Job], AttentionTap] | None = None
-        self._span_mass = False
-        self._tapped: dict[int, torch.Tensor] = {}  # id(job) -> its prefill tap's [layers, heads]
+        self._reads: tuple[Read, ...] = ()
+        self._prefilled: dict[int, dict[str, Any]] = {}  # id(job) -> its prefill reads' results
         self._say: Status = silent
         self._kept: dict[int, dict[int, Kept]] = {}  # id(job) -> its press conditions' keep sets, by mask index
 
-    def run(self, jobs: list[Job], masks: list[Mask] = (None,), probe: bool = False,
-            tap_for: Callable[[Job], AttentionTap] | None = None, span_mass: bool = False,
-            say: Status | None = None) -> Iterator[Decoded]:
+    def run(self, jobs: list[Job], masks: list[Mask] = (None,), reads: Sequence[Read] = (),
+            say: Status | None = None, probe: bool = False) -> Iterator[Decoded]:
         """Every (job, mask) row, as its batch finishes.
 
-        tap_for: a job's prefill runs under ``tap_for(job)`` (its rows always prefilled, not
-        reused); span_mass: the probe also measures the mass on each prompt's needle span;
-        say: told each prefill and decode batch as it starts (``progress.Progress.say``, which
+        reads: what to read on the way (``engine.reads``): a prefill read's hook sees each
+        prompt's prefill (its rows always prefilled, not reused), a decode read's each decode
+        batch; each row gets their results in ``Decoded.reads``. probe: short for
+        ``reads=[ArgmaxRead()]`` (the argmax positions, ``Decoded.positions``); say: told
+        each prefill and decode batch as it starts (``progress.Progress.say``, which
         shows those before the first row: batching holds the first rows until several
         prompts are prefilled)."""
         masks = list(masks)
         presses = [m for m in masks if isinstance(m, PressMask)]
-        if presses and (tap_for is not None or probe):
-            raise ValueError("press conditions run without the probe and the attention tap (detection's)")
-        if any(isinstance(m, REAL) for m in masks) and (tap_for is not None or probe):
-            raise ValueError("real-cache conditions run without the probe and the attention tap (detection's)")
-        self._tap_for, self._span_mass, self._tapped = tap_for, span_mass and probe, {}
+        reads = tuple(reads) + ((ArgmaxRead(),) if probe and not any(r.name == ArgmaxRead.name for r in reads) else ())
+        if presses and reads:
+            raise ValueError("press conditions run without the probe and the methods' reads (detection's)")
+        if any(isinstance(m, REAL) for m in masks) and reads:
+            raise ValueError("real-cache conditions run without the probe and the methods' reads (detection's)")
+        self._reads, self._prefilled = reads, {}
         self._say = say or silent
         if self.levers.prefix_reuse:  # ascending insertion points: each prompt extends the last one's prefix
             jobs = sorted(jobs, key=lambda j: (j.source, j.prompt.insert_at, j.key))
         for p in passes(masks):
-            yield from self._pass(jobs, p, probe)
+            yield from self._pass(jobs, p)
         log.info("prefilled %d of %d prompt tokens; %d decode batches", self.stats["prefilled_tokens"],
                  self.stats["prompt_tokens"], len(self.stats["decode_batches"]))
 
-    def _pass(self, jobs: list[Job], p: _Pass, probe: bool) -> Iterator[Decoded]:
+    def _pass(self, jobs: list[Job], p: _Pass) -> Iterator[Decoded]:
         if isinstance(p.prefill_mask, RealCache):
             yield from self._fresh(jobs, p.index[0], p.prefill_mask)
             return
@@ -194,20 +198,22 @@ class Scheduler:
         for k, job in enumerate(jobs, 1):
             self._say(f"prefilling prompt {k} of {len(jobs)} ({len(job.prompt.ids)} tokens)")
             t0 = time.perf_counter()
-            tap = self._tap_for(job) if self._tap_for is not None else None
+            taps = self._open(PREFILL, [job.prompt])
             # Outside any scope for decode-phase masks: a one-token prefill chunk is no decode step
             # (inside a tap's scope it is none either: no probe, so the backend computes it).
-            scoped = p.prefill_mask is not None or tap is not None
-            with intervene(self.model, mask=p.prefill_mask, tap=tap) if scoped else contextlib.nullcontext():
-                cache = source.cache_for(job.prompt.ids, None if tap is None else int(tap.rows.min()))
+            scoped = p.prefill_mask is not None or bool(taps)
+            first = min((r.first_row for r in taps.values() if r.first_row is not None), default=None)
+            with intervene(self.model, mask=p.prefill_mask, hooks=[r.hook for r in taps.values()]) if scoped \
+                    else contextlib.nullcontext():
+                cache = source.cache_for(job.prompt.ids, first)
             if presses:  # every press of the pass sees the prompt's keys and its window of queries
                 self._kept[id(job)] = choose_keep(self.model, self.shape, cache, job.prompt.ids, presses,
                                                   lv.prefill_chunk)
                 self.stats["press_tokens"] = self.stats.get("press_tokens", 0) + min(window(presses),
                                                                                      len(job.prompt.ids))
-            if tap is not None:
-                self._tapped[id(job)] = tap.mean(self.shape.num_layers)[:, 0]
-                self.stats["tap_s"] = self.stats.get("tap_s", 0.0) + tap.seconds
+            if taps:
+                self._prefilled[id(job)] = {name: r.result(0) for name, r in taps.items()}
+                self._count(taps)
             row = Row(job, len(job.prompt.ids), None, time.perf_counter() - t0)
             self.stats["prompt_tokens"] += row.length - 1
             yield from self._in_context(job, cache, context)
@@ -215,14 +221,14 @@ class Scheduler:
                 continue
             if held * row.length > self.budget or (held == 1 and batcher.rows_for(row.length) == 1):
                 yield from self._real([row], cache, real, shares)
-                yield from self._on_its_own(row, cache, p, probe)
+                yield from self._on_its_own(row, cache, p)
                 self._kept.pop(id(job), None)
                 continue
             row.snapshot = snapshot(cache)
             for group in batcher.add(row):
-                yield from self._group(group, real, shares, p, probe)
+                yield from self._group(group, real, shares, p)
         for group in batcher.flush():
-            yield from self._group(group, real, shares, p, probe)
+            yield from self._group(group, real, shares, p)
         self._reused_tokens += source.reused_tokens
         self.stats["prefilled_tokens"] = self.stats["prompt_tokens"] - self._reused_tokens
 
@@ -238,11 +244,11 @@ class Scheduler:
                 min(max(1, m.press.window), at)
             yield Decoded(job, i, ids, None, time.perf_counter() - t0, kept_keys=kept_keys(kept, at))
 
-    def _group(self, group: list[Row[Job]], real: dict[int, RealCache | RealPress], shares: int, p: _Pass,
-               probe: bool) -> Iterator[Decoded]:
+    def _group(self, group: list[Row[Job]], real: dict[int, RealCache | RealPress], shares: int,
+               p: _Pass) -> Iterator[Decoded]:
         yield from self._real(group, None, real, shares)
         if p.masks:
-            yield from self._decode(group, self._stack(group, len(p.masks)), p, probe)
+            yield from self._decode(group, self._stack(group, len(p.masks)), p)
         self._forget(group)
 
     def _real(self, group: list[Row[Job]], cache, real: dict[int, RealCache | RealPress],
@@ -308,7 +314,7 @@ class Scheduler:
             r.snapshot = None  # stack_rows frees each snapshot once copied
         return stack_rows(snaps, self.max_new_tokens)
 
-    def _on_its_own(self, row: Row[Job], cache, p: _Pass, probe: bool) -> Iterator[Decoded]:
+    def _on_its_own(self, row: Row[Job], cache, p: _Pass) -> Iterator[Decoded]:
         """A prompt whose rows do not fit the budget together: chunks of rows that fit, all
         from its one prefill; a one-row chunk decodes on the cache itself, then crops back."""
         per = max(1, self.budget // row.length)
@@ -316,13 +322,13 @@ class Scheduler:
         for lo in range(0, len(p.masks), per):
             part = _Pass(p.masks[lo:lo + per], p.index[lo:lo + per], p.prefill_mask)
             if snap is None:
-                yield from self._decode([row], cache, part, probe)
+                yield from self._decode([row], cache, part)
                 cache.crop(-(cache.get_seq_length() - (row.length - 1)))  # back to the prompt
             else:
-                yield from self._decode([row], stack_rows([snap] * len(part.masks), self.max_new_tokens), part, probe)
+                yield from self._decode([row], stack_rows([snap] * len(part.masks), self.max_new_tokens), part)
             row.prefill_s = 0.0  # counted once, in the first chunk
 
-    def _decode(self, group: list[Row[Job]], cache, p: _Pass, probe: bool) -> Iterator[Decoded]:
+    def _decode(self, group: list[Row[Job]], cache, p: _Pass) -> Iterator[Decoded]:
         """Decode ``group``'s rows (row j * len(masks) + i: prompt j under mask i) as one batch."""
         n = len(p.masks)
         rows = [(r, i) for r in group for i in range(n)]
@@ -335,27 +341,33 @@ class Scheduler:
             mask = row_masks(self.shape, heads)
         kept = [self._kept[id(r.item)].get(p.index[i]) if id(r.item) in self._kept else None for r, i in rows]
         hooks = [] if all(k is None for k in kept) else [kept_hook(kept, group[0].length, self.shape)]
-        steps: list[list[torch.Tensor]] = [[] for _ in rows]
-        mass: list[list[torch.Tensor]] = [[] for _ in rows]
-        spans = torch.tensor([r.item.prompt.needle_span for r, _ in rows]) if self._span_mass else None
-        the_probe = ArgmaxProbe(spans) if probe else None
+        reads = self._open(DECODE, [r.item.prompt for r, _ in rows], group[0].length - 1)
+        hooks += [r.hook for r in reads.values()]  # a read sees the step computed from the query the mask leaves
 
         def on_step(row, t, tok, pos):
-            steps[row].append(pos)
-            if spans is not None:
-                mass[row].append(the_probe.masses(self.shape.num_layers)[:, row])
+            for r in reads.values():
+                r.step(row, t)
 
         self._say(f"decoding {count(len(rows), 'row')} together (up to {count(self.max_new_tokens, 'new token')} "
                   "each)")
         t0 = time.perf_counter()
         outs = decode_rows(self.model, [r.item.prompt.ids[-1] for r, _ in rows], group[0].length - 1, cache,
-                           self.stop, self.max_new_tokens, probe=the_probe, mask=mask,
-                           on_step=on_step if probe else None, hooks=hooks)
+                           self.stop, self.max_new_tokens, mask=mask, on_step=on_step if reads else None,
+                           hooks=hooks)
         self.stats["decode_batches"].append(len(rows))
         share = (time.perf_counter() - t0) / len(rows)
+        self._count(reads)
         for k, ((r, i), ids) in enumerate(zip(rows, outs)):
-            pos = torch.cat(steps[k], dim=1).transpose(0, 1) if probe else None  # [steps, layers, heads]
-            m = torch.stack(mass[k]).double().mean(0) if spans is not None else None  # over the row's steps
+            got = dict(self._prefilled.get(id(r.item), {}), **{name: x.result(k) for name, x in reads.items()})
             held = None if kept[k] is None else kept_keys(kept[k], group[0].length)
-            yield Decoded(r.item, p.index[i], ids, pos, share + r.prefill_s / n, self._tapped.get(id(r.item)), m,
-                          held)
+            yield Decoded(r.item, p.index[i], ids, None, share + r.prefill_s / n, reads=got, kept_keys=held)
+
+    def _open(self, phase: str, prompts: list[Prompt], query_position: int = 0) -> dict[str, Reading]:
+        """The readings of ``run``'s reads of ``phase`` for ``prompts``' scope, by name."""
+        return {r.name: r.open(prompts, self.shape.num_layers, query_position) for r in self._reads
+                if r.phase == phase}
+
+    def _count(self, readings: dict[str, Reading]) -> None:
+        for r in readings.values():
+            for k, v in r.cost().items():
+                self.stats[k] = self.stats.get(k, 0.0) + v

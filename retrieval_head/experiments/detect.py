@@ -24,13 +24,13 @@ from typing import Callable
 import torch
 
 from ..core.decode import check_supported, stop_token_mask
-from ..core.scoring import rouge1_recall, spans_scores, trial_scores
+from ..core.scoring import rouge1_recall, spans_scores
 from ..engine.progress import Progress, Status, count, tell
 from ..engine.scheduler import Decoded, Job, Scheduler
 from ..inputs.haystack import Needle
 from ..inputs.tasks import string_match
-from ..methods.focus import scheduler_options, trial_fields
-from ..methods.registry import ALL, METHODS, NEEDLE, RETRIEVAL
+from ..methods.method import NeedleMethod
+from ..methods.registry import ALL, METHODS, NEEDLE, RETRIEVAL, chosen, of_data
 from ..models.shape import ModelShape
 from . import adaptive
 from .detect_settings import ADAPTIVE_DEFAULTS, DetectSettings  # noqa: F401 (re-exported: the API)
@@ -76,19 +76,26 @@ def _run(keys: list[TrialKey], trials: Plan, scheduler: Scheduler, tokenizer, se
     """The records of ``keys``: reused from ``done``, else run through the scheduler."""
     records = [done[k] for k in keys if k in done]
     jobs = [Job(k, trials.prompt(k), trials.source(k)) for k in keys if k not in done]
-    # the other needle methods' records besides the probe (query-focus: the prefill tap; needle-mass: span mass)
-    taps = scheduler_options(settings.methods())
+    # what the methods read on a trial (retrieval: the argmax probe; query-focus: the prefill tap; needle-mass:
+    # the span mass), each read once
+    reads = tuple({r.name: r for m in sweep_methods(settings) for r in m.reads()}.values())
     with Progress(len(jobs), "detect", "trial", progress, status) as bar:
         bar.say(f"{count(len(jobs), 'trial')} to run" + (f" ({len(records)} of {len(keys)} done before: resumed)"
                                                          if records else ""))
-        # prompt -> prefill -> decode under the probe
-        for row in scheduler.run(jobs, probe=True, say=bar.say, **taps):
+        # prompt -> prefill -> decode under the probe (and the other methods' reads)
+        for row in scheduler.run(jobs, reads=reads, say=bar.say):
             record = trial_record(tokenizer, row, trials.needle(row.job.key), settings)  # -> score -> record
             records.append(record)
             bar.update(1)
             if on_trial is not None:
                 on_trial(record)
     return records
+
+
+def sweep_methods(st: DetectSettings) -> tuple[NeedleMethod, ...]:
+    """The sweep's methods: retrieval first and always (every trial's record holds its
+    scores: the probe runs anyway), then the other needle methods asked for, in order."""
+    return chosen(st, (RETRIEVAL,) + tuple(m for m in of_data(st.methods(), NEEDLE) if m != RETRIEVAL))
 
 
 def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) -> dict:
@@ -102,6 +109,7 @@ def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) ->
                         " ".join(trial.answers))
     text = tokenizer.decode(row.ids, skip_special_tokens=True).strip()
     recall = rouge1_recall(text, needle.real_needle)
+    retrieval, *others = sweep_methods(st)
     record = {
         **row.job.key._asdict(),
         "prompt_length": len(prompt.ids),
@@ -111,9 +119,9 @@ def trial_record(tokenizer, row: Decoded, needle: Needle, st: DetectSettings) ->
         "response_ids": row.ids,
         "rouge1_recall": recall,
         "passed": recall > st.rouge_threshold,
-        "head_scores": trial_scores(prompt.ids, prompt.needle_span, row.positions, row.ids, st.score).tolist(),
+        retrieval.field: retrieval.score_row(row).tolist(),  # head_scores
         "duration_s": round(row.seconds, 4),
-        **trial_fields(row, st.methods()),  # the other methods' scores, when asked for
+        **{m.field: m.score_row(row).tolist() for m in others},  # the other methods' scores, when asked for
     }
     if trial is not None:
         match, (new_tokens, newline) = 100 * string_match(text, trial.answers), st.decoding(trial.task)

@@ -17,6 +17,10 @@ score: one sweep gives all three (``detect``, ``--method retrieval query-focus n
   the argmax to land on the very token emitted). Like retrieval, only trials whose answer
   passes the ROUGE check count.
 
+Each is a method object (``method.NeedleMethod``): ``QueryFocus`` reads the prefill tap
+(``engine.reads.TapRead`` of ``focus_tap``), ``NeedleMass`` the span mass of the decode
+steps (``engine.reads.SpanMassRead``).
+
 Worked example (one head, needle span [10, 12), question rows 20..21)::
 
     question row 20 puts 0.5 + 0.25 on keys 10, 11; row 21 puts 0.25 + 0.25
@@ -28,16 +32,23 @@ Worked example (one head, needle span [10, 12), question rows 20..21)::
     ...                      question_span=(20, 22)))
     >>> t.rows.tolist(), t.lo[:, 0].tolist(), t.hi[:, 0].tolist()
     ([20, 21], [10, 10], [12, 12])
+
+A row's scores are the reads' results (``Decoded.reads``)::
+
+    >>> from types import SimpleNamespace
+    >>> row = SimpleNamespace(reads={"tapped": "question rows' mass", "span_mass": "decode steps' mass"})
+    >>> QueryFocus().score_row(row), NeedleMass().score_row(row)
+    ("question rows' mass", "decode steps' mass")
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..core.tap import AttentionTap
 from ..errors import UserError
 from ..inputs.prompt import Prompt
-from .registry import METHODS
+from .method import ALL, PASSING, NeedleMethod
 
 
 def check_question(prompt: Prompt) -> None:
@@ -48,8 +59,12 @@ def check_question(prompt: Prompt) -> None:
                         "to find them; use a fast tokenizer or drop query-focus from --method")
 
 
-def focus_tap(prompt: Prompt) -> AttentionTap:
-    """The tap of one trial's prefill: the question's rows, each on the needle span."""
+def focus_tap(prompt: Prompt):
+    """The tap (``tap.AttentionTap``) of one trial's prefill: the question's rows, each on the needle span."""
+    import torch
+
+    from ..core.tap import AttentionTap
+
     check_question(prompt)
     a, b = prompt.question_span
     rows = torch.arange(a, b)
@@ -57,16 +72,43 @@ def focus_tap(prompt: Prompt) -> AttentionTap:
     return AttentionTap(rows, torch.full_like(rows, s), torch.full_like(rows, e))
 
 
-def scheduler_options(methods: tuple[str, ...]) -> dict:
-    """What the scheduler must record for ``methods`` besides the probe: the prefill tap of
-    the question's rows (``tap_for``, query-focus) and the needle-span mass of the decode
-    rows (``span_mass``, needle-mass); the ``Scheduler.run`` keywords."""
-    rows = {METHODS[m].row for m in methods}
-    return dict(tap_for=(lambda job: focus_tap(job.prompt)) if "tapped" in rows else None,
-                span_mass="span_mass" in rows)
+@dataclass(frozen=True)
+class QueryFocus(NeedleMethod):
+    """The question rows' prefill mass on the needle span (module docstring); every trial counts."""
+
+    name: ClassVar[str] = "query-focus"
+    counts: ClassVar[str] = ALL
+    field: ClassVar[str] = "query_focus"
+    question: ClassVar[bool] = True
+    read_at: ClassVar[str] = "the question's tokens, prefill"
+    module: ClassVar[str] = "methods.focus"
+
+    def reads(self) -> tuple:
+        from ..engine.reads import TapRead
+
+        return (TapRead("tapped", focus_tap),)
+
+    def check(self, prompt: Prompt) -> None:
+        check_question(prompt)
+
+    def score_row(self, row):
+        return row.reads["tapped"]
 
 
-def trial_fields(row, methods: tuple[str, ...]) -> dict:
-    """The per-trial scores of the methods asked for that a scheduler row carries, as
-    trial-record fields (``[layers][heads]``), in ``methods``' order."""
-    return {METHODS[m].field: getattr(row, METHODS[m].row).tolist() for m in methods if METHODS[m].row}
+@dataclass(frozen=True)
+class NeedleMass(NeedleMethod):
+    """The decode steps' mass on the needle span (module docstring); passing trials count."""
+
+    name: ClassVar[str] = "needle-mass"
+    counts: ClassVar[str] = PASSING
+    field: ClassVar[str] = "needle_mass"
+    read_at: ClassVar[str] = "every decode step of the answer"
+    module: ClassVar[str] = "methods.focus"
+
+    def reads(self) -> tuple:
+        from ..engine.reads import SpanMassRead
+
+        return (SpanMassRead(),)
+
+    def score_row(self, row):
+        return row.reads["span_mass"]

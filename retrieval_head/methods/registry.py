@@ -1,24 +1,27 @@
-"""The head-identification methods, side by side: what each needs, how it counts, its file.
+"""Every head-identification method by name, and ``make_method``: a method from the command
+line's ``--method NAME`` and its parameters (``method.Method``: one small object per method,
+of the presses' shape; the table below says what each reads).
 
 Every method writes the original's format, ``{"layer-head": [per-trial score]}``, so every
 reader of head-score files (``heads top|heatmap|compare``, ``--head_score``, masking, the
 judge) takes any of them unchanged; the manifest beside it names the method and its
-parameters. ``METHODS`` is the one table the commands read: which methods exist (and their
-order), which data each needs, which trials count, where a trial keeps its scores and which
-file it writes. A new method is a new ``Method`` row here and the module that computes it.
+parameters. ``METHODS`` (each method made with its defaults) is the table the commands read:
+which methods exist (and their order), which data each needs, which trials count, where a
+trial keeps its scores and which file it writes. A new method is its module (a ``Method``
+dataclass) and one line in ``METHODS`` here (docs/methods.md).
 
 =============  ==================================================  =================  ==============
 method         score of head (l, h) in one trial                   data (counted)     module
 =============  ==================================================  =================  ==============
-retrieval      copies of needle tokens by its argmax while          needle trials      core.scoring
+retrieval      copies of needle tokens by its argmax while          needle trials      methods.retrieval
                decoding (Wu et al. 2024, arXiv 2404.15574)          (passing)
 query-focus    question rows' softmax mass on the needle span       needle trials      methods.focus
                in the prefill (QRHead-style)                        (all)
 needle-mass    softmax mass on the needle span per decode step      needle trials      methods.focus
                of the answer (HeadKV-R2-style)                      (passing)
-induction      mass on the token after the previous occurrence      repeated random    methods.repeat
+induction      mass on the token after the previous occurrence      repeated random    methods.induction
                (RazorAttention, TransformerLens)                    tokens (seeds)
-echo           mass on the previous occurrence itself               repeated random    methods.repeat
+echo           mass on the previous occurrence itself               repeated random    methods.induction
                                                                     tokens (seeds)
 =============  ==================================================  =================  ==============
 
@@ -34,62 +37,53 @@ forward pass over repeated random tokens gives induction and echo.
     (PosixPath('head_score/M.json'), PosixPath('head_score/M.echo.json'))
     >>> method_of(Path("head_score/Llama-3.1-8B.query-focus.json")), method_of(Path("x/Llama-3.1-8B.json"))
     ('query-focus', 'Llama-3.1-8B')
+    >>> make_method("induction", period=16)
+    Induction(period=16, repeats=4, seeds=(0, 1, 2))
+    >>> try:
+    ...     make_method("retrieval", period=16)
+    ... except UserError as e:
+    ...     print(e)
+    --method retrieval has no parameter period (it has score)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from types import MappingProxyType
 
-NEEDLE, REPEAT = "needle", "repeat"  # the data a method needs: the detection sweep's trials, or repeated tokens
-PASSING, ALL = "passing", "all"      # which needle trials count: those whose answer passes the ROUGE check, or all
-RETRIEVAL = "retrieval"              # the default method: its file is <model>.json, its manifest the sweep's
+from ..errors import UserError
+from .focus import NeedleMass, QueryFocus
+from .induction import Echo, Induction
+from .method import ALL, NEEDLE, PASSING, REPEAT, RETRIEVAL, Method  # noqa: F401 (the names the commands read)
+from .retrieval import Retrieval
+
+# every method, in the order the commands list and run them: one line each
+METHODS = MappingProxyType({cls.name: cls() for cls in (Retrieval, QueryFocus, NeedleMass, Induction, Echo)})
 
 
-@dataclass(frozen=True)
-class Method:
-    """One head-identification method.
-
-    name:     as ``--method`` spells it, and in its file name (``<model>.<name>.json``).
-    data:     ``NEEDLE`` (the detection sweep's needle trials) or ``REPEAT`` (repeated
-              random tokens, no haystack).
-    counts:   needle methods: ``PASSING`` or ``ALL`` trials count; repeat methods: ``ALL``
-              (each seed is a trial).
-    field:    needle methods: the trial record's field of its per-trial ``[layers][heads]``
-              scores; None for repeat methods (they keep no trial log).
-    row:      needle methods other than retrieval: the scheduler row's (``Decoded``)
-              attribute the trial's scores come from; None where none.
-    question: it reads the question's tokens (found by the tokenizer's character offsets,
-              checked before the weights load).
-    reads:    the query rows (needle) or key (repeat) its mass is read at, as its manifest
-              records it.
-    module:   where its score is computed.
-    """
-
-    name: str
-    data: str
-    counts: str
-    field: str | None
-    row: str | None
-    question: bool
-    reads: str
-    module: str
-
-    def file_name(self, model: str) -> str:
-        """``<model>.json`` for retrieval (as ever), ``<model>.<method>.json`` for the others."""
-        return f"{model}.json" if self.name == RETRIEVAL else f"{model}.{self.name}.json"
+def make_method(name: str, **params) -> Method:
+    """The method ``name`` with ``params`` (its dataclass fields); every mistake is a ``UserError``."""
+    if name not in METHODS:
+        raise UserError(f"no method {name!r}: choose one of {', '.join(METHODS)}")
+    cls = type(METHODS[name])
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise UserError(f"--method {name} has no parameter {', '.join(unknown)} (it has "
+                        f"{', '.join(sorted(fields)) or 'none'})")
+    return cls(**params)
 
 
-METHODS = MappingProxyType({m.name: m for m in (
-    Method(RETRIEVAL, NEEDLE, PASSING, "head_scores", None, False, "every decode step's argmax", "core.scoring"),
-    Method("query-focus", NEEDLE, ALL, "query_focus", "tapped", True, "the question's tokens, prefill",
-           "methods.focus"),
-    Method("needle-mass", NEEDLE, PASSING, "needle_mass", "span_mass", False, "every decode step of the answer",
-           "methods.focus"),
-    Method("induction", REPEAT, ALL, None, None, False, "p - period + 1", "methods.repeat"),
-    Method("echo", REPEAT, ALL, None, None, False, "p - period", "methods.repeat"),
-)})
+def chosen(settings, names: tuple[str, ...]) -> tuple[Method, ...]:
+    """The methods ``names``, each with its parameters from the detection settings
+    (``Method.from_settings``), in ``names``' order."""
+    return tuple(type(METHODS[n]).from_settings(settings) for n in names)
+
+
+def repeat_keys() -> dict[str, int]:
+    """Every repeat method's key (``induction.RepeatMethod``): the columns of the one pass."""
+    return {n: m.key for n, m in METHODS.items() if m.data == REPEAT}
 
 
 def of_data(methods: tuple[str, ...], data: str) -> tuple[str, ...]:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
 
@@ -36,6 +38,11 @@ from ..core.intervene import intervene
 from ..core.tap import AttentionTap
 from ..errors import UserError
 from ..models.shape import ModelShape
+
+# The keys of the two methods of the pass (``induction.Induction`` and ``induction.Echo``:
+# ``p - period + key``), read when no ``keys`` are given; tests hold them equal to the
+# registry's (``registry.repeat_keys``), which the command passes.
+KEYS: Mapping[str, int] = MappingProxyType({"induction": 1, "echo": 0})
 
 
 @dataclass(frozen=True)
@@ -88,21 +95,24 @@ def repeated_tokens(tokenizer, vocab_size: int, st: RepeatSettings) -> tuple[tor
 
 
 @torch.no_grad()
-def repeat_scores(model, tokenizer, st: RepeatSettings = RepeatSettings()) -> dict:
-    """``{"induction": [seeds, layers, heads], "echo": ..., "seconds", "tap_seconds"}`` (float64)."""
+def repeat_scores(model, tokenizer, st: RepeatSettings = RepeatSettings(),
+                  keys: Mapping[str, int] = KEYS) -> dict:
+    """``{"induction": [seeds, layers, heads], "echo": ..., "seconds", "tap_seconds"}`` (float64):
+    for each method of ``keys`` (name -> key; the command passes every registered repeat
+    method's, ``registry.repeat_keys``), each head's mass on key ``p - period + key``."""
     st.check()
     shape = ModelShape.of(model)
     t0 = time.perf_counter()
     check_fits(shape, st)
     ids, offset = repeated_tokens(tokenizer, model.get_input_embeddings().weight.shape[0], st)
-    rows, ind, echo = repeat_rows(st.period, st.repeats, offset)
-    targets = torch.stack([ind, echo], 1)  # one softmax per row, two keys read from it
+    rows, _, _ = repeat_rows(st.period, st.repeats, offset)
+    targets = torch.stack([rows - st.period + k for k in keys.values()], 1)  # one softmax per row, a key per method
     tap = AttentionTap(rows, targets, targets + 1)
     with intervene(model, tap=tap) as scope:
         model(input_ids=ids.to(input_device(model)), use_cache=False, logits_to_keep=1)
     scope.check_routed()
-    mass = tap.mean(shape.num_layers).transpose(0, 1)  # [seeds, layers, heads, 2]
-    out = {"induction": mass[..., 0], "echo": mass[..., 1]}
+    mass = tap.mean(shape.num_layers).transpose(0, 1)  # [seeds, layers, heads, keys]
+    out = {name: mass[..., i] for i, name in enumerate(keys)}
     out.update(seconds=time.perf_counter() - t0, tap_seconds=tap.seconds)
     return out
 
