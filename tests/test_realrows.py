@@ -136,3 +136,16 @@ def test_real_press_rows_equal_the_masked_press_rows_and_hold_the_predicted_byte
                 changed.add(m.press.name)
     # no vacuous pass: every press changes some answer (mistral's window of 8 is all SnapKV's window keeps)
     assert changed == ({"snapkv", "knorm", "streaming_llm", "duo"} if family == "llama" else {"knorm"}), changed
+
+
+def test_a_real_press_on_a_prompt_shorter_than_its_window_answers_as_masked():
+    """A prompt of 45 tokens under SnapKV's window of 64: the press reads every query the prompt
+    has (the window clamped to the prompt, as the masked press does), on the real cache too."""
+    model = tiny_model(family="llama", max_positions=512)
+    base = ids_of(40, seed=3)[0].tolist()
+    ids = base[:20] + NEEDLE + base[20:]
+    job = Job((len(base), 20), Prompt(ids, (20, 20 + len(NEEDLE)), 20, len(base)))
+    m = PressMask(SnapKV(), 0.25)
+    assert m.press.window > len(ids)
+    rows = {r.mask: r for r in Scheduler(model, ModelShape.of(model), STOP, STEPS, Levers()).run([job], masks=[m, RealPress(m)])}
+    assert rows[1].ids == rows[0].ids and rows[1].kept_keys == rows[0].kept_keys > 0

@@ -204,9 +204,10 @@ class PressedCache(CompressedCache):
         point as its own prefill would. ``prefilled`` is left as it was."""
         if self.phase != "decode" or self.get_seq_length() or any(layer.at is None for layer in self.layers):
             raise UserError("absorb is for a fresh phase-decode pressed cache told its point (compress_at)")
-        if upto > self.layers[0].at - max(1, self.press.window):
-            raise UserError(f"absorb holds keys before the press's window of queries only (up to "
-                            f"{self.layers[0].at - max(1, self.press.window)}), got {upto}")
+        at = self.layers[0].at
+        last = at - min(max(1, self.press.window), at)  # the window clamped to the prompt, as the press reads it
+        if upto > last:
+            raise UserError(f"absorb holds keys before the press's window of queries only (up to {last}), got {upto}")
         for layer, plain in zip(self.layers, prefilled.layers):
             if plain.keys.shape[-2] < upto:
                 raise UserError("absorb takes a cache holding every key (not a sliding-window layer's last ones)")
