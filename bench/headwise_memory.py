@@ -59,7 +59,7 @@ from retrieval_head.core.hook import Hook  # noqa: E402
 from retrieval_head.core.intervene import intervene  # noqa: E402
 from retrieval_head.core.keep import cache_bytes, keep_top  # noqa: E402
 from retrieval_head.core.kvcache import GrowingCache  # noqa: E402
-from retrieval_head.headfiles.load import load_ranking  # noqa: E402
+from retrieval_head.experiments.press import kv_scores  # noqa: E402
 from retrieval_head.models.loading import ModelSpec, load_model  # noqa: E402
 from retrieval_head.models.shape import ModelShape  # noqa: E402
 
@@ -275,7 +275,7 @@ def load(name: str, args):
     else:
         model = build(name, max(args.lengths) + args.steps + 2, args.device)
     shape = ModelShape.of(model)
-    scores = (load_ranking(Path(args.head_score), shape, "kv")[0] if args.head_score
+    scores = (kv_scores(Path(args.head_score), shape) if args.head_score
               else torch.rand(shape.num_layers, shape.num_kv_heads, generator=torch.Generator().manual_seed(0)))
     return model, shape, scores, tokenizer
 

@@ -96,16 +96,21 @@ class KeepRows:
         self.draws, self.uniform = 0, False
 
     def first(self, n: int) -> list[torch.Tensor]:
-        while not self.uniform and (not self.kept or self.kept[0].shape[0] < n):
-            new = [
+        new: list[list[torch.Tensor]] = []  # this call's draws, joined to the kept rows once after them
+        have = self.kept[0].shape[0] if self.kept else 0
+        while not self.uniform and (not self.draws or have < n):
+            new.append([
                 keep.cpu()
                 for _, _, keep in random_layers(
                     self.shape, self.press, self.budget, self.chunk, self.length, self.draws, self.dtype, self.device
                 )
-            ]
-            self.kept = new if not self.kept else [torch.cat([a, b]) for a, b in zip(self.kept, new)]
+            ])
+            have += new[-1][0].shape[0]
             self.draws += 1
-            self.uniform = all(bool((k.sum(-1) == k[:1].sum(-1)).all()) for k in self.kept)
+            if self.draws == 1:  # more rows cannot make a non-uniform draw uniform: the first decides
+                self.uniform = all(bool((k.sum(-1) == k[:1].sum(-1)).all()) for k in new[0])
+        if new:
+            self.kept = [torch.cat(layer) for layer in zip(*([self.kept] if self.kept else []), *new)]
         drawn = self.kept[0].shape[0]
         rows = torch.arange(n) % drawn  # the first n rows, the drawn ones repeated past them (uniform)
         return [k[:n] if n <= drawn else k[rows] for k in self.kept]
@@ -147,7 +152,7 @@ def press_row(model, shape, name: str, length: int, full: dict, args, scores) ->
         steppers[FULL] = Stepper(model, full["cache"], full["timed_batch"])
     times = interleaved(steppers, args.steps)
     step_ms, tokens_s = rate(batch, times[name])
-    row.update(timed_batch=batch, capped=batch < most, held_mib=round(held / MIB, 2), as_predicted=True)
+    row.update(timed_batch=batch, capped=batch < most, held_mib=round(held / MIB, 2), as_predicted=held == predicted)
     row.update(step_ms=round(step_ms, 1), tokens_s=round(tokens_s, 1))
     if FULL in times:
         full["times"] += times[FULL]

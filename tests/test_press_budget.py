@@ -9,13 +9,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from helpers import one_thread, tiny_llama
+from helpers import tiny_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is the checkout's, not the package's
 from bench.headwise_memory import MIB  # noqa: E402
 from bench.press_budget import FULL, KeepRows, largest_batch, length_rows, main, press_for  # noqa: E402
 from retrieval_head.models.shape import ModelShape  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # main() sets the thread count: restored after
 
 LENGTH, ROW, FULL_ROW = 100, 7680, 76800
 
@@ -36,13 +39,12 @@ def test_largest_batch_is_the_last_that_fits():
 
 
 def test_streaming_llm_rows_known_bytes_and_batch():
-    with one_thread():
-        shape = ModelShape.of(tiny_llama())
-        rows = KeepRows(shape, press_for("streaming_llm", shape, None, LENGTH), 0.1, LENGTH, 4, torch.float32, "cpu")
-        assert [rows.nbytes(n, 4) for n in (1, 2, 7)] == [ROW, 2 * ROW, 7 * ROW]  # 7: the 4 drawn, repeated
-        assert rows.uniform and rows.draws == 1
-        assert largest_batch(lambda n: rows.nbytes(n, 4), 5 * ROW - 1, 100) == 4
-        assert largest_batch(lambda n: rows.nbytes(n, 4), 5 * ROW, 100) == 5
+    shape = ModelShape.of(tiny_llama())
+    rows = KeepRows(shape, press_for("streaming_llm", shape, None, LENGTH), 0.1, LENGTH, 4, torch.float32, "cpu")
+    assert [rows.nbytes(n, 4) for n in (1, 2, 7)] == [ROW, 2 * ROW, 7 * ROW]  # 7: the 4 drawn, repeated
+    assert rows.uniform and rows.draws == 1
+    assert largest_batch(lambda n: rows.nbytes(n, 4), 5 * ROW - 1, 100) == 4
+    assert largest_batch(lambda n: rows.nbytes(n, 4), 5 * ROW, 100) == 5
 
 
 def test_rows_on_the_real_cache():
@@ -50,10 +52,9 @@ def test_rows_on_the_real_cache():
     timed at 3 (capped), the real cache holding exactly the predicted bytes (asserted inside);
     AdaKV's rows differ, so its batch is whatever its first rows' bytes allow: at least the
     full cache's."""
-    with one_thread():
-        model = tiny_llama()
-        shape = ModelShape.of(model)
-        got = {r["press"]: r for r in length_rows(model, shape, None, LENGTH, args())}
+    model = tiny_llama()
+    shape = ModelShape.of(model)
+    got = {r["press"]: r for r in length_rows(model, shape, None, LENGTH, args())}
     assert (got["streaming_llm"]["largest_batch"], got[FULL]["largest_batch"]) == (MIB // ROW, MIB // FULL_ROW)
     assert got["streaming_llm"]["largest_mib"] == round(MIB // ROW * ROW / MIB, 2)
     assert got["streaming_llm"]["timed_batch"] == got[FULL]["timed_batch"] == 3
@@ -66,19 +67,17 @@ def test_adakv_rows_are_drawn_not_repeated():
     """AdaKV's counts per head differ from row to row (at 1,000 keys; at 100 its window keeps
     every head even): every row asked for is drawn, and more rows hold at least the bytes of
     fewer, 9 rows more than 9 x 200 kept keys a layer (each head pads to its longest row)."""
-    with one_thread():
-        shape = ModelShape.of(tiny_llama())
-        rows = KeepRows(shape, press_for("adakv", shape, None, 1000), 0.1, 1000, 4, torch.float32, "cpu")
-        sizes = [rows.nbytes(n, 4) for n in range(1, 10)]
+    shape = ModelShape.of(tiny_llama())
+    rows = KeepRows(shape, press_for("adakv", shape, None, 1000), 0.1, 1000, 4, torch.float32, "cpu")
+    sizes = [rows.nbytes(n, 4) for n in range(1, 10)]
     assert not rows.uniform and rows.kept[0].shape[0] == 12
     assert all(b >= a for a, b in zip(sizes, sizes[1:])) and sizes[-1] > 9 * 10 * ROW
 
 
 def test_no_full_row_fits():
     """A budget below one full row (76,800 bytes) still sizes and times the presses, alone."""
-    with one_thread():
-        model = tiny_llama()
-        got = {r["press"]: r for r in length_rows(model, ModelShape.of(model), None, LENGTH, args(memory_mib=0.05))}
+    model = tiny_llama()
+    got = {r["press"]: r for r in length_rows(model, ModelShape.of(model), None, LENGTH, args(memory_mib=0.05))}
     assert got[FULL]["largest_batch"] == 0 and "tokens_s" not in got[FULL]
     assert got["streaming_llm"]["largest_batch"] == int(0.05 * MIB) // ROW == 6
     assert got["streaming_llm"]["tokens_s"] > 0 and "vs_full" not in got["streaming_llm"]

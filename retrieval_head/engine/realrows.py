@@ -49,6 +49,7 @@ from ..core.kvcache import GrowingCache
 from ..core.mask import HeadMask, PressMask
 from ..core.pressed import PressedCache
 from ..models.shape import ModelShape
+from .pressed import kept_keys
 
 REAL_PHASES = ("decode", "all")  # the scheduler's points: the prompt's end (decode) or every step (all)
 
@@ -145,7 +146,7 @@ class RealPress:
 
     def kept_keys(self, cache: CompressedCache, at: int) -> int | None:
         """The keys the press kept before ``at``, over every layer, KV head and row."""
-        return int(sum(int(k[..., :at].sum()) for k in cache.kept()))
+        return kept_keys(dict(enumerate(cache.kept())), at)
 
 
 def row_of(plain, row: int) -> GrowingCache:
