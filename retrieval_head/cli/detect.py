@@ -219,8 +219,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     settings.check_shape(opened.shape, world)
     # every input checked before the weights load
     checked = plan(opened.tokenizer, opened.shape, settings, task=task) if sweep else None
+    first = checked.prompt(checked.keys()[0]) if needle else None  # built once, for every needle method
     for m in needle:  # query-focus: its question tokens, found by character offsets
-        m.check(checked.prompt(checked.keys()[0]))
+        m.check(first)
     if repeats:
         check_fits(opened.shape, repeats[0].settings())
     model, info = load_checked(opened, say)

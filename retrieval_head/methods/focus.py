@@ -81,7 +81,6 @@ class QueryFocus(NeedleMethod):
     field: ClassVar[str] = "query_focus"
     question: ClassVar[bool] = True
     read_at: ClassVar[str] = "the question's tokens, prefill"
-    module: ClassVar[str] = "methods.focus"
 
     def reads(self) -> tuple:
         from ..engine.reads import TapRead
@@ -103,7 +102,6 @@ class NeedleMass(NeedleMethod):
     counts: ClassVar[str] = PASSING
     field: ClassVar[str] = "needle_mass"
     read_at: ClassVar[str] = "every decode step of the answer"
-    module: ClassVar[str] = "methods.focus"
 
     def reads(self) -> tuple:
         from ..engine.reads import SpanMassRead

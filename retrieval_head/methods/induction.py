@@ -26,7 +26,6 @@ class RepeatMethod(Method):
 
     data: ClassVar[str] = REPEAT
     counts: ClassVar[str] = ALL
-    module: ClassVar[str] = "methods.repeat"
     key: ClassVar[int]
     period: int = setting(256, "repeat_period")
     repeats: int = setting(4, "repeat_count")

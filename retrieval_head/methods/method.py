@@ -1,7 +1,7 @@
 """What a head-identification method is: a small object of the presses' shape.
 
 A method is a frozen dataclass of its parameters (one file per method or family:
-``retrieval.py``, ``focus.py``, ``repeat.py``) that says
+``retrieval.py``, ``focus.py``, ``induction.py``) that says
 
 - what data it needs (``data``): ``NEEDLE``, the detection sweep's needle trials, or
   ``REPEAT``, one forward pass over repeated random tokens;
@@ -54,7 +54,6 @@ class Method:
               checked before the weights load: ``check``).
     read_at:  the query rows (needle) or key (repeat) its mass is read at, as its manifest
               records it.
-    module:   where its score is computed.
     """
 
     name: ClassVar[str]
@@ -63,7 +62,6 @@ class Method:
     field: ClassVar[str | None] = None
     question: ClassVar[bool] = False
     read_at: ClassVar[str] = ""
-    module: ClassVar[str] = ""
 
     @classmethod
     def from_settings(cls, settings) -> "Method":

@@ -40,7 +40,6 @@ class Retrieval(NeedleMethod):
     counts: ClassVar[str] = PASSING
     field: ClassVar[str] = "head_scores"
     read_at: ClassVar[str] = "every decode step's argmax"
-    module: ClassVar[str] = "core.scoring"
     score: str = "count"
 
     def reads(self) -> tuple:
