@@ -147,5 +147,6 @@ def test_a_real_press_on_a_prompt_shorter_than_its_window_answers_as_masked():
     job = Job((len(base), 20), Prompt(ids, (20, 20 + len(NEEDLE)), 20, len(base)))
     m = PressMask(SnapKV(), 0.25)
     assert m.press.window > len(ids)
-    rows = {r.mask: r for r in Scheduler(model, ModelShape.of(model), STOP, STEPS, Levers()).run([job], masks=[m, RealPress(m)])}
+    scheduler = Scheduler(model, ModelShape.of(model), STOP, STEPS, Levers())
+    rows = {r.mask: r for r in scheduler.run([job], masks=[m, RealPress(m)])}
     assert rows[1].ids == rows[0].ids and rows[1].kept_keys == rows[0].kept_keys > 0
